@@ -1,0 +1,599 @@
+//! The engine facade: ticks in, events out, time passed in.
+//!
+//! [`Engine`] owns all per-symbol state, sized for `symbols_max` at construction. After
+//! [`Engine::new`] nothing on the per-tick path allocates or frees: events go into an
+//! output buffer whose capacity covers the worst case of one call (every open bar closing at
+//! once, plus one tick's events), and bar-close timers into a heap that holds at most one
+//! entry per symbol and frequency.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::bars::{BarBuilder, BarInput, DayFigures, Placement};
+use crate::calendar::{SessionCalendar, TradingDay};
+use crate::config::{Config, Params, PeriodParams};
+use crate::detect::high_low::{self, HighLowState};
+use crate::detect::surge::{self, SURGE_WINDOWS_COUNT};
+use crate::detect::trend::{self, TrendInput, TrendState};
+use crate::error::{ConfigError, RejectReason, TickError};
+use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
+use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
+use crate::stats::Stats;
+use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
+use crate::window::{Bucket, Shape, Windows};
+
+/// The engine core: validation, bars, detectors and the event sequence.
+///
+/// # Call order
+/// 1. [`Engine::handle_tick`] for each input, or [`Engine::handle_clock`] when there is none
+///    (the shell calls it at least every few milliseconds so that quiet symbols' bars
+///    close), each with the current engine clock;
+/// 2. [`Engine::poll_events`] after every `handle_*` call, draining all events: the next
+///    `handle_*` call refuses to run until they are drained;
+/// 3. [`Engine::handle_flush`] at a clean shutdown or the end of a replay, to close open bars.
+///
+/// [`Engine::poll_deadline`] says when the next bar is due to close on the clock.
+///
+/// # Determinism
+/// Output depends only on the sequence of calls and their arguments: the same ticks with
+/// the same clock values give the same events, with the same `seq`, every run.
+#[derive(Debug)]
+pub struct Engine {
+    params: Params,
+    calendar: SessionCalendar,
+    trend_shape: Shape<TREND_WINDOWS_COUNT>,
+    surge_shape: Shape<SURGE_WINDOWS_COUNT>,
+    symbols: Vec<SymbolState>,
+    /// `symbols_max * trend_shape.ring_len` buckets, one ring per symbol.
+    trend_ring: Vec<Bucket>,
+    /// `symbols_max * surge_shape.ring_len` buckets, one ring per symbol.
+    surge_ring: Vec<Bucket>,
+    /// Bar-close timers. At most one per symbol and frequency (`BarBuilder::timer_armed`).
+    timers: BinaryHeap<Reverse<Timer>>,
+    out: Output,
+    /// Engine clock: the largest `now` passed in so far.
+    now_ns: u64,
+    stats: Stats,
+}
+
+/// A bar of `symbol` due to close at `end_ns` plus the grace. Ordered by end, then symbol,
+/// then frequency, which is the order bars closed by the clock are emitted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    end_ns: u64,
+    symbol: u32,
+    frequency: Frequency,
+}
+
+/// The output buffer and the sequence counter.
+#[derive(Debug)]
+struct Output {
+    events: Vec<Event>,
+    seq_next: u64,
+}
+
+impl Output {
+    fn push(&mut self, stats: &mut Stats, symbol: SymbolId, body: EventBody) {
+        debug_assert!(self.events.len() < self.events.capacity(), "Invariant: output has room");
+        let seq = self.seq_next;
+        self.seq_next = seq.checked_add(1).expect("Invariant: seq stays below u64::MAX");
+        self.events.push(Event { seq, symbol, body });
+        stats.events += 1;
+    }
+}
+
+/// Everything the engine remembers about one symbol.
+#[derive(Clone, Copy, Debug)]
+struct SymbolState {
+    /// Last accepted price (raw units); meaningful once `accepted > 0`.
+    last_price: i64,
+    /// Newest accepted event time: the symbol's detector clock, which never goes back.
+    newest_ns: u64,
+    /// Trades (and aggregates) accepted since start-up.
+    accepted: u64,
+    day: TradingDay,
+    session: Session,
+    bars: [BarBuilder; 2],
+    trend: Windows<TREND_WINDOWS_COUNT>,
+    trend_state: TrendState,
+    surge: Windows<SURGE_WINDOWS_COUNT>,
+    last_surge_ns: Option<u64>,
+}
+
+impl SymbolState {
+    const NEW: SymbolState = SymbolState {
+        last_price: 0,
+        newest_ns: 0,
+        accepted: 0,
+        day: 0,
+        session: Session { open: 0, volume: 0, pv: 0, high_low: HighLowState::EMPTY },
+        bars: [BarBuilder::EMPTY; 2],
+        trend: Windows::EMPTY,
+        trend_state: TrendState::NEW,
+        surge: Windows::EMPTY,
+        last_surge_ns: None,
+    };
+}
+
+/// The day's running figures of one symbol; reset at its first trade of a trading day.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    /// The session open: the first accepted price of the day, or the upstream's official open.
+    open: i64,
+    volume: u64,
+    pv: u128,
+    high_low: HighLowState,
+}
+
+impl Session {
+    fn figures(&self) -> DayFigures {
+        DayFigures { volume: self.volume, open: self.open, pv: self.pv }
+    }
+}
+
+/// An accepted trade or aggregate, as the common ingest path sees it.
+#[derive(Clone, Copy, Debug)]
+struct Ingest {
+    symbol: SymbolId,
+    bar: BarInput,
+    /// The time that goes out in the detector events' `t`.
+    ts: Timestamp,
+    /// The upstream's official open, or 0.
+    official_open: i64,
+    /// What goes out first: the trade (`T`) or the forwarded aggregate (`A`).
+    forward: Forward,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Forward {
+    Trade(Trade),
+    Aggregate(Aggregate),
+}
+
+impl Engine {
+    /// Validates `config` and allocates everything the engine will ever use.
+    pub fn new(config: &Config) -> Result<Engine, ConfigError> {
+        let params = config.validate()?;
+        let symbols_max = params.symbols_max as usize;
+        let trend_shape = Shape::new(params.trend.bucket_ns, params.trend.window_buckets);
+        let surge_shape = Shape::new(
+            params.surge.bucket_ns,
+            [params.surge.interval_buckets, params.surge.history_buckets],
+        );
+        Ok(Engine {
+            calendar: SessionCalendar::new(params.timezone, params.session_minutes),
+            trend_shape,
+            surge_shape,
+            symbols: vec![SymbolState::NEW; symbols_max],
+            // Zeroed allocations: pages of symbols that never trade are never touched.
+            trend_ring: bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len),
+            surge_ring: bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len),
+            timers: BinaryHeap::with_capacity(2 * symbols_max),
+            out: Output {
+                events: Vec::with_capacity(2 * symbols_max + EVENTS_PER_TICK_MAX),
+                seq_next: params.seq_start,
+            },
+            now_ns: 0,
+            stats: Stats::default(),
+            params,
+        })
+    }
+
+    /// Counters since construction.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The validated configuration.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The engine clock: the largest `now` passed in so far.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.now_ns)
+    }
+
+    /// The `seq` the next event will get.
+    pub fn seq_next(&self) -> u64 {
+        self.out.seq_next
+    }
+
+    /// Processes one input at engine time `now`. Bars whose end plus the grace `now` has
+    /// passed close first. A rejected input is counted by reason and changes no state.
+    pub fn handle_tick(&mut self, now: Timestamp, tick: &Tick) -> Result<(), TickError> {
+        self.ensure_drained()?;
+        self.stats.ticks_received += 1;
+        self.advance_clock(now.0);
+        let outcome = match tick {
+            Tick::Trade(trade) => self.handle_trade(trade),
+            Tick::Quote(quote) => self.handle_quote(quote),
+            Tick::Aggregate(aggregate) => self.handle_aggregate(aggregate),
+            Tick::Fmv(fmv) => self.handle_fmv(fmv),
+        };
+        outcome.map_err(|reason| {
+            self.stats.rejects[reason.index()] += 1;
+            TickError::Rejected(reason)
+        })
+    }
+
+    /// Advances the engine clock to `now`, closing the bars it makes due.
+    pub fn handle_clock(&mut self, now: Timestamp) -> Result<(), TickError> {
+        self.ensure_drained()?;
+        self.advance_clock(now.0);
+        Ok(())
+    }
+
+    /// Closes every open bar, in (end, symbol, frequency) order: a clean shutdown or the end
+    /// of a replay.
+    pub fn handle_flush(&mut self) -> Result<(), TickError> {
+        self.ensure_drained()?;
+        while let Some(Reverse(timer)) = self.timers.pop() {
+            self.fire_timer(timer, false);
+        }
+        Ok(())
+    }
+
+    /// Counts an input rejected before it reached the engine (a non-finite price, a bad
+    /// ticker, a full symbol table), so that every reason is on one counter.
+    pub fn handle_rejected(&mut self, reason: RejectReason) {
+        self.stats.ticks_received += 1;
+        self.stats.rejects[reason.index()] += 1;
+    }
+
+    /// Drains the events produced by the last `handle_*` call, in `seq` order.
+    pub fn poll_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.out.events.drain(..)
+    }
+
+    /// When the next bar is due to close on the clock, if any is open.
+    pub fn poll_deadline(&self) -> Option<Timestamp> {
+        let grace = self.params.bar_close_grace_ns;
+        self.timers.peek().map(|Reverse(timer)| Timestamp(timer.end_ns.saturating_add(grace)))
+    }
+
+    fn ensure_drained(&self) -> Result<(), TickError> {
+        match self.out.events.len() {
+            0 => Ok(()),
+            pending_count => Err(TickError::OutputNotDrained { pending_count }),
+        }
+    }
+
+    fn advance_clock(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        let grace = self.params.bar_close_grace_ns;
+        while let Some(&Reverse(timer)) = self.timers.peek() {
+            if timer.end_ns.saturating_add(grace) > self.now_ns {
+                break;
+            }
+            self.timers.pop();
+            self.fire_timer(timer, true);
+        }
+    }
+
+    /// A timer popped: close its bar if it is still the open one, or re-arm for the bar that
+    /// replaced it.
+    fn fire_timer(&mut self, timer: Timer, by_clock: bool) {
+        let frequency = timer.frequency;
+        let symbol = SymbolId(timer.symbol);
+        let state = &mut self.symbols[symbol.index()];
+        let builder = &mut state.bars[frequency.index()];
+        builder.timer_armed = false;
+        match builder.open_end(frequency) {
+            Some(end_ns) if end_ns == timer.end_ns => {
+                if let Some(bar) = builder.close(frequency, &state.session.figures()) {
+                    self.out.push(&mut self.stats, symbol, EventBody::Bar(bar));
+                    if by_clock {
+                        self.stats.bars_closed_by_clock += 1;
+                    } else {
+                        self.stats.bars_closed_by_flush += 1;
+                    }
+                }
+            }
+            Some(end_ns) => arm(&mut self.timers, builder, Timer { end_ns, ..timer }),
+            None => {}
+        }
+    }
+
+    fn check_symbol(&self, symbol: SymbolId) -> Result<usize, RejectReason> {
+        let index = symbol.index();
+        if index < self.symbols.len() {
+            Ok(index)
+        } else {
+            Err(RejectReason::UnknownSymbol)
+        }
+    }
+
+    fn check_price(&self, price: Price) -> Result<(), RejectReason> {
+        match price.raw() {
+            raw if raw <= 0 => Err(RejectReason::PriceNotPositive),
+            raw if raw > self.params.max_price_raw => Err(RejectReason::PriceTooHigh),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_size(&self, size: Qty) -> Result<(), RejectReason> {
+        match size.0 {
+            0 => Err(RejectReason::SizeTooSmall),
+            size if size > self.params.max_size => Err(RejectReason::SizeTooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_time(&self, ts: Timestamp) -> Result<(), RejectReason> {
+        if ts.0 > self.now_ns.saturating_add(self.params.max_future_ns) {
+            Err(RejectReason::TooFarInFuture)
+        } else if ts.0.saturating_add(self.params.max_age_ns) < self.now_ns {
+            Err(RejectReason::TooOld)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The per-symbol checks: reordering against the newest accepted trade, and the jump
+    /// check once the symbol has enough history.
+    fn check_sequence(&self, index: usize, ts: Timestamp, price: Price) -> Result<(), RejectReason> {
+        let state = &self.symbols[index];
+        if state.accepted == 0 {
+            return Ok(());
+        }
+        if ts.0.saturating_add(self.params.max_reorder_ns) < state.newest_ns {
+            return Err(RejectReason::OutOfOrder);
+        }
+        if state.accepted >= self.params.jump_check_after_trades {
+            let delta = i128::from(price.raw()) - i128::from(state.last_price);
+            let lhs = delta.abs() * 100 * 1_000_000;
+            if lhs > i128::from(self.params.max_jump_pct_micro) * i128::from(state.last_price) {
+                return Err(RejectReason::PriceJump);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_trade(&mut self, trade: &Trade) -> Result<(), RejectReason> {
+        let index = self.check_symbol(trade.symbol)?;
+        self.check_price(trade.price)?;
+        self.check_size(trade.size)?;
+        self.check_time(trade.ts_event)?;
+        self.check_sequence(index, trade.ts_event, trade.price)?;
+        self.stats.trades_accepted += 1;
+        let bar = BarInput::trade(trade.ts_event.0, trade.price.raw(), trade.size.0);
+        let forward = Forward::Trade(*trade);
+        let ingest = Ingest { symbol: trade.symbol, bar, ts: trade.ts_event, official_open: 0, forward };
+        self.ingest(index, &ingest);
+        Ok(())
+    }
+
+    fn handle_aggregate(&mut self, aggregate: &Aggregate) -> Result<(), RejectReason> {
+        let index = self.check_symbol(aggregate.symbol)?;
+        for price in [aggregate.open, aggregate.high, aggregate.low, aggregate.close, aggregate.vwap] {
+            self.check_price(price)?;
+        }
+        let bounded = aggregate.low <= aggregate.open.min(aggregate.close)
+            && aggregate.high >= aggregate.open.max(aggregate.close);
+        let official_ok = aggregate.official_open == Price::ZERO
+            || self.check_price(aggregate.official_open).is_ok();
+        if aggregate.end <= aggregate.start || !bounded || !official_ok {
+            return Err(RejectReason::BadAggregate);
+        }
+        if aggregate.volume.0 == 0 {
+            return Err(RejectReason::SizeTooSmall);
+        }
+        self.check_time(aggregate.start)?;
+        self.check_sequence(index, aggregate.start, aggregate.close)?;
+        self.stats.aggregates_accepted += 1;
+        let volume = aggregate.volume.0;
+        let trades = volume.checked_div(aggregate.avg_size.0).unwrap_or(1).max(1);
+        let bar = BarInput {
+            t_ns: aggregate.start.0,
+            open: aggregate.open.raw(),
+            high: aggregate.high.raw(),
+            low: aggregate.low.raw(),
+            close: aggregate.close.raw(),
+            volume,
+            pv: aggregate.vwap.raw() as u128 * u128::from(volume),
+            trades,
+        };
+        let ingest = Ingest {
+            symbol: aggregate.symbol,
+            bar,
+            ts: aggregate.start,
+            official_open: aggregate.official_open.raw(),
+            forward: Forward::Aggregate(*aggregate),
+        };
+        self.ingest(index, &ingest);
+        Ok(())
+    }
+
+    fn handle_quote(&mut self, quote: &Quote) -> Result<(), RejectReason> {
+        self.check_symbol(quote.symbol)?;
+        self.check_price(quote.bid_price)?;
+        self.check_price(quote.ask_price)?;
+        for size in [quote.bid_size, quote.ask_size] {
+            if size.0 > self.params.max_size {
+                return Err(RejectReason::SizeTooLarge);
+            }
+        }
+        if quote.bid_price > quote.ask_price {
+            return Err(RejectReason::CrossedQuote);
+        }
+        self.check_time(quote.ts_event)?;
+        self.stats.quotes_accepted += 1;
+        Ok(())
+    }
+
+    fn handle_fmv(&mut self, fmv: &Fmv) -> Result<(), RejectReason> {
+        let index = self.check_symbol(fmv.symbol)?;
+        self.check_price(fmv.value)?;
+        self.check_time(fmv.ts_event)?;
+        self.stats.fmv_accepted += 1;
+        let state = &self.symbols[index];
+        let vs_market_pct = (state.accepted > 0).then(|| {
+            let last = state.last_price as f64;
+            (fmv.value.raw() as f64 - last) / last * 100.0
+        });
+        let body = EventBody::Fmv(FairValue { value: fmv.value, ts: fmv.ts_event, vs_market_pct });
+        self.out.push(&mut self.stats, fmv.symbol, body);
+        Ok(())
+    }
+
+    /// The common path of an accepted trade or aggregate, in the documented event order:
+    /// bars it closes, `T` (or the forwarded `A`), `HL`, `TR`, `SV`.
+    fn ingest(&mut self, index: usize, ingest: &Ingest) {
+        let symbol = ingest.symbol;
+        let input = &ingest.bar;
+        let state = &mut self.symbols[index];
+        let out = &mut self.out;
+        let stats = &mut self.stats;
+        // Detector time never goes back: a reordered trade counts at the symbol's newest time.
+        let t_ns = input.t_ns.max(state.newest_ns);
+        let (day, period) = self.calendar.lookup(t_ns);
+        let frequencies: &[Frequency] = match ingest.forward {
+            Forward::Trade(_) => &Frequency::ALL,
+            Forward::Aggregate(_) => &[Frequency::Minute],
+        };
+        for &frequency in frequencies {
+            let builder = &mut state.bars[frequency.index()];
+            if builder.is_closed_by(frequency, input.t_ns) {
+                if let Some(bar) = builder.close(frequency, &state.session.figures()) {
+                    out.push(stats, symbol, EventBody::Bar(bar));
+                    stats.bars_closed_by_trade += 1;
+                }
+            }
+        }
+        let first_of_session = state.accepted == 0 || state.day != day;
+        if first_of_session {
+            state.day = day;
+            state.session = Session {
+                open: input.close,
+                volume: 0,
+                pv: 0,
+                high_low: HighLowState::start(input.close),
+            };
+        }
+        if ingest.official_open > 0 {
+            state.session.open = ingest.official_open;
+        }
+        state.session.volume += input.volume;
+        state.session.pv += input.pv;
+        let forwarded = match ingest.forward {
+            Forward::Trade(trade) => EventBody::Trade(trade),
+            Forward::Aggregate(aggregate) => EventBody::Bar(forwarded_bar(&aggregate, &state.session)),
+        };
+        out.push(stats, symbol, forwarded);
+        for &frequency in frequencies {
+            let builder = &mut state.bars[frequency.index()];
+            match builder.add(frequency, input) {
+                Placement::Added { opened: true } => {
+                    let end_ns = builder.open_end(frequency).unwrap_or(input.t_ns);
+                    arm(&mut self.timers, builder, Timer { end_ns, symbol: symbol.0, frequency });
+                }
+                Placement::Added { opened: false } => {}
+                Placement::Late => stats.late[frequency.index()] += 1,
+            }
+        }
+        let params = &self.params.periods[period.index()];
+        let rings = Rings {
+            trend: ring_of(&mut self.trend_ring, self.trend_shape.ring_len, index),
+            surge: ring_of(&mut self.surge_ring, self.surge_shape.ring_len, index),
+        };
+        let detect = Detect { params, trend_shape: &self.trend_shape, surge_shape: &self.surge_shape };
+        detect.run(state, rings, ingest, t_ns, !first_of_session, out, stats, &self.params);
+        state.last_price = input.close;
+        state.newest_ns = t_ns;
+        state.accepted += 1;
+    }
+}
+
+/// The detectors' view of the engine for one ingest.
+struct Detect<'a> {
+    params: &'a PeriodParams,
+    trend_shape: &'a Shape<TREND_WINDOWS_COUNT>,
+    surge_shape: &'a Shape<SURGE_WINDOWS_COUNT>,
+}
+
+/// One symbol's bucket rings.
+struct Rings<'a> {
+    trend: &'a mut [Bucket],
+    surge: &'a mut [Bucket],
+}
+
+impl Detect<'_> {
+    #[allow(clippy::too_many_arguments, reason = "disjoint borrows of the engine's fields")]
+    fn run(
+        &self,
+        state: &mut SymbolState,
+        rings: Rings<'_>,
+        ingest: &Ingest,
+        t_ns: u64,
+        check_high_low: bool,
+        out: &mut Output,
+        stats: &mut Stats,
+        all: &Params,
+    ) {
+        let (price, volume, ts) = (ingest.bar.close, ingest.bar.volume, ingest.ts);
+        let sign = if state.accepted == 0 { 0 } else { (price - state.last_price).signum() };
+        if check_high_low {
+            let session = &mut state.session;
+            let (open, prev) = (session.open, state.last_price);
+            let hl = &mut session.high_low;
+            if let Some(event) = high_low::on_trade(hl, self.params, open, price, prev, volume, t_ns, ts) {
+                out.push(stats, ingest.symbol, EventBody::HighLow(event));
+                stats.high_low_events += 1;
+            }
+        }
+        state.trend.record(self.trend_shape, rings.trend, t_ns, price, volume, sign);
+        let input = TrendInput {
+            price,
+            day_volume: state.session.volume,
+            day_pv: state.session.pv,
+            t_ns,
+            ts,
+        };
+        let trend_state = &mut state.trend_state;
+        if let Some(event) = trend::evaluate(trend_state, &state.trend, self.trend_shape, &all.trend, self.params, &input) {
+            out.push(stats, ingest.symbol, EventBody::Trend(event));
+            stats.trend_events += 1;
+        }
+        state.surge.record(self.surge_shape, rings.surge, t_ns, price, volume, sign);
+        let last = &mut state.last_surge_ns;
+        if let Some(event) = surge::evaluate(last, &state.surge, self.surge_shape, &all.surge, self.params, price, t_ns, ts) {
+            out.push(stats, ingest.symbol, EventBody::Surge(event));
+            stats.surge_events += 1;
+        }
+    }
+}
+
+fn ring_of(ring: &mut [Bucket], ring_len: usize, index: usize) -> &mut [Bucket] {
+    let start = index * ring_len;
+    &mut ring[start..start + ring_len]
+}
+
+/// Queues a close timer for `builder` unless one is queued already.
+fn arm(timers: &mut BinaryHeap<Reverse<Timer>>, builder: &mut BarBuilder, timer: Timer) {
+    if !builder.timer_armed {
+        debug_assert!(timers.len() < timers.capacity(), "Invariant: one timer per bar builder");
+        builder.timer_armed = true;
+        timers.push(Reverse(timer));
+    }
+}
+
+/// An upstream aggregate as our own `A` bar, with this engine's day figures.
+fn forwarded_bar(aggregate: &Aggregate, session: &Session) -> Bar {
+    let day = session.figures();
+    Bar {
+        frequency: Frequency::Second,
+        start: aggregate.start,
+        end: aggregate.end,
+        open: aggregate.open,
+        high: aggregate.high,
+        low: aggregate.low,
+        close: aggregate.close,
+        volume: aggregate.volume,
+        vwap: aggregate.vwap,
+        day_volume: Qty(day.volume),
+        day_open: Price::from_raw(day.open),
+        day_vwap: crate::bars::vwap(day.pv, day.volume),
+        avg_size: aggregate.avg_size,
+    }
+}

@@ -1,0 +1,50 @@
+//! Compile-time limits of the engine core.
+//!
+//! Every fixed size in the engine is named here, with its unit and the reason for its value.
+//! Runtime limits (symbol capacity, price and size bounds, windows) live in
+//! [`crate::config::Config`] instead, validated once at construction.
+
+/// Fixed-point scale of [`crate::Price`]: one unit is a millionth of a dollar.
+///
+/// DETECTORS.md asks for at least 6 decimal places so that every price comparison is exact;
+/// an `i64` at this scale still holds prices up to 9.2 trillion dollars.
+pub const PRICE_SCALE: i64 = 1_000_000;
+
+/// Fixed-point scale of ratios and percentages in the resolved configuration (micro-units).
+///
+/// A threshold of 0.15 % is stored as 150,000; comparisons multiply both sides in `i128`, so
+/// no threshold test ever depends on float rounding.
+pub const RATIO_SCALE: i64 = 1_000_000;
+
+/// Longest ticker, in bytes (DETECTORS.md: 1-12 characters of `A-Z 0-9 . -`).
+pub const SYMBOL_LEN_MAX: usize = 12;
+
+/// Trade condition codes kept per trade; further codes are dropped and counted.
+///
+/// Ten keeps [`crate::Trade`] at exactly one 64-byte cache line; real trades carry 1-4.
+pub const CONDITIONS_MAX: usize = 10;
+
+/// Events one tick can produce: a closed `A`, a closed `AM`, the `T` itself, `HL`, `TR`, `SV`.
+pub const EVENTS_PER_TICK_MAX: usize = 6;
+
+/// Number of high/low significance bands (DETECTORS.md table: <1, <5, <25, <100, >=100).
+pub const HL_BANDS_COUNT: usize = 5;
+
+/// Trend windows per symbol (short, medium, long).
+pub const TREND_WINDOWS_COUNT: usize = 3;
+
+/// Largest bucket ring per symbol and detector, in buckets.
+///
+/// Bounds per-symbol memory: the default trend ring needs 121 buckets (600 s / 5 s + 1) and
+/// the default surge ring 66 (65 s / 1 s + 1); both round up to 128.
+pub const WINDOW_BUCKETS_MAX: u64 = 4096;
+
+/// Largest symbol capacity a configuration may ask for.
+///
+/// Per-symbol state is allocated up front (about 11 KiB of bucket rings per symbol at the
+/// default windows), so this caps start-up memory at a few GiB.
+pub const SYMBOLS_MAX: u32 = 1 << 20;
+
+const _: () = assert!(PRICE_SCALE == RATIO_SCALE);
+const _: () = assert!(WINDOW_BUCKETS_MAX.is_power_of_two());
+const _: () = assert!(SYMBOL_LEN_MAX <= u8::MAX as usize);

@@ -1,0 +1,193 @@
+//! Trailing time windows over UTC-aligned buckets, with O(1) cost per trade.
+//!
+//! A [`Windows`] is `K` trailing windows of one symbol, each `n_k` buckets long, that end at
+//! the newest bucket: window `k` covers buckets `(head - n_k, head]`. Each keeps running sums
+//! (volume, price x volume, signed volume) and `price_ref`, the last price at or before its
+//! start (the close of the newest bucket that has left it, or the symbol's first price while
+//! it warms up). The buckets themselves live in a ring owned by the caller, one slice per
+//! symbol, at least `n_max + 1` long (a power of two), so the bucket leaving the longest
+//! window is still readable when the head moves past it.
+//!
+//! Moving the head by `d` buckets costs `min(d, ring) * K` steps; a trade that stays in the
+//! head bucket costs `K` additions. Both are bounded by constants of the configuration.
+
+use bytemuck::{Pod, Zeroable};
+
+/// One bucket of one symbol. All zero means "no trade in this bucket".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub(crate) struct Bucket {
+    /// Low and high halves of the sum of price (raw units) x size; kept as two `u64` so the
+    /// bucket has no padding and can be allocated zeroed.
+    pv_lo: u64,
+    pv_hi: u64,
+    volume: u64,
+    signed_volume: i64,
+    /// Price of the last trade in the bucket, or 0 for an empty bucket.
+    last_price: i64,
+}
+
+impl Bucket {
+    fn pv(&self) -> u128 {
+        (u128::from(self.pv_hi) << 64) | u128::from(self.pv_lo)
+    }
+
+    fn add(&mut self, price: i64, volume: u64, sign: i64) {
+        let pv = self.pv() + price as u128 * u128::from(volume);
+        self.pv_lo = pv as u64;
+        self.pv_hi = (pv >> 64) as u64;
+        self.volume += volume;
+        self.signed_volume += sign * volume as i64;
+        self.last_price = price;
+    }
+}
+
+/// Running sums of one window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WindowSum {
+    /// Sum of price (raw units) x size over the window.
+    pub(crate) pv: u128,
+    /// Volume over the window.
+    pub(crate) volume: u64,
+    /// Up-tick volume minus down-tick volume over the window.
+    pub(crate) signed_volume: i64,
+    /// Last price at or before the window's start (raw units).
+    pub(crate) price_ref: i64,
+}
+
+impl WindowSum {
+    fn add(&mut self, price: i64, volume: u64, sign: i64) {
+        self.pv += price as u128 * u128::from(volume);
+        self.volume += volume;
+        self.signed_volume += sign * volume as i64;
+    }
+
+    fn remove(&mut self, bucket: &Bucket) {
+        self.pv -= bucket.pv();
+        self.volume -= bucket.volume;
+        self.signed_volume -= bucket.signed_volume;
+        if bucket.last_price != 0 {
+            self.price_ref = bucket.last_price;
+        }
+    }
+}
+
+/// The shape shared by all symbols: bucket width, window lengths, ring length.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape<const K: usize> {
+    pub(crate) bucket_ns: u64,
+    /// Window lengths in buckets, ascending.
+    pub(crate) lengths: [u64; K],
+    /// Ring length: a power of two above the longest window.
+    pub(crate) ring_len: usize,
+}
+
+impl<const K: usize> Shape<K> {
+    pub(crate) fn new(bucket_ns: u64, lengths: [u64; K]) -> Shape<K> {
+        let longest = lengths.iter().copied().max().unwrap_or(1);
+        let ring_len = (longest + 1).next_power_of_two() as usize;
+        Shape { bucket_ns, lengths, ring_len }
+    }
+}
+
+/// The `K` windows of one symbol.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windows<const K: usize> {
+    /// Absolute index of the newest bucket (`t / bucket_ns`).
+    head: u64,
+    /// Absolute index of the symbol's first bucket; `u64::MAX` before its first trade.
+    first: u64,
+    pub(crate) sums: [WindowSum; K],
+}
+
+impl<const K: usize> Windows<K> {
+    pub(crate) const EMPTY: Windows<K> =
+        Windows { head: 0, first: u64::MAX, sums: [WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 }; K] };
+
+    /// Adds one trade at `t_ns`, which must not be older than the newest one recorded.
+    pub(crate) fn record(
+        &mut self,
+        shape: &Shape<K>,
+        ring: &mut [Bucket],
+        t_ns: u64,
+        price: i64,
+        volume: u64,
+        sign: i64,
+    ) {
+        debug_assert!(ring.len() == shape.ring_len, "Invariant: one ring per symbol");
+        let bucket = t_ns / shape.bucket_ns;
+        if self.first == u64::MAX {
+            self.first = bucket;
+            self.head = bucket;
+            for sum in &mut self.sums {
+                *sum = WindowSum { price_ref: price, ..WindowSum::default() };
+            }
+            ring.fill(Bucket::default());
+        } else if bucket > self.head {
+            self.advance(shape, ring, bucket);
+        }
+        debug_assert!(bucket <= self.head, "Invariant: trades are recorded in time order");
+        let mask = shape.ring_len - 1;
+        ring[(self.head as usize) & mask].add(price, volume, sign);
+        for sum in &mut self.sums {
+            sum.add(price, volume, sign);
+        }
+    }
+
+    /// Moves the head to `bucket`, removing the buckets that leave each window.
+    fn advance(&mut self, shape: &Shape<K>, ring: &mut [Bucket], bucket: u64) {
+        let mask = shape.ring_len - 1;
+        let steps = bucket - self.head;
+        if steps >= shape.ring_len as u64 {
+            // Every bucket leaves every window; the newest price becomes every reference.
+            let last = ring[(self.head as usize) & mask].last_price;
+            for sum in &mut self.sums {
+                *sum = WindowSum { price_ref: last, ..WindowSum::default() };
+            }
+            ring.fill(Bucket::default());
+        } else {
+            for entering in self.head + 1..=bucket {
+                for (sum, &length) in self.sums.iter_mut().zip(&shape.lengths) {
+                    if let Some(leaving) = entering.checked_sub(length) {
+                        sum.remove(&ring[(leaving as usize) & mask]);
+                    }
+                }
+                // The slot being reused held the bucket `ring_len` back, which has left
+                // every window already (every length is below `ring_len`).
+                ring[(entering as usize) & mask] = Bucket::default();
+            }
+        }
+        self.head = bucket;
+    }
+
+    /// Whether window `k` is full: the symbol's first bucket is its oldest bucket or older.
+    pub(crate) fn is_full(&self, shape: &Shape<K>, k: usize) -> bool {
+        self.first != u64::MAX && self.first + shape.lengths[k] <= self.head + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_match_a_recount_across_gaps() {
+        let shape = Shape::new(10, [2, 3]);
+        assert_eq!(shape.ring_len, 4);
+        let mut ring = vec![Bucket::default(); shape.ring_len];
+        let mut windows = Windows::<2>::EMPTY;
+        let trades = [(0, 5, 1), (15, 7, 2), (25, 9, 3), (31, 8, 4), (75, 6, 5), (79, 6, 1)];
+        for (i, &(t, price, volume)) in trades.iter().enumerate() {
+            windows.record(&shape, &mut ring, t, price, volume, 0);
+            for (k, &len) in shape.lengths.iter().enumerate() {
+                let head = t / 10;
+                let inside = |b: u64| b + len > head && b <= head;
+                let expected: u64 = trades[..=i].iter().filter(|x| inside(x.0 / 10)).map(|x| x.2).sum();
+                assert_eq!(windows.sums[k].volume, expected, "trade {i} window {k}");
+                let before = trades[..=i].iter().filter(|x| !inside(x.0 / 10)).last();
+                let price_ref = before.map_or(trades[0].1, |x| x.1);
+                assert_eq!(windows.sums[k].price_ref, price_ref, "trade {i} window {k}");
+            }
+        }
+    }
+}
