@@ -166,7 +166,8 @@ mod tests {
         assert_eq!(cal.lookup(utc_ns(2026, 3, 8, 4, 59)).0, day - 1);
         assert_eq!(cal.lookup(utc_ns(2026, 3, 9, 3, 59)).0, day);
         assert_eq!(cal.lookup(utc_ns(2026, 3, 9, 4, 0)).0, day + 1);
-        assert_eq!(cal.day.end_ns - cal.day.start_ns, 24 * 3_600_000_000_000);
+        assert_eq!(cal.lookup(utc_ns(2026, 3, 8, 12, 0)).0, day);
+        assert_eq!(cal.day.end_ns - cal.day.start_ns, 23 * 3_600_000_000_000);
         // The open on the DST day itself is already EDT: 13:30 UTC.
         assert_eq!(cal.lookup(utc_ns(2026, 3, 8, 13, 30)).1, Period::Opening);
         assert_eq!(cal.lookup(utc_ns(2026, 3, 8, 13, 29)).1, Period::PreMarket);
