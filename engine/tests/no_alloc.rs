@@ -147,5 +147,6 @@ fn no_allocation_after_construction() {
     check(&Config::default(), 1_000);
     let mut min = Config::test_min();
     min.jump_check_after_trades = 10;
+    min.thresholds.surge_mode = tickstock_engine::SurgeMode::Any;
     check(&min, 2);
 }
