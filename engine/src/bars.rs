@@ -29,7 +29,16 @@ pub(crate) struct BarInput {
 impl BarInput {
     pub(crate) fn trade(t_ns: u64, price: i64, size: u64) -> BarInput {
         let pv = price as u128 * u128::from(size);
-        BarInput { t_ns, open: price, high: price, low: price, close: price, volume: size, pv, trades: 1 }
+        BarInput {
+            t_ns,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: size,
+            pv,
+            trades: 1,
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use chrono_tz::Tz;
 
 use crate::calendar::Period;
 use crate::error::ConfigError;
-use crate::limits::{HL_BANDS_COUNT, PRICE_SCALE, RATIO_SCALE, SYMBOLS_MAX, WINDOW_BUCKETS_MAX};
 use crate::limits::TREND_WINDOWS_COUNT;
+use crate::limits::{HL_BANDS_COUNT, PRICE_SCALE, RATIO_SCALE, SYMBOLS_MAX, WINDOW_BUCKETS_MAX};
 
 const NANOS_PER_MS: u64 = 1_000_000;
 
@@ -88,7 +88,11 @@ impl Config {
         Config {
             symbols_max: 2,
             jump_check_after_trades: 0,
-            trend: TrendConfig { bucket_ms: 1_000, windows_ms: [1_000, 2_000, 3_000], ..TrendConfig::default() },
+            trend: TrendConfig {
+                bucket_ms: 1_000,
+                windows_ms: [1_000, 2_000, 3_000],
+                ..TrendConfig::default()
+            },
             surge: SurgeConfig { bucket_ms: 1_000, interval_ms: 1_000, baseline_intervals: 1 },
             ..Config::default()
         }
@@ -603,7 +607,7 @@ fn range(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), Conf
 }
 
 fn buckets(field: &'static str, window_ms: u64, bucket_ms: u64) -> Result<u64, ConfigError> {
-    if window_ms == 0 || window_ms % bucket_ms != 0 {
+    if window_ms == 0 || !window_ms.is_multiple_of(bucket_ms) {
         return Err(ConfigError::Inconsistent {
             field,
             rule: "windows must be positive whole multiples of the bucket width",

@@ -160,14 +160,17 @@ impl Engine {
             params.surge.bucket_ns,
             [params.surge.interval_buckets, params.surge.history_buckets],
         );
+        let trend_ring = bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len);
+        let surge_ring = bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len);
+        let symbols = vec![SymbolState::NEW; symbols_max];
         Ok(Engine {
             calendar: SessionCalendar::new(params.timezone, params.session_minutes),
             trend_shape,
             surge_shape,
-            symbols: vec![SymbolState::NEW; symbols_max],
+            symbols,
             // Zeroed allocations: pages of symbols that never trade are never touched.
-            trend_ring: bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len),
-            surge_ring: bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len),
+            trend_ring,
+            surge_ring,
             timers: BinaryHeap::with_capacity(2 * symbols_max),
             out: Output {
                 events: Vec::with_capacity(2 * symbols_max + EVENTS_PER_TICK_MAX),
@@ -197,6 +200,20 @@ impl Engine {
     /// The `seq` the next event will get.
     pub fn seq_next(&self) -> u64 {
         self.out.seq_next
+    }
+
+    /// Starts loading the state `tick` will touch into the cache, without changing anything.
+    ///
+    /// A caller holding several ticks (a chunk popped from the ring) calls this a few ticks
+    /// ahead of [`Engine::handle_tick`]; with thousands of active symbols it hides most of the
+    /// memory latency. Calling it or not never changes the output.
+    pub fn prefetch(&self, tick: &Tick) {
+        let index = tick.symbol().index();
+        let Some(state) = self.symbols.get(index) else { return };
+        crate::hint::prefetch_bytes((state as *const SymbolState).cast(), size_of::<SymbolState>());
+        let t_ns = tick.ts_event().0;
+        prefetch_window(&self.trend_ring, &self.trend_shape, index, t_ns);
+        prefetch_window(&self.surge_ring, &self.surge_shape, index, t_ns);
     }
 
     /// Processes one input at engine time `now`. Bars whose end plus the grace `now` has
@@ -332,7 +349,12 @@ impl Engine {
 
     /// The per-symbol checks: reordering against the newest accepted trade, and the jump
     /// check once the symbol has enough history.
-    fn check_sequence(&self, index: usize, ts: Timestamp, price: Price) -> Result<(), RejectReason> {
+    fn check_sequence(
+        &self,
+        index: usize,
+        ts: Timestamp,
+        price: Price,
+    ) -> Result<(), RejectReason> {
         let state = &self.symbols[index];
         if state.accepted == 0 {
             return Ok(());
@@ -359,14 +381,17 @@ impl Engine {
         self.stats.trades_accepted += 1;
         let bar = BarInput::trade(trade.ts_event.0, trade.price.raw(), trade.size.0);
         let forward = Forward::Trade(*trade);
-        let ingest = Ingest { symbol: trade.symbol, bar, ts: trade.ts_event, official_open: 0, forward };
+        let ingest =
+            Ingest { symbol: trade.symbol, bar, ts: trade.ts_event, official_open: 0, forward };
         self.ingest(index, &ingest);
         Ok(())
     }
 
     fn handle_aggregate(&mut self, aggregate: &Aggregate) -> Result<(), RejectReason> {
         let index = self.check_symbol(aggregate.symbol)?;
-        for price in [aggregate.open, aggregate.high, aggregate.low, aggregate.close, aggregate.vwap] {
+        for price in
+            [aggregate.open, aggregate.high, aggregate.low, aggregate.close, aggregate.vwap]
+        {
             self.check_price(price)?;
         }
         let bounded = aggregate.low <= aggregate.open.min(aggregate.close)
@@ -478,7 +503,9 @@ impl Engine {
         state.session.pv += input.pv;
         let forwarded = match ingest.forward {
             Forward::Trade(trade) => EventBody::Trade(trade),
-            Forward::Aggregate(aggregate) => EventBody::Bar(forwarded_bar(&aggregate, &state.session)),
+            Forward::Aggregate(aggregate) => {
+                EventBody::Bar(forwarded_bar(&aggregate, &state.session))
+            }
         };
         out.push(stats, symbol, forwarded);
         for &frequency in frequencies {
@@ -497,7 +524,8 @@ impl Engine {
             trend: ring_of(&mut self.trend_ring, self.trend_shape.ring_len, index),
             surge: ring_of(&mut self.surge_ring, self.surge_shape.ring_len, index),
         };
-        let detect = Detect { params, trend_shape: &self.trend_shape, surge_shape: &self.surge_shape };
+        let detect =
+            Detect { params, trend_shape: &self.trend_shape, surge_shape: &self.surge_shape };
         detect.run(state, rings, ingest, t_ns, !first_of_session, out, stats, &self.params);
         state.last_price = input.close;
         state.newest_ns = t_ns;
@@ -537,7 +565,9 @@ impl Detect<'_> {
             let session = &mut state.session;
             let (open, prev) = (session.open, state.last_price);
             let hl = &mut session.high_low;
-            if let Some(event) = high_low::on_trade(hl, self.params, open, price, prev, volume, t_ns, ts) {
+            if let Some(event) =
+                high_low::on_trade(hl, self.params, open, price, prev, volume, t_ns, ts)
+            {
                 out.push(stats, ingest.symbol, EventBody::HighLow(event));
                 stats.high_low_events += 1;
             }
@@ -551,15 +581,44 @@ impl Detect<'_> {
             ts,
         };
         let trend_state = &mut state.trend_state;
-        if let Some(event) = trend::evaluate(trend_state, &state.trend, self.trend_shape, &all.trend, self.params, &input) {
+        if let Some(event) = trend::evaluate(
+            trend_state,
+            &state.trend,
+            self.trend_shape,
+            &all.trend,
+            self.params,
+            &input,
+        ) {
             out.push(stats, ingest.symbol, EventBody::Trend(event));
             stats.trend_events += 1;
         }
         state.surge.record(self.surge_shape, rings.surge, t_ns, price, volume, sign);
         let last = &mut state.last_surge_ns;
-        if let Some(event) = surge::evaluate(last, &state.surge, self.surge_shape, &all.surge, self.params, price, t_ns, ts) {
+        if let Some(event) = surge::evaluate(
+            last,
+            &state.surge,
+            self.surge_shape,
+            &all.surge,
+            self.params,
+            price,
+            t_ns,
+            ts,
+        ) {
             out.push(stats, ingest.symbol, EventBody::Surge(event));
             stats.surge_events += 1;
+        }
+    }
+}
+
+/// Prefetches the buckets a trade at `t_ns` writes and the ones that leave each window.
+fn prefetch_window<const K: usize>(ring: &[Bucket], shape: &Shape<K>, index: usize, t_ns: u64) {
+    let bucket = t_ns / shape.bucket_ns;
+    let base = index * shape.ring_len;
+    let mask = shape.ring_len - 1;
+    let leaving = shape.lengths.map(|length| bucket.wrapping_sub(length));
+    for slot in core::iter::once(bucket).chain(leaving) {
+        if let Some(bucket) = ring.get(base + (slot as usize & mask)) {
+            crate::hint::prefetch_bytes((bucket as *const Bucket).cast(), size_of::<Bucket>());
         }
     }
 }

@@ -22,6 +22,7 @@
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(clippy::too_many_lines)]
 
 pub mod calendar;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod tick;
 mod bars;
 mod detect;
 mod engine;
+mod hint;
 mod window;
 
 pub use bars::vwap;

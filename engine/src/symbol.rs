@@ -21,7 +21,8 @@ impl Ticker {
     /// Validates `text` as a ticker.
     pub fn new(text: &str) -> Result<Ticker, RejectReason> {
         let raw = text.as_bytes();
-        let valid = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-';
+        let valid =
+            |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-';
         if raw.is_empty() || raw.len() > SYMBOL_LEN_MAX || !raw.iter().all(valid) {
             return Err(RejectReason::BadSymbol);
         }

@@ -101,8 +101,11 @@ pub(crate) struct Windows<const K: usize> {
 }
 
 impl<const K: usize> Windows<K> {
-    pub(crate) const EMPTY: Windows<K> =
-        Windows { head: 0, first: u64::MAX, sums: [WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 }; K] };
+    pub(crate) const EMPTY: Windows<K> = Windows {
+        head: 0,
+        first: u64::MAX,
+        sums: [WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 }; K],
+    };
 
     /// Adds one trade at `t_ns`, which must not be older than the newest one recorded.
     pub(crate) fn record(
@@ -182,9 +185,10 @@ mod tests {
             for (k, &len) in shape.lengths.iter().enumerate() {
                 let head = t / 10;
                 let inside = |b: u64| b + len > head && b <= head;
-                let expected: u64 = trades[..=i].iter().filter(|x| inside(x.0 / 10)).map(|x| x.2).sum();
+                let expected: u64 =
+                    trades[..=i].iter().filter(|x| inside(x.0 / 10)).map(|x| x.2).sum();
                 assert_eq!(windows.sums[k].volume, expected, "trade {i} window {k}");
-                let before = trades[..=i].iter().filter(|x| !inside(x.0 / 10)).last();
+                let before = trades[..=i].iter().rfind(|x| !inside(x.0 / 10));
                 let price_ref = before.map_or(trades[0].1, |x| x.1);
                 assert_eq!(windows.sums[k].price_ref, price_ref, "trade {i} window {k}");
             }

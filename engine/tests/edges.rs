@@ -32,7 +32,14 @@ impl Harness {
         self.trade_of(0, t, t, price, size)
     }
 
-    fn trade_of(&mut self, sym: u32, now: u64, t: u64, price: &str, size: u64) -> Result<Vec<Event>, RejectReason> {
+    fn trade_of(
+        &mut self,
+        sym: u32,
+        now: u64,
+        t: u64,
+        price: &str,
+        size: u64,
+    ) -> Result<Vec<Event>, RejectReason> {
         let price = Price::from_raw(parse(price));
         let trade = Trade::new(SymbolId(sym), Timestamp(t), price, Qty(size));
         self.tick(now, Tick::Trade(trade))
@@ -143,7 +150,8 @@ fn hl_cooldown_edges() {
     // Exactly 1000 ms after the last HL event: fires, and counts 2.
     let edge = h.trade(t0() + 2 * SEC, "20.3", 100).expect("accepted");
     assert_eq!(high_lows(&edge), vec![(Extreme::High, 2)]);
-    let EventBody::HighLow(hl) = edge.iter().find(|e| e.body.channel() == "HL").expect("HL").body else {
+    let EventBody::HighLow(hl) = edge.iter().find(|e| e.body.channel() == "HL").expect("HL").body
+    else {
         unreachable!()
     };
     assert_eq!(hl.session_high, Price::from_raw(parse("20.3")));
@@ -241,7 +249,15 @@ fn bars_close_on_clock_after_grace() {
     let closed = h.clock(s + 1_250 * MS);
     let bar = bars(&closed, Frequency::Second)[0];
     assert_eq!((bar.start, bar.end), (Timestamp(s), Timestamp(s + SEC)));
-    assert_eq!((bar.open, bar.high, bar.low, bar.close), (Price::from_dollars(10), Price::from_dollars(12), Price::from_dollars(10), Price::from_dollars(12)));
+    assert_eq!(
+        (bar.open, bar.high, bar.low, bar.close),
+        (
+            Price::from_dollars(10),
+            Price::from_dollars(12),
+            Price::from_dollars(10),
+            Price::from_dollars(12)
+        )
+    );
     assert_eq!(bar.volume, Qty(4));
     assert_eq!(bar.vwap, Price::from_raw(11_500_000));
     assert_eq!(bar.avg_size, Qty(2));
@@ -331,11 +347,13 @@ fn aggregates_drive_bars_and_detectors() {
 fn fmv_reports_its_distance_from_the_last_trade() {
     let mut h = Harness::default();
     let t = t0();
-    let fmv = |value: &str| Tick::Fmv(Fmv {
-        ts_event: Timestamp(t),
-        value: Price::from_raw(parse(value)),
-        ..Fmv::default()
-    });
+    let fmv = |value: &str| {
+        Tick::Fmv(Fmv {
+            ts_event: Timestamp(t),
+            value: Price::from_raw(parse(value)),
+            ..Fmv::default()
+        })
+    };
     let before = h.tick(t, fmv("10")).expect("accepted");
     let EventBody::Fmv(value) = before[0].body else { panic!("FMV") };
     assert_eq!(value.vs_market_pct, None);
@@ -349,14 +367,16 @@ fn fmv_reports_its_distance_from_the_last_trade() {
 fn crossed_quotes_are_rejected() {
     let mut h = Harness::default();
     let t = t0();
-    let quote = |bid: &str, ask: &str| Tick::Quote(Quote {
-        ts_event: Timestamp(t),
-        bid_price: Price::from_raw(parse(bid)),
-        ask_price: Price::from_raw(parse(ask)),
-        bid_size: Qty(1),
-        ask_size: Qty(1),
-        ..Quote::default()
-    });
+    let quote = |bid: &str, ask: &str| {
+        Tick::Quote(Quote {
+            ts_event: Timestamp(t),
+            bid_price: Price::from_raw(parse(bid)),
+            ask_price: Price::from_raw(parse(ask)),
+            bid_size: Qty(1),
+            ask_size: Qty(1),
+            ..Quote::default()
+        })
+    };
     assert_eq!(h.tick(t, quote("10.01", "10")), Err(RejectReason::CrossedQuote));
     assert!(h.tick(t, quote("10", "10")).is_ok());
     assert_eq!(h.engine.stats().quotes_accepted, 1);
@@ -397,6 +417,7 @@ fn flush_closes_every_open_bar_in_end_symbol_frequency_order() {
     h.trade_of(2, t, t + 1_500 * MS, "5", 1).expect("accepted");
     h.trade_of(1, t, t + 200 * MS, "5", 1).expect("accepted");
     h.engine.handle_flush().expect("drained");
-    let closed: Vec<(u32, &str)> = h.engine.poll_events().map(|e| (e.symbol.0, e.body.channel())).collect();
+    let closed: Vec<(u32, &str)> =
+        h.engine.poll_events().map(|e| (e.symbol.0, e.body.channel())).collect();
     assert_eq!(closed, vec![(1, "A"), (2, "A"), (1, "AM"), (2, "AM")]);
 }

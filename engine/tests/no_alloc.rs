@@ -66,7 +66,14 @@ impl Rng {
     }
 }
 
-fn drive(engine: &mut Engine, rng: &mut Rng, symbols: u32, trades: u64, t: &mut u64, prices: &mut [i64]) -> u64 {
+fn drive(
+    engine: &mut Engine,
+    rng: &mut Rng,
+    symbols: u32,
+    trades: u64,
+    t: &mut u64,
+    prices: &mut [i64],
+) -> u64 {
     let mut events = 0;
     for i in 0..trades {
         *t += rng.next() % (2 * MS);
@@ -82,7 +89,12 @@ fn drive(engine: &mut Engine, rng: &mut Rng, symbols: u32, trades: u64, t: &mut 
                 symbol,
                 ..Quote::default()
             }),
-            13 => Tick::Fmv(Fmv { ts_event: Timestamp(*t), value: Price::from_raw(prices[sym]), symbol, ..Fmv::default() }),
+            13 => Tick::Fmv(Fmv {
+                ts_event: Timestamp(*t),
+                value: Price::from_raw(prices[sym]),
+                symbol,
+                ..Fmv::default()
+            }),
             21 => Tick::Trade(Trade::new(symbol, Timestamp(*t), Price::ZERO, Qty(1))),
             33 => {
                 let second = *t - *t % 1_000_000_000;
@@ -100,7 +112,12 @@ fn drive(engine: &mut Engine, rng: &mut Rng, symbols: u32, trades: u64, t: &mut 
                     ..Aggregate::default()
                 })
             }
-            _ => Tick::Trade(Trade::new(symbol, Timestamp(*t), Price::from_raw(prices[sym]), Qty(1 + rng.next() % 2_000))),
+            _ => Tick::Trade(Trade::new(
+                symbol,
+                Timestamp(*t),
+                Price::from_raw(prices[sym]),
+                Qty(1 + rng.next() % 2_000),
+            )),
         };
         let _ = engine.handle_tick(Timestamp(*t), &tick);
         events += engine.poll_events().count() as u64;
@@ -135,8 +152,14 @@ fn check(config: &Config, symbols: u32) {
     let (allocs, frees) = (ALLOCS.load(Ordering::Relaxed), FREES.load(Ordering::Relaxed));
     assert_eq!((allocs, frees), (0, 0), "allocations and frees on the per-tick path");
     let stats = engine.stats();
-    assert!(events > 15_000 && after_gap > 0 && flushed > 0, "events: {events} {after_gap} {flushed}");
-    assert!(stats.high_low_events > 0 && stats.trend_events > 0 && stats.surge_events > 0, "{stats:?}");
+    assert!(
+        events > 15_000 && after_gap > 0 && flushed > 0,
+        "events: {events} {after_gap} {flushed}"
+    );
+    assert!(
+        stats.high_low_events > 0 && stats.trend_events > 0 && stats.surge_events > 0,
+        "{stats:?}"
+    );
     assert!(stats.bars_closed_by_clock > 0 && stats.bars_closed_by_trade > 0);
 }
 

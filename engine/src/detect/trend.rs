@@ -57,7 +57,8 @@ pub(crate) fn evaluate(
         *score = w_price * price_part + w_vwap * vwap_part + w_volume * volume_part;
     }
     let [w_short, w_medium, w_long] = trend.window_weights;
-    let score = w_short * window_scores[0] + w_medium * window_scores[1] + w_long * window_scores[2];
+    let score =
+        w_short * window_scores[0] + w_medium * window_scores[1] + w_long * window_scores[2];
     let direction = if score >= params.trend_direction_score {
         Some(Direction::Up)
     } else if score <= -params.trend_direction_score {

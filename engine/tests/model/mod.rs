@@ -229,7 +229,17 @@ impl Model {
         }
         let th = self.thresholds(period);
         if !first_of_session {
-            if let Some(event) = self.high_low(id, &th, price, prev_price.unwrap_or(0), high_before, low_before, size, t_det, trade.ts_event) {
+            if let Some(event) = self.high_low(
+                id,
+                &th,
+                price,
+                prev_price.unwrap_or(0),
+                high_before,
+                low_before,
+                size,
+                t_det,
+                trade.ts_event,
+            ) {
                 self.emit(id, EventBody::HighLow(event));
             }
         }
@@ -308,7 +318,10 @@ impl Model {
                 return None;
             }
         }
-        let band = th.hl_bands.iter().find(|b| b.below.is_infinite() || (price as i128) < micro(b.below))?;
+        let band = th
+            .hl_bands
+            .iter()
+            .find(|b| b.below.is_infinite() || (price as i128) < micro(b.below))?;
         let open = sym.session_open as i128;
         let pct_ok = (price as i128 - open).abs() * 100 * 1_000_000 >= micro(band.min_pct) * open;
         let dollar_ok = (price as i128 - prev as i128).abs() >= micro(band.min_dollar);
@@ -342,14 +355,22 @@ impl Model {
     /// Sums over the buckets `(b - n, b]` and the last price at or before bucket `b - n`.
     fn window(history: &[Past], bucket_ns: u64, b: u64, n: u64) -> (u128, u64, i64, i64) {
         let inside = |p: &Past| p.t_det / bucket_ns + n > b;
-        let pv = history.iter().filter(|p| inside(p)).map(|p| p.price as u128 * p.size as u128).sum();
+        let pv =
+            history.iter().filter(|p| inside(p)).map(|p| p.price as u128 * p.size as u128).sum();
         let volume = history.iter().filter(|p| inside(p)).map(|p| p.size).sum();
         let signed = history.iter().filter(|p| inside(p)).map(|p| p.sign * p.size as i64).sum();
-        let reference = history.iter().filter(|p| !inside(p)).last().unwrap_or(&history[0]).price;
+        let reference = history.iter().rfind(|p| !inside(p)).unwrap_or(&history[0]).price;
         (pv, volume, signed, reference)
     }
 
-    fn trend(&mut self, id: u32, th: &tickstock_engine::Thresholds, price: i64, t_det: u64, ts: Timestamp) -> Option<Trend> {
+    fn trend(
+        &mut self,
+        id: u32,
+        th: &tickstock_engine::Thresholds,
+        price: i64,
+        t_det: u64,
+        ts: Timestamp,
+    ) -> Option<Trend> {
         let tc = self.config.trend;
         let sym = self.syms.get_mut(&id).expect("known");
         let bucket_ns = tc.bucket_ms * MS;
@@ -360,7 +381,8 @@ impl Model {
         }
         let mut scores = [0.0; 3];
         for (k, score) in scores.iter_mut().enumerate() {
-            let (pv, volume, signed, reference) = Self::window(&sym.history, bucket_ns, b, tc.windows_ms[k] / tc.bucket_ms);
+            let (pv, volume, signed, reference) =
+                Self::window(&sym.history, bucket_ns, b, tc.windows_ms[k] / tc.bucket_ms);
             let p = price as f64;
             let r = reference as f64;
             let vwap = pv as f64 / volume as f64;
@@ -388,7 +410,8 @@ impl Model {
         };
         let previous = std::mem::replace(&mut sym.trend_dir, dir);
         let dir = dir?;
-        let interval_ok = sym.last_tr.is_none_or(|last| t_det - last >= th.trend_min_interval_ms * MS);
+        let interval_ok =
+            sym.last_tr.is_none_or(|last| t_det - last >= th.trend_min_interval_ms * MS);
         let reported = sym.trend_strength.unwrap_or(Strength::Weak);
         if previous == Some(dir) && (strength == reported || !interval_ok) {
             return None;
@@ -409,7 +432,14 @@ impl Model {
         })
     }
 
-    fn surge(&mut self, id: u32, th: &tickstock_engine::Thresholds, price: i64, t_det: u64, ts: Timestamp) -> Option<Surge> {
+    fn surge(
+        &mut self,
+        id: u32,
+        th: &tickstock_engine::Thresholds,
+        price: i64,
+        t_det: u64,
+        ts: Timestamp,
+    ) -> Option<Surge> {
         let sc = self.config.surge;
         let sym = self.syms.get_mut(&id).expect("known");
         let bucket_ns = sc.bucket_ms * MS;
@@ -427,7 +457,10 @@ impl Model {
         let baseline = all - recent;
         let intervals = u64::from(sc.baseline_intervals);
         let delta = (price - reference) as i128;
-        let price_at = |f: f64| delta.abs() * 100 * 10i128.pow(12) >= micro(th.surge_price_pct) * micro(f) * reference as i128;
+        let price_at = |f: f64| {
+            delta.abs() * 100 * 10i128.pow(12)
+                >= micro(th.surge_price_pct) * micro(f) * reference as i128
+        };
         let volume_at = |f: f64| {
             baseline > 0
                 && recent as i128 * intervals as i128 * 10i128.pow(12)
@@ -439,15 +472,18 @@ impl Model {
             SurgeMode::Any => p_ok || v_ok,
             SurgeMode::Adaptive => {
                 (p_ok && v_ok)
-                    || (price_at(th.surge_adaptive_price_strong) && volume_at(th.surge_adaptive_volume_weak))
-                    || (volume_at(th.surge_adaptive_volume_strong) && price_at(th.surge_adaptive_price_weak))
+                    || (price_at(th.surge_adaptive_price_strong)
+                        && volume_at(th.surge_adaptive_volume_weak))
+                    || (volume_at(th.surge_adaptive_volume_strong)
+                        && price_at(th.surge_adaptive_price_weak))
             }
         };
         if !fires {
             return None;
         }
         let pct = (price - reference) as f64 / reference as f64 * 100.0;
-        let vol_mult = if baseline > 0 { recent as f64 * intervals as f64 / baseline as f64 } else { 0.0 };
+        let vol_mult =
+            if baseline > 0 { recent as f64 * intervals as f64 / baseline as f64 } else { 0.0 };
         let (pr, vr) = (pct.abs() / th.surge_price_pct, vol_mult / th.surge_volume_mult);
         let trigger = match (p_ok, v_ok) {
             (true, true) => SurgeTrigger::Both,
@@ -483,5 +519,10 @@ fn round_div(pv: u128, volume: u64) -> Price {
 
 /// Helper so tests can name a UTC instant.
 pub fn utc_ns(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> u64 {
-    chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid").timestamp_nanos_opt().expect("range") as u64
+    chrono::Utc
+        .with_ymd_and_hms(y, mo, d, h, mi, s)
+        .single()
+        .expect("valid")
+        .timestamp_nanos_opt()
+        .expect("range") as u64
 }
