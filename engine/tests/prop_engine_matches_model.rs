@@ -133,7 +133,7 @@ fn run(config: &Config, start_ns: u64, ops: &[Op]) -> Result<(), TestCaseError> 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_engine_matches_model_fast_windows(start in 0usize..4, ops in prop::collection::vec(op(), 1..400)) {
