@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Timelike};
+use chrono::{DateTime, Datelike, TimeZone, Timelike};
 use chrono_tz::Tz;
 use tickstock_engine::{
     Bar, Config, Direction, Event, EventBody, Extreme, Frequency, HighLow, Period, Price, Qty,
@@ -107,14 +107,13 @@ impl Model {
             Period::AfterHours
         };
         // DST gaps never contain a period start in New York, so the local minute decides.
-        let _ = NaiveTime::MIN;
         (local.date_naive().num_days_from_ce(), period)
     }
 
-    fn thresholds(&self, period: Period) -> tickstock_engine::Thresholds {
-        // The tests configure no overrides; the model checks that assumption.
+    /// The thresholds in force. The tests configure no period overrides (those are covered by
+    /// `config::tests`), so every period has the base thresholds; the model checks that.
+    fn thresholds(&self, _period: Period) -> tickstock_engine::Thresholds {
         assert_eq!(self.config.overrides, Default::default(), "model supports no overrides");
-        let _ = period;
         self.config.thresholds.clone()
     }
 
