@@ -17,6 +17,8 @@ const NANOS_PER_MS: u64 = 1_000_000;
 /// Everything the engine can be told. Construct with `Config::default()` and change fields.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Config {
     /// How many distinct symbols the engine tracks; per-symbol state is allocated up front.
     /// Default: 16,384.
@@ -147,6 +149,8 @@ impl Config {
 /// after `after_hours_end` is [`Period::Overnight`], which uses the base thresholds.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct SessionHours {
     /// Pre-market opens. Default: 240 (04:00).
     pub pre_market_start_min: u32,
@@ -199,6 +203,8 @@ impl SessionHours {
 /// Trend windows (DETECTORS.md `TR`). Windows are whole numbers of buckets.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct TrendConfig {
     /// Bucket width, aligned to UTC multiples. Default: 5,000 ms.
     pub bucket_ms: u64,
@@ -251,6 +257,8 @@ impl TrendConfig {
 /// Surge windows (DETECTORS.md `SV`).
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct SurgeConfig {
     /// Bucket width, aligned to UTC multiples. Default: 1,000 ms.
     pub bucket_ms: u64,
@@ -285,6 +293,8 @@ impl SurgeConfig {
 /// One high/low significance band: applies to trades priced below `below` dollars (the last
 /// band uses `f64::INFINITY`).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct HlBand {
     /// Upper bound (exclusive) of the band's prices, in dollars.
     pub below: f64,
@@ -296,6 +306,8 @@ pub struct HlBand {
 
 /// How the surge triggers combine (DETECTORS.md `SV`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum SurgeMode {
     /// Both triggers, or one strong trigger compensating a weaker one (the default).
     Adaptive,
@@ -308,6 +320,8 @@ pub enum SurgeMode {
 /// Detector thresholds; each period may override any of them.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct Thresholds {
     /// Least time between two `HL` events of a symbol. Default: 1,000 ms.
     pub hl_cooldown_ms: u64,
@@ -451,6 +465,8 @@ macro_rules! threshold_overrides {
         /// [`Thresholds`] field of the same name. Default: all `None`.
         #[non_exhaustive]
         #[derive(Clone, Debug, Default, PartialEq)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
         pub struct ThresholdOverrides {
             $(
                 #[doc = concat!("Overrides [`Thresholds::", stringify!($field), "`].")]
@@ -493,6 +509,8 @@ threshold_overrides! {
 /// pre-market settings). Overnight always uses the base thresholds.
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct PeriodOverrides {
     /// 04:00-09:30 by default.
     pub pre_market: Option<ThresholdOverrides>,

@@ -19,6 +19,9 @@
 //! | [`symbol`] | the fixed-capacity [`SymbolTable`] |
 //! | [`calendar`] | trading days and periods through the IANA time-zone database |
 //! | [`error`] | `Copy` error enums and the table of what panics |
+//! | [`mfbuf`] | the multi-frequency buffer between the engine and the emitter threads |
+//! | [`ring`] | the lock-free [`ring::swap`] buffer under it (the only `unsafe` besides prefetch) |
+//! | [`encode`] | each event's JSON object, as PROTOCOL.md puts it on the wire |
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -26,9 +29,12 @@
 
 pub mod calendar;
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod event;
 pub mod limits;
+pub mod mfbuf;
+pub mod ring;
 pub mod stats;
 pub mod symbol;
 pub mod tick;
@@ -37,6 +43,7 @@ mod bars;
 mod detect;
 mod engine;
 mod hint;
+mod sync;
 mod window;
 
 pub use bars::vwap;

@@ -48,3 +48,10 @@ pub const SYMBOLS_MAX: u32 = 1 << 20;
 const _: () = assert!(PRICE_SCALE == RATIO_SCALE);
 const _: () = assert!(WINDOW_BUCKETS_MAX.is_power_of_two());
 const _: () = assert!(SYMBOL_LEN_MAX <= u8::MAX as usize);
+
+/// Largest JSON object [`crate::encode::encode_event`] writes for one event, in bytes.
+///
+/// The worst case (a `T` with a 12-character ticker, every number at its widest and ten
+/// conditions) is about 330 bytes; a test in `encode.rs` builds it. The emitter keeps this
+/// much room in its batch before encoding, so encoding never grows a buffer.
+pub const EVENT_JSON_BYTES_MAX: usize = 512;
