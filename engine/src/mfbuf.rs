@@ -216,20 +216,25 @@ impl MfProducer {
     /// Writes a batch of events, in `seq` order, as one batch. Returns how many were dropped
     /// because their lane was full. Never waits, never allocates.
     pub fn publish(&mut self, events: impl IntoIterator<Item = Event>) -> u64 {
-        let local = &mut self.local;
-        let (mut added, mut dropped) = ([0u64; Lane::COUNT], [0u64; Lane::COUNT]);
-        self.inner.write(|set| {
+        self.publish_with(|lanes| {
             for event in events {
-                let lane = Lane::of(&event.body).index();
-                let vec = &mut set.lanes[lane];
-                if vec.len() < vec.capacity() {
-                    vec.push(event);
-                    added[lane] += 1;
-                } else {
-                    dropped[lane] += 1;
-                }
+                lanes.push(event);
             }
+            lanes.dropped()
+        })
+    }
+
+    /// Runs `f` as one batch: everything it pushes is taken by the same pull. The engine
+    /// thread handles a whole chunk of ticks inside one batch, so the two read-modify-writes
+    /// of the swap are paid per chunk, not per event. Keep batches short: a pull that meets
+    /// a batch in flight waits for its end.
+    pub fn publish_with<R>(&mut self, f: impl FnOnce(&mut LaneWriter<'_>) -> R) -> R {
+        let (result, added, dropped) = self.inner.write(|set| {
+            let mut writer = LaneWriter { set, added: [0; Lane::COUNT], dropped: [0; Lane::COUNT] };
+            let result = f(&mut writer);
+            (result, writer.added, writer.dropped)
         });
+        let local = &mut self.local;
         for lane in 0..Lane::COUNT {
             local[0][lane] += added[lane];
             local[1][lane] += dropped[lane];
@@ -237,7 +242,36 @@ impl MfProducer {
             self.counters.buffered[lane].store(local[0][lane], Ordering::Relaxed);
             self.counters.dropped[lane].store(local[1][lane], Ordering::Relaxed);
         }
-        dropped.iter().sum()
+        result
+    }
+}
+
+/// The open batch of [`MfProducer::publish_with`].
+#[derive(Debug)]
+pub struct LaneWriter<'a> {
+    set: &'a mut LaneSet,
+    added: [u64; Lane::COUNT],
+    dropped: [u64; Lane::COUNT],
+}
+
+impl LaneWriter<'_> {
+    /// Appends `event` to its lane; `false` (and counted) when the lane is full.
+    pub fn push(&mut self, event: Event) -> bool {
+        let lane = Lane::of(&event.body).index();
+        let vec = &mut self.set.lanes[lane];
+        if vec.len() < vec.capacity() {
+            vec.push(event);
+            self.added[lane] += 1;
+            true
+        } else {
+            self.dropped[lane] += 1;
+            false
+        }
+    }
+
+    /// Events dropped in this batch so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.iter().sum()
     }
 }
 

@@ -1,0 +1,336 @@
+//! The `tickstock` configuration file: every setting, its default, and its checks.
+//!
+//! The file is TOML; every section and key is optional and falls back to the default given
+//! here and in `tickstock.toml` at the repository root (which a test keeps equal to
+//! [`Settings::default`]). Unknown keys are errors, so a typo never silently does nothing.
+//! Secrets (upstream keys, API keys, JWT secrets) are never settings here: they are read from
+//! the environment or from a file named here, and never from the command line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tickstock_engine::mfbuf::MfBufConfig;
+use tickstock_engine::Config as EngineConfig;
+
+use crate::idle::IdleStrategy;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The engine core: validation, bars, detectors (DETECTORS.md).
+    pub engine: EngineConfig,
+    /// Lanes of the multi-frequency buffer between engine and emitter.
+    pub mfbuf: MfBufConfig,
+    /// Threads, rings and the emitter.
+    pub pipeline: PipelineSettings,
+    /// The journal of accepted ticks.
+    pub journal: JournalSettings,
+    /// The built-in synthetic market.
+    pub synthetic: SyntheticSettings,
+}
+
+/// Threads, rings and the emitter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Feed -> engine ring, in inputs (power of two). When full, the feed waits (back-pressure
+    /// to its source) and counts `feed_ring_full_waits`. Default: 65,536.
+    pub ring_capacity: u32,
+    /// Most inputs the engine takes from the ring in one batch. Default: 256.
+    pub engine_chunk_max: u32,
+    /// Pin the engine thread to this core id. Default: not pinned.
+    pub engine_core: Option<usize>,
+    /// How the engine thread waits for inputs. Default: backoff.
+    pub engine_idle: IdleStrategy,
+    /// How the emitter waits between cycles. Default: backoff.
+    pub emitter_idle: IdleStrategy,
+    /// How the feed waits on a full ring. Default: backoff.
+    pub feed_idle: IdleStrategy,
+    /// How the journal writer waits for records. Default: backoff.
+    pub journal_idle: IdleStrategy,
+    /// Emitter cycle: events are pulled and handed on as one batch per cycle, in µs. 0 pulls
+    /// continuously (lowest latency, smallest batches). Default: 1,000.
+    pub emitter_cycle_us: u32,
+    /// Encoded bytes one emitter batch holds before it is handed on early. Default: 4 MiB.
+    pub emitter_batch_bytes: u32,
+    /// A feed with nothing to send still sends the clock this often, so bars close on time.
+    /// Default: 1 ms.
+    pub heartbeat_ms: u32,
+    /// How often threads publish their histograms and stderr gets a status line.
+    /// Default: 5,000 ms.
+    pub stats_interval_ms: u32,
+    /// What the engine does when the emitter falls behind. Default: auto.
+    pub emitter_backpressure: Backpressure,
+}
+
+/// What the engine thread does when the emitter falls behind by half a lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backpressure {
+    /// `wait` for replays and virtual-time feeds (nothing to keep up with, every event
+    /// wanted), `drop` for live feeds.
+    Auto,
+    /// Never wait: a full lane drops the newest events and counts them (the multi-frequency
+    /// buffer's policy). Live data never queues behind a slow emitter.
+    Drop,
+    /// Wait for the emitter before the next chunk: nothing is dropped, the feed slows down.
+    Wait,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> PipelineSettings {
+        PipelineSettings {
+            ring_capacity: 65_536,
+            engine_chunk_max: 256,
+            engine_core: None,
+            engine_idle: IdleStrategy::default(),
+            emitter_idle: IdleStrategy::default(),
+            feed_idle: IdleStrategy::default(),
+            journal_idle: IdleStrategy::default(),
+            emitter_cycle_us: 1_000,
+            emitter_batch_bytes: 4 << 20,
+            heartbeat_ms: 1,
+            stats_interval_ms: 5_000,
+            emitter_backpressure: Backpressure::Auto,
+        }
+    }
+}
+
+/// When the journal calls `fsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Never; the OS writes back when it likes. A crash of the machine (not the process) may
+    /// lose the last seconds.
+    Never,
+    /// Every `fsync_interval_ms`.
+    Interval,
+    /// After every record: the slowest, for when no accepted trade may be lost.
+    EveryRecord,
+}
+
+/// What happens when the journal cannot keep up (its ring is full) or the disk fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalFailurePolicy {
+    /// Keep serving; drop journal records, count them, and write a gap record when the
+    /// journal can write again.
+    Continue,
+    /// Stop the server cleanly (exit code 3): for desks that must have every trade on disk.
+    Shutdown,
+}
+
+/// The journal of accepted ticks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSettings {
+    /// Write the journal. Default: false (`tickstock record` turns it on).
+    pub enabled: bool,
+    /// Directory of the segment files. Default: `journal`.
+    pub dir: PathBuf,
+    /// A segment is closed (and fsynced) and a new one started past this size.
+    /// Default: 256 MiB.
+    pub segment_bytes_max: u64,
+    /// Default: interval.
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`. Default: 200 ms.
+    pub fsync_interval_ms: u32,
+    /// Engine -> journal ring, in records (power of two). Default: 262,144.
+    pub ring_capacity: u32,
+    /// Default: continue.
+    pub on_failure: JournalFailurePolicy,
+}
+
+impl Default for JournalSettings {
+    fn default() -> JournalSettings {
+        JournalSettings {
+            enabled: false,
+            dir: PathBuf::from("journal"),
+            segment_bytes_max: 256 << 20,
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 200,
+            ring_capacity: 262_144,
+            on_failure: JournalFailurePolicy::Continue,
+        }
+    }
+}
+
+/// The built-in synthetic market.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyntheticSettings {
+    /// Symbols traded. Default: 4,000.
+    pub symbols: u32,
+    /// Trades per second (of event time). Default: 20,000.
+    pub trades_per_sec: u32,
+    /// Same seed, same market. Default: 1.
+    pub seed: u64,
+    /// Generate event time instead of following the wall clock, as fast as the pipeline
+    /// takes it (benches, tests, recording a day in minutes). Default: false.
+    pub virtual_time: bool,
+    /// With `virtual_time`: the first trade's time, Unix ms. Default: 2026-11-24 14:30 UTC
+    /// (09:30 in New York).
+    pub virtual_start_unix_ms: u64,
+    /// Stop after this many trades. Default: never.
+    pub trades_max: Option<u64>,
+}
+
+impl Default for SyntheticSettings {
+    fn default() -> SyntheticSettings {
+        SyntheticSettings {
+            symbols: 4_000,
+            trades_per_sec: 20_000,
+            seed: 1,
+            virtual_time: false,
+            virtual_start_unix_ms: 1_795_962_600_000,
+            trades_max: None,
+        }
+    }
+}
+
+/// A configuration file that cannot be used, with the reason.
+#[derive(Debug)]
+pub enum SettingsError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the settings (the message gives line
+    /// and column).
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    Invalid(String),
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            SettingsError::Parse { path, message } => write!(f, "{}: {message}", path.display()),
+            SettingsError::Invalid(message) => write!(f, "invalid setting: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+impl Settings {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+        Settings::parse(&text)
+            .map_err(|message| SettingsError::Parse { path: path.to_owned(), message })?
+            .validated()
+    }
+
+    /// Parses TOML text (without the range checks of [`Settings::validated`]).
+    pub fn parse(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// The defaults as a TOML document.
+    pub fn default_toml() -> String {
+        toml::to_string(&Settings::default()).expect("Invariant: the defaults serialize")
+    }
+
+    /// Checks every value; returns the settings unchanged when they are usable.
+    pub fn validated(self) -> Result<Settings, SettingsError> {
+        let invalid = SettingsError::Invalid;
+        self.engine.validate().map_err(|error| invalid(format!("engine: {error}")))?;
+        self.mfbuf
+            .validate(self.engine.symbols_max)
+            .map_err(|error| invalid(format!("mfbuf: {error}")))?;
+        let p = &self.pipeline;
+        for (name, strategy) in [
+            ("pipeline.engine_idle", p.engine_idle),
+            ("pipeline.emitter_idle", p.emitter_idle),
+            ("pipeline.feed_idle", p.feed_idle),
+            ("pipeline.journal_idle", p.journal_idle),
+        ] {
+            strategy.validate(name).map_err(invalid)?;
+        }
+        power_of_two("pipeline.ring_capacity", p.ring_capacity, 2, 1 << 24)?;
+        power_of_two("journal.ring_capacity", self.journal.ring_capacity, 2, 1 << 24)?;
+        within("pipeline.engine_chunk_max", p.engine_chunk_max.into(), 1, 65_536)?;
+        within("pipeline.emitter_cycle_us", p.emitter_cycle_us.into(), 0, 1_000_000)?;
+        within("pipeline.emitter_batch_bytes", p.emitter_batch_bytes.into(), 4_096, 1 << 30)?;
+        within("pipeline.heartbeat_ms", p.heartbeat_ms.into(), 1, 60_000)?;
+        within("pipeline.stats_interval_ms", p.stats_interval_ms.into(), 10, 3_600_000)?;
+        within("journal.segment_bytes_max", self.journal.segment_bytes_max, 4_096, 1 << 40)?;
+        within("journal.fsync_interval_ms", self.journal.fsync_interval_ms.into(), 1, 3_600_000)?;
+        let s = &self.synthetic;
+        within("synthetic.symbols", s.symbols.into(), 1, self.engine.symbols_max.into())?;
+        within("synthetic.trades_per_sec", s.trades_per_sec.into(), 1, 100_000_000)?;
+        Ok(self)
+    }
+}
+
+fn within(field: &str, value: u64, min: u64, max: u64) -> Result<(), SettingsError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::Invalid(format!("{field} = {value}, must be in {min}..={max}")))
+    }
+}
+
+fn power_of_two(field: &str, value: u32, min: u32, max: u32) -> Result<(), SettingsError> {
+    within(field, value.into(), min.into(), max.into())?;
+    if value.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(SettingsError::Invalid(format!("{field} = {value}, must be a power of two")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        let shipped = include_str!("../../tickstock.toml");
+        assert_eq!(Settings::parse(shipped).unwrap(), Settings::default());
+        Settings::default().validated().unwrap();
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        assert_eq!(Settings::parse(&Settings::default_toml()).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let error = Settings::parse("[pipeline]\nring_capacty = 4\n").unwrap_err();
+        assert!(error.contains("ring_capacty"), "{error}");
+        let bad = Settings::parse("[pipeline]\nring_capacity = 1000\n").unwrap();
+        let error = bad.validated().unwrap_err().to_string();
+        assert!(error.contains("pipeline.ring_capacity"), "{error}");
+        let bad = Settings::parse("[engine]\nmax_jump_pct = -1.0\n").unwrap();
+        assert!(bad.validated().unwrap_err().to_string().contains("max_jump_pct"));
+        let idle = "[pipeline.engine_idle]\nkind = \"backoff\"\nspins = 1\nyields = 1\npark_us_min = 0\npark_us_max = 5\n";
+        let error = Settings::parse(idle).unwrap().validated().unwrap_err().to_string();
+        assert!(error.contains("engine_idle"), "{error}");
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let text = "[synthetic]\nseed = 7\n[pipeline.engine_idle]\nkind = \"spin\"\n";
+        let settings = Settings::parse(text).unwrap();
+        assert_eq!(settings.synthetic.seed, 7);
+        assert_eq!(settings.pipeline.engine_idle, IdleStrategy::Spin);
+        assert_eq!(settings.synthetic.symbols, 4_000);
+    }
+}

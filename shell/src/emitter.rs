@@ -1,0 +1,354 @@
+//! The emitter: pulls the engine's events out of the multi-frequency buffer (swap-on-pull),
+//! encodes each one once, and hands a batch of frames to the sink every cycle.
+//!
+//! A [`Frame`] is one event's JSON object inside the batch's byte buffer, with what the
+//! fan-out needs to route it without decoding (`seq`, symbol, channel). The batch is the unit
+//! the fan-out shares among connections. Until the WebSocket shell exists the sink writes JSON
+//! lines ([`JsonLinesSink`]); tests capture batches ([`CaptureSink`]).
+//!
+//! Every pulled event is encoded and handed on; a sink that fails is counted per frame
+//! (`sink_failed`), so the emitter never loses an event silently.
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tickstock_engine::encode::encode_event;
+use tickstock_engine::limits::EVENT_JSON_BYTES_MAX;
+use tickstock_engine::mfbuf::MfConsumer;
+use tickstock_engine::{Event, EventBody, SymbolId};
+
+use crate::clock::Clock;
+use crate::idle::{IdleStrategy, Idler, Waker};
+use crate::symbols::Symbols;
+use crate::tracer::{Counters, Histograms, LocalHistogram};
+
+/// One encoded event in a [`FrameBatch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The event's `seq`.
+    pub seq: u64,
+    /// Its symbol.
+    pub symbol: SymbolId,
+    /// Its channel (`ev`).
+    pub channel: &'static str,
+    /// Byte range of its JSON object in [`FrameBatch::bytes`].
+    pub start: u32,
+    /// End of that range (exclusive).
+    pub end: u32,
+}
+
+/// The frames of one emitter cycle, in `seq` order.
+///
+/// # Overflow
+/// Fixed capacity (`emitter_batch_bytes`); when the next event might not fit, the batch is
+/// handed on early and a new one begins, so nothing is dropped and nothing reallocates.
+#[derive(Debug)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+    frames: Vec<Frame>,
+}
+
+impl FrameBatch {
+    /// A batch of `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> FrameBatch {
+        let frames_max = bytes_max / 64;
+        FrameBatch { bytes: Vec::with_capacity(bytes_max), frames: Vec::with_capacity(frames_max) }
+    }
+
+    /// True when another event certainly fits.
+    pub fn has_room(&self) -> bool {
+        self.bytes.capacity() - self.bytes.len() >= EVENT_JSON_BYTES_MAX
+            && self.frames.len() < self.frames.capacity()
+    }
+
+    /// Encodes `event` into the batch; the caller checked [`FrameBatch::has_room`].
+    pub fn push(&mut self, event: &Event, ticker: &str) {
+        debug_assert!(self.has_room(), "Invariant: the caller checks for room");
+        let start = self.bytes.len() as u32;
+        encode_event(&mut self.bytes, event, ticker);
+        let end = self.bytes.len() as u32;
+        let channel = event.body.channel();
+        self.frames.push(Frame { seq: event.seq, symbol: event.symbol, channel, start, end });
+    }
+
+    /// The frames.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+
+    /// The JSON object of `frame`.
+    pub fn json(&self, frame: &Frame) -> &[u8] {
+        &self.bytes[frame.start as usize..frame.end as usize]
+    }
+
+    /// All encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// True when the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.frames.clear();
+    }
+}
+
+/// Where batches go: the fan-out, stdout, a test's capture.
+pub trait FrameSink: Send {
+    /// Takes one batch. An error counts the batch's frames as failed.
+    fn emit(&mut self, batch: &FrameBatch) -> io::Result<()>;
+    /// The pipeline has stopped: flush.
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+/// Writes each frame as a JSON line.
+#[derive(Debug)]
+pub struct JsonLinesSink<W: Write + Send> {
+    out: W,
+}
+
+impl<W: Write + Send> JsonLinesSink<W> {
+    /// A sink over `out` (buffer it: the sink writes small pieces).
+    pub fn new(out: W) -> JsonLinesSink<W> {
+        JsonLinesSink { out }
+    }
+}
+
+impl<W: Write + Send> FrameSink for JsonLinesSink<W> {
+    fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        for frame in batch.frames() {
+            self.out.write_all(batch.json(frame))?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Discards batches (benchmarks, `record`).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl FrameSink for NullSink {
+    fn emit(&mut self, _batch: &FrameBatch) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps every frame's JSON, in order (tests).
+#[derive(Clone, Debug, Default)]
+pub struct CaptureSink {
+    /// The frames' JSON objects, with their `seq`.
+    pub frames: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl FrameSink for CaptureSink {
+    fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        let mut frames = self.frames.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for frame in batch.frames() {
+            frames.push((frame.seq, String::from_utf8_lossy(batch.json(frame)).into_owned()));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the emitter thread needs.
+#[derive(Debug)]
+pub struct EmitterContext {
+    /// The buffer's consumer side.
+    pub consumer: MfConsumer,
+    /// Names for `sym`.
+    pub symbols: Arc<Symbols>,
+    /// Stage counters.
+    pub counters: Arc<Counters>,
+    /// Shared histograms.
+    pub histograms: Arc<Histograms>,
+    /// The runtime clock.
+    pub clock: Clock,
+    /// Cycle length; zero pulls continuously.
+    pub cycle: Duration,
+    /// Batch capacity in bytes.
+    pub batch_bytes: usize,
+    /// How often histograms are published.
+    pub stats_interval: Duration,
+    /// Record ring-entry-to-frame latency (live clocks only: a replay's `ts_recv` is history).
+    pub measure_latency: bool,
+}
+
+struct Emitter {
+    ctx: EmitterContext,
+    batch: FrameBatch,
+    sink: Box<dyn FrameSink>,
+    counts: [u64; 5],
+    cycle_ns: LocalHistogram,
+    latency_ns: LocalHistogram,
+    sink_ok: bool,
+}
+
+const PULLED: usize = 0;
+const ENCODED: usize = 1;
+const EMITTED: usize = 2;
+const BATCHES: usize = 3;
+const FAILED: usize = 4;
+
+/// Runs the emitter until the engine is done and the buffer is empty. The emitter's
+/// [`Waker`] goes out through `waker_out` first, for the engine thread.
+pub fn run(
+    ctx: EmitterContext,
+    sink: Box<dyn FrameSink>,
+    idle: IdleStrategy,
+    waker_out: std::sync::mpsc::Sender<Waker>,
+) {
+    let mut idler = Idler::new(idle);
+    let _ = waker_out.send(idler.waker());
+    let batch = FrameBatch::new(ctx.batch_bytes);
+    let mut emitter = Emitter {
+        ctx,
+        batch,
+        sink,
+        counts: [0; 5],
+        cycle_ns: LocalHistogram::default(),
+        latency_ns: LocalHistogram::default(),
+        sink_ok: true,
+    };
+    let mut next_cycle = Instant::now();
+    let mut next_stats = Instant::now() + emitter.ctx.stats_interval;
+    let mut empty_after_done = 0;
+    loop {
+        let cycle = emitter.ctx.cycle;
+        if !cycle.is_zero() {
+            while Instant::now() < next_cycle {
+                idler.idle_at_most(next_cycle - Instant::now(), || false);
+            }
+            next_cycle = (next_cycle + cycle).max(Instant::now());
+        }
+        // Acquire pairs with the engine's Release store: everything it published before
+        // saying it is done is in the buffer for the pulls below.
+        let done = emitter.ctx.counters.engine_done.load(Ordering::Acquire);
+        let pulled = emitter.cycle();
+        if Instant::now() >= next_stats {
+            emitter.publish_histograms(false);
+            next_stats = Instant::now() + emitter.ctx.stats_interval;
+        }
+        if done && pulled == 0 {
+            // Two empty pulls after `done`: both sets are drained (a pull may be pending).
+            empty_after_done += 1;
+            if empty_after_done >= 3 {
+                break;
+            }
+        }
+        if cycle.is_zero() {
+            idler.idle(pulled, || false);
+        }
+    }
+    emitter.publish_histograms(true);
+    if let Err(error) = emitter.sink.finish() {
+        eprintln!("tickstock: output failed at shutdown: {error}");
+    }
+}
+
+impl Emitter {
+    /// One cycle: pull, encode, hand on. Returns the events pulled.
+    fn cycle(&mut self) -> usize {
+        let started = self.ctx.clock.now();
+        let mut pulled = loop {
+            match self.ctx.consumer.pull() {
+                Some(pulled) => break pulled,
+                // The engine is mid-batch on the set just taken; its batches are short (one
+                // chunk), so wait for it here rather than a whole cycle.
+                None => std::thread::yield_now(),
+            }
+        };
+        let mut count = 0;
+        let (batch, sink, counts) = (&mut self.batch, &mut self.sink, &mut self.counts);
+        let (symbols, latency, sink_ok) =
+            (&self.ctx.symbols, &mut self.latency_ns, &mut self.sink_ok);
+        let (clock, measure) = (self.ctx.clock, self.ctx.measure_latency);
+        pulled.for_each_in_seq(|event| {
+            count += 1;
+            if !batch.has_room() {
+                hand_on(batch, sink.as_mut(), counts, sink_ok);
+            }
+            batch.push(event, symbols.name(event.symbol).unwrap_or("?"));
+            if let (true, EventBody::Trade(trade)) = (measure, &event.body) {
+                // Ring entry to encoded frame: one clock read per trade (about 20 ns).
+                latency.record_n(clock.now().0.saturating_sub(trade.ts_recv.0), 1);
+            }
+        });
+        drop(pulled);
+        counts[PULLED] += count as u64;
+        counts[ENCODED] += count as u64;
+        if !batch.is_empty() {
+            hand_on(batch, sink.as_mut(), counts, sink_ok);
+        }
+        let ended = self.ctx.clock.now();
+        if count > 0 {
+            self.cycle_ns.record_n(ended.0.saturating_sub(started.0), 1);
+        }
+        let c = &self.ctx.counters;
+        c.pulled.set(counts[PULLED]);
+        c.encoded.set(counts[ENCODED]);
+        c.emitted.set(counts[EMITTED]);
+        c.emitted_batches.set(counts[BATCHES]);
+        c.sink_failed.set(counts[FAILED]);
+        count
+    }
+
+    fn publish_histograms(&mut self, last: bool) {
+        let h = &self.ctx.histograms;
+        if last {
+            self.cycle_ns.publish_final(&h.emitter_cycle_ns);
+            self.latency_ns.publish_final(&h.ring_to_frame_ns);
+        } else {
+            self.cycle_ns.publish(&h.emitter_cycle_ns);
+            self.latency_ns.publish(&h.ring_to_frame_ns);
+        }
+    }
+}
+
+fn hand_on(
+    batch: &mut FrameBatch,
+    sink: &mut dyn FrameSink,
+    counts: &mut [u64; 5],
+    sink_ok: &mut bool,
+) {
+    let frames = batch.len() as u64;
+    match sink.emit(batch) {
+        Ok(()) => {
+            counts[EMITTED] += frames;
+            counts[BATCHES] += 1;
+        }
+        Err(error) => {
+            if *sink_ok {
+                eprintln!(
+                    "tickstock: output failed, frames are counted as sink_failed from now: {error}"
+                );
+                *sink_ok = false;
+            }
+            counts[FAILED] += frames;
+        }
+    }
+    batch.clear();
+}

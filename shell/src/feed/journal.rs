@@ -1,0 +1,151 @@
+//! Replay: a journal as a feed, at its original pace, at N times that, or flat out.
+//!
+//! Each tick goes to the engine with its recorded `ts_recv`, which was the engine clock when
+//! it was first handled, so the engine produces the same events with the same `seq` as the
+//! run that wrote the journal, whatever the pace (a test holds it to that). Symbols keep
+//! their recorded ids when they are free, so bars the clock closes at the same instant come
+//! out in the recorded order too.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tickstock_engine::{SymbolId, Tick, Timestamp};
+
+use crate::feed::{recv_of, Feed, FeedEnd, FeedTx};
+use crate::journal::codec::Record;
+use crate::journal::reader;
+
+/// How fast a replay runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// As fast as the pipeline takes it.
+    Max,
+    /// `speed` times the recorded pace (1.0 is the original).
+    Speed(f64),
+}
+
+/// Waits shorter than this are spun (yielding), longer ones slept.
+const SLEEP_THRESHOLD: Duration = Duration::from_micros(200);
+
+/// A journal directory as a feed.
+#[derive(Debug)]
+pub struct JournalFeed {
+    dir: PathBuf,
+    pace: Pace,
+    /// Gap records seen: how many records the journal says it lost.
+    pub records_lost: u64,
+}
+
+impl JournalFeed {
+    /// Replays `dir` at `pace`.
+    pub fn new(dir: PathBuf, pace: Pace) -> JournalFeed {
+        JournalFeed { dir, pace, records_lost: 0 }
+    }
+}
+
+struct Replay<'a> {
+    tx: &'a mut FeedTx,
+    pace: Pace,
+    /// Recorded id -> id in this run, per segment (ids are per segment in the format).
+    ids: Vec<Option<SymbolId>>,
+    segment: u64,
+    start: Option<(Instant, Timestamp)>,
+    records_lost: u64,
+    failure: Option<String>,
+    stopped: bool,
+}
+
+impl Replay<'_> {
+    fn record(&mut self, segment: u64, record: Record<'_>) -> bool {
+        if segment != self.segment {
+            self.segment = segment;
+            self.ids.iter_mut().for_each(|id| *id = None);
+        }
+        match record {
+            Record::Symbol { id, ticker } => match self.tx.intern_at(ticker, id) {
+                Ok(local) => {
+                    if let Some(slot) = self.ids.get_mut(id.index()) {
+                        *slot = Some(local);
+                    } else {
+                        self.failure = Some(format!("symbol id {} above symbols_max", id.0));
+                        return false;
+                    }
+                }
+                Err(reason) => {
+                    self.failure = Some(format!("cannot intern {ticker}: {reason}"));
+                    return false;
+                }
+            },
+            Record::Tick(tick) => return self.tick(tick),
+            Record::Gap { records_lost, .. } => self.records_lost += records_lost,
+        }
+        true
+    }
+
+    fn tick(&mut self, mut tick: Tick) -> bool {
+        let recorded = tick.symbol();
+        let Some(Some(local)) = self.ids.get(recorded.index()).copied() else {
+            self.failure = Some(format!("tick for symbol id {} with no symbol record", recorded.0));
+            return false;
+        };
+        set_symbol(&mut tick, local);
+        self.wait_until_due(recv_of(&tick));
+        if self.tx.stopping() || self.tx.send_tick(tick).is_err() {
+            self.stopped = true;
+            return false;
+        }
+        true
+    }
+
+    fn wait_until_due(&mut self, recv: Timestamp) {
+        let Pace::Speed(speed) = self.pace else { return };
+        let (wall0, recv0) = *self.start.get_or_insert((Instant::now(), recv));
+        let offset_ns = recv.0.saturating_sub(recv0.0) as f64 / speed;
+        let due = wall0 + Duration::from_nanos(offset_ns as u64);
+        loop {
+            let now = Instant::now();
+            if now >= due || self.tx.stopping() {
+                return;
+            }
+            let left = due - now;
+            if left > SLEEP_THRESHOLD {
+                std::thread::sleep((left - SLEEP_THRESHOLD).min(Duration::from_millis(50)));
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn set_symbol(tick: &mut Tick, id: SymbolId) {
+    match tick {
+        Tick::Trade(trade) => trade.symbol = id,
+        Tick::Quote(quote) => quote.symbol = id,
+        Tick::Aggregate(aggregate) => aggregate.symbol = id,
+        Tick::Fmv(fmv) => fmv.symbol = id,
+    }
+}
+
+impl Feed for JournalFeed {
+    fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
+        let capacity = tickstock_engine::limits::SYMBOLS_MAX as usize;
+        let mut replay = Replay {
+            tx,
+            pace: self.pace,
+            ids: vec![None; capacity],
+            segment: u64::MAX,
+            start: None,
+            records_lost: 0,
+            failure: None,
+            stopped: false,
+        };
+        let result = reader::for_each(&self.dir, |segment, record| replay.record(segment, record));
+        self.records_lost = replay.records_lost;
+        match (result, replay.failure, replay.stopped) {
+            (Err(error), _, _) => FeedEnd::Failed(error.to_string()),
+            (Ok(()), Some(failure), _) => FeedEnd::Failed(failure),
+            (Ok(()), None, true) => FeedEnd::Stopped,
+            (Ok(()), None, false) => FeedEnd::Exhausted,
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! `tickstock`: the TickStock command. `tickstock serve` (the default) runs the synthetic
+//! market through the engine and emits its events; `record`, `replay` and `import-csv` work
+//! with the journal; `config` prints every setting with its default.
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tickstock_engine::RejectReason;
+use tickstock_shell::config::Settings;
+use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
+use tickstock_shell::emitter::{FrameSink, JsonLinesSink, NullSink};
+use tickstock_shell::feed::journal::{JournalFeed, Pace};
+use tickstock_shell::feed::synthetic::SyntheticFeed;
+use tickstock_shell::feed::{Feed, FeedEnd};
+use tickstock_shell::pipeline::{self, latency_summary, Report, TimeMode};
+use tickstock_shell::tracer::{Counters, Histograms};
+
+/// Exit code for a configuration or usage error.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code when the journal stopped the server (`on_failure = "shutdown"`).
+const EXIT_JOURNAL: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "tickstock", version, about = "Real-time trades in; bars and market events out.")]
+struct Cli {
+    /// Configuration file (TOML). Every setting has a default; `tickstock config` prints them.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// No status lines on stderr while running.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the feed through the engine and emit events (the default).
+    Serve(ServeArgs),
+    /// Run the feed through the engine and journal every accepted trade; no output.
+    Record(RecordArgs),
+    /// Play a journal through the engine, at its pace, N times it, or flat out.
+    Replay(ReplayArgs),
+    /// Write trades from a CSV file (ts,symbol,price,size) into a journal.
+    ImportCsv(ImportArgs),
+    /// Print the configuration: the defaults, or the given file with defaults filled in.
+    Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+enum Output {
+    /// One JSON object per line on stdout.
+    #[default]
+    Stdout,
+    /// Discard (the counters and the final report still say what was emitted).
+    None,
+}
+
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// Where events go until the WebSocket shell lands.
+    #[arg(long, value_enum, default_value = "stdout")]
+    output: Output,
+    /// Also journal accepted trades into this directory.
+    #[arg(long, value_name = "DIR")]
+    journal: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    duration_s: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
+    /// Journal directory (default: `journal.dir` of the configuration).
+    #[arg(long, value_name = "DIR")]
+    journal: Option<PathBuf>,
+    /// Stop after this many trades.
+    #[arg(long, value_name = "N")]
+    trades: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    duration_s: Option<u64>,
+    /// Generate event time instead of following the clock, as fast as the engine goes.
+    #[arg(long)]
+    virtual_time: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Journal directory.
+    journal: PathBuf,
+    /// Times the recorded pace (1 = original).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "max")]
+    speed: f64,
+    /// As fast as the engine goes.
+    #[arg(long)]
+    max: bool,
+    /// Where events go.
+    #[arg(long, value_enum, default_value = "stdout")]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TsUnitArg {
+    Auto,
+    S,
+    Ms,
+    Us,
+    Ns,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The CSV file (`-` for stdin).
+    file: PathBuf,
+    /// Journal directory to write into.
+    #[arg(long, value_name = "DIR")]
+    journal: PathBuf,
+    /// Unit of integer timestamps.
+    #[arg(long, value_enum, default_value = "auto")]
+    ts_unit: TsUnitArg,
+    /// Skip and count bad rows instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match &cli.config {
+        Some(path) => Settings::load(path),
+        None => Settings::default().validated(),
+    };
+    let mut settings = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tickstock: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
+        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("tickstock: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let quiet = cli.quiet;
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            if let Some(dir) = args.journal {
+                settings.journal.enabled = true;
+                settings.journal.dir = dir;
+            }
+            stop_after(args.duration_s, &stop);
+            let time = time_mode(&settings);
+            let feed = Box::new(SyntheticFeed::new(
+                settings.synthetic.clone(),
+                settings.pipeline.heartbeat_ms,
+            ));
+            run(&settings, feed, sink(args.output), time, stop, quiet)
+        }
+        Command::Record(args) => {
+            settings.journal.enabled = true;
+            if let Some(dir) = args.journal {
+                settings.journal.dir = dir;
+            }
+            settings.synthetic.trades_max = args.trades.or(settings.synthetic.trades_max);
+            settings.synthetic.virtual_time |= args.virtual_time;
+            stop_after(args.duration_s, &stop);
+            let time = time_mode(&settings);
+            let feed = Box::new(SyntheticFeed::new(
+                settings.synthetic.clone(),
+                settings.pipeline.heartbeat_ms,
+            ));
+            run(&settings, feed, Box::new(NullSink), time, stop, quiet)
+        }
+        Command::Replay(args) => {
+            if !(args.speed.is_finite() && args.speed > 0.0) {
+                eprintln!("tickstock: --speed must be a positive number, got {}", args.speed);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            settings.journal.enabled = false;
+            let pace = if args.max { Pace::Max } else { Pace::Speed(args.speed) };
+            let feed = Box::new(JournalFeed::new(args.journal, pace));
+            run(&settings, feed, sink(args.output), TimeMode::Given, stop, quiet)
+        }
+        Command::ImportCsv(args) => import(&settings, &args),
+        Command::Config => {
+            print!("{}", toml::to_string(&settings).expect("Invariant: settings serialize"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn time_mode(settings: &Settings) -> TimeMode {
+    if settings.synthetic.virtual_time {
+        TimeMode::Given
+    } else {
+        TimeMode::Live
+    }
+}
+
+fn sink(output: Output) -> Box<dyn FrameSink> {
+    match output {
+        Output::Stdout => {
+            Box::new(JsonLinesSink::new(BufWriter::with_capacity(1 << 16, io::stdout())))
+        }
+        Output::None => Box::new(NullSink),
+    }
+}
+
+fn stop_after(duration_s: Option<u64>, stop: &Arc<AtomicBool>) {
+    if let Some(secs) = duration_s {
+        let stop = Arc::clone(stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            // Relaxed: a polled flag.
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+}
+
+fn run(
+    settings: &Settings,
+    feed: Box<dyn Feed>,
+    sink: Box<dyn FrameSink>,
+    time: TimeMode,
+    stop: Arc<AtomicBool>,
+    quiet: bool,
+) -> ExitCode {
+    let mut last = (0u64, std::time::Instant::now());
+    let status = |counters: &Counters, histograms: &Histograms| {
+        if !quiet {
+            eprintln!("{}", status_line(counters, histograms, &mut last));
+        }
+    };
+    let report = match pipeline::run(settings, feed, sink, time, stop, status) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("tickstock: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("{}", final_report(&report));
+    if report.journal_failed {
+        return ExitCode::from(EXIT_JOURNAL);
+    }
+    match report.feed_end {
+        FeedEnd::Failed(_) => ExitCode::FAILURE,
+        FeedEnd::Exhausted | FeedEnd::Stopped => ExitCode::SUCCESS,
+    }
+}
+
+fn status_line(c: &Counters, h: &Histograms, last: &mut (u64, std::time::Instant)) -> String {
+    let received = c.received.get();
+    let rate = (received - last.0) as f64 / last.1.elapsed().as_secs_f64().max(1e-9);
+    *last = (received, std::time::Instant::now());
+    let [p50, p99, _, _] = tickstock_shell::tracer::percentiles(&h.ring_to_frame_ns);
+    format!(
+        "tickstock: {received} ticks ({rate:.0}/s), {} rejected, {} events, {} emitted, {} dropped, journal {} records{}, ring->frame p50 {:.1} µs p99 {:.1} µs",
+        c.rejected.get(),
+        c.detected.get(),
+        c.emitted.get(),
+        c.buffer_dropped_total(),
+        c.journal_records.get(),
+        if c.journal_down.load(Ordering::Relaxed) { " (DOWN)" } else { "" },
+        p50 as f64 / 1e3,
+        p99 as f64 / 1e3,
+    )
+}
+
+fn final_report(report: &Report) -> String {
+    let c = &report.counters;
+    let mut lines = vec![format!(
+        "tickstock: stopped after {:.1} s ({:?})",
+        report.elapsed.as_secs_f64(),
+        report.feed_end
+    )];
+    if let Some(recovery) = &report.recovery {
+        lines.push(format!(
+            "journal recovery: {} segments, kept {} records in the newest, truncated {} bytes{}",
+            recovery.segments,
+            recovery.records_kept,
+            recovery.bytes_truncated,
+            recovery.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+    }
+    lines.push(format!(
+        "received {}, accepted {}, rejected {}, events {}, buffered {}, buffer dropped {}, pulled {}, encoded {}, emitted {} in {} batches, sink failed {}",
+        c.received.get(), c.accepted.get(), c.rejected.get(), c.detected.get(), c.buffered_total(),
+        c.buffer_dropped_total(), c.pulled.get(), c.encoded.get(), c.emitted.get(), c.emitted_batches.get(), c.sink_failed.get()
+    ));
+    let reasons: Vec<String> = RejectReason::ALL
+        .iter()
+        .filter(|r| c.rejected_by[r.index()].get() > 0)
+        .map(|r| format!("{} {}", r.label(), c.rejected_by[r.index()].get()))
+        .collect();
+    if !reasons.is_empty() {
+        lines.push(format!("rejected by reason: {}", reasons.join(", ")));
+    }
+    if c.journal_records.get() + c.journal_failed.get() + c.journal_ring_dropped.get() > 0 {
+        lines.push(format!(
+            "journal: {} records, {} bytes, {} fsyncs, {} dropped (ring full), {} failed (disk){}",
+            c.journal_records.get(),
+            c.journal_bytes.get(),
+            c.journal_fsyncs.get(),
+            c.journal_ring_dropped.get(),
+            c.journal_failed.get(),
+            report
+                .journal_state
+                .last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    lines.push(latency_summary(&report.histograms));
+    lines.join("\n")
+}
+
+fn import(settings: &Settings, args: &ImportArgs) -> ExitCode {
+    let options = ImportOptions {
+        journal_dir: args.journal.clone(),
+        ts_unit: match args.ts_unit {
+            TsUnitArg::Auto => TsUnit::Auto,
+            TsUnitArg::S => TsUnit::Seconds,
+            TsUnitArg::Ms => TsUnit::Millis,
+            TsUnitArg::Us => TsUnit::Micros,
+            TsUnitArg::Ns => TsUnit::Nanos,
+        },
+        skip_bad: args.skip_bad,
+        symbols_max: settings.engine.symbols_max,
+        segment_bytes_max: settings.journal.segment_bytes_max,
+    };
+    let result = if args.file.as_os_str() == "-" {
+        csv_import::import(io::stdin().lock(), &options)
+    } else {
+        match std::fs::File::open(&args.file) {
+            Ok(file) => csv_import::import(io::BufReader::new(file), &options),
+            Err(error) => {
+                eprintln!("tickstock: cannot open {}: {error}", args.file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match result {
+        Ok(report) => {
+            let mut err = io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "imported {} trades of {} symbols into {} segment(s); skipped {} bad rows",
+                report.imported,
+                report.symbols,
+                report.segments.len(),
+                report.skipped
+            );
+            for example in &report.skipped_examples {
+                let _ = writeln!(err, "  skipped {example}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tickstock: import failed, nothing written: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
