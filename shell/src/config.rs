@@ -184,7 +184,7 @@ impl Default for SyntheticSettings {
             trades_per_sec: 20_000,
             seed: 1,
             virtual_time: false,
-            virtual_start_unix_ms: 1_795_962_600_000,
+            virtual_start_unix_ms: 1_795_530_600_000,
             trades_max: None,
         }
     }

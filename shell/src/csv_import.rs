@@ -310,17 +310,17 @@ mod tests {
 
     #[test]
     fn timestamps_by_digit_count_and_rfc3339() {
-        let expected = Timestamp(1_795_962_600_000_000_000);
+        let expected = Timestamp(1_795_530_600_000_000_000);
         for field in [
-            "1795962600",
-            "1795962600000",
-            "1795962600000000",
-            "1795962600000000000",
+            "1795530600",
+            "1795530600000",
+            "1795530600000000",
+            "1795530600000000000",
             "2026-11-24T14:30:00Z",
         ] {
             assert_eq!(parse_ts(field, TsUnit::Auto), Ok(expected), "{field}");
         }
-        assert_eq!(parse_ts("1795962600000", TsUnit::Nanos), Ok(Timestamp(1_795_962_600_000)));
+        assert_eq!(parse_ts("1795530600000", TsUnit::Nanos), Ok(Timestamp(1_795_530_600_000)));
         assert!(parse_ts("yesterday", TsUnit::Auto).unwrap_err().contains("yesterday"));
         assert!(parse_ts("99999999999999999999", TsUnit::Auto).is_err());
     }

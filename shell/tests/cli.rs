@@ -45,12 +45,10 @@ fn serve_writes_json_lines_in_seq_order() {
     let output = tickstock().args(["--quiet", "serve", "--duration-s", "2"]).output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    let mut expected_seq = 1;
     let mut trades = 0;
-    for line in stdout.lines() {
+    for (expected_seq, line) in (1u64..).zip(stdout.lines()) {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(value["seq"], expected_seq, "{line}");
-        expected_seq += 1;
         trades += u64::from(value["ev"] == "T");
     }
     assert!(trades > 20_000, "about 20,000 trades/s for 2 s, got {trades}");
@@ -154,7 +152,7 @@ fn write_csv(path: &Path, bad_row: bool) -> u64 {
         let price = 100.0 + (k % 17) as f64 * 0.01;
         csv.push_str(&format!(
             "{},{symbol},{price:.2},{}\n",
-            1_795_962_600_000 + k * 50,
+            1_795_530_600_000 + k * 50,
             100 + k % 5
         ));
         rows += 1;

@@ -20,7 +20,7 @@ fn direct(settings: &tickstock_shell::config::Settings) -> Vec<(u64, String)> {
     let tickers = market.tickers().to_vec();
     let mut engine = Engine::new(&settings.engine).unwrap();
     let mut out = Vec::new();
-    let mut encode = |engine: &mut Engine, out: &mut Vec<(u64, String)>| {
+    let encode = |engine: &mut Engine, out: &mut Vec<(u64, String)>| {
         for event in engine.poll_events() {
             let mut bytes = Vec::with_capacity(EVENT_JSON_BYTES_MAX);
             encode_event(&mut bytes, &event, &tickers[event.symbol.index()]);
