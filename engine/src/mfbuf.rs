@@ -1,5 +1,5 @@
 //! The multi-frequency buffer: the engine's events, sorted into lanes by how often they come,
-//! handed to the emitter through a [`swap`](crate::ring::swap) buffer.
+//! handed to the emitter through a [`crate::ring::swap`] buffer.
 //!
 //! | lane | channels | why a lane of its own |
 //! |---|---|---|
