@@ -337,4 +337,31 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn random_bytes_never_panic_and_accepted_records_round_trip() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let valid = sample();
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 { valid.clone() } else { header().to_vec() };
+            let flips = rng.usize(1..8);
+            for _ in 0..flips {
+                let at = rng.usize(..bytes.len() + 64);
+                if at < bytes.len() {
+                    bytes[at] = rng.u8(..);
+                } else {
+                    bytes.push(rng.u8(..));
+                }
+            }
+            bytes.truncate(rng.usize(..=bytes.len()));
+            let mut at = HEADER_LEN;
+            let (end, _) = scan(&bytes, |record| {
+                let mut again = Vec::new();
+                encode(&mut again, &record);
+                assert_eq!(&bytes[at..at + again.len()], &again[..]);
+                at += again.len();
+            });
+            assert!(end <= bytes.len());
+        }
+    }
 }
