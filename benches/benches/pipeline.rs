@@ -65,7 +65,9 @@ fn encode(c: &mut Criterion) {
             black_box(out.len())
         });
     });
-    group.bench_function("base", |b| b.iter(|| black_box(events.iter().map(|e| e.seq).sum::<u64>())));
+    group.bench_function("base", |b| {
+        b.iter(|| black_box(events.iter().map(|e| e.seq).sum::<u64>()))
+    });
     group.finish();
 }
 
@@ -97,8 +99,9 @@ fn run_pipeline(trades: u64) -> u64 {
     settings.synthetic.trades_max = Some(trades);
     let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
     let stop = Arc::new(AtomicBool::new(false));
-    let report = pipeline::run(&settings, feed, Box::new(NullSink), TimeMode::Given, stop, |_, _| {})
-        .expect("the pipeline starts");
+    let report =
+        pipeline::run(&settings, feed, Box::new(NullSink), TimeMode::Given, stop, |_, _| {})
+            .expect("the pipeline starts");
     assert!(matches!(report.feed_end, FeedEnd::Exhausted));
     let c = &report.counters;
     assert_eq!(c.accepted.get(), trades, "every trade accepted");
@@ -115,7 +118,9 @@ fn end_to_end(c: &mut Criterion) {
         b.iter_batched(|| (), |()| run_pipeline(trades), BatchSize::PerIteration);
     });
     group.throughput(Throughput::Elements(1));
-    group.bench_function("base", |b| b.iter_batched(|| (), |()| run_pipeline(0), BatchSize::PerIteration));
+    group.bench_function("base", |b| {
+        b.iter_batched(|| (), |()| run_pipeline(0), BatchSize::PerIteration)
+    });
     group.finish();
 }
 

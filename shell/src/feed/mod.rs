@@ -167,6 +167,10 @@ impl FeedTx {
                 }
                 Err(rtrb::PushError::Full(back)) => {
                     input = back;
+                    if self.ring.is_abandoned() {
+                        // The engine thread is gone (it panicked); nothing will drain the ring.
+                        return Err(Stopped);
+                    }
                     if self.stopping() && !matches!(input, Input::End) {
                         return Err(Stopped);
                     }
