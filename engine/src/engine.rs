@@ -20,7 +20,7 @@ use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
-use crate::window::{Bucket, Shape, Windows};
+use crate::window::{Bucket, LeanBucket, Shape, Slot, Windows};
 
 /// The engine core: validation, bars, detectors and the event sequence.
 ///
@@ -47,7 +47,7 @@ pub struct Engine {
     /// `symbols_max * trend_shape.ring_len` buckets, one ring per symbol.
     trend_ring: Vec<Bucket>,
     /// `symbols_max * surge_shape.ring_len` buckets, one ring per symbol.
-    surge_ring: Vec<Bucket>,
+    surge_ring: Vec<LeanBucket>,
     /// Bar-close timers. At most one per symbol and frequency (`BarBuilder::timer_armed`).
     timers: BinaryHeap<Reverse<Timer>>,
     out: Output,
@@ -94,9 +94,9 @@ struct SymbolState {
     day: TradingDay,
     session: Session,
     bars: [BarBuilder; 2],
-    trend: Windows<TREND_WINDOWS_COUNT>,
+    trend: Windows<TREND_WINDOWS_COUNT, Bucket>,
     trend_state: TrendState,
-    surge: Windows<SURGE_WINDOWS_COUNT>,
+    surge: Windows<SURGE_WINDOWS_COUNT, LeanBucket>,
     last_surge_ns: Option<u64>,
 }
 
@@ -543,7 +543,7 @@ struct Detect<'a> {
 /// One symbol's bucket rings.
 struct Rings<'a> {
     trend: &'a mut [Bucket],
-    surge: &'a mut [Bucket],
+    surge: &'a mut [LeanBucket],
 }
 
 impl Detect<'_> {
@@ -611,19 +611,19 @@ impl Detect<'_> {
 }
 
 /// Prefetches the buckets a trade at `t_ns` writes and the ones that leave each window.
-fn prefetch_window<const K: usize>(ring: &[Bucket], shape: &Shape<K>, index: usize, t_ns: u64) {
+fn prefetch_window<const K: usize, S: Slot>(ring: &[S], shape: &Shape<K>, index: usize, t_ns: u64) {
     let bucket = t_ns / shape.bucket_ns;
     let base = index * shape.ring_len;
     let mask = shape.ring_len - 1;
     let leaving = shape.lengths.map(|length| bucket.wrapping_sub(length));
     for slot in core::iter::once(bucket).chain(leaving) {
         if let Some(bucket) = ring.get(base + (slot as usize & mask)) {
-            crate::hint::prefetch_bytes((bucket as *const Bucket).cast(), size_of::<Bucket>());
+            crate::hint::prefetch_bytes((bucket as *const S).cast(), size_of::<S>());
         }
     }
 }
 
-fn ring_of(ring: &mut [Bucket], ring_len: usize, index: usize) -> &mut [Bucket] {
+fn ring_of<S>(ring: &mut [S], ring_len: usize, index: usize) -> &mut [S] {
     let start = index * ring_len;
     &mut ring[start..start + ring_len]
 }

@@ -11,9 +11,33 @@
 //! Moving the head by `d` buckets costs `min(d, ring) * K` steps; a trade that stays in the
 //! head bucket costs `K` additions. Both are bounded by constants of the configuration.
 
+use core::fmt::Debug;
+
 use bytemuck::{Pod, Zeroable};
 
-/// One bucket of one symbol. All zero means "no trade in this bucket".
+/// What a bucket and its window sums hold. Two kinds: [`Bucket`] (everything the trend
+/// detector needs, 40 bytes) and [`LeanBucket`] (volume and last price, all the surge
+/// detector needs, 16 bytes: four to a cache line, so a symbol's consecutive seconds share
+/// lines and a trade misses the cache less often).
+pub(crate) trait Slot: Copy + Default + Pod + Debug {
+    /// The running sums of one window over buckets of this kind.
+    type Sum: Copy + Debug + PartialEq;
+    /// All sums zero, no reference price.
+    const SUM_EMPTY: Self::Sum;
+
+    /// Adds one trade to the bucket.
+    fn add(&mut self, price: i64, volume: u64, sign: i64);
+    /// Price of the bucket's last trade, 0 when empty.
+    fn last_price(&self) -> i64;
+    /// Adds one trade to a window's sums.
+    fn sum_add(sum: &mut Self::Sum, price: i64, volume: u64, sign: i64);
+    /// Removes a bucket leaving the window; its last price becomes the reference.
+    fn sum_remove(sum: &mut Self::Sum, bucket: &Self);
+    /// Empty sums whose reference price is `price_ref`.
+    fn sum_with_reference(price_ref: i64) -> Self::Sum;
+}
+
+/// One trend bucket of one symbol. All zero means "no trade in this bucket".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub(crate) struct Bucket {
@@ -31,6 +55,11 @@ impl Bucket {
     fn pv(&self) -> u128 {
         (u128::from(self.pv_hi) << 64) | u128::from(self.pv_lo)
     }
+}
+
+impl Slot for Bucket {
+    type Sum = WindowSum;
+    const SUM_EMPTY: WindowSum = WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 };
 
     fn add(&mut self, price: i64, volume: u64, sign: i64) {
         let pv = self.pv() + price as u128 * u128::from(volume);
@@ -40,9 +69,32 @@ impl Bucket {
         self.signed_volume += sign * volume as i64;
         self.last_price = price;
     }
+
+    fn last_price(&self) -> i64 {
+        self.last_price
+    }
+
+    fn sum_add(sum: &mut WindowSum, price: i64, volume: u64, sign: i64) {
+        sum.pv += price as u128 * u128::from(volume);
+        sum.volume += volume;
+        sum.signed_volume += sign * volume as i64;
+    }
+
+    fn sum_remove(sum: &mut WindowSum, bucket: &Bucket) {
+        sum.pv -= bucket.pv();
+        sum.volume -= bucket.volume;
+        sum.signed_volume -= bucket.signed_volume;
+        if bucket.last_price != 0 {
+            sum.price_ref = bucket.last_price;
+        }
+    }
+
+    fn sum_with_reference(price_ref: i64) -> WindowSum {
+        WindowSum { price_ref, ..Self::SUM_EMPTY }
+    }
 }
 
-/// Running sums of one window.
+/// Running sums of one window of [`Bucket`]s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WindowSum {
     /// Sum of price (raw units) x size over the window.
@@ -55,20 +107,50 @@ pub(crate) struct WindowSum {
     pub(crate) price_ref: i64,
 }
 
-impl WindowSum {
-    fn add(&mut self, price: i64, volume: u64, sign: i64) {
-        self.pv += price as u128 * u128::from(volume);
+/// One surge bucket of one symbol: volume and last price. All zero means "no trade".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub(crate) struct LeanBucket {
+    volume: u64,
+    /// Price of the last trade in the bucket, or 0 for an empty bucket.
+    last_price: i64,
+}
+
+/// Running sums of one window of [`LeanBucket`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LeanSum {
+    /// Volume over the window.
+    pub(crate) volume: u64,
+    /// Last price at or before the window's start (raw units).
+    pub(crate) price_ref: i64,
+}
+
+impl Slot for LeanBucket {
+    type Sum = LeanSum;
+    const SUM_EMPTY: LeanSum = LeanSum { volume: 0, price_ref: 0 };
+
+    fn add(&mut self, price: i64, volume: u64, _sign: i64) {
         self.volume += volume;
-        self.signed_volume += sign * volume as i64;
+        self.last_price = price;
     }
 
-    fn remove(&mut self, bucket: &Bucket) {
-        self.pv -= bucket.pv();
-        self.volume -= bucket.volume;
-        self.signed_volume -= bucket.signed_volume;
+    fn last_price(&self) -> i64 {
+        self.last_price
+    }
+
+    fn sum_add(sum: &mut LeanSum, _price: i64, volume: u64, _sign: i64) {
+        sum.volume += volume;
+    }
+
+    fn sum_remove(sum: &mut LeanSum, bucket: &LeanBucket) {
+        sum.volume -= bucket.volume;
         if bucket.last_price != 0 {
-            self.price_ref = bucket.last_price;
+            sum.price_ref = bucket.last_price;
         }
+    }
+
+    fn sum_with_reference(price_ref: i64) -> LeanSum {
+        LeanSum { price_ref, volume: 0 }
     }
 }
 
@@ -90,28 +172,25 @@ impl<const K: usize> Shape<K> {
     }
 }
 
-/// The `K` windows of one symbol.
+/// The `K` windows of one symbol over buckets of kind `S`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Windows<const K: usize> {
+pub(crate) struct Windows<const K: usize, S: Slot> {
     /// Absolute index of the newest bucket (`t / bucket_ns`).
     head: u64,
     /// Absolute index of the symbol's first bucket; `u64::MAX` before its first trade.
     first: u64,
-    pub(crate) sums: [WindowSum; K],
+    pub(crate) sums: [S::Sum; K],
 }
 
-impl<const K: usize> Windows<K> {
-    pub(crate) const EMPTY: Windows<K> = Windows {
-        head: 0,
-        first: u64::MAX,
-        sums: [WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 }; K],
-    };
+impl<const K: usize, S: Slot> Windows<K, S> {
+    pub(crate) const EMPTY: Windows<K, S> =
+        Windows { head: 0, first: u64::MAX, sums: [S::SUM_EMPTY; K] };
 
     /// Adds one trade at `t_ns`, which must not be older than the newest one recorded.
     pub(crate) fn record(
         &mut self,
         shape: &Shape<K>,
-        ring: &mut [Bucket],
+        ring: &mut [S],
         t_ns: u64,
         price: i64,
         volume: u64,
@@ -123,9 +202,9 @@ impl<const K: usize> Windows<K> {
             self.first = bucket;
             self.head = bucket;
             for sum in &mut self.sums {
-                *sum = WindowSum { price_ref: price, ..WindowSum::default() };
+                *sum = S::sum_with_reference(price);
             }
-            ring.fill(Bucket::default());
+            ring.fill(S::default());
         } else if bucket > self.head {
             self.advance(shape, ring, bucket);
         }
@@ -133,31 +212,31 @@ impl<const K: usize> Windows<K> {
         let mask = shape.ring_len - 1;
         ring[(self.head as usize) & mask].add(price, volume, sign);
         for sum in &mut self.sums {
-            sum.add(price, volume, sign);
+            S::sum_add(sum, price, volume, sign);
         }
     }
 
     /// Moves the head to `bucket`, removing the buckets that leave each window.
-    fn advance(&mut self, shape: &Shape<K>, ring: &mut [Bucket], bucket: u64) {
+    fn advance(&mut self, shape: &Shape<K>, ring: &mut [S], bucket: u64) {
         let mask = shape.ring_len - 1;
         let steps = bucket - self.head;
         if steps >= shape.ring_len as u64 {
             // Every bucket leaves every window; the newest price becomes every reference.
-            let last = ring[(self.head as usize) & mask].last_price;
+            let last = ring[(self.head as usize) & mask].last_price();
             for sum in &mut self.sums {
-                *sum = WindowSum { price_ref: last, ..WindowSum::default() };
+                *sum = S::sum_with_reference(last);
             }
-            ring.fill(Bucket::default());
+            ring.fill(S::default());
         } else {
             for entering in self.head + 1..=bucket {
                 for (sum, &length) in self.sums.iter_mut().zip(&shape.lengths) {
                     if let Some(leaving) = entering.checked_sub(length) {
-                        sum.remove(&ring[(leaving as usize) & mask]);
+                        S::sum_remove(sum, &ring[(leaving as usize) & mask]);
                     }
                 }
                 // The slot being reused held the bucket `ring_len` back, which has left
                 // every window already (every length is below `ring_len`).
-                ring[(entering as usize) & mask] = Bucket::default();
+                ring[(entering as usize) & mask] = S::default();
             }
         }
         self.head = bucket;
@@ -178,10 +257,13 @@ mod tests {
         let shape = Shape::new(10, [2, 3]);
         assert_eq!(shape.ring_len, 4);
         let mut ring = vec![Bucket::default(); shape.ring_len];
-        let mut windows = Windows::<2>::EMPTY;
+        let mut windows = Windows::<2, Bucket>::EMPTY;
+        let mut lean_ring = vec![LeanBucket::default(); shape.ring_len];
+        let mut lean = Windows::<2, LeanBucket>::EMPTY;
         let trades = [(0, 5, 1), (15, 7, 2), (25, 9, 3), (31, 8, 4), (75, 6, 5), (79, 6, 1)];
         for (i, &(t, price, volume)) in trades.iter().enumerate() {
             windows.record(&shape, &mut ring, t, price, volume, 0);
+            lean.record(&shape, &mut lean_ring, t, price, volume, 0);
             for (k, &len) in shape.lengths.iter().enumerate() {
                 let head = t / 10;
                 let inside = |b: u64| b + len > head && b <= head;
@@ -191,6 +273,8 @@ mod tests {
                 let before = trades[..=i].iter().rfind(|x| !inside(x.0 / 10));
                 let price_ref = before.map_or(trades[0].1, |x| x.1);
                 assert_eq!(windows.sums[k].price_ref, price_ref, "trade {i} window {k}");
+                assert_eq!(lean.sums[k].volume, expected, "lean: trade {i} window {k}");
+                assert_eq!(lean.sums[k].price_ref, price_ref, "lean: trade {i} window {k}");
             }
         }
     }

@@ -4,7 +4,7 @@ use crate::config::{PeriodParams, SurgeMode, SurgeParams};
 use crate::detect::{cooled_down, pct_at_least, strength};
 use crate::event::{Direction, Surge, SurgeTrigger};
 use crate::tick::Timestamp;
-use crate::window::{Shape, Windows};
+use crate::window::{LeanBucket, Shape, Windows};
 
 /// Windows of the surge detector: the interval, and the interval plus its baseline.
 pub(crate) const SURGE_WINDOWS_COUNT: usize = 2;
@@ -15,7 +15,7 @@ const ONE_MICRO: i64 = 1_000_000;
 #[allow(clippy::too_many_arguments, reason = "a leaf over primitives, called from one place")]
 pub(crate) fn evaluate(
     last_event_ns: &mut Option<u64>,
-    windows: &Windows<SURGE_WINDOWS_COUNT>,
+    windows: &Windows<SURGE_WINDOWS_COUNT, LeanBucket>,
     shape: &Shape<SURGE_WINDOWS_COUNT>,
     surge: &SurgeParams,
     params: &PeriodParams,

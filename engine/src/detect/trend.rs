@@ -5,7 +5,7 @@ use crate::detect::{cooled_down, strength};
 use crate::event::{Direction, Strength, Trend, VwapPosition};
 use crate::limits::TREND_WINDOWS_COUNT;
 use crate::tick::Timestamp;
-use crate::window::{Shape, Windows};
+use crate::window::{Bucket, Shape, Windows};
 
 /// One symbol's trend bookkeeping.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +36,7 @@ pub(crate) struct TrendInput {
 /// Evaluates the trend after a trade was recorded in `windows`; returns `TR` if it fires.
 pub(crate) fn evaluate(
     state: &mut TrendState,
-    windows: &Windows<TREND_WINDOWS_COUNT>,
+    windows: &Windows<TREND_WINDOWS_COUNT, Bucket>,
     shape: &Shape<TREND_WINDOWS_COUNT>,
     trend: &TrendParams,
     params: &PeriodParams,
