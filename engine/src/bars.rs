@@ -9,6 +9,7 @@
 
 use crate::event::{Bar, Frequency};
 use crate::tick::{Price, Qty, Timestamp};
+use crate::wide::Wide;
 
 /// What a trade contributes to a bar: a trade is `open = high = low = close = price`, an
 /// upstream aggregate brings its own OHLC.
@@ -75,7 +76,7 @@ pub(crate) struct BarBuilder {
     low: i64,
     close: i64,
     volume: u64,
-    pv: u128,
+    pv: Wide,
     trades: u64,
     /// Inputs before this time are late: the open bar's start, or the last closed bar's end.
     floor_ns: u64,
@@ -91,7 +92,7 @@ impl BarBuilder {
         low: 0,
         close: 0,
         volume: 0,
-        pv: 0,
+        pv: Wide::ZERO,
         trades: 0,
         floor_ns: 0,
     };
@@ -132,7 +133,7 @@ impl BarBuilder {
             low: input.low,
             close: input.close,
             volume: input.volume,
-            pv: input.pv,
+            pv: Wide::new(input.pv),
             trades: input.trades,
             floor_ns: start_ns,
         };
@@ -156,7 +157,7 @@ impl BarBuilder {
             low: Price::from_raw(self.low),
             close: Price::from_raw(self.close),
             volume: Qty(self.volume),
-            vwap: vwap(self.pv, self.volume),
+            vwap: vwap(self.pv.get(), self.volume),
             day_volume: Qty(day.volume),
             day_open: Price::from_raw(day.open),
             day_vwap: vwap(day.pv, day.volume),

@@ -20,6 +20,7 @@ use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
+use crate::wide::Wide;
 use crate::window::{Bucket, LeanBucket, Shape, Slot, Windows};
 
 /// The engine core: validation, bars, detectors and the event sequence.
@@ -82,7 +83,10 @@ impl Output {
     }
 }
 
-/// Everything the engine remembers about one symbol.
+/// Everything the engine remembers about one symbol. Every trade reads and writes most of
+/// it, so it is laid out to fill whole cache lines: 8 lines, line-aligned (asserted below),
+/// which is what `Engine::prefetch` loads.
+#[repr(align(64))]
 #[derive(Clone, Copy, Debug)]
 struct SymbolState {
     /// Last accepted price (raw units); meaningful once `accepted > 0`.
@@ -106,7 +110,7 @@ impl SymbolState {
         newest_ns: 0,
         accepted: 0,
         day: 0,
-        session: Session { open: 0, volume: 0, pv: 0, high_low: HighLowState::EMPTY },
+        session: Session { open: 0, volume: 0, pv: Wide::ZERO, high_low: HighLowState::EMPTY },
         bars: [BarBuilder::EMPTY; 2],
         trend: Windows::EMPTY,
         trend_state: TrendState::NEW,
@@ -115,19 +119,21 @@ impl SymbolState {
     };
 }
 
+const _: () = assert!(size_of::<SymbolState>() == 512, "SymbolState fills 8 cache lines");
+
 /// The day's running figures of one symbol; reset at its first trade of a trading day.
 #[derive(Clone, Copy, Debug)]
 struct Session {
     /// The session open: the first accepted price of the day, or the upstream's official open.
     open: i64,
     volume: u64,
-    pv: u128,
+    pv: Wide,
     high_low: HighLowState,
 }
 
 impl Session {
     fn figures(&self) -> DayFigures {
-        DayFigures { volume: self.volume, open: self.open, pv: self.pv }
+        DayFigures { volume: self.volume, open: self.open, pv: self.pv.get() }
     }
 }
 
@@ -160,6 +166,7 @@ impl Engine {
             params.surge.bucket_ns,
             [params.surge.interval_buckets, params.surge.history_buckets],
         );
+        // Zeroed allocations: pages of symbols that never trade are never touched.
         let trend_ring = bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len);
         let surge_ring = bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len);
         let symbols = vec![SymbolState::NEW; symbols_max];
@@ -168,7 +175,6 @@ impl Engine {
             trend_shape,
             surge_shape,
             symbols,
-            // Zeroed allocations: pages of symbols that never trade are never touched.
             trend_ring,
             surge_ring,
             timers: BinaryHeap::with_capacity(2 * symbols_max),
@@ -492,7 +498,7 @@ impl Engine {
             state.session = Session {
                 open: input.close,
                 volume: 0,
-                pv: 0,
+                pv: Wide::ZERO,
                 high_low: HighLowState::start(input.close),
             };
         }
@@ -576,7 +582,7 @@ impl Detect<'_> {
         let input = TrendInput {
             price,
             day_volume: state.session.volume,
-            day_pv: state.session.pv,
+            day_pv: state.session.pv.get(),
             t_ns,
             ts,
         };

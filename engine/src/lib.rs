@@ -44,6 +44,7 @@ mod detect;
 mod engine;
 mod hint;
 mod sync;
+mod wide;
 mod window;
 
 pub use bars::vwap;

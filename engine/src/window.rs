@@ -15,6 +15,8 @@ use core::fmt::Debug;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::wide::Wide;
+
 /// What a bucket and its window sums hold. Two kinds: [`Bucket`] (everything the trend
 /// detector needs, 40 bytes) and [`LeanBucket`] (volume and last price, all the surge
 /// detector needs, 16 bytes: four to a cache line, so a symbol's consecutive seconds share
@@ -41,30 +43,22 @@ pub(crate) trait Slot: Copy + Default + Pod + Debug {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub(crate) struct Bucket {
-    /// Low and high halves of the sum of price (raw units) x size; kept as two `u64` so the
-    /// bucket has no padding and can be allocated zeroed.
-    pv_lo: u64,
-    pv_hi: u64,
+    /// Sum of price (raw units) x size; two `u64` halves so the bucket has no padding and can
+    /// be allocated zeroed.
+    pv: Wide,
     volume: u64,
     signed_volume: i64,
     /// Price of the last trade in the bucket, or 0 for an empty bucket.
     last_price: i64,
 }
 
-impl Bucket {
-    fn pv(&self) -> u128 {
-        (u128::from(self.pv_hi) << 64) | u128::from(self.pv_lo)
-    }
-}
-
 impl Slot for Bucket {
     type Sum = WindowSum;
-    const SUM_EMPTY: WindowSum = WindowSum { pv: 0, volume: 0, signed_volume: 0, price_ref: 0 };
+    const SUM_EMPTY: WindowSum =
+        WindowSum { pv: Wide::ZERO, volume: 0, signed_volume: 0, price_ref: 0 };
 
     fn add(&mut self, price: i64, volume: u64, sign: i64) {
-        let pv = self.pv() + price as u128 * u128::from(volume);
-        self.pv_lo = pv as u64;
-        self.pv_hi = (pv >> 64) as u64;
+        self.pv += price as u128 * u128::from(volume);
         self.volume += volume;
         self.signed_volume += sign * volume as i64;
         self.last_price = price;
@@ -81,7 +75,7 @@ impl Slot for Bucket {
     }
 
     fn sum_remove(sum: &mut WindowSum, bucket: &Bucket) {
-        sum.pv -= bucket.pv();
+        sum.pv -= bucket.pv.get();
         sum.volume -= bucket.volume;
         sum.signed_volume -= bucket.signed_volume;
         if bucket.last_price != 0 {
@@ -98,7 +92,7 @@ impl Slot for Bucket {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WindowSum {
     /// Sum of price (raw units) x size over the window.
-    pub(crate) pv: u128,
+    pub(crate) pv: Wide,
     /// Volume over the window.
     pub(crate) volume: u64,
     /// Up-tick volume minus down-tick volume over the window.

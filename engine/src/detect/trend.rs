@@ -49,7 +49,7 @@ pub(crate) fn evaluate(
     let mut window_scores = [0.0; TREND_WINDOWS_COUNT];
     for (score, sum) in window_scores.iter_mut().zip(&windows.sums) {
         let reference = sum.price_ref as f64;
-        let vwap = sum.pv as f64 / sum.volume as f64;
+        let vwap = sum.pv.get() as f64 / sum.volume as f64;
         let [w_price, w_vwap, w_volume] = trend.component_weights;
         let price_part = clip((price - reference) / reference * 100.0 / trend.clip_pct);
         let vwap_part = clip((price - vwap) / vwap * 100.0 / trend.clip_pct);

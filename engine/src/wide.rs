@@ -1,0 +1,41 @@
+//! [`Wide`]: a `u128` sum stored as two `u64` halves.
+//!
+//! Sums of price x size need 128 bits, but a `u128` field makes its struct 16-byte aligned
+//! and pads it; per-symbol state is read on every trade, and every padding byte is cache
+//! wasted across ten thousand symbols. `Wide` has the same arithmetic with 8-byte alignment.
+
+use core::ops::{AddAssign, SubAssign};
+
+use bytemuck::{Pod, Zeroable};
+
+/// A `u128` in two `u64` halves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub(crate) struct Wide {
+    lo: u64,
+    hi: u64,
+}
+
+impl Wide {
+    pub(crate) const ZERO: Wide = Wide { lo: 0, hi: 0 };
+
+    pub(crate) const fn new(value: u128) -> Wide {
+        Wide { lo: value as u64, hi: (value >> 64) as u64 }
+    }
+
+    pub(crate) const fn get(self) -> u128 {
+        ((self.hi as u128) << 64) | self.lo as u128
+    }
+}
+
+impl AddAssign<u128> for Wide {
+    fn add_assign(&mut self, rhs: u128) {
+        *self = Wide::new(self.get() + rhs);
+    }
+}
+
+impl SubAssign<u128> for Wide {
+    fn sub_assign(&mut self, rhs: u128) {
+        *self = Wide::new(self.get() - rhs);
+    }
+}
