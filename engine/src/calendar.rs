@@ -77,6 +77,17 @@ impl SessionCalendar {
         SessionCalendar { timezone, minutes, day }
     }
 
+    /// Whether `t_ns` falls on a weekday (Monday to Friday in the exchange's time zone) outside
+    /// the overnight period: when a live feed is expected to be busy. Exchange holidays are not
+    /// known to the calendar.
+    pub fn market_open(&mut self, t_ns: u64) -> bool {
+        use chrono::{Datelike, TimeZone, Weekday};
+        let (_, period) = self.lookup(t_ns);
+        let secs = i64::try_from(t_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        let weekday = self.timezone.timestamp_opt(secs, 0).single().map(|local| local.weekday());
+        period != Period::Overnight && !matches!(weekday, Some(Weekday::Sat | Weekday::Sun) | None)
+    }
+
     /// The trading day and period of `t_ns`.
     pub fn lookup(&mut self, t_ns: u64) -> (TradingDay, Period) {
         if t_ns < self.day.start_ns || t_ns >= self.day.end_ns {

@@ -639,6 +639,13 @@ fn buckets(field: &'static str, window_ms: u64, bucket_ms: u64) -> Result<u64, C
 
 const _: () = assert!(RATIO_SCALE == 1_000_000);
 
+impl Params {
+    /// A session calendar for these settings' time zone and period starts.
+    pub fn calendar(&self) -> crate::calendar::SessionCalendar {
+        crate::calendar::SessionCalendar::new(self.timezone, self.session_minutes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,111 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// The built-in synthetic market.
     pub synthetic: SyntheticSettings,
+    /// Which feed `serve` and `record` run.
+    pub feed: FeedSettings,
+    /// The upstream WebSocket feed.
+    pub upstream: UpstreamSettings,
+}
+
+/// When a silent upstream counts as stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleCheck {
+    /// While the market is open: weekdays outside the overnight period, in the engine's time
+    /// zone (holidays are not known).
+    MarketHours,
+    /// Always (a feed that must never be silent, like a chained TickStock's clock).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Which feed runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedSource {
+    /// The built-in synthetic market (no keys, no network).
+    Synthetic,
+    /// A Polygon/Massive-compatible WebSocket upstream (`[upstream]`), or another TickStock.
+    Upstream,
+}
+
+/// Which feed runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Default: synthetic.
+    pub source: FeedSource,
+}
+
+impl Default for FeedSettings {
+    fn default() -> FeedSettings {
+        FeedSettings { source: FeedSource::Synthetic }
+    }
+}
+
+/// The upstream WebSocket feed. The key is a secret: it is read from the environment
+/// variable `key_env` or from `key_file`, never from this file or the command line, and
+/// never logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// `wss://` or `ws://` URL. Default: `wss://socket.polygon.io/stocks`.
+    pub url: String,
+    /// Environment variable holding the key. Default: `TICKSTOCK_UPSTREAM_KEY`.
+    pub key_env: String,
+    /// A file holding the key (first line), used when set. Default: none.
+    pub key_file: Option<PathBuf>,
+    /// Topics to subscribe to (`T.*`, `A.*`, `AM.*`, `Q.*`, `FMV.*`, or `T.AAPL`...).
+    /// The engine ingests one source of volume: trades if `T` is subscribed, else `A`, else
+    /// `AM`; the others are parsed and counted. Default: `["T.*"]`.
+    pub topics: Vec<String>,
+    /// Extra CA certificates (PEM) to trust besides the webpki roots, for private upstreams.
+    /// Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// TCP + TLS + WebSocket handshake deadline. Default: 5,000 ms.
+    pub connect_timeout_ms: u32,
+    /// Deadline for `connected` and then for the auth answer. Default: 5,000 ms.
+    pub auth_timeout_ms: u32,
+    /// Reconnect when nothing arrived for this long (see `stale_check`). Default: 10,000 ms.
+    pub stale_ms: u32,
+    /// When silence counts as stale. Default: market_hours.
+    pub stale_check: StaleCheck,
+    /// First reconnect back-off step. Default: 250 ms.
+    pub backoff_ms_min: u32,
+    /// Largest back-off step. Default: 30,000 ms.
+    pub backoff_ms_max: u32,
+    /// Least wait after `auth_failed` or `max_connections`. Default: 60,000 ms.
+    pub auth_backoff_ms: u32,
+    /// Consecutive failures that open the circuit breaker. Default: 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before its half-open probe. Default: 60,000 ms.
+    pub breaker_open_ms: u32,
+    /// Largest WebSocket message accepted; a bigger one is counted and the connection
+    /// restarted. Default: 16 MiB.
+    pub message_bytes_max: u32,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> UpstreamSettings {
+        UpstreamSettings {
+            url: "wss://socket.polygon.io/stocks".to_owned(),
+            key_env: "TICKSTOCK_UPSTREAM_KEY".to_owned(),
+            key_file: None,
+            topics: vec!["T.*".to_owned()],
+            ca_file: None,
+            connect_timeout_ms: 5_000,
+            auth_timeout_ms: 5_000,
+            stale_ms: 10_000,
+            stale_check: StaleCheck::MarketHours,
+            backoff_ms_min: 250,
+            backoff_ms_max: 30_000,
+            auth_backoff_ms: 60_000,
+            breaker_failures: 5,
+            breaker_open_ms: 60_000,
+            message_bytes_max: 16 << 20,
+        }
+    }
 }
 
 /// Threads, rings and the emitter.
@@ -274,6 +379,27 @@ impl Settings {
         let s = &self.synthetic;
         within("synthetic.symbols", s.symbols.into(), 1, self.engine.symbols_max.into())?;
         within("synthetic.trades_per_sec", s.trades_per_sec.into(), 1, 100_000_000)?;
+        let u = &self.upstream;
+        if !(u.url.starts_with("ws://") || u.url.starts_with("wss://")) {
+            return Err(SettingsError::Invalid(format!(
+                "upstream.url = {:?}, must start with ws:// or wss://",
+                u.url
+            )));
+        }
+        if u.topics.is_empty() || u.topics.iter().any(|t| t.is_empty() || t.contains(',')) {
+            return Err(SettingsError::Invalid(
+                "upstream.topics: one or more topics, no commas inside one".to_owned(),
+            ));
+        }
+        within("upstream.connect_timeout_ms", u.connect_timeout_ms.into(), 1, 600_000)?;
+        within("upstream.auth_timeout_ms", u.auth_timeout_ms.into(), 1, 600_000)?;
+        within("upstream.stale_ms", u.stale_ms.into(), 10, 86_400_000)?;
+        within("upstream.backoff_ms_min", u.backoff_ms_min.into(), 1, u.backoff_ms_max.into())?;
+        within("upstream.backoff_ms_max", u.backoff_ms_max.into(), 1, 3_600_000)?;
+        within("upstream.auth_backoff_ms", u.auth_backoff_ms.into(), 0, 86_400_000)?;
+        within("upstream.breaker_failures", u.breaker_failures.into(), 1, 1_000_000)?;
+        within("upstream.breaker_open_ms", u.breaker_open_ms.into(), 1, 86_400_000)?;
+        within("upstream.message_bytes_max", u.message_bytes_max.into(), 1_024, 1 << 30)?;
         Ok(self)
     }
 }

@@ -13,11 +13,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tickstock_engine::RejectReason;
-use tickstock_shell::config::Settings;
+use tickstock_shell::config::{FeedSource, Settings};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
 use tickstock_shell::emitter::{FrameSink, JsonLinesSink, NullSink};
 use tickstock_shell::feed::journal::{JournalFeed, Pace};
 use tickstock_shell::feed::synthetic::SyntheticFeed;
+use tickstock_shell::feed::upstream::parse::Garbage;
+use tickstock_shell::feed::upstream::{
+    read_key, UpstreamCounters, UpstreamFeed, UpstreamStatus, FAILURE_LABELS,
+};
 use tickstock_shell::feed::{Feed, FeedEnd};
 use tickstock_shell::pipeline::{self, latency_summary, Report, TimeMode};
 use tickstock_shell::tracer::{Counters, Histograms};
@@ -63,8 +67,19 @@ enum Output {
     None,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FeedArg {
+    /// The built-in synthetic market.
+    Synthetic,
+    /// The `[upstream]` WebSocket feed (key from the environment or `upstream.key_file`).
+    Upstream,
+}
+
 #[derive(Debug, Args, Default)]
 struct ServeArgs {
+    /// Which feed (default: `feed.source` of the configuration, synthetic unless set).
+    #[arg(long, value_enum)]
+    feed: Option<FeedArg>,
     /// Where events go until the WebSocket shell lands.
     #[arg(long, value_enum, default_value = "stdout")]
     output: Output,
@@ -78,6 +93,9 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct RecordArgs {
+    /// Which feed (default: `feed.source` of the configuration).
+    #[arg(long, value_enum)]
+    feed: Option<FeedArg>,
     /// Journal directory (default: `journal.dir` of the configuration).
     #[arg(long, value_name = "DIR")]
     journal: Option<PathBuf>,
@@ -161,12 +179,14 @@ fn main() -> ExitCode {
                 settings.journal.dir = dir;
             }
             stop_after(args.duration_s, &stop);
-            let time = time_mode(&settings);
-            let feed = Box::new(SyntheticFeed::new(
-                settings.synthetic.clone(),
-                settings.pipeline.heartbeat_ms,
-            ));
-            run(&settings, feed, sink(args.output), time, stop, quiet)
+            let (feed, time, upstream) = match make_feed(&settings, args.feed) {
+                Ok(made) => made,
+                Err(message) => {
+                    eprintln!("tickstock: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(&settings, feed, sink(args.output), time, stop, quiet, upstream)
         }
         Command::Record(args) => {
             settings.journal.enabled = true;
@@ -176,12 +196,14 @@ fn main() -> ExitCode {
             settings.synthetic.trades_max = args.trades.or(settings.synthetic.trades_max);
             settings.synthetic.virtual_time |= args.virtual_time;
             stop_after(args.duration_s, &stop);
-            let time = time_mode(&settings);
-            let feed = Box::new(SyntheticFeed::new(
-                settings.synthetic.clone(),
-                settings.pipeline.heartbeat_ms,
-            ));
-            run(&settings, feed, Box::new(NullSink), time, stop, quiet)
+            let (feed, time, upstream) = match make_feed(&settings, args.feed) {
+                Ok(made) => made,
+                Err(message) => {
+                    eprintln!("tickstock: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(&settings, feed, Box::new(NullSink), time, stop, quiet, upstream)
         }
         Command::Replay(args) => {
             if !(args.speed.is_finite() && args.speed > 0.0) {
@@ -191,7 +213,7 @@ fn main() -> ExitCode {
             settings.journal.enabled = false;
             let pace = if args.max { Pace::Max } else { Pace::Speed(args.speed) };
             let feed = Box::new(JournalFeed::new(args.journal, pace));
-            run(&settings, feed, sink(args.output), TimeMode::Given, stop, quiet)
+            run(&settings, feed, sink(args.output), TimeMode::Given, stop, quiet, None)
         }
         Command::ImportCsv(args) => import(&settings, &args),
         Command::Config => {
@@ -201,11 +223,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn time_mode(settings: &Settings) -> TimeMode {
-    if settings.synthetic.virtual_time {
-        TimeMode::Given
-    } else {
-        TimeMode::Live
+type MadeFeed = (Box<dyn Feed>, TimeMode, Option<Arc<UpstreamStatus>>);
+
+/// The feed `serve` and `record` run: the synthetic market or the upstream.
+fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, String> {
+    let source = match choice {
+        Some(FeedArg::Synthetic) => FeedSource::Synthetic,
+        Some(FeedArg::Upstream) => FeedSource::Upstream,
+        None => settings.feed.source,
+    };
+    let heartbeat_ms = settings.pipeline.heartbeat_ms;
+    match source {
+        FeedSource::Synthetic => {
+            let time =
+                if settings.synthetic.virtual_time { TimeMode::Given } else { TimeMode::Live };
+            Ok((Box::new(SyntheticFeed::new(settings.synthetic.clone(), heartbeat_ms)), time, None))
+        }
+        FeedSource::Upstream => {
+            let key = read_key(&settings.upstream)?;
+            let calendar = settings.engine.validate().map_err(|e| e.to_string())?.calendar();
+            let status = Arc::new(UpstreamStatus::default());
+            let feed = UpstreamFeed::new(
+                settings.upstream.clone(),
+                key,
+                heartbeat_ms,
+                calendar,
+                settings.engine.symbols_max,
+                Arc::clone(&status),
+            );
+            Ok((Box::new(feed), TimeMode::Live, Some(status)))
+        }
     }
 }
 
@@ -236,11 +283,16 @@ fn run(
     time: TimeMode,
     stop: Arc<AtomicBool>,
     quiet: bool,
+    upstream: Option<Arc<UpstreamStatus>>,
 ) -> ExitCode {
     let mut last = (0u64, std::time::Instant::now());
+    let upstream_line = upstream.clone();
     let status = |counters: &Counters, histograms: &Histograms| {
         if !quiet {
             eprintln!("{}", status_line(counters, histograms, &mut last));
+            if let Some(upstream) = &upstream_line {
+                eprintln!("{}", upstream_report(upstream));
+            }
         }
     };
     let report = match pipeline::run(settings, feed, sink, time, stop, status) {
@@ -251,6 +303,9 @@ fn run(
         }
     };
     eprintln!("{}", final_report(&report));
+    if let Some(upstream) = &upstream {
+        eprintln!("{}", upstream_report(upstream));
+    }
     if report.journal_failed {
         return ExitCode::from(EXIT_JOURNAL);
     }
@@ -325,6 +380,37 @@ fn final_report(report: &Report) -> String {
     }
     lines.push(latency_summary(&report.histograms));
     lines.join("\n")
+}
+
+fn upstream_report(status: &UpstreamStatus) -> String {
+    let c = &status.counters;
+    let get = UpstreamCounters::get;
+    let health = status.health();
+    let failures: Vec<String> = FAILURE_LABELS
+        .iter()
+        .zip(&c.failures)
+        .filter(|(_, n)| get(n) > 0)
+        .map(|(label, n)| format!("{label} {}", get(n)))
+        .collect();
+    let garbage: Vec<String> = Garbage::ALL
+        .iter()
+        .filter(|g| get(&c.garbage[g.index()]) > 0)
+        .map(|g| format!("{} {}", g.label(), get(&c.garbage[g.index()])))
+        .collect();
+    format!(
+        "upstream: {}, breaker {}{}; {} connects, {} reconnects, {:.1} s disconnected, {} frames, {} ticks, {} lost by q; failures: {}; garbage: {}",
+        if health.streaming { "streaming" } else { "not streaming" },
+        if health.breaker.is_empty() { "closed" } else { health.breaker },
+        health.last_failure.map(|f| format!(" (last failure: {f})")).unwrap_or_default(),
+        get(&c.connects),
+        get(&c.reconnects),
+        get(&c.disconnected_ns) as f64 / 1e9,
+        get(&c.frames),
+        get(&c.ticks),
+        get(&c.lost_by_q),
+        if failures.is_empty() { "none".to_owned() } else { failures.join(", ") },
+        if garbage.is_empty() { "none".to_owned() } else { garbage.join(", ") },
+    )
 }
 
 fn import(settings: &Settings, args: &ImportArgs) -> ExitCode {

@@ -265,3 +265,35 @@ fn a_full_disk_is_counted_and_reported_and_can_stop_the_server() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
 }
+
+#[test]
+fn the_upstream_feed_needs_a_key_and_never_prints_it() {
+    let output = tickstock()
+        .args(["serve", "--feed", "upstream"])
+        .env_remove("TICKSTOCK_UPSTREAM_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("TICKSTOCK_UPSTREAM_KEY"), "{}", text(&output.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("upstream.toml");
+    // Port 9 (discard) on loopback: nothing listens, every connect is refused.
+    fs::write(
+        &config,
+        "[upstream]\nurl = \"ws://127.0.0.1:9/stocks\"\nbackoff_ms_min = 10\nbackoff_ms_max = 50\n",
+    )
+    .unwrap();
+    let secret = "sk-do-not-print-me-0123456789";
+    let output = tickstock()
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--feed", "upstream", "--output", "none", "--duration-s", "1"])
+        .env("TICKSTOCK_UPSTREAM_KEY", secret)
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("upstream: not streaming") && stderr.contains("connect"), "{stderr}");
+    assert!(!stderr.contains(secret) && !text(&output.stdout).contains(secret), "the key leaked");
+}

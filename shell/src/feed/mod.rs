@@ -13,6 +13,7 @@
 
 pub mod journal;
 pub mod synthetic;
+pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
