@@ -444,4 +444,34 @@ mod tests {
         parse_frame(&invalid_utf8, &mut |p| seen.push(p));
         assert_eq!(seen, [Parsed::Garbage(Garbage::InvalidJson)]);
     }
+
+    #[test]
+    fn mutated_frames_never_panic_and_count_what_they_hand_out() {
+        let seeds = [
+            r#"[{"ev":"T","sym":"MSFT","x":4,"i":"12345","p":114.125,"s":100,"c":[0,12],"t":1536036818784,"q":3}]"#,
+            r#"[{"ev":"A","sym":"SPCE","v":200,"op":25.66,"vw":25.3981,"o":25.39,"c":25.39,"h":25.39,"l":25.39,"z":50,"s":1610144868000,"e":1610144869000}]"#,
+            r#"[{"ev":"status","status":"connected","message":"Connected Successfully"}]"#,
+        ];
+        const PIECES: &[u8] = b"{}[],:\"-0e9";
+        let mut rng = fastrand::Rng::with_seed(9);
+        for round in 0..30_000 {
+            let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..bytes.len());
+                match rng.u8(..3) {
+                    0 => bytes[at] = rng.u8(..),
+                    1 => bytes.insert(at, PIECES[rng.usize(..PIECES.len())]),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let mut seen = 0;
+            let count = parse_frame(&bytes, &mut |_| seen += 1);
+            assert_eq!(count, seen);
+        }
+    }
 }
