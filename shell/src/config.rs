@@ -33,6 +33,76 @@ pub struct Settings {
     pub feed: FeedSettings,
     /// The upstream WebSocket feed.
     pub upstream: UpstreamSettings,
+    /// The WebSocket server of PROTOCOL.md.
+    pub server: ServerSettings,
+}
+
+/// The WebSocket server (PROTOCOL.md). Credentials are secrets: API keys live in
+/// `api_keys_file`, the JWT HS256 secret in the environment (`jwt_secret_env`), public keys
+/// in `jwt_public_key_file`; none of them in this file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address. Default: `127.0.0.1:8765`.
+    pub listen: String,
+    /// API keys, one per line (`KEY [user=ID] [symbols=AAPL,MSFT]`; `#` comments and blank
+    /// lines ignored). Default: none.
+    pub api_keys_file: Option<PathBuf>,
+    /// JWT algorithm: `HS256`, `RS256` or `ES256`; none disables JWTs. Default: none.
+    pub jwt_algorithm: Option<String>,
+    /// Environment variable holding the HS256 secret. Default: `TICKSTOCK_JWT_SECRET`.
+    pub jwt_secret_env: String,
+    /// PEM public key for RS256/ES256. Default: none.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Leeway on `exp`, in seconds. Default: 5.
+    pub jwt_leeway_s: u64,
+    /// Connections in all; one more gets `max_connections` and close 1013. Default: 10,000.
+    pub connections_max: u32,
+    /// Time to finish the HTTP request and upgrade. Default: 5,000 ms.
+    pub handshake_timeout_ms: u32,
+    /// Time to authenticate after `connected`. Default: 5,000 ms.
+    pub auth_timeout_ms: u32,
+    /// Largest client message and frame; bigger closes with 1009. Default: 64 KiB.
+    pub client_message_bytes_max: u32,
+    /// Client errors (bad JSON, unknown action, bad topic) before the connection is closed
+    /// with 1008. Default: 10.
+    pub client_errors_max: u32,
+    /// Largest server message: a cycle's events for one client are split above it.
+    /// Default: 1 MiB.
+    pub frame_bytes_max: u32,
+    /// Outbox limit per connection; past it the client is a slow consumer: its outbox is
+    /// discarded and it is closed with 4008. Default: 4 MiB.
+    pub client_queue_max_bytes: u32,
+    /// After a close is sent, the TCP connection is dropped this much later at the latest.
+    /// Default: 1,000 ms.
+    pub close_timeout_ms: u32,
+    /// Ping interval. Default: 15,000 ms.
+    pub ping_interval_ms: u32,
+    /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
+    pub pong_timeout_ms: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            listen: "127.0.0.1:8765".to_owned(),
+            api_keys_file: None,
+            jwt_algorithm: None,
+            jwt_secret_env: "TICKSTOCK_JWT_SECRET".to_owned(),
+            jwt_public_key_file: None,
+            jwt_leeway_s: 5,
+            connections_max: 10_000,
+            handshake_timeout_ms: 5_000,
+            auth_timeout_ms: 5_000,
+            client_message_bytes_max: 64 * 1024,
+            client_errors_max: 10,
+            frame_bytes_max: 1 << 20,
+            client_queue_max_bytes: 4 << 20,
+            close_timeout_ms: 1_000,
+            ping_interval_ms: 15_000,
+            pong_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// When a silent upstream counts as stale.
@@ -400,6 +470,30 @@ impl Settings {
         within("upstream.breaker_failures", u.breaker_failures.into(), 1, 1_000_000)?;
         within("upstream.breaker_open_ms", u.breaker_open_ms.into(), 1, 86_400_000)?;
         within("upstream.message_bytes_max", u.message_bytes_max.into(), 1_024, 1 << 30)?;
+        let v = &self.server;
+        v.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            SettingsError::Invalid(format!(
+                "server.listen = {:?}, must be an IP address and port",
+                v.listen
+            ))
+        })?;
+        within("server.connections_max", v.connections_max.into(), 1, 1_000_000)?;
+        within("server.handshake_timeout_ms", v.handshake_timeout_ms.into(), 1, 600_000)?;
+        within("server.auth_timeout_ms", v.auth_timeout_ms.into(), 1, 600_000)?;
+        within("server.client_message_bytes_max", v.client_message_bytes_max.into(), 256, 1 << 24)?;
+        within("server.client_errors_max", v.client_errors_max.into(), 1, 1_000_000)?;
+        within("server.frame_bytes_max", v.frame_bytes_max.into(), 4_096, 1 << 26)?;
+        within("server.client_queue_max_bytes", v.client_queue_max_bytes.into(), 4_096, 1 << 30)?;
+        within("server.close_timeout_ms", v.close_timeout_ms.into(), 1, 600_000)?;
+        within("server.ping_interval_ms", v.ping_interval_ms.into(), 10, 3_600_000)?;
+        within("server.pong_timeout_ms", v.pong_timeout_ms.into(), 10, 3_600_000)?;
+        if let Some(algorithm) = &v.jwt_algorithm {
+            if !["HS256", "RS256", "ES256"].contains(&algorithm.as_str()) {
+                return Err(SettingsError::Invalid(format!(
+                    "server.jwt_algorithm = {algorithm:?}, must be HS256, RS256 or ES256"
+                )));
+            }
+        }
         Ok(self)
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tickstock_engine::encode::encode_event;
 use tickstock_engine::limits::EVENT_JSON_BYTES_MAX;
 use tickstock_engine::mfbuf::MfConsumer;
-use tickstock_engine::{Event, EventBody, SymbolId};
+use tickstock_engine::{Event, EventBody, SymbolId, Ticker};
 
 use crate::clock::Clock;
 use crate::idle::{IdleStrategy, Idler, Waker};
@@ -31,6 +31,8 @@ pub struct Frame {
     pub seq: u64,
     /// Its symbol.
     pub symbol: SymbolId,
+    /// Its symbol's ticker, for routing by name without a lookup.
+    pub ticker: Ticker,
     /// Its channel (`ev`).
     pub channel: &'static str,
     /// Byte range of its JSON object in [`FrameBatch::bytes`].
@@ -64,13 +66,21 @@ impl FrameBatch {
     }
 
     /// Encodes `event` into the batch; the caller checked [`FrameBatch::has_room`].
-    pub fn push(&mut self, event: &Event, ticker: &str) {
+    pub fn push(&mut self, event: &Event, ticker: Ticker) {
         debug_assert!(self.has_room(), "Invariant: the caller checks for room");
         let start = self.bytes.len() as u32;
-        encode_event(&mut self.bytes, event, ticker);
+        encode_event(&mut self.bytes, event, ticker.as_str());
         let end = self.bytes.len() as u32;
         let channel = event.body.channel();
-        self.frames.push(Frame { seq: event.seq, symbol: event.symbol, channel, start, end });
+        let (seq, symbol) = (event.seq, event.symbol);
+        self.frames.push(Frame { seq, symbol, ticker, channel, start, end });
+    }
+
+    /// Copies `other` into this batch (which must be as large), replacing its contents.
+    pub fn copy_from(&mut self, other: &FrameBatch) {
+        self.clear();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.frames.extend_from_slice(&other.frames);
     }
 
     /// The frames.
@@ -291,7 +301,8 @@ impl Emitter {
             if !batch.has_room() {
                 hand_on(batch, sink.as_mut(), counts, sink_ok);
             }
-            batch.push(event, symbols.name(event.symbol).unwrap_or("?"));
+            let ticker = symbols.ticker(event.symbol).unwrap_or_default();
+            batch.push(event, ticker);
             if let (true, EventBody::Trade(trade)) = (measure, &event.body) {
                 // Ring entry to encoded frame: one clock read per trade (about 20 ns).
                 latency.record_n(clock.now().0.saturating_sub(trade.ts_recv.0), 1);

@@ -11,6 +11,7 @@
 //! | [`csv_import`] | `ts,symbol,price,size` files into a journal |
 //! | [`config`] | the TOML settings with their defaults |
 //! | [`idle`] | spin, yield, back off and park |
+//! | [`server`] | the WebSocket server of PROTOCOL.md, `/health` and `/metrics`, on mio |
 //! | [`tracer`] | per-stage counters and latency histograms |
 //! | [`clock`], [`symbols`] | the runtime clock and the shared symbol names |
 
@@ -25,5 +26,6 @@ pub mod feed;
 pub mod idle;
 pub mod journal;
 pub mod pipeline;
+pub mod server;
 pub mod symbols;
 pub mod tracer;

@@ -23,7 +23,9 @@ use tickstock_shell::feed::upstream::{
     read_key, UpstreamCounters, UpstreamFeed, UpstreamStatus, FAILURE_LABELS,
 };
 use tickstock_shell::feed::{Feed, FeedEnd};
-use tickstock_shell::pipeline::{self, latency_summary, Report, TimeMode};
+use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
+use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::{self, Reporting, ServerHandle};
 use tickstock_shell::tracer::{Counters, Histograms};
 
 /// Exit code for a configuration or usage error.
@@ -60,8 +62,11 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 enum Output {
-    /// One JSON object per line on stdout.
+    /// The WebSocket server of PROTOCOL.md (`server.listen`, default 127.0.0.1:8765), with
+    /// `/health` and `/metrics` on the same port.
     #[default]
+    Websocket,
+    /// One JSON object per line on stdout.
     Stdout,
     /// Discard (the counters and the final report still say what was emitted).
     None,
@@ -80,8 +85,8 @@ struct ServeArgs {
     /// Which feed (default: `feed.source` of the configuration, synthetic unless set).
     #[arg(long, value_enum)]
     feed: Option<FeedArg>,
-    /// Where events go until the WebSocket shell lands.
-    #[arg(long, value_enum, default_value = "stdout")]
+    /// Where events go.
+    #[arg(long, value_enum, default_value = "websocket")]
     output: Output,
     /// Also journal accepted trades into this directory.
     #[arg(long, value_name = "DIR")]
@@ -186,7 +191,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(&settings, feed, sink(args.output), time, stop, quiet, upstream)
+            run(&settings, feed, args.output, time, stop, quiet, upstream)
         }
         Command::Record(args) => {
             settings.journal.enabled = true;
@@ -203,7 +208,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(&settings, feed, Box::new(NullSink), time, stop, quiet, upstream)
+            run(&settings, feed, Output::None, time, stop, quiet, upstream)
         }
         Command::Replay(args) => {
             if !(args.speed.is_finite() && args.speed > 0.0) {
@@ -213,7 +218,7 @@ fn main() -> ExitCode {
             settings.journal.enabled = false;
             let pace = if args.max { Pace::Max } else { Pace::Speed(args.speed) };
             let feed = Box::new(JournalFeed::new(args.journal, pace));
-            run(&settings, feed, sink(args.output), TimeMode::Given, stop, quiet, None)
+            run(&settings, feed, args.output, TimeMode::Given, stop, quiet, None)
         }
         Command::ImportCsv(args) => import(&settings, &args),
         Command::Config => {
@@ -256,12 +261,33 @@ fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, S
     }
 }
 
-fn sink(output: Output) -> Box<dyn FrameSink> {
+type Sink = (Box<dyn FrameSink>, Option<ServerHandle>);
+
+/// The sink for `output`; for the WebSocket server, also its handle.
+fn sink(settings: &Settings, output: Output, reporting: Reporting) -> Result<Sink, String> {
     match output {
-        Output::Stdout => {
-            Box::new(JsonLinesSink::new(BufWriter::with_capacity(1 << 16, io::stdout())))
+        Output::Stdout => Ok((
+            Box::new(JsonLinesSink::new(BufWriter::with_capacity(1 << 16, io::stdout()))),
+            None,
+        )),
+        Output::None => Ok((Box::new(NullSink), None)),
+        Output::Websocket => {
+            let auth = Authenticator::load(&settings.server)?;
+            let open = auth.is_open();
+            let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+            let (sink, handle) = server::start(&settings.server, auth, reporting, batch_bytes)
+                .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
+            let address = handle.local_addr;
+            eprintln!(
+                "tickstock: serving ws://{address}/stocks, http://{address}/health and /metrics"
+            );
+            if open {
+                eprintln!(
+                    "tickstock: no credentials configured: any token is accepted (loopback only)"
+                );
+            }
+            Ok((Box::new(sink), Some(handle)))
         }
-        Output::None => Box::new(NullSink),
     }
 }
 
@@ -279,7 +305,7 @@ fn stop_after(duration_s: Option<u64>, stop: &Arc<AtomicBool>) {
 fn run(
     settings: &Settings,
     feed: Box<dyn Feed>,
-    sink: Box<dyn FrameSink>,
+    output: Output,
     time: TimeMode,
     stop: Arc<AtomicBool>,
     quiet: bool,
@@ -295,13 +321,34 @@ fn run(
             }
         }
     };
-    let report = match pipeline::run(settings, feed, sink, time, stop, status) {
+    let observed = Observed::default();
+    let reporting = Reporting { observed: observed.clone(), upstream: upstream.clone() };
+    let (sink, server) = match sink(settings, output, reporting) {
+        Ok(made) => made,
+        Err(message) => {
+            eprintln!("tickstock: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = pipeline::run_observed(settings, feed, sink, time, stop, status, observed);
+    let server_counters = server.as_ref().map(|server| Arc::clone(&server.counters));
+    if let Some(server) = server {
+        server.stop();
+    }
+    let report = match result {
         Ok(report) => report,
         Err(error) => {
             eprintln!("tickstock: {error}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(c) = server_counters {
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        eprintln!(
+            "server: {} accepted, {} auth ok, {} auth failed, {} messages out ({} bytes, {} events), {} slow-consumer closes, {} client errors",
+            get(&c.accepted), get(&c.auth_successes), get(&c.auth_failures), get(&c.messages_out), get(&c.bytes_out), get(&c.events_out), get(&c.slow_consumer_closes), get(&c.client_errors)
+        );
+    }
     eprintln!("{}", final_report(&report));
     if let Some(upstream) = &upstream {
         eprintln!("{}", upstream_report(upstream));

@@ -100,6 +100,18 @@ struct Shared {
     clock: Clock,
 }
 
+/// What a running pipeline publishes, created by the caller so that others (the server's
+/// `/metrics` and `/health`) can read it while the pipeline runs.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Stage counters.
+    pub counters: Arc<Counters>,
+    /// Latency histograms.
+    pub histograms: Arc<Histograms>,
+    /// The journal's last error and segment.
+    pub journal_state: Arc<Mutex<JournalState>>,
+}
+
 /// Runs the pipeline from `feed` to `sink` until the feed ends or `stop` is raised.
 /// `status` is called every `stats_interval_ms` from the calling thread while it runs.
 pub fn run(
@@ -108,14 +120,27 @@ pub fn run(
     sink: Box<dyn FrameSink>,
     time: TimeMode,
     stop: Arc<AtomicBool>,
+    status: impl FnMut(&Counters, &Histograms),
+) -> Result<Report, StartError> {
+    run_observed(settings, feed, sink, time, stop, status, Observed::default())
+}
+
+/// [`run`], publishing into `observed`.
+pub fn run_observed(
+    settings: &Settings,
+    feed: Box<dyn Feed>,
+    sink: Box<dyn FrameSink>,
+    time: TimeMode,
+    stop: Arc<AtomicBool>,
     mut status: impl FnMut(&Counters, &Histograms),
+    observed: Observed,
 ) -> Result<Report, StartError> {
     let started = Instant::now();
     let engine = Engine::new(&settings.engine).map_err(|e| StartError::Config(e.to_string()))?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
-        counters: Arc::new(Counters::default()),
-        histograms: Arc::new(Histograms::default()),
+        counters: Arc::clone(&observed.counters),
+        histograms: Arc::clone(&observed.histograms),
         stop: Arc::clone(&stop),
         clock: Clock::new(),
     });
@@ -123,7 +148,7 @@ pub fn run(
     let (mf_producer, mf_consumer, mf_counters) = mfbuf::mfbuf(&settings.mfbuf);
     let (ring_tx, ring_rx) = rtrb::RingBuffer::new(settings.pipeline.ring_capacity as usize);
     let journal_failed = Arc::new(AtomicBool::new(false));
-    let journal_state = Arc::new(Mutex::new(JournalState::default()));
+    let journal_state = Arc::clone(&observed.journal_state);
     let mut threads = Vec::new();
     let (waker_tx, waker_rx) = mpsc::channel();
 

@@ -22,6 +22,11 @@ impl Symbols {
         self.names.get(id.index())?.get().map(Ticker::as_str)
     }
 
+    /// The ticker of `id`, once interned.
+    pub fn ticker(&self, id: SymbolId) -> Option<Ticker> {
+        self.names.get(id.index())?.get().copied()
+    }
+
     /// Capacity (`symbols_max`).
     pub fn capacity(&self) -> usize {
         self.names.len()

@@ -42,7 +42,10 @@ fn help_names_every_subcommand() {
 
 #[test]
 fn serve_writes_json_lines_in_seq_order() {
-    let output = tickstock().args(["--quiet", "serve", "--duration-s", "2"]).output().unwrap();
+    let output = tickstock()
+        .args(["--quiet", "serve", "--output", "stdout", "--duration-s", "2"])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     let mut trades = 0;

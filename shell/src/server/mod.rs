@@ -1,0 +1,826 @@
+//! The WebSocket server of PROTOCOL.md: one mio event loop thread, the only code that touches
+//! mio (STYLE habits 12 and 13). One port serves the stream (`/stocks`, `/v1/stream`),
+//! `/health` and `/metrics`.
+//!
+//! The emitter hands each cycle's [`FrameBatch`] to [`ServerSink`], which copies it into a
+//! pooled, shared batch and passes it over an SPSC ring; the loop then builds, for each
+//! subscribed connection, one JSON array of the frames it wants (split above
+//! `frame_bytes_max`), so every event is encoded once and every client gets one message per
+//! cycle. Writes are drained to `WouldBlock`.
+//!
+//! # Overflow
+//! Each connection has an outbox of messages not yet taken by the socket. Past
+//! `client_queue_max_bytes` the client is a slow consumer: its outbox is discarded, it gets a
+//! close 4008 `slow consumer` if the socket takes it, and the TCP connection is dropped after
+//! `close_timeout_ms` either way; counted in `slow_consumer_closes`. A client that never reads
+//! thus holds at most its outbox limit plus the WebSocket write buffer, and delays no one.
+//! The emitter → server ring holds [`BATCH_RING_CAPACITY`] batches; when it is full the
+//! emitter waits (the loop drains it every iteration, whatever the clients do).
+
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod session;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use self::auth::Authenticator;
+use self::metrics::ServerCounters;
+use self::session::{channel_index, Action, Phase, Session, CLOSE_POLICY, CONNECTED};
+use crate::clock::Clock;
+use crate::config::ServerSettings;
+use crate::emitter::{FrameBatch, FrameSink};
+use crate::feed::upstream::UpstreamStatus;
+use crate::pipeline::Observed;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Slab key `k` is token `k + FIRST_CONNECTION`.
+const FIRST_CONNECTION: usize = 2;
+/// mio events per poll.
+const EVENTS_CAPACITY: usize = 1_024;
+/// Connections accepted per iteration, at most.
+const ACCEPT_BUDGET: usize = 256;
+/// Messages read from one connection per readiness event, at most.
+const READ_BUDGET_MESSAGES: usize = 64;
+/// Batches fanned out per iteration, at most.
+const FANOUT_BUDGET_BATCHES: usize = 16;
+/// Emitter → server ring, in batches.
+pub const BATCH_RING_CAPACITY: usize = 16;
+/// Pooled shared batches: in the ring, in the loop's hands, and one being filled.
+const BATCH_POOL_MAX: usize = BATCH_RING_CAPACITY + 4;
+/// Timers (auth, ping, close deadlines) are swept this often, in ms.
+const SWEEP_INTERVAL_MS: u64 = 10;
+/// The loop wakes at least this often, in ms.
+const POLL_TIMEOUT_MS: u64 = 10;
+/// HTTP connections beyond `connections_max` that may be mid-request, at most.
+const HTTP_CONNECTIONS_EXTRA: usize = 256;
+/// tungstenite's own write buffer per connection; past it, messages wait in the outbox.
+const WRITE_BUFFER_BYTES_MAX: usize = 1 << 20;
+/// The engine counts as stalled when its clock is this far behind, in ns.
+const STALL_NS: u64 = 5_000_000_000;
+/// Close code: the connection limit is reached, try later.
+const CLOSE_TRY_LATER: u16 = 1013;
+/// Close code: slow consumer (PROTOCOL.md section 5).
+const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+const _: () = assert!(FANOUT_BUDGET_BATCHES <= BATCH_RING_CAPACITY);
+
+/// The emitter's sink into the server.
+pub struct ServerSink {
+    ring: rtrb::Producer<Arc<FrameBatch>>,
+    pool: Vec<Arc<FrameBatch>>,
+    waker: Arc<Waker>,
+    batch_bytes: usize,
+}
+
+impl std::fmt::Debug for ServerSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSink").field("pool", &self.pool.len()).finish()
+    }
+}
+
+impl ServerSink {
+    /// A batch no one else holds, taken out of the pool (allocated while the pool is small).
+    fn free_batch(&mut self) -> io::Result<Arc<FrameBatch>> {
+        loop {
+            if let Some(index) = self.pool.iter().position(|batch| Arc::strong_count(batch) == 1) {
+                return Ok(self.pool.swap_remove(index));
+            }
+            if self.pool.len() < BATCH_POOL_MAX {
+                return Ok(Arc::new(FrameBatch::new(self.batch_bytes)));
+            }
+            if self.ring.is_abandoned() {
+                return Err(io::Error::other("the server has stopped"));
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl FrameSink for ServerSink {
+    fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        let mut shared = self.free_batch()?;
+        Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);
+        self.pool.push(Arc::clone(&shared));
+        let mut item = shared;
+        loop {
+            match self.ring.push(item) {
+                Ok(()) => break,
+                Err(rtrb::PushError::Full(back)) => {
+                    if self.ring.is_abandoned() {
+                        return Err(io::Error::other("the server has stopped"));
+                    }
+                    item = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+        self.waker.wake()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    /// The server's counters.
+    pub counters: Arc<ServerCounters>,
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+}
+
+impl ServerHandle {
+    /// Closes every connection (1001 going away) and stops the loop.
+    pub fn stop(self) {
+        // Relaxed: the loop polls the flag after the wake-up below.
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+/// What the server reports on.
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    /// The pipeline's counters and histograms.
+    pub observed: Observed,
+    /// The upstream client's status, when the feed is upstream.
+    pub upstream: Option<Arc<UpstreamStatus>>,
+}
+
+/// Binds the listener and starts the loop thread.
+pub fn start(
+    settings: &ServerSettings,
+    auth: Authenticator,
+    reporting: Reporting,
+    batch_bytes: usize,
+) -> io::Result<(ServerSink, ServerHandle)> {
+    let address: SocketAddr =
+        settings.listen.parse().map_err(|_| io::Error::other("bad server.listen"))?;
+    let mut listener = TcpListener::bind(address)?;
+    let local_addr = listener.local_addr()?;
+    let poll = Poll::new()?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (ring_tx, ring_rx) = rtrb::RingBuffer::new(BATCH_RING_CAPACITY);
+    let counters = Arc::new(ServerCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes_max = settings.client_message_bytes_max as usize;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(bytes_max))
+        .max_frame_size(Some(bytes_max))
+        .max_write_buffer_size(WRITE_BUFFER_BYTES_MAX);
+    let mut event_loop = Loop {
+        poll,
+        listener,
+        connections: Slab::new(),
+        batches: ring_rx,
+        auth,
+        settings: settings.clone(),
+        counters: Arc::clone(&counters),
+        reporting,
+        started: Instant::now(),
+        clock: Clock::new(),
+        stop: Arc::clone(&stop),
+        ws_config,
+        ws_count: 0,
+        subscriptions: 0,
+        channels: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("tickstock-server".to_owned())
+        .spawn(move || event_loop.run())?;
+    let sink = ServerSink {
+        ring: ring_tx,
+        pool: Vec::with_capacity(BATCH_POOL_MAX),
+        waker: Arc::clone(&waker),
+        batch_bytes,
+    };
+    Ok((sink, ServerHandle { thread, stop, waker, counters, local_addr }))
+}
+
+/// A connection in one of its phases.
+enum Connection {
+    /// Reading the HTTP request head.
+    Http { stream: TcpStream, buf: Vec<u8>, deadline: Instant },
+    /// Writing an HTTP response, then closing.
+    Respond { stream: TcpStream, out: Vec<u8>, written: usize, deadline: Instant },
+    /// A WebSocket session.
+    Ws(Box<WsConnection>),
+}
+
+struct WsConnection {
+    ws: WebSocket<TcpStream>,
+    session: Session,
+    outbox: VecDeque<Message>,
+    outbox_bytes: usize,
+    next_ping: Instant,
+    ping_sent: Option<Instant>,
+    subscriptions: usize,
+}
+
+struct Loop {
+    poll: Poll,
+    listener: TcpListener,
+    connections: Slab<Connection>,
+    batches: rtrb::Consumer<Arc<FrameBatch>>,
+    auth: Authenticator,
+    settings: ServerSettings,
+    counters: Arc<ServerCounters>,
+    reporting: Reporting,
+    started: Instant,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+    ws_config: WebSocketConfig,
+    ws_count: usize,
+    subscriptions: u64,
+    /// Channel index per frame of the batch being fanned out (reused).
+    channels: Vec<usize>,
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut next_sweep = Instant::now();
+        loop {
+            // Relaxed: a polled flag.
+            if self.stop.load(Ordering::Relaxed) {
+                self.close_all();
+                return;
+            }
+            if let Err(error) =
+                self.poll.poll(&mut events, Some(Duration::from_millis(POLL_TIMEOUT_MS)))
+            {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("tickstock: server poll failed: {error}");
+                    return;
+                }
+            }
+            // The clock is read once per iteration.
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => {}
+                    Token(token) => self.ready(token - FIRST_CONNECTION, now),
+                }
+            }
+            for _ in 0..FANOUT_BUDGET_BATCHES {
+                let Ok(batch) = self.batches.pop() else { break };
+                ServerCounters::add(&self.counters.batches, 1);
+                self.fan_out(&batch, now);
+            }
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + Duration::from_millis(SWEEP_INTERVAL_MS);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if would_block(&error) => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            ServerCounters::add(&self.counters.accepted, 1);
+            if self.connections.len()
+                >= self.settings.connections_max as usize + HTTP_CONNECTIONS_EXTRA
+            {
+                ServerCounters::add(&self.counters.refused_max_connections, 1);
+                continue; // Dropped: closes the socket.
+            }
+            let _ = stream.set_nodelay(true);
+            let entry = self.connections.vacant_entry();
+            let token = Token(entry.key() + FIRST_CONNECTION);
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let deadline = now + Duration::from_millis(self.settings.handshake_timeout_ms.into());
+            entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
+        }
+    }
+
+    fn ready(&mut self, key: usize, now: Instant) {
+        // Events for connections already removed are ignored (mio may still report them).
+        let Some(connection) = self.connections.get_mut(key) else { return };
+        let keep = match connection {
+            Connection::Http { .. } => self.read_request(key, now),
+            Connection::Respond { stream, out, written, .. } => write_out(stream, out, written),
+            Connection::Ws(_) => self.ws_ready(key, now),
+        };
+        if !keep {
+            self.remove(key);
+        }
+    }
+
+    /// Reads the request head; routes it when complete. Returns false to drop.
+    fn read_request(&mut self, key: usize, now: Instant) -> bool {
+        let Some(Connection::Http { stream, buf, .. }) = self.connections.get_mut(key) else {
+            return false;
+        };
+        let mut chunk = [0u8; 2_048];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > http::REQUEST_BYTES_MAX {
+                        break;
+                    }
+                }
+                Err(error) if would_block(&error) => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        match http::parse(buf) {
+            http::Parse::Partial => true,
+            http::Parse::Bad(why) => {
+                ServerCounters::add(&self.counters.bad_requests, 1);
+                self.respond(key, "400 Bad Request", "text/plain", why, now)
+            }
+            http::Parse::Complete(request, len) => self.route(key, request, len, now),
+        }
+    }
+
+    fn route(&mut self, key: usize, request: http::Request, len: usize, now: Instant) -> bool {
+        match http::route(&request) {
+            http::Route::Health => {
+                let r = &self.reporting;
+                let problem = metrics::unhealthy(
+                    &r.observed,
+                    r.upstream.as_deref(),
+                    self.clock.now().0,
+                    STALL_NS,
+                );
+                let body = metrics::health(
+                    &r.observed,
+                    &self.counters,
+                    r.upstream.as_deref(),
+                    self.started.elapsed().as_secs(),
+                    problem.as_deref(),
+                );
+                let status = if problem.is_none() { "200 OK" } else { "503 Service Unavailable" };
+                self.respond(key, status, "application/json", &body, now)
+            }
+            http::Route::Metrics => {
+                let body = metrics::prometheus(
+                    &self.reporting.observed,
+                    &self.counters,
+                    self.reporting.upstream.as_deref(),
+                );
+                self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now)
+            }
+            http::Route::NotFound => {
+                self.respond(key, "404 Not Found", "text/plain", "not found", now)
+            }
+            http::Route::BadRequest(why) => {
+                ServerCounters::add(&self.counters.bad_requests, 1);
+                self.respond(key, "400 Bad Request", "text/plain", why, now)
+            }
+            http::Route::Stream => self.upgrade(key, &request, len, now),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        key: usize,
+        status: &str,
+        content_type: &str,
+        body: &str,
+        now: Instant,
+    ) -> bool {
+        ServerCounters::add(&self.counters.http_requests, 1);
+        let Some(Connection::Http { .. }) = self.connections.get(key) else { return false };
+        let Connection::Http { stream, .. } = self.connections.remove(key) else { return false };
+        let mut out = http::response(status, content_type, body);
+        let mut written = 0;
+        let mut stream = stream;
+        let done = !write_out(&mut stream, &mut out, &mut written);
+        if done {
+            let _ = self.poll.registry().deregister(&mut stream);
+            return true; // Removed already.
+        }
+        let deadline = now + Duration::from_millis(self.settings.close_timeout_ms.into());
+        let entry = self.connections.vacant_entry();
+        debug_assert_eq!(entry.key(), key, "Invariant: the slot just freed is reused");
+        entry.insert(Connection::Respond { stream, out, written, deadline });
+        true
+    }
+
+    fn upgrade(&mut self, key: usize, request: &http::Request, len: usize, now: Instant) -> bool {
+        let Connection::Http { mut stream, buf, .. } = self.connections.remove(key) else {
+            return false;
+        };
+        let accept_key = request.websocket_key.as_deref().unwrap_or_default();
+        if stream.write_all(&http::upgrade_response(accept_key)).is_err() {
+            let _ = self.poll.registry().deregister(&mut stream);
+            return true;
+        }
+        let leftover = buf[len..].to_vec();
+        let ws =
+            WebSocket::from_partially_read(stream, leftover, Role::Server, Some(self.ws_config));
+        let auth_deadline = now + Duration::from_millis(self.settings.auth_timeout_ms.into());
+        let next_ping = now + Duration::from_millis(self.settings.ping_interval_ms.into());
+        let session = Session::new(auth_deadline, self.settings.client_errors_max);
+        let connection = WsConnection {
+            ws,
+            session,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            next_ping,
+            ping_sent: None,
+            subscriptions: 0,
+        };
+        let entry = self.connections.vacant_entry();
+        debug_assert_eq!(entry.key(), key, "Invariant: the slot just freed is reused");
+        entry.insert(Connection::Ws(Box::new(connection)));
+        self.ws_count += 1;
+        if self.ws_count > self.settings.connections_max as usize {
+            ServerCounters::add(&self.counters.refused_max_connections, 1);
+            let status =
+                r#"[{"ev":"status","status":"max_connections","message":"too many connections"}]"#;
+            self.apply(
+                key,
+                vec![
+                    Action::Send(status.to_owned()),
+                    Action::Close(CLOSE_TRY_LATER, "try again later"),
+                ],
+                now,
+            );
+            return true;
+        }
+        self.publish_connections();
+        let mut actions = vec![Action::Send(CONNECTED.to_owned())];
+        if let Some(token) = &request.bearer {
+            actions.extend(
+                self.with_session(key, |session, auth| session.authenticate(token, auth, unix_s())),
+            );
+        }
+        self.apply(key, actions, now);
+        true
+    }
+
+    /// Runs `f` on a connection's session and counts what changed.
+    fn with_session(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut Session, &Authenticator) -> Vec<Action>,
+    ) -> Vec<Action> {
+        let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return Vec::new() };
+        let was_waiting = matches!(c.session.phase, Phase::AwaitingAuth { .. });
+        let actions = f(&mut c.session, &self.auth);
+        let counters = &self.counters;
+        if was_waiting && c.session.phase == Phase::Active {
+            ServerCounters::add(&counters.auth_successes, 1);
+        }
+        for action in &actions {
+            match action {
+                Action::Close(CLOSE_POLICY, "authentication failed") => {
+                    ServerCounters::add(&counters.auth_failures, 1)
+                }
+                Action::Send(text) if text.contains(r#""status":"error""#) => {
+                    ServerCounters::add(&counters.client_errors, 1)
+                }
+                _ => {}
+            }
+        }
+        let count = c.session.subscription_count();
+        self.subscriptions = self.subscriptions + count as u64 - c.subscriptions as u64;
+        c.subscriptions = count;
+        ServerCounters::set(&counters.subscriptions, self.subscriptions);
+        actions
+    }
+
+    /// Queues sends and closes, then flushes.
+    fn apply(&mut self, key: usize, actions: Vec<Action>, now: Instant) {
+        let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
+        let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
+        let mut keep = true;
+        for action in actions {
+            match action {
+                Action::Send(text) => {
+                    c.outbox_bytes += text.len();
+                    c.outbox.push_back(Message::text(text));
+                }
+                Action::Close(code, reason) => {
+                    keep &= flush(c, &self.counters);
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    let _ = c.ws.close(Some(frame));
+                    c.session.phase = Phase::Closing { deadline: now + close_timeout };
+                    break;
+                }
+            }
+        }
+        keep &= flush(c, &self.counters);
+        if !keep {
+            self.remove(key);
+        }
+    }
+
+    fn ws_ready(&mut self, key: usize, now: Instant) -> bool {
+        for _ in 0..READ_BUDGET_MESSAGES {
+            let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return false };
+            let message = match c.ws.read() {
+                Ok(message) => message,
+                Err(tungstenite::Error::Io(error)) if would_block(&error) => break,
+                Err(error) => return self.read_failed(key, error, now),
+            };
+            match message {
+                Message::Text(text) => {
+                    let now_s = unix_s();
+                    let actions = self.with_session(key, |session, auth| {
+                        session.on_text(text.as_str(), auth, now_s)
+                    });
+                    self.apply(key, actions, now);
+                }
+                Message::Binary(_) => {
+                    let actions =
+                        self.with_session(key, |session, auth| session.on_text("binary", auth, 0));
+                    self.apply(key, actions, now);
+                }
+                Message::Pong(_) => c.ping_sent = None,
+                Message::Close(_) => {
+                    // tungstenite has queued the echo; the flush below sends it.
+                    c.session.phase = Phase::Closing {
+                        deadline: now
+                            + Duration::from_millis(self.settings.close_timeout_ms.into()),
+                    };
+                }
+                Message::Ping(_) | Message::Frame(_) => {}
+            }
+        }
+        match self.connections.get_mut(key) {
+            Some(Connection::Ws(c)) => flush(c, &self.counters),
+            _ => false,
+        }
+    }
+
+    /// A read error: a protocol violation gets its close code; anything else drops.
+    fn read_failed(&mut self, key: usize, error: tungstenite::Error, now: Instant) -> bool {
+        use tungstenite::error::ProtocolError;
+        let code = match error {
+            tungstenite::Error::Capacity(_) => 1009,
+            tungstenite::Error::Utf8(_) => 1007,
+            tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient) => 1002,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                return false
+            }
+            tungstenite::Error::Protocol(_) => 1002,
+            _ => return false,
+        };
+        ServerCounters::add(&self.counters.protocol_closes, 1);
+        let reason = match code {
+            1009 => "message too big",
+            1007 => "invalid UTF-8",
+            _ => "protocol error",
+        };
+        self.apply(key, vec![Action::Close(code, reason)], now);
+        self.connections.contains(key)
+    }
+
+    fn fan_out(&mut self, batch: &FrameBatch, now: Instant) {
+        self.channels.clear();
+        self.channels.extend(
+            batch.frames().iter().map(|frame| channel_index(frame.channel).unwrap_or(usize::MAX)),
+        );
+        let frame_bytes_max = self.settings.frame_bytes_max as usize;
+        let queue_max = self.settings.client_queue_max_bytes as usize;
+        let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
+        let mut dropped = Vec::new();
+        for (key, connection) in &mut self.connections {
+            let Connection::Ws(c) = connection else { continue };
+            if !c.session.subscribed() {
+                continue;
+            }
+            let mut message = String::new();
+            let mut events = 0u64;
+            for (frame, &channel) in batch.frames().iter().zip(&self.channels) {
+                if !c.session.wants(channel, frame.ticker.as_str()) {
+                    continue;
+                }
+                let json = std::str::from_utf8(batch.json(frame)).unwrap_or("{}");
+                if !message.is_empty() && message.len() + json.len() + 2 > frame_bytes_max {
+                    message.push(']');
+                    c.outbox_bytes += message.len();
+                    c.outbox.push_back(Message::text(std::mem::take(&mut message)));
+                }
+                message.push(if message.is_empty() { '[' } else { ',' });
+                message.push_str(json);
+                events += 1;
+            }
+            if events == 0 {
+                continue;
+            }
+            message.push(']');
+            c.outbox_bytes += message.len();
+            c.outbox.push_back(Message::text(message));
+            ServerCounters::add(&self.counters.events_out, events);
+            if c.outbox_bytes > queue_max {
+                ServerCounters::add(&self.counters.slow_consumer_closes, 1);
+                ServerCounters::add(
+                    &self.counters.slow_consumer_dropped_bytes,
+                    c.outbox_bytes as u64,
+                );
+                c.outbox.clear();
+                c.outbox_bytes = 0;
+                let frame = CloseFrame {
+                    code: CloseCode::from(CLOSE_SLOW_CONSUMER),
+                    reason: "slow consumer".into(),
+                };
+                let _ = c.ws.close(Some(frame));
+                c.session.phase = Phase::Closing { deadline: now + close_timeout };
+                let _ = c.ws.flush();
+                continue;
+            }
+            if !flush(c, &self.counters) {
+                dropped.push(key);
+            }
+        }
+        for key in dropped {
+            self.remove(key);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let now_s = unix_s();
+        let mut due: Vec<(usize, Vec<Action>)> = Vec::new();
+        let mut dropped = Vec::new();
+        let pong_timeout = Duration::from_millis(self.settings.pong_timeout_ms.into());
+        let ping_interval = Duration::from_millis(self.settings.ping_interval_ms.into());
+        for (key, connection) in &mut self.connections {
+            match connection {
+                Connection::Http { deadline, .. } if now >= *deadline => {
+                    ServerCounters::add(&self.counters.handshake_timeouts, 1);
+                    dropped.push(key);
+                }
+                Connection::Respond { deadline, .. } if now >= *deadline => dropped.push(key),
+                Connection::Ws(c) => match c.session.phase {
+                    Phase::AwaitingAuth { deadline } if now >= deadline => {
+                        ServerCounters::add(&self.counters.auth_timeouts, 1);
+                        let failed = r#"[{"ev":"status","status":"auth_failed","message":"authentication failed"}]"#;
+                        due.push((
+                            key,
+                            vec![
+                                Action::Send(failed.to_owned()),
+                                Action::Close(CLOSE_POLICY, "authentication timeout"),
+                            ],
+                        ));
+                    }
+                    Phase::Closing { deadline } if now >= deadline => dropped.push(key),
+                    Phase::Active
+                        if c.session
+                            .identity
+                            .as_ref()
+                            .and_then(|i| i.expires_at_s)
+                            .is_some_and(|exp| exp < now_s) =>
+                    {
+                        let expired = r#"[{"ev":"status","status":"token_expired","message":"token expired"}]"#;
+                        due.push((
+                            key,
+                            vec![
+                                Action::Send(expired.to_owned()),
+                                Action::Close(CLOSE_POLICY, "token expired"),
+                            ],
+                        ));
+                    }
+                    Phase::Active | Phase::AwaitingAuth { .. } => {
+                        if c.ping_sent.is_some_and(|sent| now.duration_since(sent) >= pong_timeout)
+                        {
+                            ServerCounters::add(&self.counters.pong_timeouts, 1);
+                            dropped.push(key);
+                        } else if now >= c.next_ping {
+                            let _ = c.ws.write(Message::Ping(Default::default()));
+                            c.ping_sent.get_or_insert(now);
+                            c.next_ping = now + ping_interval;
+                            if !flush(c, &self.counters) {
+                                dropped.push(key);
+                            }
+                        }
+                    }
+                    Phase::Closing { .. } => {}
+                },
+                _ => {}
+            }
+        }
+        for (key, actions) in due {
+            self.apply(key, actions, now);
+        }
+        for key in dropped {
+            self.remove(key);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if !self.connections.contains(key) {
+            return;
+        }
+        match self.connections.remove(key) {
+            Connection::Http { mut stream, .. } | Connection::Respond { mut stream, .. } => {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            Connection::Ws(mut c) => {
+                let _ = self.poll.registry().deregister(c.ws.get_mut());
+                self.ws_count -= 1;
+                self.subscriptions -= c.subscriptions as u64;
+                ServerCounters::set(&self.counters.subscriptions, self.subscriptions);
+                self.publish_connections();
+            }
+        }
+    }
+
+    fn publish_connections(&self) {
+        let open = self.ws_count.min(self.settings.connections_max as usize);
+        ServerCounters::set(&self.counters.connections, open as u64);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            if let Some(Connection::Ws(c)) = self.connections.get_mut(key) {
+                let frame =
+                    CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+                let _ = c.ws.close(Some(frame));
+                let _ = c.ws.flush();
+            }
+            self.remove(key);
+        }
+    }
+}
+
+/// Writes an HTTP response; returns false once it is all written (or failed): drop then.
+fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> bool {
+    while *written < out.len() {
+        match stream.write(&out[*written..]) {
+            Ok(0) => return false,
+            Ok(n) => *written += n,
+            Err(error) if would_block(&error) => return true,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    false
+}
+
+/// Moves the outbox into the socket until it would block. False when the connection is dead.
+fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
+    while let Some(message) = c.outbox.pop_front() {
+        let len = message.len();
+        match c.ws.write(message) {
+            Ok(()) => {}
+            Err(tungstenite::Error::WriteBufferFull(back)) => {
+                c.outbox.push_front(*back);
+                break;
+            }
+            // Buffered in tungstenite; it goes out on a later flush.
+            Err(tungstenite::Error::Io(error)) if would_block(&error) => {}
+            Err(_) => return false,
+        }
+        c.outbox_bytes -= len;
+        ServerCounters::add(&counters.messages_out, 1);
+        ServerCounters::add(&counters.bytes_out, len as u64);
+    }
+    match c.ws.flush() {
+        Ok(()) => true,
+        Err(tungstenite::Error::Io(error)) if would_block(&error) => true,
+        Err(tungstenite::Error::ConnectionClosed) => false,
+        Err(_) => false,
+    }
+}

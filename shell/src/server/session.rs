@@ -1,0 +1,303 @@
+//! One connection's protocol state, apart from the socket (STYLE habit 12): authentication,
+//! subscriptions and client errors. It takes what the client sent and returns what to send
+//! back; the event loop does the I/O. Unit-tested without sockets.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::auth::{Authenticator, Identity};
+
+/// Channels a client may subscribe to, in index order.
+pub const CHANNELS: [&str; 7] = ["T", "A", "AM", "HL", "TR", "SV", "FMV"];
+
+/// Where a connection is in PROTOCOL.md section 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// `connected` sent; waiting for a token until the deadline.
+    AwaitingAuth {
+        /// `auth_timeout_ms` after `connected`.
+        deadline: Instant,
+    },
+    /// Authenticated.
+    Active,
+    /// A close was sent; the socket goes at the deadline at the latest.
+    Closing {
+        /// `close_timeout_ms` after the close.
+        deadline: Instant,
+    },
+}
+
+/// What the event loop should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this text message.
+    Send(String),
+    /// Send a close frame with this code and reason, then drop the connection.
+    Close(u16, &'static str),
+}
+
+#[derive(Clone, Debug, Default)]
+struct ChannelSubscription {
+    all: bool,
+    symbols: HashSet<String>,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    /// Current phase.
+    pub phase: Phase,
+    /// Who authenticated.
+    pub identity: Option<Identity>,
+    subscriptions: [ChannelSubscription; CHANNELS.len()],
+    errors: u32,
+    errors_max: u32,
+}
+
+#[derive(Deserialize)]
+struct ClientMessage {
+    action: String,
+    #[serde(default)]
+    params: serde_json::Value,
+}
+
+/// `[{"ev":"status","status":S,"message":M}]`, or several statuses in one array.
+pub fn status_array(statuses: &[(&str, &str)]) -> String {
+    let items: Vec<String> = statuses
+        .iter()
+        .map(|(status, message)| {
+            format!(r#"{{"ev":"status","status":{},"message":{}}}"#, json(status), json(message))
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+fn json(text: &str) -> String {
+    serde_json::to_string(text).expect("Invariant: a str serializes")
+}
+
+/// The first message on every connection.
+pub const CONNECTED: &str =
+    r#"[{"ev":"status","status":"connected","message":"Connected Successfully"}]"#;
+const AUTH_SUCCESS: &str = r#"[{"ev":"status","status":"auth_success","message":"authenticated"}]"#;
+const AUTH_FAILED: &str =
+    r#"[{"ev":"status","status":"auth_failed","message":"authentication failed"}]"#;
+/// Close code for policy violations (auth failures, too many client errors).
+pub const CLOSE_POLICY: u16 = 1008;
+
+impl Session {
+    /// A session that has just sent `connected`.
+    pub fn new(auth_deadline: Instant, errors_max: u32) -> Session {
+        Session {
+            phase: Phase::AwaitingAuth { deadline: auth_deadline },
+            identity: None,
+            subscriptions: Default::default(),
+            errors: 0,
+            errors_max,
+        }
+    }
+
+    /// Authenticates with a token from the upgrade's `Authorization: Bearer` header.
+    pub fn authenticate(&mut self, token: &str, auth: &Authenticator, now_s: u64) -> Vec<Action> {
+        match auth.verify(token, now_s) {
+            Ok(identity) => {
+                self.identity = Some(identity);
+                self.phase = Phase::Active;
+                vec![Action::Send(AUTH_SUCCESS.to_owned())]
+            }
+            Err(_) => vec![
+                Action::Send(AUTH_FAILED.to_owned()),
+                Action::Close(CLOSE_POLICY, "authentication failed"),
+            ],
+        }
+    }
+
+    /// Handles one client text message.
+    pub fn on_text(&mut self, text: &str, auth: &Authenticator, now_s: u64) -> Vec<Action> {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(_) => {
+                return self.client_error("invalid message: want a JSON object with an action")
+            }
+        };
+        match (self.phase, message.action.as_str()) {
+            (Phase::AwaitingAuth { .. }, "auth") => match message.params.as_str() {
+                Some(token) => self.authenticate(token, auth, now_s),
+                None => vec![
+                    Action::Send(AUTH_FAILED.to_owned()),
+                    Action::Close(CLOSE_POLICY, "authentication failed"),
+                ],
+            },
+            (Phase::AwaitingAuth { .. }, _) => vec![
+                Action::Send(status_array(&[("error", "authenticate first")])),
+                Action::Close(CLOSE_POLICY, "not authenticated"),
+            ],
+            (Phase::Active, "subscribe") => self.subscription(&message.params, true),
+            (Phase::Active, "unsubscribe") => self.subscription(&message.params, false),
+            (Phase::Active, "auth") => self.client_error("already authenticated"),
+            (Phase::Active, action @ ("filter" | "resume" | "refresh")) => {
+                self.client_error(&format!("{action} is not available on this server yet"))
+            }
+            (Phase::Active, _) => self.client_error("unknown action"),
+            (Phase::Closing { .. }, _) => Vec::new(),
+        }
+    }
+
+    fn client_error(&mut self, message: &str) -> Vec<Action> {
+        self.errors += 1;
+        let mut actions = vec![Action::Send(status_array(&[("error", message)]))];
+        if self.errors >= self.errors_max {
+            actions.push(Action::Close(CLOSE_POLICY, "too many client errors"));
+        }
+        actions
+    }
+
+    fn subscription(&mut self, params: &serde_json::Value, subscribe: bool) -> Vec<Action> {
+        let Some(list) = params.as_str() else {
+            return self.client_error("params: want a comma-separated list of topics");
+        };
+        let mut statuses: Vec<(String, String)> = Vec::new();
+        let mut bad = 0;
+        for topic in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match self.topic(topic, subscribe) {
+                Ok(()) => {
+                    let verb = if subscribe { "subscribed to" } else { "unsubscribed from" };
+                    statuses.push(("success".to_owned(), format!("{verb}: {topic}")));
+                }
+                Err(why) => {
+                    bad += 1;
+                    statuses.push(("error".to_owned(), format!("{topic}: {why}")));
+                }
+            }
+        }
+        if statuses.is_empty() {
+            return self.client_error("params: no topics");
+        }
+        let pairs: Vec<(&str, &str)> =
+            statuses.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect();
+        let mut actions = vec![Action::Send(status_array(&pairs))];
+        self.errors += bad;
+        if bad > 0 && self.errors >= self.errors_max {
+            actions.push(Action::Close(CLOSE_POLICY, "too many client errors"));
+        }
+        actions
+    }
+
+    fn topic(&mut self, topic: &str, subscribe: bool) -> Result<(), &'static str> {
+        let (channel, symbol) = topic.split_once('.').ok_or("want CHANNEL.SYMBOL")?;
+        let index = CHANNELS.iter().position(|&c| c == channel).ok_or("unknown channel")?;
+        let entry = &mut self.subscriptions[index];
+        if symbol == "*" {
+            entry.all = subscribe;
+            if !subscribe {
+                entry.symbols.clear();
+            }
+            return Ok(());
+        }
+        tickstock_engine::Ticker::new(symbol).map_err(|_| "bad symbol")?;
+        if subscribe {
+            let identity = self.identity.as_ref().ok_or("not authenticated")?;
+            if !identity.entitled(symbol) {
+                return Err("not entitled to this symbol");
+            }
+            entry.symbols.insert(symbol.to_owned());
+        } else {
+            entry.symbols.remove(symbol);
+        }
+        Ok(())
+    }
+
+    /// Whether an event of channel index `channel` about `symbol` goes to this client.
+    pub fn wants(&self, channel: usize, symbol: &str) -> bool {
+        let Some(entry) = self.subscriptions.get(channel) else { return false };
+        let subscribed = entry.all || (!entry.symbols.is_empty() && entry.symbols.contains(symbol));
+        subscribed && self.identity.as_ref().is_some_and(|identity| identity.entitled(symbol))
+    }
+
+    /// True once authenticated and subscribed to anything.
+    pub fn subscribed(&self) -> bool {
+        self.phase == Phase::Active
+            && self.subscriptions.iter().any(|s| s.all || !s.symbols.is_empty())
+    }
+
+    /// Subscribed topics in all.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.iter().map(|s| usize::from(s.all) + s.symbols.len()).sum()
+    }
+}
+
+/// A channel's index in [`CHANNELS`].
+pub fn channel_index(channel: &str) -> Option<usize> {
+    CHANNELS.iter().position(|&c| c == channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerSettings;
+
+    fn keys() -> Authenticator {
+        let dir = std::env::temp_dir().join(format!("tickstock-keys-{}", std::process::id()));
+        std::fs::write(&dir, "k1 user=alice symbols=AAPL,MSFT\nk2 user=bob\n").unwrap();
+        let settings =
+            ServerSettings { api_keys_file: Some(dir.clone()), ..ServerSettings::default() };
+        let auth = Authenticator::load(&settings).unwrap();
+        let _ = std::fs::remove_file(dir);
+        auth
+    }
+
+    fn texts(actions: &[Action]) -> String {
+        actions.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn auth_then_subscribe_with_per_topic_statuses_and_entitlements() {
+        let auth = keys();
+        let mut session = Session::new(Instant::now(), 10);
+        let actions = session.on_text(r#"{"action":"subscribe","params":"T.*"}"#, &auth, 0);
+        assert!(texts(&actions).contains("authenticate first") && texts(&actions).contains("1008"));
+        let mut session = Session::new(Instant::now(), 10);
+        let actions = session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
+        assert_eq!(actions, [Action::Send(AUTH_SUCCESS.to_owned())]);
+        let actions = session.on_text(
+            r#"{"action":"subscribe","params":"AM.*,A.AAPL,HL.IBM,XX.A,T"}"#,
+            &auth,
+            0,
+        );
+        let text = texts(&actions);
+        assert!(
+            text.contains("subscribed to: AM.*") && text.contains("subscribed to: A.AAPL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("HL.IBM: not entitled") && text.contains("XX.A: unknown channel"),
+            "{text}"
+        );
+        assert!(text.contains("T: want CHANNEL.SYMBOL"), "{text}");
+        let am = channel_index("AM").unwrap();
+        assert!(session.wants(am, "MSFT"), "* delivers entitled symbols");
+        assert!(!session.wants(am, "IBM"), "* delivers only entitled symbols");
+        assert!(session.wants(channel_index("A").unwrap(), "AAPL"));
+        assert!(!session.wants(channel_index("A").unwrap(), "MSFT"));
+        let actions = session.on_text(r#"{"action":"unsubscribe","params":"AM.*"}"#, &auth, 0);
+        assert!(texts(&actions).contains("unsubscribed from: AM.*"));
+        assert!(!session.wants(am, "MSFT"));
+    }
+
+    #[test]
+    fn bad_tokens_and_too_many_errors_close_with_1008() {
+        let auth = keys();
+        let mut session = Session::new(Instant::now(), 3);
+        let actions = session.on_text(r#"{"action":"auth","params":"nope"}"#, &auth, 0);
+        assert_eq!(actions[1], Action::Close(CLOSE_POLICY, "authentication failed"));
+        assert!(texts(&actions).contains("auth_failed"));
+        let mut session = Session::new(Instant::now(), 3);
+        session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
+        for round in 1..=3 {
+            let actions = session.on_text("not json", &auth, 0);
+            assert_eq!(actions.len(), if round < 3 { 1 } else { 2 }, "round {round}");
+        }
+    }
+}

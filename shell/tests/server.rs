@@ -1,0 +1,393 @@
+//! The WebSocket server over loopback with a real client (tungstenite): the rows of
+//! PROTOCOL.md this server implements, each error answer and close code, and a slow consumer
+//! that is closed with 4008 while another client keeps receiving.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tickstock_shell::config::Settings;
+use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
+use tickstock_shell::pipeline::{self, Observed, TimeMode};
+use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::metrics::ServerCounters;
+use tickstock_shell::server::{self, Reporting};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Client = WebSocket<MaybeTlsStream<TcpStream>>;
+
+struct TestServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    runner: Option<thread::JoinHandle<()>>,
+    counters: Arc<ServerCounters>,
+    /// The synthetic market's tickers, most active first.
+    tickers: Vec<String>,
+    _keys: tempfile::TempDir,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(runner) = self.runner.take() {
+            let _ = runner.join();
+        }
+    }
+}
+
+const JWT_SECRET: &str = "test-secret-for-hs256";
+
+fn start(configure: impl FnOnce(&mut Settings)) -> TestServer {
+    let mut settings = Settings::default();
+    settings.synthetic.symbols = 20;
+    let tickers = Market::new(&settings.synthetic).tickers().to_vec();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("keys.txt");
+    let limited = format!(
+        "# test keys\nk-all user=alice\nk-limited user=bob symbols={},{}\n",
+        tickers[0], tickers[1]
+    );
+    std::fs::write(&key_file, limited).unwrap();
+    settings.synthetic.trades_per_sec = 2_000;
+    settings.server.listen = "127.0.0.1:0".to_owned();
+    settings.server.api_keys_file = Some(key_file);
+    settings.server.jwt_algorithm = Some("HS256".to_owned());
+    settings.server.jwt_secret_env = "TICKSTOCK_TEST_JWT_SECRET".to_owned();
+    settings.server.jwt_leeway_s = 0;
+    settings.pipeline.emitter_cycle_us = 1_000;
+    configure(&mut settings);
+    // SAFETY-free: tests in this file all set the same value.
+    unsafe_env();
+    let auth = Authenticator::load(&settings.server).unwrap();
+    let observed = Observed::default();
+    let reporting = Reporting { observed: observed.clone(), upstream: None };
+    let (sink, handle) = server::start(
+        &settings.server,
+        auth,
+        reporting,
+        settings.pipeline.emitter_batch_bytes as usize,
+    )
+    .unwrap();
+    let addr = handle.local_addr;
+    let counters = Arc::clone(&handle.counters);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_run = Arc::clone(&stop);
+    let runner = thread::spawn(move || {
+        let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
+        let result = pipeline::run_observed(
+            &settings,
+            feed,
+            Box::new(sink),
+            TimeMode::Live,
+            stop_run,
+            |_, _| {},
+            observed,
+        );
+        handle.stop();
+        result.unwrap();
+    });
+    TestServer { addr, stop, runner: Some(runner), counters, tickers, _keys: keys }
+}
+
+fn unsafe_env() {
+    // Rust 2021: set_var is safe; every test sets the same value, so races are benign.
+    std::env::set_var("TICKSTOCK_TEST_JWT_SECRET", JWT_SECRET);
+}
+
+fn connect(addr: SocketAddr, bearer: Option<&str>) -> Client {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/stocks").into_client_request().unwrap();
+    if let Some(token) = bearer {
+        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (client, _) = tungstenite::connect(request).unwrap();
+    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    client
+}
+
+/// The next text message as JSON (skipping pings).
+fn next_json(client: &mut Client) -> serde_json::Value {
+    loop {
+        match client.read().expect("a message") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        match client.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn status_of(value: &serde_json::Value) -> &str {
+    value[0]["status"].as_str().unwrap_or("")
+}
+
+fn authed(addr: SocketAddr, key: &str) -> Client {
+    let mut client = connect(addr, None);
+    assert_eq!(status_of(&next_json(&mut client)), "connected");
+    client.send(Message::text(format!(r#"{{"action":"auth","params":"{key}"}}"#))).unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "auth_success");
+    client
+}
+
+fn http_get(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+fn jwt(sub: &str, exp: u64, symbols: Option<&[&str]>) -> String {
+    let mut claims = serde_json::json!({ "sub": sub, "exp": exp });
+    if let Some(symbols) = symbols {
+        claims["symbols"] = serde_json::json!(symbols);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn health_metrics_not_found_and_refused_requests_on_the_one_port() {
+    let server = start(|_| {});
+    thread::sleep(Duration::from_millis(300));
+    let health = http_get(server.addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body: serde_json::Value =
+        serde_json::from_str(health.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["status"], "ok");
+    assert!(body["ticks_in"].as_u64().unwrap() > 0);
+    let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("tickstock_ticks_received_total "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tickstock_ring_to_frame_seconds{quantile=\"0.99\"}"));
+    assert!(http_get(server.addr, "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let refused =
+        http_get(server.addr, &format!("GET /stocks?apiKey=k-all HTTP/1.1\r\n{upgrade}\r\n"));
+    assert!(refused.starts_with("HTTP/1.1 400") && refused.contains("query"), "{refused}");
+    assert!(http_get(server.addr, "\x16\x03\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn auth_subscribe_and_receive_batched_arrays_in_seq_order() {
+    let server = start(|_| {});
+    let mut client = authed(server.addr, "k-all");
+    let first = &server.tickers[0];
+    client
+        .send(Message::text(format!(
+            r#"{{"action":"subscribe","params":"T.*,A.{first},XX.Y,HL"}}"#
+        )))
+        .unwrap();
+    let statuses = next_json(&mut client);
+    let messages: Vec<&str> =
+        statuses.as_array().unwrap().iter().map(|s| s["message"].as_str().unwrap()).collect();
+    assert_eq!(messages[0], "subscribed to: T.*");
+    assert_eq!(messages[1], format!("subscribed to: A.{first}"));
+    assert!(
+        messages[2].contains("unknown channel") && messages[3].contains("CHANNEL.SYMBOL"),
+        "{messages:?}"
+    );
+    let mut last_seq = 0;
+    let mut events = 0;
+    let started = Instant::now();
+    while events < 500 && started.elapsed() < Duration::from_secs(10) {
+        let array = next_json(&mut client);
+        for event in array.as_array().unwrap() {
+            let ev = event["ev"].as_str().unwrap();
+            assert!(ev == "T" || (ev == "A" && event["sym"] == first.as_str()), "{event}");
+            let seq = event["seq"].as_u64().unwrap();
+            assert!(seq > last_seq, "seq order on the connection");
+            last_seq = seq;
+            events += 1;
+        }
+    }
+    assert!(events >= 500);
+    client.send(Message::text(r#"{"action":"unsubscribe","params":"T.*"}"#)).unwrap();
+    let mut unsubscribed = false;
+    for _ in 0..100 {
+        let value = next_json(&mut client);
+        if value[0]["ev"] == "status" {
+            assert_eq!(value[0]["message"], "unsubscribed from: T.*");
+            unsubscribed = true;
+            break;
+        }
+    }
+    assert!(unsubscribed);
+    assert!(server.counters.events_out.load(Ordering::Relaxed) >= 500);
+}
+
+#[test]
+fn bad_tokens_missing_auth_and_early_actions_close_with_1008() {
+    let server = start(|s| s.server.auth_timeout_ms = 300);
+    let mut client = connect(server.addr, None);
+    next_json(&mut client);
+    client.send(Message::text(r#"{"action":"auth","params":"wrong"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "auth_failed");
+    assert_eq!(close_code(&mut client), Some(1008));
+
+    let mut client = connect(server.addr, Some("wrong"));
+    assert_eq!(status_of(&next_json(&mut client)), "connected");
+    assert_eq!(status_of(&next_json(&mut client)), "auth_failed");
+    assert_eq!(close_code(&mut client), Some(1008));
+
+    let mut client = connect(server.addr, Some("k-all"));
+    assert_eq!(status_of(&next_json(&mut client)), "connected");
+    assert_eq!(status_of(&next_json(&mut client)), "auth_success");
+
+    let mut client = connect(server.addr, None);
+    next_json(&mut client);
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "error");
+    assert_eq!(close_code(&mut client), Some(1008));
+
+    let mut client = connect(server.addr, None);
+    next_json(&mut client);
+    assert_eq!(status_of(&next_json(&mut client)), "auth_failed", "no auth within auth_timeout_ms");
+    assert_eq!(close_code(&mut client), Some(1008));
+    assert!(server.counters.auth_failures.load(Ordering::Relaxed) >= 2);
+    assert_eq!(server.counters.auth_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn jwt_entitlements_expiry_and_key_file_symbols() {
+    let server = start(|_| {});
+    // A JWT entitled to one symbol: `*` delivers only it, a subscription to another is refused.
+    let (entitled, other) = (server.tickers[0].as_str(), server.tickers[1].as_str());
+    let token = jwt("carol", now_s() + 600, Some(&[entitled]));
+    let mut client = authed(server.addr, &token);
+    client
+        .send(Message::text(format!(r#"{{"action":"subscribe","params":"T.*,T.{other}"}}"#)))
+        .unwrap();
+    let statuses = next_json(&mut client);
+    assert_eq!(statuses[0]["status"], "success");
+    assert_eq!(statuses[1]["status"], "error");
+    for _ in 0..5 {
+        for event in next_json(&mut client).as_array().unwrap() {
+            assert_eq!(event["sym"], entitled);
+        }
+    }
+    // An expired JWT is refused like any bad token.
+    let mut client = connect(server.addr, Some(&jwt("dave", now_s() - 60, None)));
+    next_json(&mut client);
+    assert_eq!(status_of(&next_json(&mut client)), "auth_failed");
+    // A JWT that expires mid-session: token_expired, then 1008.
+    let mut client = authed(server.addr, &jwt("erin", now_s() + 1, None));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut expired = false;
+    while Instant::now() < deadline {
+        match client.read() {
+            Ok(Message::Text(text)) if text.as_str().contains("token_expired") => expired = true,
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1008));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(expired);
+    // A key with symbols= is entitled like a JWT.
+    let mut client = authed(server.addr, "k-limited");
+    let third = &server.tickers[2];
+    client
+        .send(Message::text(format!(r#"{{"action":"subscribe","params":"T.{third}"}}"#)))
+        .unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "error");
+}
+
+#[test]
+fn limits_max_connections_oversized_and_bad_messages() {
+    let server = start(|s| {
+        s.server.connections_max = 2;
+        s.server.client_errors_max = 3;
+        s.server.close_timeout_ms = 100;
+    });
+    let _a = authed(server.addr, "k-all");
+    let mut b = authed(server.addr, "k-all");
+    let mut c = connect(server.addr, None);
+    assert_eq!(status_of(&next_json(&mut c)), "max_connections");
+    assert_eq!(close_code(&mut c), Some(1013));
+    assert_eq!(server.counters.refused_max_connections.load(Ordering::Relaxed), 1);
+    // Invalid JSON: an error status, the connection stays open...
+    b.send(Message::text("{not json")).unwrap();
+    assert_eq!(status_of(&next_json(&mut b)), "error");
+    b.send(Message::text(r#"{"action":"dance"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut b)), "error");
+    // ...until client_errors_max.
+    b.send(Message::text("[]")).unwrap();
+    assert_eq!(status_of(&next_json(&mut b)), "error");
+    assert_eq!(close_code(&mut b), Some(1008));
+    // A message over client_message_bytes_max closes with 1009 (b and c are gone now).
+    drop((b, c));
+    thread::sleep(Duration::from_millis(300));
+    let mut d = authed(server.addr, "k-all");
+    d.send(Message::text("x".repeat(70 * 1024))).unwrap();
+    assert_eq!(close_code(&mut d), Some(1009));
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving() {
+    let server = start(|s| {
+        s.server.client_queue_max_bytes = 64 * 1024;
+        s.synthetic.trades_per_sec = 20_000;
+    });
+    // The stalled client: subscribes to everything, then never reads again.
+    let mut stalled = authed(server.addr, "k-all");
+    stalled
+        .send(Message::text(r#"{"action":"subscribe","params":"T.*,A.*,AM.*,HL.*,TR.*,SV.*"}"#))
+        .unwrap();
+    if let MaybeTlsStream::Plain(stream) = stalled.get_ref() {
+        // A small receive buffer so the server's writes back up quickly.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    }
+    let mut healthy = authed(server.addr, "k-all");
+    healthy.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut received = 0;
+    while server.counters.slow_consumer_closes.load(Ordering::Relaxed) == 0
+        && Instant::now() < deadline
+    {
+        let value = next_json(&mut healthy);
+        received += value.as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(
+        server.counters.slow_consumer_closes.load(Ordering::Relaxed),
+        1,
+        "the stalled client was closed"
+    );
+    // The healthy client goes on receiving after the close.
+    let started = Instant::now();
+    let mut after = 0;
+    while after < 200 && started.elapsed() < Duration::from_secs(5) {
+        after += next_json(&mut healthy).as_array().map_or(0, Vec::len);
+    }
+    assert!(received > 0 && after >= 200, "received {received} before and {after} after");
+    // The stalled client finds the close (4008) once it reads, or a reset.
+    let code = close_code(&mut stalled);
+    assert!(code.is_none() || code == Some(4008), "{code:?}");
+    let _ = CloseCode::Away;
+}
