@@ -58,6 +58,12 @@ pub struct ServerSettings {
     pub jwt_leeway_s: u64,
     /// Connections in all; one more gets `max_connections` and close 1013. Default: 10,000.
     pub connections_max: u32,
+    /// Authenticated connections per user; one more gets `max_connections` and close 1013.
+    /// Default: 100.
+    pub connections_per_user_max: u32,
+    /// Client messages per second per connection (a token bucket of this size); past it each
+    /// message gets an error status and counts as a client error. Default: 50.
+    pub client_messages_per_sec: u32,
     /// Time to finish the HTTP request and upgrade. Default: 5,000 ms.
     pub handshake_timeout_ms: u32,
     /// Time to authenticate after `connected`. Default: 5,000 ms.
@@ -92,6 +98,8 @@ impl Default for ServerSettings {
             jwt_public_key_file: None,
             jwt_leeway_s: 5,
             connections_max: 10_000,
+            connections_per_user_max: 100,
+            client_messages_per_sec: 50,
             handshake_timeout_ms: 5_000,
             auth_timeout_ms: 5_000,
             client_message_bytes_max: 64 * 1024,
@@ -478,6 +486,8 @@ impl Settings {
             ))
         })?;
         within("server.connections_max", v.connections_max.into(), 1, 1_000_000)?;
+        within("server.connections_per_user_max", v.connections_per_user_max.into(), 1, 1_000_000)?;
+        within("server.client_messages_per_sec", v.client_messages_per_sec.into(), 1, 1_000_000)?;
         within("server.handshake_timeout_ms", v.handshake_timeout_ms.into(), 1, 600_000)?;
         within("server.auth_timeout_ms", v.auth_timeout_ms.into(), 1, 600_000)?;
         within("server.client_message_bytes_max", v.client_message_bytes_max.into(), 256, 1 << 24)?;

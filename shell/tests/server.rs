@@ -391,3 +391,51 @@ fn a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving() {
     assert!(code.is_none() || code == Some(4008), "{code:?}");
     let _ = CloseCode::Away;
 }
+
+#[test]
+fn per_user_limit_rate_limit_and_refresh() {
+    let server = start(|s| {
+        s.server.connections_per_user_max = 1;
+        s.server.client_messages_per_sec = 5;
+        s.server.client_errors_max = 100;
+    });
+    // One connection per user: the second of alice's gets max_connections and 1013.
+    let mut first = authed(server.addr, "k-all");
+    let mut second = connect(server.addr, None);
+    next_json(&mut second);
+    second.send(Message::text(r#"{"action":"auth","params":"k-all"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut second)), "auth_success");
+    assert_eq!(status_of(&next_json(&mut second)), "max_connections");
+    assert_eq!(close_code(&mut second), Some(1013));
+    // 5 messages a second: the auth message took one token, so a burst of 10 gets 4 or 5
+    // answers (depending on how much refilled meanwhile) and the rest rate-limit errors.
+    for _ in 0..10 {
+        first.send(Message::text(r#"{"action":"unsubscribe","params":"T.*"}"#)).unwrap();
+    }
+    let mut limited = 0;
+    for _ in 0..10 {
+        let value = next_json(&mut first);
+        limited += usize::from(value[0]["message"].as_str().unwrap_or("").contains("rate limit"));
+    }
+    assert!((5..=6).contains(&limited), "{limited} limited");
+    // refresh: a JWT about to expire is replaced; no token_expired follows.
+    drop(first);
+    thread::sleep(Duration::from_millis(200));
+    let mut client = authed(server.addr, &jwt("frank", now_s() + 2, None));
+    thread::sleep(Duration::from_millis(300));
+    client
+        .send(Message::text(format!(
+            r#"{{"action":"refresh","params":"{}"}}"#,
+            jwt("frank", now_s() + 600, None)
+        )))
+        .unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "auth_success");
+    client.send(Message::text(r#"{"action":"refresh","params":"garbage"}"#)).unwrap();
+    assert!(next_json(&mut client)[0]["message"].as_str().unwrap().contains("refresh refused"));
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let value = next_json(&mut client);
+        assert_ne!(value[0]["status"], "token_expired", "the refreshed token is in force");
+    }
+}

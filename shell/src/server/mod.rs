@@ -205,6 +205,7 @@ pub fn start(
         ws_config,
         ws_count: 0,
         subscriptions: 0,
+        per_user: std::collections::HashMap::new(),
         channels: Vec::new(),
     };
     let thread = std::thread::Builder::new()
@@ -237,6 +238,8 @@ struct WsConnection {
     next_ping: Instant,
     ping_sent: Option<Instant>,
     subscriptions: usize,
+    /// The user this connection counts against in `per_user`, once authenticated.
+    counted_user: Option<String>,
 }
 
 struct Loop {
@@ -254,6 +257,8 @@ struct Loop {
     ws_config: WebSocketConfig,
     ws_count: usize,
     subscriptions: u64,
+    /// Authenticated connections per user.
+    per_user: std::collections::HashMap<String, u32>,
     /// Channel index per frame of the batch being fanned out (reused).
     channels: Vec<usize>,
 }
@@ -458,7 +463,11 @@ impl Loop {
             WebSocket::from_partially_read(stream, leftover, Role::Server, Some(self.ws_config));
         let auth_deadline = now + Duration::from_millis(self.settings.auth_timeout_ms.into());
         let next_ping = now + Duration::from_millis(self.settings.ping_interval_ms.into());
-        let session = Session::new(auth_deadline, self.settings.client_errors_max);
+        let session = Session::new(
+            auth_deadline,
+            self.settings.client_errors_max,
+            self.settings.client_messages_per_sec,
+        );
         let connection = WsConnection {
             ws,
             session,
@@ -467,6 +476,7 @@ impl Loop {
             next_ping,
             ping_sent: None,
             subscriptions: 0,
+            counted_user: None,
         };
         let entry = self.connections.vacant_entry();
         debug_assert_eq!(entry.key(), key, "Invariant: the slot just freed is reused");
@@ -494,7 +504,28 @@ impl Loop {
             );
         }
         self.apply(key, actions, now);
+        self.check_user_limit(key, now);
         true
+    }
+
+    /// Counts a newly authenticated connection against its user; past
+    /// `connections_per_user_max` it gets `max_connections` and close 1013.
+    fn check_user_limit(&mut self, key: usize, now: Instant) {
+        let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
+        let Some(identity) = &c.session.identity else { return };
+        if c.counted_user.is_some() || c.session.phase != Phase::Active {
+            return;
+        }
+        let user = identity.user.clone();
+        let count = self.per_user.entry(user.clone()).or_insert(0);
+        *count += 1;
+        c.counted_user = Some(user);
+        if *count > self.settings.connections_per_user_max {
+            ServerCounters::add(&self.counters.refused_max_connections, 1);
+            let status = r#"[{"ev":"status","status":"max_connections","message":"too many connections for this user"}]"#;
+            let close = Action::Close(CLOSE_TRY_LATER, "try again later");
+            self.apply(key, vec![Action::Send(status.to_owned()), close], now);
+        }
     }
 
     /// Runs `f` on a connection's session and counts what changed.
@@ -565,10 +596,13 @@ impl Loop {
             match message {
                 Message::Text(text) => {
                     let now_s = unix_s();
-                    let actions = self.with_session(key, |session, auth| {
-                        session.on_text(text.as_str(), auth, now_s)
-                    });
+                    let actions =
+                        self.with_session(key, |session, auth| match session.admit(now) {
+                            Ok(()) => session.on_text(text.as_str(), auth, now_s),
+                            Err(refused) => refused,
+                        });
                     self.apply(key, actions, now);
+                    self.check_user_limit(key, now);
                 }
                 Message::Binary(_) => {
                     let actions =
@@ -757,6 +791,14 @@ impl Loop {
             }
             Connection::Ws(mut c) => {
                 let _ = self.poll.registry().deregister(c.ws.get_mut());
+                if let Some(user) = c.counted_user.take() {
+                    if let Some(count) = self.per_user.get_mut(&user) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.per_user.remove(&user);
+                        }
+                    }
+                }
                 self.ws_count -= 1;
                 self.subscriptions -= c.subscriptions as u64;
                 ServerCounters::set(&self.counters.subscriptions, self.subscriptions);

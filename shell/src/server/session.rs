@@ -54,6 +54,9 @@ pub struct Session {
     subscriptions: [ChannelSubscription; CHANNELS.len()],
     errors: u32,
     errors_max: u32,
+    /// Token bucket of client messages: tokens left and when it was last refilled.
+    bucket: (f64, Instant),
+    rate_per_sec: f64,
 }
 
 #[derive(Deserialize)]
@@ -89,13 +92,31 @@ pub const CLOSE_POLICY: u16 = 1008;
 
 impl Session {
     /// A session that has just sent `connected`.
-    pub fn new(auth_deadline: Instant, errors_max: u32) -> Session {
+    pub fn new(auth_deadline: Instant, errors_max: u32, messages_per_sec: u32) -> Session {
+        let rate_per_sec = f64::from(messages_per_sec);
         Session {
             phase: Phase::AwaitingAuth { deadline: auth_deadline },
             identity: None,
             subscriptions: Default::default(),
             errors: 0,
             errors_max,
+            bucket: (rate_per_sec, Instant::now()),
+            rate_per_sec,
+        }
+    }
+
+    /// Takes a token for one client message at `now`; past the rate, the message is refused
+    /// with an error status and counts as a client error.
+    pub fn admit(&mut self, now: Instant) -> Result<(), Vec<Action>> {
+        let (tokens, at) = self.bucket;
+        let refill = now.saturating_duration_since(at).as_secs_f64() * self.rate_per_sec;
+        let tokens = (tokens + refill).min(self.rate_per_sec);
+        if tokens >= 1.0 {
+            self.bucket = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            self.bucket = (tokens, now);
+            Err(self.client_error("rate limit exceeded: too many messages per second"))
         }
     }
 
@@ -137,11 +158,34 @@ impl Session {
             (Phase::Active, "subscribe") => self.subscription(&message.params, true),
             (Phase::Active, "unsubscribe") => self.subscription(&message.params, false),
             (Phase::Active, "auth") => self.client_error("already authenticated"),
-            (Phase::Active, action @ ("filter" | "resume" | "refresh")) => {
+            (Phase::Active, "refresh") => self.refresh(&message.params, auth, now_s),
+            (Phase::Active, action @ ("filter" | "resume")) => {
                 self.client_error(&format!("{action} is not available on this server yet"))
             }
             (Phase::Active, _) => self.client_error("unknown action"),
             (Phase::Closing { .. }, _) => Vec::new(),
+        }
+    }
+
+    /// `refresh`: a new token replaces the old without reconnecting; a bad one leaves the old
+    /// in force until it expires.
+    fn refresh(
+        &mut self,
+        params: &serde_json::Value,
+        auth: &Authenticator,
+        now_s: u64,
+    ) -> Vec<Action> {
+        let Some(token) = params.as_str() else {
+            return self.client_error("params: want the new token");
+        };
+        match auth.verify(token, now_s) {
+            Ok(identity) => {
+                self.identity = Some(identity);
+                vec![Action::Send(AUTH_SUCCESS.to_owned())]
+            }
+            Err(_) => {
+                self.client_error("refresh refused: the old token stays in force until it expires")
+            }
         }
     }
 
@@ -255,10 +299,10 @@ mod tests {
     #[test]
     fn auth_then_subscribe_with_per_topic_statuses_and_entitlements() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 10);
+        let mut session = Session::new(Instant::now(), 10, 50);
         let actions = session.on_text(r#"{"action":"subscribe","params":"T.*"}"#, &auth, 0);
         assert!(texts(&actions).contains("authenticate first") && texts(&actions).contains("1008"));
-        let mut session = Session::new(Instant::now(), 10);
+        let mut session = Session::new(Instant::now(), 10, 50);
         let actions = session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
         assert_eq!(actions, [Action::Send(AUTH_SUCCESS.to_owned())]);
         let actions = session.on_text(
@@ -289,15 +333,43 @@ mod tests {
     #[test]
     fn bad_tokens_and_too_many_errors_close_with_1008() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 3);
+        let mut session = Session::new(Instant::now(), 3, 50);
         let actions = session.on_text(r#"{"action":"auth","params":"nope"}"#, &auth, 0);
         assert_eq!(actions[1], Action::Close(CLOSE_POLICY, "authentication failed"));
         assert!(texts(&actions).contains("auth_failed"));
-        let mut session = Session::new(Instant::now(), 3);
+        let mut session = Session::new(Instant::now(), 3, 50);
         session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
         for round in 1..=3 {
             let actions = session.on_text("not json", &auth, 0);
             assert_eq!(actions.len(), if round < 3 { 1 } else { 2 }, "round {round}");
         }
+    }
+
+    #[test]
+    fn the_rate_limit_is_a_token_bucket() {
+        let start = Instant::now();
+        let mut session = Session::new(start, 100, 5);
+        for _ in 0..5 {
+            assert!(session.admit(start).is_ok());
+        }
+        assert!(texts(&session.admit(start).unwrap_err()).contains("rate limit"));
+        // 200 ms later one token is back.
+        let later = start + std::time::Duration::from_millis(200);
+        assert!(session.admit(later).is_ok());
+        assert!(session.admit(later).is_err());
+    }
+
+    #[test]
+    fn refresh_replaces_the_token_and_a_bad_one_keeps_the_old() {
+        let auth = keys();
+        let mut session = Session::new(Instant::now(), 10, 50);
+        session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
+        assert_eq!(session.identity.as_ref().unwrap().user, "alice");
+        let actions = session.on_text(r#"{"action":"refresh","params":"bad"}"#, &auth, 0);
+        assert!(texts(&actions).contains("refresh refused"));
+        assert_eq!(session.identity.as_ref().unwrap().user, "alice");
+        let actions = session.on_text(r#"{"action":"refresh","params":"k2"}"#, &auth, 0);
+        assert_eq!(actions, [Action::Send(AUTH_SUCCESS.to_owned())]);
+        assert_eq!(session.identity.as_ref().unwrap().user, "bob");
     }
 }
