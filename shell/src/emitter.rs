@@ -35,6 +35,14 @@ pub struct Frame {
     pub ticker: Ticker,
     /// Its channel (`ev`).
     pub channel: &'static str,
+    /// What a client filter's price bounds test, raw fixed point: `p` of `T` and `HL`, `c` of
+    /// bars, `fmv` of `FMV`; 0 for `TR` and `SV`, which price filters pass.
+    pub price_raw: i64,
+    /// What `min_volume` tests: `s` of `T`, `v` of bars and `HL`; `u64::MAX` for the others,
+    /// which pass it.
+    pub volume: u64,
+    /// `TR` and `SV` strength, 1 weak to 3 strong; 0 for the others, which pass it.
+    pub strength: u8,
     /// Byte range of its JSON object in [`FrameBatch::bytes`].
     pub start: u32,
     /// End of that range (exclusive).
@@ -73,7 +81,18 @@ impl FrameBatch {
         let end = self.bytes.len() as u32;
         let channel = event.body.channel();
         let (seq, symbol) = (event.seq, event.symbol);
-        self.frames.push(Frame { seq, symbol, ticker, channel, start, end });
+        let (price_raw, volume, strength) = filter_fields(&event.body);
+        self.frames.push(Frame {
+            seq,
+            symbol,
+            ticker,
+            channel,
+            price_raw,
+            volume,
+            strength,
+            start,
+            end,
+        });
     }
 
     /// Copies `other` into this batch (which must be as large), replacing its contents.
@@ -111,6 +130,19 @@ impl FrameBatch {
     fn clear(&mut self) {
         self.bytes.clear();
         self.frames.clear();
+    }
+}
+
+/// The fields client filters test (PROTOCOL.md section 4).
+fn filter_fields(body: &EventBody) -> (i64, u64, u8) {
+    let strength = |s: tickstock_engine::Strength| s as u8 + 1;
+    match body {
+        EventBody::Trade(trade) => (trade.price.raw(), trade.size.0, 0),
+        EventBody::Bar(bar) => (bar.close.raw(), bar.volume.0, 0),
+        EventBody::HighLow(event) => (event.price.raw(), event.size.0, 0),
+        EventBody::Trend(event) => (0, u64::MAX, strength(event.strength)),
+        EventBody::Surge(event) => (0, u64::MAX, strength(event.strength)),
+        EventBody::Fmv(event) => (event.value.raw(), u64::MAX, 0),
     }
 }
 

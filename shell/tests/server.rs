@@ -439,3 +439,33 @@ fn per_user_limit_rate_limit_and_refresh() {
         assert_ne!(value[0]["status"], "token_expired", "the refreshed token is in force");
     }
 }
+
+#[test]
+fn a_filter_narrows_what_the_subscriptions_deliver() {
+    let server = start(|_| {});
+    let mut client = authed(server.addr, "k-all");
+    let filter = r#"{"action":"filter","params":{"min_volume":500,"kinds":["T"]}}"#;
+    client.send(Message::text(filter)).unwrap();
+    assert_eq!(next_json(&mut client)[0]["message"], "filter set");
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*,A.*"}"#)).unwrap();
+    next_json(&mut client);
+    let mut seen = 0;
+    while seen < 50 {
+        for event in next_json(&mut client).as_array().unwrap() {
+            assert_eq!(event["ev"], "T", "kinds lets only T through");
+            assert!(event["s"].as_u64().unwrap() >= 500, "{event}");
+            seen += 1;
+        }
+    }
+    client.send(Message::text(r#"{"action":"filter","params":{"min_volume":"lots"}}"#)).unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        let value = next_json(&mut client);
+        if value[0]["ev"] == "status" {
+            assert_eq!(value[0]["status"], "error");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+}

@@ -666,7 +666,14 @@ impl Loop {
             let mut message = String::new();
             let mut events = 0u64;
             for (frame, &channel) in batch.frames().iter().zip(&self.channels) {
-                if !c.session.wants(channel, frame.ticker.as_str()) {
+                if !c.session.wants(channel, frame.ticker.as_str())
+                    || !c.session.filter.passes(
+                        channel,
+                        frame.price_raw,
+                        frame.volume,
+                        frame.strength,
+                    )
+                {
                     continue;
                 }
                 let json = std::str::from_utf8(batch.json(frame)).unwrap_or("{}");

@@ -44,9 +44,80 @@ struct ChannelSubscription {
     symbols: HashSet<String>,
 }
 
+/// A client's filter (PROTOCOL.md section 4); every bound optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    min_price_raw: Option<i64>,
+    max_price_raw: Option<i64>,
+    min_volume: Option<u64>,
+    /// 1 weak, 2 moderate, 3 strong.
+    min_strength: Option<u8>,
+    /// Channels let through, by index; `None` means all.
+    kinds: Option<[bool; CHANNELS.len()]>,
+}
+
+impl Filter {
+    /// Parses `params`; an unknown key or a wrong type is an error naming it.
+    fn parse(params: &serde_json::Value) -> Result<Filter, String> {
+        let object = params.as_object().ok_or("params: want an object")?;
+        let mut filter = Filter::default();
+        for (key, value) in object {
+            let price =
+                || value.as_f64().and_then(tickstock_engine::Price::from_f64).map(|p| p.raw());
+            match key.as_str() {
+                "min_price" => {
+                    filter.min_price_raw = Some(price().ok_or("min_price: want a number")?)
+                }
+                "max_price" => {
+                    filter.max_price_raw = Some(price().ok_or("max_price: want a number")?)
+                }
+                "min_volume" => {
+                    filter.min_volume =
+                        Some(value.as_u64().ok_or("min_volume: want a whole number")?)
+                }
+                "min_strength" => {
+                    let level = match value.as_str() {
+                        Some("weak") => 1,
+                        Some("moderate") => 2,
+                        Some("strong") => 3,
+                        _ => return Err("min_strength: want weak, moderate or strong".to_owned()),
+                    };
+                    filter.min_strength = Some(level);
+                }
+                "kinds" => {
+                    let list = value.as_array().ok_or("kinds: want a list of channels")?;
+                    let mut kinds = [false; CHANNELS.len()];
+                    for kind in list {
+                        let index = kind
+                            .as_str()
+                            .and_then(channel_index)
+                            .ok_or("kinds: unknown channel")?;
+                        kinds[index] = true;
+                    }
+                    filter.kinds = Some(kinds);
+                }
+                other => return Err(format!("unknown filter key {other:?}")),
+            }
+        }
+        Ok(filter)
+    }
+
+    /// Whether a frame passes.
+    pub fn passes(&self, channel: usize, price_raw: i64, volume: u64, strength: u8) -> bool {
+        let priced = price_raw != 0;
+        self.kinds.is_none_or(|kinds| kinds.get(channel).copied().unwrap_or(false))
+            && self.min_price_raw.is_none_or(|min| !priced || price_raw >= min)
+            && self.max_price_raw.is_none_or(|max| !priced || price_raw <= max)
+            && self.min_volume.is_none_or(|min| volume == u64::MAX || volume >= min)
+            && self.min_strength.is_none_or(|min| strength == 0 || strength >= min)
+    }
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
+    /// The client's filter.
+    pub filter: Filter,
     /// Current phase.
     pub phase: Phase,
     /// Who authenticated.
@@ -97,6 +168,7 @@ impl Session {
         Session {
             phase: Phase::AwaitingAuth { deadline: auth_deadline },
             identity: None,
+            filter: Filter::default(),
             subscriptions: Default::default(),
             errors: 0,
             errors_max,
@@ -159,8 +231,15 @@ impl Session {
             (Phase::Active, "unsubscribe") => self.subscription(&message.params, false),
             (Phase::Active, "auth") => self.client_error("already authenticated"),
             (Phase::Active, "refresh") => self.refresh(&message.params, auth, now_s),
-            (Phase::Active, action @ ("filter" | "resume")) => {
-                self.client_error(&format!("{action} is not available on this server yet"))
+            (Phase::Active, "filter") => match Filter::parse(&message.params) {
+                Ok(filter) => {
+                    self.filter = filter;
+                    vec![Action::Send(status_array(&[("success", "filter set")]))]
+                }
+                Err(why) => self.client_error(&format!("filter refused, the old one stays: {why}")),
+            },
+            (Phase::Active, "resume") => {
+                self.client_error("resume is not available on this server yet")
             }
             (Phase::Active, _) => self.client_error("unknown action"),
             (Phase::Closing { .. }, _) => Vec::new(),
@@ -283,13 +362,11 @@ mod tests {
     use crate::config::ServerSettings;
 
     fn keys() -> Authenticator {
-        let dir = std::env::temp_dir().join(format!("tickstock-keys-{}", std::process::id()));
-        std::fs::write(&dir, "k1 user=alice symbols=AAPL,MSFT\nk2 user=bob\n").unwrap();
-        let settings =
-            ServerSettings { api_keys_file: Some(dir.clone()), ..ServerSettings::default() };
-        let auth = Authenticator::load(&settings).unwrap();
-        let _ = std::fs::remove_file(dir);
-        auth
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, "k1 user=alice symbols=AAPL,MSFT\nk2 user=bob\n").unwrap();
+        let settings = ServerSettings { api_keys_file: Some(path), ..ServerSettings::default() };
+        Authenticator::load(&settings).unwrap()
     }
 
     fn texts(actions: &[Action]) -> String {
@@ -371,5 +448,34 @@ mod tests {
         let actions = session.on_text(r#"{"action":"refresh","params":"k2"}"#, &auth, 0);
         assert_eq!(actions, [Action::Send(AUTH_SUCCESS.to_owned())]);
         assert_eq!(session.identity.as_ref().unwrap().user, "bob");
+    }
+
+    #[test]
+    fn filters_narrow_by_price_volume_strength_and_kind() {
+        let auth = keys();
+        let mut session = Session::new(Instant::now(), 10, 50);
+        session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
+        let set = r#"{"action":"filter","params":{"min_price":5,"max_price":10.5,"min_volume":100,"min_strength":"moderate","kinds":["T","TR"]}}"#;
+        assert!(texts(&session.on_text(set, &auth, 0)).contains("filter set"));
+        let (t, tr, a) = (
+            channel_index("T").unwrap(),
+            channel_index("TR").unwrap(),
+            channel_index("A").unwrap(),
+        );
+        let dollars = |d: i64| d * 1_000_000;
+        assert!(session.filter.passes(t, dollars(6), 100, 0));
+        assert!(!session.filter.passes(t, dollars(4), 100, 0), "below min_price");
+        assert!(!session.filter.passes(t, dollars(11), 100, 0), "above max_price");
+        assert!(!session.filter.passes(t, dollars(6), 99, 0), "below min_volume");
+        assert!(!session.filter.passes(a, dollars(6), 100, 0), "kind not listed");
+        assert!(session.filter.passes(tr, 0, u64::MAX, 2), "TR passes price and volume bounds");
+        assert!(!session.filter.passes(tr, 0, u64::MAX, 1), "weak is below moderate");
+        let bad = r#"{"action":"filter","params":{"min_price":"cheap"}}"#;
+        assert!(texts(&session.on_text(bad, &auth, 0)).contains("the old one stays"));
+        assert!(!session.filter.passes(t, dollars(4), 100, 0), "the old filter stays");
+        let unknown = r#"{"action":"filter","params":{"sector":"tech"}}"#;
+        assert!(texts(&session.on_text(unknown, &auth, 0)).contains("unknown filter key"));
+        session.on_text(r#"{"action":"filter","params":{}}"#, &auth, 0);
+        assert!(session.filter.passes(a, dollars(1), 1, 0), "an empty object clears it");
     }
 }
