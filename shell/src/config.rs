@@ -84,6 +84,10 @@ pub struct ServerSettings {
     pub close_timeout_ms: u32,
     /// Ping interval. Default: 15,000 ms.
     pub ping_interval_ms: u32,
+    /// Events retained for `resume`. Default: 1,000,000.
+    pub history_max_events: u32,
+    /// Bytes of JSON retained for `resume`. Default: 256 MiB.
+    pub history_max_bytes: u64,
     /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
     pub pong_timeout_ms: u32,
 }
@@ -108,6 +112,8 @@ impl Default for ServerSettings {
             client_queue_max_bytes: 4 << 20,
             close_timeout_ms: 1_000,
             ping_interval_ms: 15_000,
+            history_max_events: 1_000_000,
+            history_max_bytes: 256 << 20,
             pong_timeout_ms: 30_000,
         }
     }
@@ -497,6 +503,8 @@ impl Settings {
         within("server.close_timeout_ms", v.close_timeout_ms.into(), 1, 600_000)?;
         within("server.ping_interval_ms", v.ping_interval_ms.into(), 10, 3_600_000)?;
         within("server.pong_timeout_ms", v.pong_timeout_ms.into(), 10, 3_600_000)?;
+        within("server.history_max_events", v.history_max_events.into(), 1, 100_000_000)?;
+        within("server.history_max_bytes", v.history_max_bytes, 4_096, 1 << 36)?;
         if let Some(algorithm) = &v.jwt_algorithm {
             if !["HS256", "RS256", "ES256"].contains(&algorithm.as_str()) {
                 return Err(SettingsError::Invalid(format!(

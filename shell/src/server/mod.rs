@@ -18,6 +18,7 @@
 //! emitter waits (the loop drains it every iteration, whatever the clients do).
 
 pub mod auth;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod session;
@@ -38,6 +39,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use self::auth::Authenticator;
+use self::history::History;
 use self::metrics::ServerCounters;
 use self::session::{channel_index, Action, Phase, Session, CLOSE_POLICY, CONNECTED};
 use crate::clock::Clock;
@@ -206,6 +208,10 @@ pub fn start(
         ws_count: 0,
         subscriptions: 0,
         per_user: std::collections::HashMap::new(),
+        history: History::new(
+            settings.history_max_events as usize,
+            settings.history_max_bytes as usize,
+        ),
         channels: Vec::new(),
     };
     let thread = std::thread::Builder::new()
@@ -240,6 +246,21 @@ struct WsConnection {
     subscriptions: usize,
     /// The user this connection counts against in `per_user`, once authenticated.
     counted_user: Option<String>,
+    /// The first `seq` sent live, and the last.
+    live: Option<(u64, u64)>,
+    /// A resume in progress: live delivery waits until it has caught up.
+    replay: Option<Replay>,
+}
+
+/// A resume being sent.
+#[derive(Clone, Copy, Debug)]
+struct Replay {
+    from_seq: u64,
+    /// The next `seq` to look at.
+    next_seq: u64,
+    /// Already sent live before the resume began: not sent again.
+    skip: Option<(u64, u64)>,
+    last_sent: Option<u64>,
 }
 
 struct Loop {
@@ -259,6 +280,8 @@ struct Loop {
     subscriptions: u64,
     /// Authenticated connections per user.
     per_user: std::collections::HashMap<String, u32>,
+    /// What `resume` replays from.
+    history: History,
     /// Channel index per frame of the batch being fanned out (reused).
     channels: Vec<usize>,
 }
@@ -351,6 +374,11 @@ impl Loop {
         };
         if !keep {
             self.remove(key);
+        } else if let Some(Connection::Ws(c)) = self.connections.get(key) {
+            if c.replay.is_some() {
+                // The socket drained: send more of the replay.
+                self.pump_replay(key, now);
+            }
         }
     }
 
@@ -477,6 +505,8 @@ impl Loop {
             ping_sent: None,
             subscriptions: 0,
             counted_user: None,
+            live: None,
+            replay: None,
         };
         let entry = self.connections.vacant_entry();
         debug_assert_eq!(entry.key(), key, "Invariant: the slot just freed is reused");
@@ -562,10 +592,28 @@ impl Loop {
     /// Queues sends and closes, then flushes.
     fn apply(&mut self, key: usize, actions: Vec<Action>, now: Instant) {
         let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
+        let oldest = self.history.oldest_seq();
+        let newest = self.history.newest_seq();
         let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
         let mut keep = true;
+        let mut resumed = false;
         for action in actions {
             match action {
+                Action::Resume(from_seq) => {
+                    if oldest.is_some_and(|oldest| from_seq < oldest) {
+                        let failed = format!(
+                            r#"[{{"ev":"status","status":"resume_failed","oldest_seq":{}}}]"#,
+                            oldest.unwrap_or(0)
+                        );
+                        c.outbox_bytes += failed.len();
+                        c.outbox.push_back(Message::text(failed));
+                    } else {
+                        let skip = c.live.map(|(first, _)| (first, newest.unwrap_or(0)));
+                        c.replay =
+                            Some(Replay { from_seq, next_seq: from_seq, skip, last_sent: None });
+                        resumed = true;
+                    }
+                }
                 Action::Send(text) => {
                     c.outbox_bytes += text.len();
                     c.outbox.push_back(Message::text(text));
@@ -582,7 +630,91 @@ impl Loop {
         keep &= flush(c, &self.counters);
         if !keep {
             self.remove(key);
+        } else if resumed {
+            self.pump_replay(key, now);
         }
+    }
+
+    /// Sends more of a connection's replay while its outbox has room; finishes it with
+    /// `resumed` once it has caught up with the history's newest event.
+    fn pump_replay(&mut self, key: usize, now: Instant) {
+        let queue_max = self.settings.client_queue_max_bytes as usize;
+        let frame_bytes_max = self.settings.frame_bytes_max as usize;
+        let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
+        let Some(mut replay) = c.replay else { return };
+        if self.history.oldest_seq().is_some_and(|oldest| replay.next_seq < oldest) {
+            // The history moved past the replay: it cannot finish without a gap.
+            c.replay = None;
+            self.slow_consumer(key, now);
+            return;
+        }
+        while c.outbox_bytes < queue_max / 2 {
+            let mut message = String::new();
+            let mut examined = None;
+            for entry in self.history.from_seq(replay.next_seq) {
+                examined = Some(entry.seq);
+                let skipped =
+                    replay.skip.is_some_and(|(first, last)| (first..=last).contains(&entry.seq));
+                let wanted = !skipped
+                    && c.session.wants(entry.channel, entry.ticker.as_str())
+                    && c.session.filter.passes(
+                        entry.channel,
+                        entry.price_raw,
+                        entry.volume,
+                        entry.strength,
+                    );
+                if wanted {
+                    message.push(if message.is_empty() { '[' } else { ',' });
+                    self.history.push_json(entry, &mut message);
+                    replay.last_sent = Some(entry.seq);
+                }
+                if message.len() >= frame_bytes_max {
+                    break;
+                }
+            }
+            if !message.is_empty() {
+                message.push(']');
+                c.outbox_bytes += message.len();
+                c.outbox.push_back(Message::text(message));
+            }
+            match examined {
+                Some(seq) if Some(seq) != self.history.newest_seq() => replay.next_seq = seq + 1,
+                _ => {
+                    let to_seq = replay.last_sent.unwrap_or(replay.from_seq.saturating_sub(1));
+                    let done = format!(
+                        r#"[{{"ev":"status","status":"resumed","from_seq":{},"to_seq":{to_seq}}}]"#,
+                        replay.from_seq
+                    );
+                    c.outbox_bytes += done.len();
+                    c.outbox.push_back(Message::text(done));
+                    if let Some(newest) = self.history.newest_seq() {
+                        // Live again from the next batch on: everything up to here was replayed.
+                        c.live = Some((c.live.map_or(newest + 1, |(first, _)| first), newest));
+                    }
+                    c.replay = None;
+                    let _ = flush(c, &self.counters);
+                    return;
+                }
+            }
+        }
+        c.replay = Some(replay);
+        let _ = flush(c, &self.counters);
+    }
+
+    fn slow_consumer(&mut self, key: usize, now: Instant) {
+        let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
+        let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
+        ServerCounters::add(&self.counters.slow_consumer_closes, 1);
+        ServerCounters::add(&self.counters.slow_consumer_dropped_bytes, c.outbox_bytes as u64);
+        c.outbox.clear();
+        c.outbox_bytes = 0;
+        let frame = CloseFrame {
+            code: CloseCode::from(CLOSE_SLOW_CONSUMER),
+            reason: "slow consumer".into(),
+        };
+        let _ = c.ws.close(Some(frame));
+        c.session.phase = Phase::Closing { deadline: now + close_timeout };
+        let _ = c.ws.flush();
     }
 
     fn ws_ready(&mut self, key: usize, now: Instant) -> bool {
@@ -654,20 +786,30 @@ impl Loop {
         self.channels.extend(
             batch.frames().iter().map(|frame| channel_index(frame.channel).unwrap_or(usize::MAX)),
         );
+        // History first: a resume that starts after this batch finds it there.
+        self.history.append(batch, &self.channels);
         let frame_bytes_max = self.settings.frame_bytes_max as usize;
         let queue_max = self.settings.client_queue_max_bytes as usize;
-        let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
         let mut dropped = Vec::new();
+        let mut slow = Vec::new();
+        let mut replaying = Vec::new();
         for (key, connection) in &mut self.connections {
             let Connection::Ws(c) = connection else { continue };
+            if c.replay.is_some() {
+                // Live delivery waits; the replay reads this batch from the history.
+                replaying.push(key);
+                continue;
+            }
             if !c.session.subscribed() {
                 continue;
             }
             let mut message = String::new();
             let mut events = 0u64;
+            let mut seqs = None;
             for (frame, &channel) in batch.frames().iter().zip(&self.channels) {
-                if !c.session.wants(channel, frame.ticker.as_str())
-                    || !c.session.filter.passes(
+                let session = &c.session;
+                if !session.wants(channel, frame.ticker.as_str())
+                    || !session.filter.passes(
                         channel,
                         frame.price_raw,
                         frame.volume,
@@ -685,6 +827,10 @@ impl Loop {
                 message.push(if message.is_empty() { '[' } else { ',' });
                 message.push_str(json);
                 events += 1;
+                seqs = Some((seqs.map_or(frame.seq, |(first, _)| first), frame.seq));
+            }
+            if let Some((first, last)) = seqs {
+                c.live = Some((c.live.map_or(first, |(earliest, _)| earliest), last));
             }
             if events == 0 {
                 continue;
@@ -694,28 +840,19 @@ impl Loop {
             c.outbox.push_back(Message::text(message));
             ServerCounters::add(&self.counters.events_out, events);
             if c.outbox_bytes > queue_max {
-                ServerCounters::add(&self.counters.slow_consumer_closes, 1);
-                ServerCounters::add(
-                    &self.counters.slow_consumer_dropped_bytes,
-                    c.outbox_bytes as u64,
-                );
-                c.outbox.clear();
-                c.outbox_bytes = 0;
-                let frame = CloseFrame {
-                    code: CloseCode::from(CLOSE_SLOW_CONSUMER),
-                    reason: "slow consumer".into(),
-                };
-                let _ = c.ws.close(Some(frame));
-                c.session.phase = Phase::Closing { deadline: now + close_timeout };
-                let _ = c.ws.flush();
-                continue;
-            }
-            if !flush(c, &self.counters) {
+                slow.push(key);
+            } else if !flush(c, &self.counters) {
                 dropped.push(key);
             }
         }
+        for key in slow {
+            self.slow_consumer(key, now);
+        }
         for key in dropped {
             self.remove(key);
+        }
+        for key in replaying {
+            self.pump_replay(key, now);
         }
     }
 

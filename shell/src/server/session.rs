@@ -36,6 +36,8 @@ pub enum Action {
     Send(String),
     /// Send a close frame with this code and reason, then drop the connection.
     Close(u16, &'static str),
+    /// Replay the retained history from this `seq` (PROTOCOL.md section 2, step 5).
+    Resume(u64),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -239,7 +241,10 @@ impl Session {
                 Err(why) => self.client_error(&format!("filter refused, the old one stays: {why}")),
             },
             (Phase::Active, "resume") => {
-                self.client_error("resume is not available on this server yet")
+                match message.params.get("from_seq").and_then(serde_json::Value::as_u64) {
+                    Some(from_seq) => vec![Action::Resume(from_seq)],
+                    None => self.client_error("resume: want params {\"from_seq\": N}"),
+                }
             }
             (Phase::Active, _) => self.client_error("unknown action"),
             (Phase::Closing { .. }, _) => Vec::new(),
