@@ -3,8 +3,8 @@
 //!
 //! A [`Frame`] is one event's JSON object inside the batch's byte buffer, with what the
 //! fan-out needs to route it without decoding (`seq`, symbol, channel). The batch is the unit
-//! the fan-out shares among connections. Until the WebSocket shell exists the sink writes JSON
-//! lines ([`JsonLinesSink`]); tests capture batches ([`CaptureSink`]).
+//! the fan-out shares among connections: the server's sink (`crate::server::ServerSink`), or
+//! JSON lines ([`JsonLinesSink`]); tests capture batches ([`CaptureSink`]).
 //!
 //! Every pulled event is encoded and handed on; a sink that fails is counted per frame
 //! (`sink_failed`), so the emitter never loses an event silently.

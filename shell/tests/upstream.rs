@@ -474,3 +474,28 @@ fn wss_with_a_private_ca_works() {
         "{failure}"
     );
 }
+
+#[test]
+fn health_and_metrics_show_the_breaker_and_why_it_opened() {
+    use tickstock_shell::pipeline::Observed;
+    use tickstock_shell::server::metrics;
+    let script: Arc<Script> = Arc::new(|_, peer| {
+        greet(peer, "auth_failed");
+    });
+    let server = fake(script, None);
+    let run =
+        run_until(&settings(server.port, "ws"), |status, _| failures(status, "auth_failed") >= 3);
+    let observed = Observed { counters: Arc::clone(&run.report.counters), ..Observed::default() };
+    let problem =
+        metrics::unhealthy(&observed, Some(&run.status), 0, u64::MAX).expect("the feed is down");
+    assert!(problem.contains("feed down") && problem.contains("auth_failed"), "{problem}");
+    let counters = metrics::ServerCounters::default();
+    let health = metrics::health(&observed, &counters, Some(&run.status), 1, Some(&problem));
+    let value: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(value["status"], "unhealthy");
+    assert_eq!(value["feed"]["breaker"], "open");
+    assert!(value["feed"]["last_failure"].as_str().unwrap().contains("auth_failed"));
+    let text = metrics::prometheus(&observed, &counters, Some(&run.status));
+    assert!(text.contains("tickstock_upstream_breaker{state=\"open\"} 1"), "{text}");
+    assert!(text.contains("tickstock_upstream_failures_total{kind=\"auth_failed\"}"));
+}
