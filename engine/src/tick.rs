@@ -270,6 +270,36 @@ impl Tick {
             Tick::Fmv(f) => f.ts_event,
         }
     }
+
+    /// Receive time: when the tick entered the engine's ring (the engine clock for it).
+    pub fn ts_recv(&self) -> Timestamp {
+        match self {
+            Tick::Trade(t) => t.ts_recv,
+            Tick::Quote(q) => q.ts_recv,
+            Tick::Aggregate(a) => a.ts_recv,
+            Tick::Fmv(f) => f.ts_recv,
+        }
+    }
+
+    /// Sets the receive time.
+    pub fn set_ts_recv(&mut self, ts_recv: Timestamp) {
+        match self {
+            Tick::Trade(t) => t.ts_recv = ts_recv,
+            Tick::Quote(q) => q.ts_recv = ts_recv,
+            Tick::Aggregate(a) => a.ts_recv = ts_recv,
+            Tick::Fmv(f) => f.ts_recv = ts_recv,
+        }
+    }
+
+    /// Sets the symbol (feeds intern tickers after parsing).
+    pub fn set_symbol(&mut self, symbol: SymbolId) {
+        match self {
+            Tick::Trade(t) => t.symbol = symbol,
+            Tick::Quote(q) => q.symbol = symbol,
+            Tick::Aggregate(a) => a.symbol = symbol,
+            Tick::Fmv(f) => f.symbol = symbol,
+        }
+    }
 }
 
 #[cfg(test)]

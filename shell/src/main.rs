@@ -184,14 +184,7 @@ fn main() -> ExitCode {
                 settings.journal.dir = dir;
             }
             stop_after(args.duration_s, &stop);
-            let (feed, time, upstream) = match make_feed(&settings, args.feed) {
-                Ok(made) => made,
-                Err(message) => {
-                    eprintln!("tickstock: {message}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            run(&settings, feed, args.output, time, stop, quiet, upstream)
+            serve_or_record(&settings, args.feed, args.output, stop, quiet)
         }
         Command::Record(args) => {
             settings.journal.enabled = true;
@@ -201,14 +194,7 @@ fn main() -> ExitCode {
             settings.synthetic.trades_max = args.trades.or(settings.synthetic.trades_max);
             settings.synthetic.virtual_time |= args.virtual_time;
             stop_after(args.duration_s, &stop);
-            let (feed, time, upstream) = match make_feed(&settings, args.feed) {
-                Ok(made) => made,
-                Err(message) => {
-                    eprintln!("tickstock: {message}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            run(&settings, feed, Output::None, time, stop, quiet, upstream)
+            serve_or_record(&settings, args.feed, Output::None, stop, quiet)
         }
         Command::Replay(args) => {
             if !(args.speed.is_finite() && args.speed > 0.0) {
@@ -224,6 +210,23 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", toml::to_string(&settings).expect("Invariant: settings serialize"));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `serve` and `record`: the configured feed through the pipeline to `output`.
+fn serve_or_record(
+    settings: &Settings,
+    feed: Option<FeedArg>,
+    output: Output,
+    stop: Arc<AtomicBool>,
+    quiet: bool,
+) -> ExitCode {
+    match make_feed(settings, feed) {
+        Ok((feed, time, upstream)) => run(settings, feed, output, time, stop, quiet, upstream),
+        Err(message) => {
+            eprintln!("tickstock: {message}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -31,7 +31,7 @@ use tickstock_engine::{Engine, Tick};
 use crate::clock::Clock;
 use crate::config::{Backpressure, JournalFailurePolicy, Settings};
 use crate::emitter::{self, EmitterContext, FrameSink};
-use crate::feed::{recv_of, Feed, FeedEnd, FeedTx, Input, TimeSource};
+use crate::feed::{Feed, FeedEnd, FeedTx, Input, TimeSource};
 use crate::idle::{Idler, Waker};
 use crate::journal::{self, writer::JournalState, Recovery};
 use crate::symbols::SymbolWriter;
@@ -390,7 +390,7 @@ fn step(engine: &mut Engine, input: &Input, journal: &mut JournalOut, shared: &S
     let drained = "Invariant: the engine's events are drained after every call";
     match *input {
         Input::Tick(tick) => {
-            if engine.handle_tick(recv_of(&tick), &tick).is_ok() {
+            if engine.handle_tick(tick.ts_recv(), &tick).is_ok() {
                 journal_tick(tick, journal, shared);
             }
         }

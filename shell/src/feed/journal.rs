@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tickstock_engine::{SymbolId, Tick, Timestamp};
 
-use crate::feed::{recv_of, Feed, FeedEnd, FeedTx};
+use crate::feed::{Feed, FeedEnd, FeedTx};
 use crate::journal::codec::Record;
 use crate::journal::reader;
 
@@ -88,8 +88,8 @@ impl Replay<'_> {
             self.failure = Some(format!("tick for symbol id {} with no symbol record", recorded.0));
             return false;
         };
-        set_symbol(&mut tick, local);
-        self.wait_until_due(recv_of(&tick));
+        tick.set_symbol(local);
+        self.wait_until_due(tick.ts_recv());
         if self.tx.stopping() || self.tx.send_tick(tick).is_err() {
             self.stopped = true;
             return false;
@@ -114,15 +114,6 @@ impl Replay<'_> {
                 std::thread::yield_now();
             }
         }
-    }
-}
-
-fn set_symbol(tick: &mut Tick, id: SymbolId) {
-    match tick {
-        Tick::Trade(trade) => trade.symbol = id,
-        Tick::Quote(quote) => quote.symbol = id,
-        Tick::Aggregate(aggregate) => aggregate.symbol = id,
-        Tick::Fmv(fmv) => fmv.symbol = id,
     }
 }
 

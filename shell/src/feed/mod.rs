@@ -125,9 +125,9 @@ impl FeedTx {
     /// Stamps (live feeds) and sends a tick.
     pub fn send_tick(&mut self, mut tick: Tick) -> Result<(), Stopped> {
         if let TimeSource::Live(clock) = self.time {
-            set_recv(&mut tick, clock.now());
+            tick.set_ts_recv(clock.now());
         }
-        self.last_sent = recv_of(&tick);
+        self.last_sent = tick.ts_recv();
         self.received += 1;
         self.push(Input::Tick(tick))
     }
@@ -189,26 +189,6 @@ impl FeedTx {
     /// shutdown, since the engine is draining the ring.
     pub(crate) fn end(mut self) {
         let _ = self.push(Input::End);
-    }
-}
-
-/// Sets a tick's `ts_recv`.
-pub fn set_recv(tick: &mut Tick, recv: Timestamp) {
-    match tick {
-        Tick::Trade(trade) => trade.ts_recv = recv,
-        Tick::Quote(quote) => quote.ts_recv = recv,
-        Tick::Aggregate(aggregate) => aggregate.ts_recv = recv,
-        Tick::Fmv(fmv) => fmv.ts_recv = recv,
-    }
-}
-
-/// A tick's `ts_recv`.
-pub fn recv_of(tick: &Tick) -> Timestamp {
-    match tick {
-        Tick::Trade(trade) => trade.ts_recv,
-        Tick::Quote(quote) => quote.ts_recv,
-        Tick::Aggregate(aggregate) => aggregate.ts_recv,
-        Tick::Fmv(fmv) => fmv.ts_recv,
     }
 }
 

@@ -11,7 +11,6 @@ use tickstock_engine::{Tick, Timestamp};
 
 use super::codec::{self, Record};
 use crate::config::{FsyncPolicy, JournalFailurePolicy, JournalSettings};
-use crate::feed::recv_of;
 use crate::idle::{IdleStrategy, Idler, Waker};
 use crate::symbols::Symbols;
 use crate::tracer::Counters;
@@ -128,7 +127,7 @@ impl Writer {
             self.fail_records(ticks.len() as u64);
             return;
         }
-        self.write_gap_if_any(ticks.first().map_or(Timestamp(0), recv_of));
+        self.write_gap_if_any(ticks.first().map_or(Timestamp(0), Tick::ts_recv));
         for tick in ticks {
             self.encode_tick(tick);
             if self.ctx.settings.fsync == FsyncPolicy::EveryRecord

@@ -41,7 +41,7 @@ use tungstenite::{Message, WebSocket};
 use self::auth::Authenticator;
 use self::history::History;
 use self::metrics::ServerCounters;
-use self::session::{channel_index, Action, Phase, Session, CLOSE_POLICY, CONNECTED};
+use self::session::{channel_index, Action, Phase, Session, AUTH_FAILED, CLOSE_POLICY, CONNECTED};
 use crate::clock::Clock;
 use crate::config::ServerSettings;
 use crate::emitter::{FrameBatch, FrameSink};
@@ -872,11 +872,10 @@ impl Loop {
                 Connection::Ws(c) => match c.session.phase {
                     Phase::AwaitingAuth { deadline } if now >= deadline => {
                         ServerCounters::add(&self.counters.auth_timeouts, 1);
-                        let failed = r#"[{"ev":"status","status":"auth_failed","message":"authentication failed"}]"#;
                         due.push((
                             key,
                             vec![
-                                Action::Send(failed.to_owned()),
+                                Action::Send(AUTH_FAILED.to_owned()),
                                 Action::Close(CLOSE_POLICY, "authentication timeout"),
                             ],
                         ));

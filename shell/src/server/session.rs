@@ -158,7 +158,8 @@ fn json(text: &str) -> String {
 pub const CONNECTED: &str =
     r#"[{"ev":"status","status":"connected","message":"Connected Successfully"}]"#;
 const AUTH_SUCCESS: &str = r#"[{"ev":"status","status":"auth_success","message":"authenticated"}]"#;
-const AUTH_FAILED: &str =
+/// The answer to a bad, expired or missing token.
+pub const AUTH_FAILED: &str =
     r#"[{"ev":"status","status":"auth_failed","message":"authentication failed"}]"#;
 /// Close code for policy violations (auth failures, too many client errors).
 pub const CLOSE_POLICY: u16 = 1008;

@@ -451,7 +451,7 @@ impl UpstreamFeed {
                 return tx.send_rejected(reason, recv).map_err(Step::from);
             }
         };
-        set_symbol(&mut tick, id);
+        tick.set_symbol(id);
         if let Tick::Trade(trade) = &tick {
             self.account_q(id, trade.upstream_seq);
         }
@@ -477,15 +477,6 @@ impl UpstreamFeed {
             UpstreamCounters::bump(&self.status.counters.lost_by_q, q - *last - 1);
         }
         *last = (*last).max(q);
-    }
-}
-
-fn set_symbol(tick: &mut Tick, id: SymbolId) {
-    match tick {
-        Tick::Trade(trade) => trade.symbol = id,
-        Tick::Quote(quote) => quote.symbol = id,
-        Tick::Aggregate(aggregate) => aggregate.symbol = id,
-        Tick::Fmv(fmv) => fmv.symbol = id,
     }
 }
 
