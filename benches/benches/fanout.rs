@@ -1,0 +1,190 @@
+//! Fan-out: one stream of frame batches, as the emitter hands them over, delivered by the
+//! server to 1, 100 and 1,000 WebSocket clients on loopback, each subscribed to everything.
+//! Measures client-events delivered per second (an event sent to 1,000 clients counts 1,000
+//! times). Two reader threads own the clients and read them without blocking.
+//!
+//! A regression here lowers how many clients one server feeds. Target (issue 5): at least
+//! 5 million client-events/s to 1,000 clients. `base` is one batch to one client: the
+//! round trip through the server's ring, loop and socket.
+
+#![forbid(unsafe_code)]
+#![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tickstock_benches::TradeStream;
+use tickstock_engine::{Config, Engine, Event, Tick, Ticker};
+use tickstock_shell::config::ServerSettings;
+use tickstock_shell::emitter::{FrameBatch, FrameSink};
+use tickstock_shell::pipeline::Observed;
+use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::{self, Reporting, ServerSink};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Events per batch: about one emitter cycle at 200,000 events/s.
+const BATCH_EVENTS: usize = 200;
+/// Batches per measured iteration.
+const BATCHES: usize = 20;
+/// Threads reading the clients.
+const READERS: usize = 2;
+
+fn benching() -> bool {
+    std::env::args().any(|arg| arg == "--bench")
+}
+
+/// One batch of the engine's real output mix, encoded.
+fn batch() -> FrameBatch {
+    let mut engine = Engine::new(&Config::default()).expect("default config is valid");
+    let mut stream = TradeStream::new(100, 2_000, 11);
+    let mut events: Vec<Event> = Vec::new();
+    while events.len() < BATCH_EVENTS {
+        let trade = stream.next_trade();
+        let _ = engine.handle_tick(trade.ts_event, &Tick::Trade(trade));
+        events.extend(engine.poll_events());
+    }
+    let mut batch = FrameBatch::new(1 << 20);
+    let ticker = Ticker::new("MSFT").expect("a valid ticker");
+    for event in &events[..BATCH_EVENTS] {
+        batch.push(event, ticker);
+    }
+    batch
+}
+
+struct Fanout {
+    sink: ServerSink,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    readers: Vec<thread::JoinHandle<()>>,
+    server: Option<server::ServerHandle>,
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let (mut client, _) = tungstenite::connect(format!("ws://{addr}/stocks")).expect("connects");
+    client.send(Message::text(r#"{"action":"auth","params":"bench"}"#)).unwrap();
+    client
+        .send(Message::text(
+            r#"{"action":"subscribe","params":"T.*,A.*,AM.*,HL.*,TR.*,SV.*,FMV.*"}"#,
+        ))
+        .unwrap();
+    // connected, auth_success, the subscription statuses.
+    for _ in 0..3 {
+        let _ = client.read().unwrap();
+    }
+    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
+        stream.set_nonblocking(true).unwrap();
+    }
+    client
+}
+
+fn setup(clients: usize) -> Fanout {
+    // One user holds every bench connection, so the per-user limit is lifted.
+    let settings = ServerSettings {
+        listen: "127.0.0.1:0".to_owned(),
+        client_queue_max_bytes: 64 << 20,
+        connections_per_user_max: 100_000,
+        ..ServerSettings::default()
+    };
+    let auth = Authenticator::load(&settings).expect("open auth on loopback");
+    let reporting = Reporting { observed: Observed::default(), upstream: None };
+    let (sink, handle) =
+        server::start(&settings, auth, reporting, 4 << 20).expect("the server starts");
+    let addr = handle.local_addr;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut all: Vec<_> = (0..clients).map(|_| connect(addr)).collect();
+    let mut readers = Vec::new();
+    for part in 0..READERS {
+        let mine: Vec<_> = all.drain(..all.len() / (READERS - part)).collect();
+        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        readers.push(thread::spawn(move || read_all(mine, &received, &stop)));
+    }
+    Fanout { sink, received, stop, readers, server: Some(handle) }
+}
+
+/// Reads every client until it would block, round-robin, counting events (`{` per object).
+fn read_all(
+    mut clients: Vec<WebSocket<MaybeTlsStream<TcpStream>>>,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for client in &mut clients {
+            while let Ok(message) = client.read() {
+                if let Message::Text(text) = message {
+                    let events = text.as_bytes().iter().filter(|&&b| b == b'{').count();
+                    received.fetch_add(events as u64, Ordering::Relaxed);
+                    idle = false;
+                }
+            }
+        }
+        if idle {
+            thread::yield_now();
+        }
+    }
+}
+
+/// Emits `batches` batches and waits until every client has every event; returns the time.
+fn deliver(fanout: &mut Fanout, batch: &FrameBatch, batches: usize, clients: usize) -> Duration {
+    let expected =
+        fanout.received.load(Ordering::SeqCst) + (batches * batch.len() * clients) as u64;
+    let started = Instant::now();
+    for _ in 0..batches {
+        fanout.sink.emit(batch).expect("the server takes the batch");
+    }
+    let deadline = started + Duration::from_secs(120);
+    while fanout.received.load(Ordering::SeqCst) < expected {
+        assert!(Instant::now() < deadline, "delivery stalled");
+        thread::yield_now();
+    }
+    started.elapsed()
+}
+
+fn fanout(c: &mut Criterion) {
+    let batch = batch();
+    assert_eq!(batch.len(), BATCH_EVENTS);
+    let sizes: &[usize] = if benching() { &[1, 100, 1_000] } else { &[1, 10] };
+    let batches = if benching() { BATCHES } else { 2 };
+    let mut group = c.benchmark_group("fanout");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    for &clients in sizes {
+        let mut fanout = setup(clients);
+        group.throughput(Throughput::Elements((batches * BATCH_EVENTS * clients) as u64));
+        group.bench_with_input(
+            BenchmarkId::new("client_events", clients),
+            &clients,
+            |b, &clients| {
+                b.iter_custom(|iters| {
+                    (0..iters).map(|_| deliver(&mut fanout, &batch, batches, clients)).sum()
+                });
+            },
+        );
+    }
+    let mut fanout = setup(1);
+    group.throughput(Throughput::Elements(BATCH_EVENTS as u64));
+    group.bench_function("base", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| deliver(&mut fanout, &batch, 1, 1)).sum())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);
