@@ -37,6 +37,18 @@ pub struct Settings {
     pub server: ServerSettings,
 }
 
+/// The slow-consumer policy of PROTOCOL.md section 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Discard the outbox, close with 4008 `slow consumer`; the client reconnects and resumes.
+    Close,
+    /// Discard the outbox and, until the socket drains, keep only the latest event per
+    /// channel and symbol; then send a `conflated` status with the count lost, and those
+    /// latest events.
+    Conflate,
+}
+
 /// The WebSocket server (PROTOCOL.md). Credentials are secrets: API keys live in
 /// `api_keys_file`, the JWT HS256 secret in the environment (`jwt_secret_env`), public keys
 /// in `jwt_public_key_file`; none of them in this file.
@@ -79,6 +91,8 @@ pub struct ServerSettings {
     /// Outbox limit per connection; past it the client is a slow consumer: its outbox is
     /// discarded and it is closed with 4008. Default: 4 MiB.
     pub client_queue_max_bytes: u32,
+    /// What happens to a client past `client_queue_max_bytes`. Default: close.
+    pub slow_consumer_policy: SlowConsumerPolicy,
     /// After a close is sent, the TCP connection is dropped this much later at the latest.
     /// Default: 1,000 ms.
     pub close_timeout_ms: u32,
@@ -110,6 +124,7 @@ impl Default for ServerSettings {
             client_errors_max: 10,
             frame_bytes_max: 1 << 20,
             client_queue_max_bytes: 4 << 20,
+            slow_consumer_policy: SlowConsumerPolicy::Close,
             close_timeout_ms: 1_000,
             ping_interval_ms: 15_000,
             history_max_events: 1_000_000,

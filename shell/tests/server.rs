@@ -560,3 +560,50 @@ fn resume_across_a_reconnect_has_no_gap_and_no_duplicate() {
     }
     assert!(failed);
 }
+
+#[test]
+fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
+    let server = start(|s| {
+        s.server.client_queue_max_bytes = 64 * 1024;
+        s.server.slow_consumer_policy = tickstock_shell::config::SlowConsumerPolicy::Conflate;
+        s.synthetic.trades_per_sec = 20_000;
+    });
+    let mut slow = authed(server.addr, "k-all");
+    slow.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    next_json(&mut slow);
+    // Stop reading until the server has started conflating for this client.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.counters.conflated_events.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the client never fell behind");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Now read: the backlog drains, then a conflated status with the count, then the latest
+    // trade per symbol (one per symbol), then live trades again; the connection stays open.
+    let mut conflated = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while conflated.is_none() {
+        assert!(Instant::now() < deadline, "no conflated status");
+        for event in next_json(&mut slow).as_array().unwrap() {
+            if event["status"] == "conflated" {
+                conflated = event["dropped"].as_u64();
+            }
+        }
+    }
+    assert!(conflated.unwrap() > 0);
+    let latest = next_json(&mut slow);
+    let symbols: Vec<&str> =
+        latest.as_array().unwrap().iter().map(|e| e["sym"].as_str().unwrap()).collect();
+    let mut unique = symbols.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), symbols.len(), "one latest trade per symbol");
+    let seqs: Vec<u64> =
+        latest.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|p| p[0] < p[1]), "in seq order");
+    assert_eq!(
+        server.counters.slow_consumer_closes.load(Ordering::Relaxed),
+        0,
+        "no close under conflation"
+    );
+    next_json(&mut slow);
+}

@@ -46,6 +46,8 @@ pub struct ServerCounters {
     pub slow_consumer_closes: AtomicU64,
     /// Events discarded with those clients' outboxes.
     pub slow_consumer_dropped_bytes: AtomicU64,
+    /// Events dropped by conflation (`slow_consumer_policy = "conflate"`).
+    pub conflated_events: AtomicU64,
     /// Client errors answered with an error status.
     pub client_errors: AtomicU64,
     /// Connections closed for an oversized (1009), non-UTF-8 (1007) or unmasked (1002) frame.

@@ -43,7 +43,7 @@ use self::history::History;
 use self::metrics::ServerCounters;
 use self::session::{channel_index, Action, Phase, Session, AUTH_FAILED, CLOSE_POLICY, CONNECTED};
 use crate::clock::Clock;
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, SlowConsumerPolicy};
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::feed::upstream::UpstreamStatus;
 use crate::pipeline::Observed;
@@ -239,8 +239,12 @@ enum Connection {
 struct WsConnection {
     ws: WebSocket<TcpStream>,
     session: Session,
-    outbox: VecDeque<Message>,
+    /// Messages not yet taken by the socket, with the events each carries.
+    outbox: VecDeque<(Message, u32)>,
     outbox_bytes: usize,
+    /// Under the conflation policy, while the client is behind: the latest event per channel
+    /// and symbol, and how many were dropped.
+    conflation: Option<Conflation>,
     next_ping: Instant,
     ping_sent: Option<Instant>,
     subscriptions: usize,
@@ -501,6 +505,7 @@ impl Loop {
             session,
             outbox: VecDeque::new(),
             outbox_bytes: 0,
+            conflation: None,
             next_ping,
             ping_sent: None,
             subscriptions: 0,
@@ -606,7 +611,7 @@ impl Loop {
                             oldest.unwrap_or(0)
                         );
                         c.outbox_bytes += failed.len();
-                        c.outbox.push_back(Message::text(failed));
+                        c.outbox.push_back((Message::text(failed), 0));
                     } else {
                         let skip = c.live.map(|(first, _)| (first, newest.unwrap_or(0)));
                         c.replay =
@@ -616,7 +621,7 @@ impl Loop {
                 }
                 Action::Send(text) => {
                     c.outbox_bytes += text.len();
-                    c.outbox.push_back(Message::text(text));
+                    c.outbox.push_back((Message::text(text), 0));
                 }
                 Action::Close(code, reason) => {
                     keep &= flush(c, &self.counters);
@@ -675,7 +680,7 @@ impl Loop {
             if !message.is_empty() {
                 message.push(']');
                 c.outbox_bytes += message.len();
-                c.outbox.push_back(Message::text(message));
+                c.outbox.push_back((Message::text(message), 0));
             }
             match examined {
                 Some(seq) if Some(seq) != self.history.newest_seq() => replay.next_seq = seq + 1,
@@ -686,7 +691,7 @@ impl Loop {
                         replay.from_seq
                     );
                     c.outbox_bytes += done.len();
-                    c.outbox.push_back(Message::text(done));
+                    c.outbox.push_back((Message::text(done), 0));
                     if let Some(newest) = self.history.newest_seq() {
                         // Live again from the next batch on: everything up to here was replayed.
                         c.live = Some((c.live.map_or(newest + 1, |(first, _)| first), newest));
@@ -703,11 +708,20 @@ impl Loop {
 
     fn slow_consumer(&mut self, key: usize, now: Instant) {
         let close_timeout = Duration::from_millis(self.settings.close_timeout_ms.into());
+        let conflate = self.settings.slow_consumer_policy == SlowConsumerPolicy::Conflate;
         let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return };
-        ServerCounters::add(&self.counters.slow_consumer_closes, 1);
         ServerCounters::add(&self.counters.slow_consumer_dropped_bytes, c.outbox_bytes as u64);
-        c.outbox.clear();
+        let discarded: u64 = c.outbox.drain(..).map(|(_, events)| u64::from(events)).sum();
         c.outbox_bytes = 0;
+        if conflate && c.replay.is_none() {
+            // Keep the connection; from now on only the latest event per channel and symbol
+            // is kept until the socket drains.
+            let conflation = c.conflation.get_or_insert_with(Conflation::default);
+            conflation.dropped += discarded;
+            ServerCounters::add(&self.counters.conflated_events, discarded);
+            return;
+        }
+        ServerCounters::add(&self.counters.slow_consumer_closes, 1);
         let frame = CloseFrame {
             code: CloseCode::from(CLOSE_SLOW_CONSUMER),
             reason: "slow consumer".into(),
@@ -804,7 +818,7 @@ impl Loop {
                 continue;
             }
             let mut message = String::new();
-            let mut events = 0u64;
+            let (mut events, mut in_message) = (0u64, 0u32);
             let mut seqs = None;
             for (frame, &channel) in batch.frames().iter().zip(&self.channels) {
                 let session = &c.session;
@@ -819,30 +833,37 @@ impl Loop {
                     continue;
                 }
                 let json = std::str::from_utf8(batch.json(frame)).unwrap_or("{}");
+                seqs = Some((seqs.map_or(frame.seq, |(first, _)| first), frame.seq));
+                if let Some(conflation) = &mut c.conflation {
+                    conflation.keep(channel, frame.ticker, frame.seq, json);
+                    continue;
+                }
                 if !message.is_empty() && message.len() + json.len() + 2 > frame_bytes_max {
                     message.push(']');
                     c.outbox_bytes += message.len();
-                    c.outbox.push_back(Message::text(std::mem::take(&mut message)));
+                    c.outbox.push_back((Message::text(std::mem::take(&mut message)), in_message));
+                    in_message = 0;
                 }
                 message.push(if message.is_empty() { '[' } else { ',' });
                 message.push_str(json);
                 events += 1;
-                seqs = Some((seqs.map_or(frame.seq, |(first, _)| first), frame.seq));
+                in_message += 1;
             }
             if let Some((first, last)) = seqs {
                 c.live = Some((c.live.map_or(first, |(earliest, _)| earliest), last));
             }
-            if events == 0 {
-                continue;
+            if events > 0 {
+                message.push(']');
+                c.outbox_bytes += message.len();
+                c.outbox.push_back((Message::text(message), in_message));
+                ServerCounters::add(&self.counters.events_out, events);
             }
-            message.push(']');
-            c.outbox_bytes += message.len();
-            c.outbox.push_back(Message::text(message));
-            ServerCounters::add(&self.counters.events_out, events);
             if c.outbox_bytes > queue_max {
                 slow.push(key);
             } else if !flush(c, &self.counters) {
                 dropped.push(key);
+            } else if c.conflation.is_some() && c.outbox_bytes < queue_max / 4 {
+                release_conflation(c, frame_bytes_max, &self.counters);
             }
         }
         for key in slow {
@@ -969,6 +990,57 @@ impl Loop {
     }
 }
 
+/// A slow client's latest event per channel and symbol (the conflation policy).
+#[derive(Debug, Default)]
+struct Conflation {
+    latest: std::collections::HashMap<(usize, tickstock_engine::Ticker), (u64, String)>,
+    /// Events lost in all, told to the client when it catches up.
+    dropped: u64,
+    /// Of those, the ones replaced in `latest` and not yet on `conflated_events`.
+    replaced: u64,
+}
+
+impl Conflation {
+    fn keep(&mut self, channel: usize, ticker: tickstock_engine::Ticker, seq: u64, json: &str) {
+        let replaced =
+            u64::from(self.latest.insert((channel, ticker), (seq, json.to_owned())).is_some());
+        self.dropped += replaced;
+        self.replaced += replaced;
+    }
+}
+
+/// The client caught up: a `conflated` status with the count lost, then the latest events in
+/// `seq` order.
+fn release_conflation(c: &mut WsConnection, frame_bytes_max: usize, counters: &ServerCounters) {
+    let Some(conflation) = c.conflation.take() else { return };
+    ServerCounters::add(&counters.conflated_events, conflation.replaced);
+    let status =
+        format!(r#"[{{"ev":"status","status":"conflated","dropped":{}}}]"#, conflation.dropped);
+    c.outbox_bytes += status.len();
+    c.outbox.push_back((Message::text(status), 0));
+    let mut latest: Vec<(u64, String)> = conflation.latest.into_values().collect();
+    latest.sort_unstable_by_key(|(seq, _)| *seq);
+    let mut message = String::new();
+    let mut in_message = 0u32;
+    for (_, json) in latest {
+        if !message.is_empty() && message.len() + json.len() + 2 > frame_bytes_max {
+            message.push(']');
+            c.outbox_bytes += message.len();
+            c.outbox.push_back((Message::text(std::mem::take(&mut message)), in_message));
+            in_message = 0;
+        }
+        message.push(if message.is_empty() { '[' } else { ',' });
+        message.push_str(&json);
+        in_message += 1;
+    }
+    if !message.is_empty() {
+        message.push(']');
+        c.outbox_bytes += message.len();
+        c.outbox.push_back((Message::text(message), in_message));
+    }
+    let _ = flush(c, counters);
+}
+
 /// Writes an HTTP response; returns false once it is all written (or failed): drop then.
 fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> bool {
     while *written < out.len() {
@@ -986,12 +1058,12 @@ fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> boo
 
 /// Moves the outbox into the socket until it would block. False when the connection is dead.
 fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
-    while let Some(message) = c.outbox.pop_front() {
+    while let Some((message, events)) = c.outbox.pop_front() {
         let len = message.len();
         match c.ws.write(message) {
             Ok(()) => {}
             Err(tungstenite::Error::WriteBufferFull(back)) => {
-                c.outbox.push_front(*back);
+                c.outbox.push_front((*back, events));
                 break;
             }
             // Buffered in tungstenite; it goes out on a later flush.
