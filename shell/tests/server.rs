@@ -577,29 +577,33 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
         assert!(Instant::now() < deadline, "the client never fell behind");
         thread::sleep(Duration::from_millis(50));
     }
-    // Now read: the backlog drains, then a conflated status with the count, then the latest
-    // trade per symbol (one per symbol), then live trades again; the connection stays open.
-    let mut conflated = None;
+    // Now read: the backlog drains, then a conflated status with the count, directly followed
+    // by the latest trade per symbol (one per symbol, in seq order); the connection stays open.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while conflated.is_none() {
-        assert!(Instant::now() < deadline, "no conflated status");
-        for event in next_json(&mut slow).as_array().unwrap() {
-            if event["status"] == "conflated" {
-                conflated = event["dropped"].as_u64();
-            }
+    let mut after_status = false;
+    let mut checked = false;
+    while !checked {
+        assert!(Instant::now() < deadline, "no conflated status followed by the latest events");
+        let value = next_json(&mut slow);
+        let events = value.as_array().unwrap();
+        if let Some(status) = events.iter().find(|e| e["status"] == "conflated") {
+            assert!(status["dropped"].as_u64().unwrap() > 0);
+            after_status = true;
+            continue;
         }
+        if after_status && events.iter().all(|e| e["sym"].is_string()) {
+            let mut symbols: Vec<&str> =
+                events.iter().map(|e| e["sym"].as_str().unwrap()).collect();
+            let count = symbols.len();
+            symbols.sort_unstable();
+            symbols.dedup();
+            assert_eq!(symbols.len(), count, "one latest trade per symbol");
+            let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+            assert!(seqs.windows(2).all(|p| p[0] < p[1]), "in seq order");
+            checked = true;
+        }
+        after_status = false;
     }
-    assert!(conflated.unwrap() > 0);
-    let latest = next_json(&mut slow);
-    let symbols: Vec<&str> =
-        latest.as_array().unwrap().iter().map(|e| e["sym"].as_str().unwrap()).collect();
-    let mut unique = symbols.clone();
-    unique.sort_unstable();
-    unique.dedup();
-    assert_eq!(unique.len(), symbols.len(), "one latest trade per symbol");
-    let seqs: Vec<u64> =
-        latest.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|p| p[0] < p[1]), "in seq order");
     assert_eq!(
         server.counters.slow_consumer_closes.load(Ordering::Relaxed),
         0,
