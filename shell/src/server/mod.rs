@@ -817,8 +817,7 @@ impl Loop {
             if !c.session.subscribed() {
                 continue;
             }
-            let mut message = String::new();
-            let (mut events, mut in_message) = (0u64, 0u32);
+            let mut arrays = Arrays::new(frame_bytes_max);
             let mut seqs = None;
             for (frame, &channel) in batch.frames().iter().zip(&self.channels) {
                 let session = &c.session;
@@ -838,26 +837,13 @@ impl Loop {
                     conflation.keep(channel, frame.ticker, frame.seq, json);
                     continue;
                 }
-                if !message.is_empty() && message.len() + json.len() + 2 > frame_bytes_max {
-                    message.push(']');
-                    c.outbox_bytes += message.len();
-                    c.outbox.push_back((Message::text(std::mem::take(&mut message)), in_message));
-                    in_message = 0;
-                }
-                message.push(if message.is_empty() { '[' } else { ',' });
-                message.push_str(json);
-                events += 1;
-                in_message += 1;
+                arrays.push(json, &mut c.outbox, &mut c.outbox_bytes);
             }
             if let Some((first, last)) = seqs {
                 c.live = Some((c.live.map_or(first, |(earliest, _)| earliest), last));
             }
-            if events > 0 {
-                message.push(']');
-                c.outbox_bytes += message.len();
-                c.outbox.push_back((Message::text(message), in_message));
-                ServerCounters::add(&self.counters.events_out, events);
-            }
+            let events = arrays.finish(&mut c.outbox, &mut c.outbox_bytes);
+            ServerCounters::add(&self.counters.events_out, events);
             if c.outbox_bytes > queue_max {
                 slow.push(key);
             } else if !flush(c, &self.counters) {
@@ -1020,25 +1006,52 @@ fn release_conflation(c: &mut WsConnection, frame_bytes_max: usize, counters: &S
     c.outbox.push_back((Message::text(status), 0));
     let mut latest: Vec<(u64, String)> = conflation.latest.into_values().collect();
     latest.sort_unstable_by_key(|(seq, _)| *seq);
-    let mut message = String::new();
-    let mut in_message = 0u32;
+    let mut arrays = Arrays::new(frame_bytes_max);
     for (_, json) in latest {
-        if !message.is_empty() && message.len() + json.len() + 2 > frame_bytes_max {
-            message.push(']');
-            c.outbox_bytes += message.len();
-            c.outbox.push_back((Message::text(std::mem::take(&mut message)), in_message));
-            in_message = 0;
-        }
-        message.push(if message.is_empty() { '[' } else { ',' });
-        message.push_str(&json);
-        in_message += 1;
+        arrays.push(&json, &mut c.outbox, &mut c.outbox_bytes);
     }
-    if !message.is_empty() {
-        message.push(']');
-        c.outbox_bytes += message.len();
-        c.outbox.push_back((Message::text(message), in_message));
-    }
+    arrays.finish(&mut c.outbox, &mut c.outbox_bytes);
     let _ = flush(c, counters);
+}
+
+/// One client's JSON arrays for a cycle, split above `frame_bytes_max`, into its outbox.
+struct Arrays {
+    message: String,
+    in_message: u32,
+    events: u64,
+    frame_bytes_max: usize,
+}
+
+impl Arrays {
+    fn new(frame_bytes_max: usize) -> Arrays {
+        Arrays { message: String::new(), in_message: 0, events: 0, frame_bytes_max }
+    }
+
+    /// Appends one event's object, sending the array first if the event would not fit.
+    fn push(&mut self, json: &str, outbox: &mut VecDeque<(Message, u32)>, bytes: &mut usize) {
+        if !self.message.is_empty() && self.message.len() + json.len() + 2 > self.frame_bytes_max {
+            self.close(outbox, bytes);
+        }
+        self.message.push(if self.message.is_empty() { '[' } else { ',' });
+        self.message.push_str(json);
+        self.in_message += 1;
+        self.events += 1;
+    }
+
+    fn close(&mut self, outbox: &mut VecDeque<(Message, u32)>, bytes: &mut usize) {
+        self.message.push(']');
+        *bytes += self.message.len();
+        outbox.push_back((Message::text(std::mem::take(&mut self.message)), self.in_message));
+        self.in_message = 0;
+    }
+
+    /// Sends what is left; returns the events in all.
+    fn finish(mut self, outbox: &mut VecDeque<(Message, u32)>, bytes: &mut usize) -> u64 {
+        if !self.message.is_empty() {
+            self.close(outbox, bytes);
+        }
+        self.events
+    }
 }
 
 /// Writes an HTTP response; returns false once it is all written (or failed): drop then.
