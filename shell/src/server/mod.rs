@@ -1076,6 +1076,9 @@ fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
         match c.ws.write(message) {
             Ok(()) => {}
             Err(tungstenite::Error::WriteBufferFull(back)) => {
+                // tungstenite hands back the message as a frame, header included: account for
+                // what is queued now, so the count matches what later leaves.
+                c.outbox_bytes = c.outbox_bytes - len + back.len();
                 c.outbox.push_front((*back, events));
                 break;
             }
