@@ -60,5 +60,5 @@ pub use event::{
     SurgeTrigger, Trend, VwapPosition,
 };
 pub use stats::Stats;
-pub use symbol::{SymbolTable, Ticker};
+pub use symbol::{SymbolNames, SymbolTable, Ticker};
 pub use tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};

@@ -141,11 +141,6 @@ impl LaneSet {
         LaneSet { lanes: Lane::ALL.map(|lane| Vec::with_capacity(config.capacity(lane))) }
     }
 
-    /// The events of one lane, in `seq` order.
-    pub fn lane(&self, lane: Lane) -> &[Event] {
-        &self.lanes[lane.index()]
-    }
-
     /// Events in all lanes.
     pub fn len(&self) -> usize {
         self.lanes.iter().map(Vec::len).sum()

@@ -3,8 +3,14 @@
 //! Interning happens where tickers arrive as text (a feed parser, an importer), outside the
 //! per-trade path; the engine only ever sees ids. Ids are never reused, so per-symbol state
 //! indexed by id stays valid for the life of the process.
+//!
+//! One thread owns the [`SymbolTable`] and interns; any thread turns ids back into names
+//! through [`SymbolNames`] (from [`SymbolTable::names`]), without a lock: each slot is
+//! written once, and a pipeline publishes an id only after interning it (the ring between
+//! the threads orders the write before the read).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::RejectReason;
 use crate::limits::SYMBOL_LEN_MAX;
@@ -39,7 +45,7 @@ impl Ticker {
     }
 }
 
-/// Tickers to ids and back, up to a fixed capacity (`symbols_max`).
+/// Tickers to ids and back, up to a fixed capacity (`symbols_max`); the interning side.
 ///
 /// # Overflow
 /// A new ticker beyond the capacity is refused with [`RejectReason::SymbolTableFull`] and
@@ -47,39 +53,103 @@ impl Ticker {
 #[derive(Debug)]
 pub struct SymbolTable {
     ids: HashMap<Ticker, SymbolId>,
-    tickers: Vec<Ticker>,
-    capacity: usize,
+    names: Arc<SymbolNames>,
     rejects_bad: u64,
     rejects_full: u64,
+}
+
+/// Names by id, readable from any thread while the table's owner interns.
+#[derive(Debug)]
+pub struct SymbolNames {
+    slots: Box<[OnceLock<Ticker>]>,
+}
+
+impl SymbolNames {
+    /// The ticker of `id`, once interned.
+    pub fn ticker(&self, id: SymbolId) -> Option<Ticker> {
+        self.slots.get(id.index())?.get().copied()
+    }
+
+    /// The ticker text of `id`, once interned.
+    pub fn name(&self, id: SymbolId) -> Option<&str> {
+        self.slots.get(id.index())?.get().map(Ticker::as_str)
+    }
+
+    /// The most symbols the table holds (`symbols_max`).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
 }
 
 impl SymbolTable {
     /// An empty table for `capacity` symbols; memory for all of them is reserved now.
     pub fn new(capacity: u32) -> SymbolTable {
-        let capacity = capacity as usize;
+        let slots = (0..capacity).map(|_| OnceLock::new()).collect();
         SymbolTable {
-            ids: HashMap::with_capacity(capacity),
-            tickers: Vec::with_capacity(capacity),
-            capacity,
+            ids: HashMap::with_capacity(capacity as usize),
+            names: Arc::new(SymbolNames { slots }),
             rejects_bad: 0,
             rejects_full: 0,
         }
     }
 
-    /// The id of `text`, assigning the next free one if it is new.
+    /// The shared read side.
+    pub fn names(&self) -> Arc<SymbolNames> {
+        Arc::clone(&self.names)
+    }
+
+    /// The id of `text`; a new ticker gets the next id (the count interned), or the lowest
+    /// free one if `intern_at` took the next.
     pub fn intern(&mut self, text: &str) -> Result<SymbolId, RejectReason> {
-        let ticker = Ticker::new(text).inspect_err(|_| self.rejects_bad += 1)?;
+        let ticker = self.validate(text)?;
         if let Some(&id) = self.ids.get(&ticker) {
             return Ok(id);
         }
-        if self.tickers.len() >= self.capacity {
+        self.insert_free(ticker)
+    }
+
+    /// Interns `text` at `wanted` if that id is free (a replay keeps the recorded ids, so that
+    /// same-instant bar closes come out in the recorded order); otherwise as
+    /// [`SymbolTable::intern`].
+    pub fn intern_at(&mut self, text: &str, wanted: SymbolId) -> Result<SymbolId, RejectReason> {
+        let ticker = self.validate(text)?;
+        if let Some(&id) = self.ids.get(&ticker) {
+            return Ok(id);
+        }
+        match self.names.slots.get(wanted.index()) {
+            Some(slot) if slot.get().is_none() => {
+                self.insert(wanted, ticker);
+                Ok(wanted)
+            }
+            _ => self.insert_free(ticker),
+        }
+    }
+
+    fn validate(&mut self, text: &str) -> Result<Ticker, RejectReason> {
+        Ticker::new(text).inspect_err(|_| self.rejects_bad += 1)
+    }
+
+    /// The next id if free, else the lowest free one (only after `intern_at` placed ids out
+    /// of order; the scan is then linear, on the cold interning path).
+    fn insert_free(&mut self, ticker: Ticker) -> Result<SymbolId, RejectReason> {
+        let next = self.ids.len();
+        let free = match self.names.slots.get(next) {
+            Some(slot) if slot.get().is_none() => Some(next),
+            _ => self.names.slots.iter().position(|slot| slot.get().is_none()),
+        };
+        let Some(index) = free else {
             self.rejects_full += 1;
             return Err(RejectReason::SymbolTableFull);
-        }
-        let id = SymbolId(self.tickers.len() as u32);
-        self.tickers.push(ticker);
-        self.ids.insert(ticker, id);
+        };
+        let id = SymbolId(index as u32);
+        self.insert(id, ticker);
         Ok(id)
+    }
+
+    fn insert(&mut self, id: SymbolId, ticker: Ticker) {
+        let fresh = self.names.slots[id.index()].set(ticker).is_ok();
+        assert!(fresh, "Invariant: a symbol slot is written once");
+        self.ids.insert(ticker, id);
     }
 
     /// The id of `text` if it was interned.
@@ -89,22 +159,22 @@ impl SymbolTable {
 
     /// The ticker of `id`, if assigned.
     pub fn ticker(&self, id: SymbolId) -> Option<&str> {
-        self.tickers.get(id.index()).map(Ticker::as_str)
+        self.names.name(id)
     }
 
     /// Symbols interned so far.
     pub fn len(&self) -> usize {
-        self.tickers.len()
+        self.ids.len()
     }
 
     /// Whether no symbol was interned yet.
     pub fn is_empty(&self) -> bool {
-        self.tickers.is_empty()
+        self.ids.is_empty()
     }
 
     /// The most symbols the table holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.names.capacity()
     }
 
     /// Refusals so far: `(bad ticker, table full)`.
@@ -139,5 +209,21 @@ mod tests {
         assert_eq!(table.ticker(SymbolId(1)), Some("MSFT"));
         assert_eq!(table.ticker(SymbolId(2)), None);
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn intern_at_keeps_a_free_id_and_moves_a_taken_one() {
+        let mut table = SymbolTable::new(4);
+        let names = table.names();
+        assert_eq!(table.intern_at("IBM", SymbolId(2)), Ok(SymbolId(2)));
+        assert_eq!(table.intern_at("AAPL", SymbolId(2)), Ok(SymbolId(1)), "taken: the next id");
+        assert_eq!(table.intern("MSFT"), Ok(SymbolId(0)), "the next id is taken: the lowest free");
+        assert_eq!(table.intern("TSLA"), Ok(SymbolId(3)));
+        assert_eq!(names.name(SymbolId(2)), Some("IBM"));
+        assert_eq!(
+            names.ticker(SymbolId(3)).map(|t| t.as_str().to_owned()),
+            Some("TSLA".to_owned())
+        );
+        assert_eq!(table.intern("NVDA"), Err(RejectReason::SymbolTableFull));
     }
 }

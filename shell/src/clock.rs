@@ -30,12 +30,6 @@ impl Clock {
         let elapsed_ns = u64::try_from(self.anchor.elapsed().as_nanos()).unwrap_or(u64::MAX);
         Timestamp(self.anchor_unix_ns.saturating_add(elapsed_ns))
     }
-
-    /// The monotonic instant a Unix timestamp from this clock corresponds to.
-    pub fn instant_of(&self, ts: Timestamp) -> Instant {
-        let offset_ns = ts.0.saturating_sub(self.anchor_unix_ns);
-        self.anchor + std::time::Duration::from_nanos(offset_ns)
-    }
 }
 
 impl Default for Clock {

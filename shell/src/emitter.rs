@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use tickstock_engine::encode::encode_event;
 use tickstock_engine::limits::EVENT_JSON_BYTES_MAX;
 use tickstock_engine::mfbuf::MfConsumer;
-use tickstock_engine::{Event, EventBody, SymbolId, Ticker};
+use tickstock_engine::{Event, EventBody, SymbolId, SymbolNames, Ticker};
 
 use crate::clock::Clock;
 use crate::idle::{IdleStrategy, Idler, Waker};
-use crate::symbols::Symbols;
 use crate::tracer::{Counters, Histograms, LocalHistogram};
 
 /// One encoded event in a [`FrameBatch`].
@@ -110,11 +109,6 @@ impl FrameBatch {
     /// The JSON object of `frame`.
     pub fn json(&self, frame: &Frame) -> &[u8] {
         &self.bytes[frame.start as usize..frame.end as usize]
-    }
-
-    /// All encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
     }
 
     /// Frames in the batch.
@@ -222,7 +216,7 @@ pub struct EmitterContext {
     /// The buffer's consumer side.
     pub consumer: MfConsumer,
     /// Names for `sym`.
-    pub symbols: Arc<Symbols>,
+    pub symbols: Arc<SymbolNames>,
     /// Stage counters.
     pub counters: Arc<Counters>,
     /// Shared histograms.

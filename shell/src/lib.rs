@@ -13,7 +13,7 @@
 //! | [`idle`] | spin, yield, back off and park |
 //! | [`server`] | the WebSocket server of PROTOCOL.md, `/health` and `/metrics`, on mio |
 //! | [`tracer`] | per-stage counters and latency histograms |
-//! | [`clock`], [`symbols`] | the runtime clock and the shared symbol names |
+//! | [`clock`] | the runtime clock |
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,5 +27,4 @@ pub mod idle;
 pub mod journal;
 pub mod pipeline;
 pub mod server;
-pub mod symbols;
 pub mod tracer;

@@ -375,7 +375,7 @@ fn status_line(c: &Counters, h: &Histograms, last: &mut (u64, std::time::Instant
         c.rejected.get(),
         c.detected.get(),
         c.emitted.get(),
-        c.buffer_dropped_total(),
+        c.buffer_dropped.get(),
         c.journal_records.get(),
         if c.journal_down.load(Ordering::Relaxed) { " (DOWN)" } else { "" },
         p50 as f64 / 1e3,
@@ -401,8 +401,8 @@ fn final_report(report: &Report) -> String {
     }
     lines.push(format!(
         "received {}, accepted {}, rejected {}, events {}, buffered {}, buffer dropped {}, pulled {}, encoded {}, emitted {} in {} batches, sink failed {}",
-        c.received.get(), c.accepted.get(), c.rejected.get(), c.detected.get(), c.buffered_total(),
-        c.buffer_dropped_total(), c.pulled.get(), c.encoded.get(), c.emitted.get(), c.emitted_batches.get(), c.sink_failed.get()
+        c.received.get(), c.accepted.get(), c.rejected.get(), c.detected.get(), c.buffered.get(),
+        c.buffer_dropped.get(), c.pulled.get(), c.encoded.get(), c.emitted.get(), c.emitted_batches.get(), c.sink_failed.get()
     ));
     let reasons: Vec<String> = RejectReason::ALL
         .iter()

@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tickstock_engine::mfbuf::{self, Lane, MfBufCounters, MfProducer};
-use tickstock_engine::{Engine, Tick};
+use tickstock_engine::{Engine, SymbolTable, Tick};
 
 use crate::clock::Clock;
 use crate::config::{Backpressure, JournalFailurePolicy, Settings};
@@ -34,7 +34,6 @@ use crate::emitter::{self, EmitterContext, FrameSink};
 use crate::feed::{Feed, FeedEnd, FeedTx, Input, TimeSource};
 use crate::idle::{Idler, Waker};
 use crate::journal::{self, writer::JournalState, Recovery};
-use crate::symbols::SymbolWriter;
 use crate::tracer::{percentiles, Counters, Histograms, LocalHistogram};
 
 /// Inputs ahead of the current one whose state the engine prefetches.
@@ -144,7 +143,8 @@ pub fn run_observed(
         stop: Arc::clone(&stop),
         clock: Clock::new(),
     });
-    let (symbol_writer, symbols) = SymbolWriter::new(settings.engine.symbols_max);
+    let symbol_table = SymbolTable::new(settings.engine.symbols_max);
+    let symbols = symbol_table.names();
     let (mf_producer, mf_consumer, mf_counters) = mfbuf::mfbuf(&settings.mfbuf);
     let (ring_tx, ring_rx) = rtrb::RingBuffer::new(settings.pipeline.ring_capacity as usize);
     let journal_failed = Arc::new(AtomicBool::new(false));
@@ -226,7 +226,7 @@ pub fn run_observed(
         let counters = Arc::clone(&feed_shared.counters);
         let stop = Arc::clone(&feed_shared.stop);
         let mut tx =
-            FeedTx::new(ring_tx, symbol_writer, engine_waker, idler, counters, stop, time_source);
+            FeedTx::new(ring_tx, symbol_table, engine_waker, idler, counters, stop, time_source);
         let mut feed = feed;
         let end = feed.run(&mut tx);
         tx.end();

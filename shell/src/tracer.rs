@@ -76,24 +76,9 @@ impl Counter {
         // Relaxed: as `get`; only the owning thread writes.
         self.0.store(value, Ordering::Relaxed);
     }
-
-    /// Adds to the counter. Only for the owning thread: a load and a store, not an RMW.
-    pub fn add(&self, delta: u64) {
-        self.set(self.get().wrapping_add(delta));
-    }
 }
 
 impl Counters {
-    /// Events the multi-frequency buffer dropped.
-    pub fn buffer_dropped_total(&self) -> u64 {
-        self.buffer_dropped.get()
-    }
-
-    /// Events the multi-frequency buffer took.
-    pub fn buffered_total(&self) -> u64 {
-        self.buffered.get()
-    }
-
     /// Publishes the engine's own statistics (called by the engine thread).
     pub fn publish_engine(&self, stats: &Stats) {
         self.accepted.set(

@@ -18,11 +18,10 @@ pub mod upstream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tickstock_engine::{RejectReason, SymbolId, Tick, Timestamp};
+use tickstock_engine::{RejectReason, SymbolId, SymbolTable, Tick, Timestamp};
 
 use crate::clock::Clock;
 use crate::idle::{Idler, Waker};
-use crate::symbols::SymbolWriter;
 use crate::tracer::Counters;
 
 /// One input to the engine thread.
@@ -62,7 +61,7 @@ pub enum TimeSource {
 #[derive(Debug)]
 pub struct FeedTx {
     ring: rtrb::Producer<Input>,
-    symbols: SymbolWriter,
+    symbols: SymbolTable,
     engine: Waker,
     idler: Idler,
     counters: Arc<Counters>,
@@ -76,7 +75,7 @@ pub struct FeedTx {
 impl FeedTx {
     pub(crate) fn new(
         ring: rtrb::Producer<Input>,
-        symbols: SymbolWriter,
+        symbols: SymbolTable,
         engine: Waker,
         idler: Idler,
         counters: Arc<Counters>,
@@ -148,12 +147,6 @@ impl FeedTx {
             return self.push(Input::Clock(now));
         }
         Ok(())
-    }
-
-    /// Sends the clock at a given time (virtual-time feeds at the end of a quiet stretch).
-    pub fn send_clock(&mut self, now: Timestamp) -> Result<(), Stopped> {
-        self.last_sent = now;
-        self.push(Input::Clock(now))
     }
 
     fn push(&mut self, input: Input) -> Result<(), Stopped> {

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tickstock_engine::{Tick, Timestamp};
+use tickstock_engine::{SymbolNames, Tick, Timestamp};
 
 use super::codec::{self, Record};
 use crate::config::{FsyncPolicy, JournalFailurePolicy, JournalSettings};
 use crate::idle::{IdleStrategy, Idler, Waker};
-use crate::symbols::Symbols;
 use crate::tracer::Counters;
 
 /// Bytes gathered before a `write` call.
@@ -37,7 +36,7 @@ pub struct WriterContext {
     /// Journal settings.
     pub settings: JournalSettings,
     /// Names for symbol records.
-    pub symbols: Arc<Symbols>,
+    pub symbols: Arc<SymbolNames>,
     /// Where it counts.
     pub counters: Arc<Counters>,
     /// Last error and current segment.

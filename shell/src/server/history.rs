@@ -92,20 +92,16 @@ impl History {
         self.entries.range(start..)
     }
 
-    /// Appends an entry's JSON to `out`.
+    /// Appends an entry's JSON to `out`, from the byte log's one or two contiguous parts.
     pub fn push_json(&self, entry: &Entry, out: &mut String) {
         let start = (entry.offset - self.base) as usize;
-        let bytes: Vec<u8> = self.bytes.range(start..start + entry.len as usize).copied().collect();
-        out.push_str(std::str::from_utf8(&bytes).unwrap_or("{}"));
-    }
-
-    /// Events retained.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when nothing is retained.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        let end = start + entry.len as usize;
+        let (front, back) = self.bytes.as_slices();
+        let first = &front[start.min(front.len())..end.min(front.len())];
+        let second = &back[start.saturating_sub(front.len())..end.saturating_sub(front.len())];
+        // The encoder writes ASCII only, so a split never falls inside a character.
+        for part in [first, second] {
+            out.push_str(std::str::from_utf8(part).unwrap_or(""));
+        }
     }
 }
