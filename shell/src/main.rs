@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tickstock_engine::RejectReason;
 use tickstock_shell::config::{FeedSource, Settings};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
-use tickstock_shell::emitter::{FrameSink, JsonLinesSink, NullSink};
+use tickstock_shell::emitter::{JsonLinesSink, NullSink};
 use tickstock_shell::feed::journal::{JournalFeed, Pace};
 use tickstock_shell::feed::synthetic::SyntheticFeed;
 use tickstock_shell::feed::upstream::parse::Garbage;
@@ -25,7 +25,7 @@ use tickstock_shell::feed::upstream::{
 use tickstock_shell::feed::{Feed, FeedEnd};
 use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
-use tickstock_shell::server::{self, Reporting, ServerHandle};
+use tickstock_shell::server::{Reporting, Service};
 use tickstock_shell::tracer::{Counters, Histograms};
 
 /// Exit code for a configuration or usage error.
@@ -264,34 +264,25 @@ fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, S
     }
 }
 
-type Sink = (Box<dyn FrameSink>, Option<ServerHandle>);
-
-/// The sink for `output`; for the WebSocket server, also its handle.
-fn sink(settings: &Settings, output: Output, reporting: Reporting) -> Result<Sink, String> {
-    match output {
-        Output::Stdout => Ok((
-            Box::new(JsonLinesSink::new(BufWriter::with_capacity(1 << 16, io::stdout()))),
-            None,
-        )),
-        Output::None => Ok((Box::new(NullSink), None)),
-        Output::Websocket => {
-            let auth = Authenticator::load(&settings.server)?;
-            let open = auth.is_open();
-            let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
-            let (sink, handle) = server::start(&settings.server, auth, reporting, batch_bytes)
-                .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
-            let address = handle.local_addr;
-            eprintln!(
-                "tickstock: serving ws://{address}/stocks, http://{address}/health and /metrics"
-            );
-            if open {
-                eprintln!(
-                    "tickstock: no credentials configured: any token is accepted (loopback only)"
-                );
-            }
-            Ok((Box::new(sink), Some(handle)))
-        }
+/// Starts the WebSocket server fed by the pipeline.
+fn serve(
+    settings: &Settings,
+    feed: Box<dyn Feed>,
+    time: TimeMode,
+    stop: Arc<AtomicBool>,
+    reporting: Reporting,
+    status: impl FnMut(&Counters, &Histograms) + Send + 'static,
+) -> Result<Service, String> {
+    let auth = Authenticator::load(&settings.server)?;
+    let open = auth.is_open();
+    let service = Service::start(settings, auth, feed, time, stop, reporting, status)
+        .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
+    let address = service.local_addr;
+    eprintln!("tickstock: serving ws://{address}/stocks, http://{address}/health and /metrics");
+    if open {
+        eprintln!("tickstock: no credentials configured: any token is accepted (loopback only)");
     }
+    Ok(service)
 }
 
 fn stop_after(duration_s: Option<u64>, stop: &Arc<AtomicBool>) {
@@ -316,7 +307,7 @@ fn run(
 ) -> ExitCode {
     let mut last = (0u64, std::time::Instant::now());
     let upstream_line = upstream.clone();
-    let status = |counters: &Counters, histograms: &Histograms| {
+    let status = move |counters: &Counters, histograms: &Histograms| {
         if !quiet {
             eprintln!("{}", status_line(counters, histograms, &mut last));
             if let Some(upstream) = &upstream_line {
@@ -326,18 +317,45 @@ fn run(
     };
     let observed = Observed::default();
     let reporting = Reporting { observed: observed.clone(), upstream: upstream.clone() };
-    let (sink, server) = match sink(settings, output, reporting) {
-        Ok(made) => made,
-        Err(message) => {
-            eprintln!("tickstock: {message}");
-            return ExitCode::from(EXIT_CONFIG);
+    let (result, server_counters) = match output {
+        Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {
+            Ok(service) => {
+                let counters = Arc::clone(&service.counters);
+                (service.wait(), Some(counters))
+            }
+            Err(message) => {
+                eprintln!("tickstock: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Output::Stdout => {
+            let sink = JsonLinesSink::new(BufWriter::with_capacity(1 << 16, io::stdout()));
+            (
+                pipeline::run_observed(
+                    settings,
+                    feed,
+                    Box::new(sink),
+                    time,
+                    stop,
+                    status,
+                    observed,
+                ),
+                None,
+            )
         }
+        Output::None => (
+            pipeline::run_observed(
+                settings,
+                feed,
+                Box::new(NullSink),
+                time,
+                stop,
+                status,
+                observed,
+            ),
+            None,
+        ),
     };
-    let result = pipeline::run_observed(settings, feed, sink, time, stop, status, observed);
-    let server_counters = server.as_ref().map(|server| Arc::clone(&server.counters));
-    if let Some(server) = server {
-        server.stop();
-    }
     let report = match result {
         Ok(report) => report,
         Err(error) => {

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tickstock_shell::config::Settings;
 use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
-use tickstock_shell::pipeline::{self, Observed, TimeMode};
+use tickstock_shell::pipeline::{Observed, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
 use tickstock_shell::server::metrics::ServerCounters;
-use tickstock_shell::server::{self, Reporting};
+use tickstock_shell::server::{Reporting, Service};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -24,7 +24,7 @@ type Client = WebSocket<MaybeTlsStream<TcpStream>>;
 struct TestServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    runner: Option<thread::JoinHandle<()>>,
+    service: Option<Service>,
     counters: Arc<ServerCounters>,
     /// The synthetic market's tickers, most active first.
     tickers: Vec<String>,
@@ -34,8 +34,8 @@ struct TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(runner) = self.runner.take() {
-            let _ = runner.join();
+        if let Some(service) = self.service.take() {
+            service.wait().unwrap();
         }
     }
 }
@@ -64,34 +64,21 @@ fn start(configure: impl FnOnce(&mut Settings)) -> TestServer {
     // SAFETY-free: tests in this file all set the same value.
     unsafe_env();
     let auth = Authenticator::load(&settings.server).unwrap();
-    let observed = Observed::default();
-    let reporting = Reporting { observed: observed.clone(), upstream: None };
-    let (sink, handle) = server::start(
-        &settings.server,
+    let reporting = Reporting { observed: Observed::default(), upstream: None };
+    let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let service = Service::start(
+        &settings,
         auth,
+        feed,
+        TimeMode::Live,
+        Arc::clone(&stop),
         reporting,
-        settings.pipeline.emitter_batch_bytes as usize,
+        |_, _| {},
     )
     .unwrap();
-    let addr = handle.local_addr;
-    let counters = Arc::clone(&handle.counters);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_run = Arc::clone(&stop);
-    let runner = thread::spawn(move || {
-        let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
-        let result = pipeline::run_observed(
-            &settings,
-            feed,
-            Box::new(sink),
-            TimeMode::Live,
-            stop_run,
-            |_, _| {},
-            observed,
-        );
-        handle.stop();
-        result.unwrap();
-    });
-    TestServer { addr, stop, runner: Some(runner), counters, tickers, _keys: keys }
+    let (addr, counters) = (service.local_addr, Arc::clone(&service.counters));
+    TestServer { addr, stop, service: Some(service), counters, tickers, _keys: keys }
 }
 
 fn unsafe_env() {

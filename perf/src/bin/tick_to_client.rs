@@ -26,9 +26,9 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tickstock_shell::config::Settings;
 use tickstock_shell::feed::synthetic::SyntheticFeed;
-use tickstock_shell::pipeline::{self, Observed, TimeMode};
+use tickstock_shell::pipeline::{Observed, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
-use tickstock_shell::server::{self, Reporting};
+use tickstock_shell::server::{Reporting, Service};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -138,30 +138,20 @@ fn main() {
     settings.server.listen = "127.0.0.1:0".to_owned();
     settings.server.connections_per_user_max = u32::MAX / 2;
     let auth = Authenticator::load(&settings.server).expect("open auth on loopback");
-    let observed = Observed::default();
-    let reporting = Reporting { observed: observed.clone(), upstream: None };
-    let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
-    let (sink, handle) =
-        server::start(&settings.server, auth, reporting, batch_bytes).expect("the server starts");
-    let addr = handle.local_addr;
-    let counters = Arc::clone(&handle.counters);
+    let reporting = Reporting { observed: Observed::default(), upstream: None };
+    let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
     let stop_pipeline = Arc::new(AtomicBool::new(false));
-    let stop_run = Arc::clone(&stop_pipeline);
-    let run_settings = settings.clone();
-    let runner = thread::spawn(move || {
-        let feed = Box::new(SyntheticFeed::new(run_settings.synthetic.clone(), 1));
-        let report = pipeline::run_observed(
-            &run_settings,
-            feed,
-            Box::new(sink),
-            TimeMode::Live,
-            stop_run,
-            |_, _| {},
-            observed,
-        );
-        handle.stop();
-        report.expect("the pipeline ran")
-    });
+    let service = Service::start(
+        &settings,
+        auth,
+        feed,
+        TimeMode::Live,
+        Arc::clone(&stop_pipeline),
+        reporting,
+        |_, _| {},
+    )
+    .expect("the server starts");
+    let (addr, counters) = (service.local_addr, Arc::clone(&service.counters));
     let mut all: Vec<Client> = (0..args.clients).map(|_| connect(addr, &args.topics)).collect();
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds"),
@@ -193,7 +183,7 @@ fn main() {
         reader.join().expect("reader");
     }
     stop_pipeline.store(true, Ordering::Relaxed);
-    let report = runner.join().expect("pipeline thread");
+    let report = service.wait().expect("the pipeline ran");
     let h = histogram.lock().expect("not poisoned");
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
     println!("scenario: one_feed_to_n_clients_tick_to_client, {} clients on {}, {} trades/s, emitter cycle {} µs, {} s measured, {cores} cores", args.clients, args.topics, args.rate, args.cycle_us, args.seconds);

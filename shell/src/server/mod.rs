@@ -43,10 +43,12 @@ use self::history::History;
 use self::metrics::ServerCounters;
 use self::session::{channel_index, Action, Phase, Session, AUTH_FAILED, CLOSE_POLICY, CONNECTED};
 use crate::clock::Clock;
-use crate::config::{ServerSettings, SlowConsumerPolicy};
+use crate::config::{ServerSettings, Settings, SlowConsumerPolicy};
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::feed::upstream::UpstreamStatus;
-use crate::pipeline::Observed;
+use crate::feed::Feed;
+use crate::pipeline::{self, Observed, Report, StartError, TimeMode};
+use crate::tracer::{Counters, Histograms};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -158,6 +160,54 @@ impl ServerHandle {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.waker.wake();
         let _ = self.thread.join();
+    }
+}
+
+/// The server fed by a pipeline that runs on a thread of its own: `tickstock serve`, the
+/// tests and the perf scenarios start it the same way.
+#[derive(Debug)]
+pub struct Service {
+    /// The address the server listens on.
+    pub local_addr: SocketAddr,
+    /// The server's counters.
+    pub counters: Arc<ServerCounters>,
+    runner: JoinHandle<Result<Report, StartError>>,
+}
+
+impl Service {
+    /// Starts the server, then the pipeline from `feed` into it. The pipeline stops when the
+    /// feed ends or `stop` is raised; then the server closes its connections and stops.
+    /// `status` is called every `stats_interval_ms` from the pipeline's thread.
+    pub fn start(
+        settings: &Settings,
+        auth: Authenticator,
+        feed: Box<dyn Feed>,
+        time: TimeMode,
+        stop: Arc<AtomicBool>,
+        reporting: Reporting,
+        status: impl FnMut(&Counters, &Histograms) + Send + 'static,
+    ) -> io::Result<Service> {
+        let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+        let (sink, handle) = start(&settings.server, auth, reporting.clone(), batch_bytes)?;
+        let (local_addr, counters) = (handle.local_addr, Arc::clone(&handle.counters));
+        let settings = settings.clone();
+        let runner =
+            std::thread::Builder::new().name("tickstock-main".to_owned()).spawn(move || {
+                let sink = Box::new(sink);
+                let observed = reporting.observed;
+                let report =
+                    pipeline::run_observed(&settings, feed, sink, time, stop, status, observed);
+                handle.stop();
+                report
+            })?;
+        Ok(Service { local_addr, counters, runner })
+    }
+
+    /// Waits until the pipeline has ended and the server has stopped.
+    pub fn wait(self) -> Result<Report, StartError> {
+        self.runner.join().unwrap_or_else(|_| {
+            Err(StartError::Spawn(io::Error::other("the pipeline thread panicked")))
+        })
     }
 }
 
