@@ -621,22 +621,16 @@ impl Loop {
     ) -> Vec<Action> {
         let Some(Connection::Ws(c)) = self.connections.get_mut(key) else { return Vec::new() };
         let was_waiting = matches!(c.session.phase, Phase::AwaitingAuth { .. });
+        let errors_before = c.session.errors();
         let actions = f(&mut c.session, &self.auth);
         let counters = &self.counters;
         if was_waiting && c.session.phase == Phase::Active {
             ServerCounters::add(&counters.auth_successes, 1);
         }
-        for action in &actions {
-            match action {
-                Action::Close(CLOSE_POLICY, "authentication failed") => {
-                    ServerCounters::add(&counters.auth_failures, 1)
-                }
-                Action::Send(text) if text.contains(r#""status":"error""#) => {
-                    ServerCounters::add(&counters.client_errors, 1)
-                }
-                _ => {}
-            }
+        if actions.contains(&Action::Close(CLOSE_POLICY, "authentication failed")) {
+            ServerCounters::add(&counters.auth_failures, 1);
         }
+        ServerCounters::add(&counters.client_errors, u64::from(c.session.errors() - errors_before));
         let count = c.session.subscription_count();
         self.subscriptions = self.subscriptions + count as u64 - c.subscriptions as u64;
         c.subscriptions = count;

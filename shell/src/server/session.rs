@@ -351,6 +351,11 @@ impl Session {
             && self.subscriptions.iter().any(|s| s.all || !s.symbols.is_empty())
     }
 
+    /// Client errors so far (bad messages, refused topics, filters or refreshes, rate limit).
+    pub fn errors(&self) -> u32 {
+        self.errors
+    }
+
     /// Subscribed topics in all.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.iter().map(|s| usize::from(s.all) + s.symbols.len()).sum()
