@@ -16,7 +16,7 @@
 //! The importer does not validate trades against the engine's rules (price jumps, reordering):
 //! the replay does that, and counts what it rejects, as it would live.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -247,7 +247,7 @@ struct SegmentOut {
     index: u64,
     segment_bytes_max: u64,
     file: Option<(File, u64)>,
-    named: HashMap<SymbolId, ()>,
+    named: HashSet<SymbolId>,
     buf: Vec<u8>,
     written: Vec<PathBuf>,
 }
@@ -255,7 +255,7 @@ struct SegmentOut {
 impl SegmentOut {
     fn new(dir: &Path, index: u64, segment_bytes_max: u64) -> SegmentOut {
         let (file, named, buf, written) =
-            (None, HashMap::new(), Vec::with_capacity(1 << 20), Vec::new());
+            (None, HashSet::new(), Vec::with_capacity(1 << 20), Vec::new());
         SegmentOut { dir: dir.to_owned(), index, segment_bytes_max, file, named, buf, written }
     }
 
@@ -269,7 +269,7 @@ impl SegmentOut {
             self.index += 1;
             self.named.clear();
         }
-        if self.named.insert(trade.symbol, ()).is_none() {
+        if self.named.insert(trade.symbol) {
             codec::encode(
                 &mut self.buf,
                 &Record::Symbol { id: trade.symbol, ticker: ticker.as_str() },
