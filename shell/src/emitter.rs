@@ -42,7 +42,7 @@ pub struct Frame {
     pub volume: u64,
     /// `TR` and `SV` strength, 1 weak to 3 strong; 0 for the others, which pass it.
     pub strength: u8,
-    /// Byte range of its JSON object in [`FrameBatch::bytes`].
+    /// Byte range of its JSON object in the batch (read it with [`FrameBatch::json`]).
     pub start: u32,
     /// End of that range (exclusive).
     pub end: u32,
