@@ -278,6 +278,12 @@ pub fn prometheus(
         &one(get(&server.slow_consumer_dropped_bytes)),
     );
     metric(
+        "conflated_events_total",
+        "counter",
+        "Events conflation dropped from slow clients' outboxes (`slow_consumer_policy = \"conflate\"`).",
+        &one(get(&server.conflated_events)),
+    );
+    metric(
         "client_errors_total",
         "counter",
         "Client errors answered with an error status.",

@@ -1,0 +1,500 @@
+//! The client side: N WebSocket connections to the server under test, read by a few reader
+//! threads that wait in epoll (mio) and check every event they get.
+//!
+//! Per connection and step a reader keeps: the step's trades received, their checksum (id,
+//! price, size), events of every kind, `seq` order, trades from outside the step, malformed
+//! messages, conflation losses and how the connection ended. Per connection and run it keeps
+//! a checksum of every event per block of `seq` numbers, so the load generator can check
+//! that all clients saw the same bars and detector events. Latency is recorded for each
+//! trade of the step: receive time minus the trade's intended send time.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use crate::upstream::{Clock, Schedule};
+use crate::wire::{event_mix, for_each_event, trade_mix, Event};
+
+/// `seq` numbers per block of the cross-client event checksum (`seq >> BLOCK_SHIFT`).
+pub const BLOCK_SHIFT: u32 = 12;
+/// tungstenite zero-fills this much before every read, so it stays small; a large message
+/// still reserves its whole length.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Deadline for the handshake, auth and subscribe of one connection.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+const WAKER: Token = Token(usize::MAX);
+
+/// Where and how clients connect.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// WebSocket path (`/stocks`).
+    pub path: String,
+    /// The `auth` token.
+    pub token: String,
+    /// The `subscribe` params (`T.*,A.*,...`).
+    pub topics: String,
+}
+
+/// One open client connection, between connect and a reader.
+#[derive(Debug)]
+pub struct Conn {
+    id: u32,
+    socket: WebSocket<TcpStream>,
+}
+
+impl Conn {
+    /// Connects, authenticates and subscribes, blocking, then switches to non-blocking.
+    pub fn open(target: &Target, id: u32) -> Result<Conn, String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("client {id}: {what}: {e}");
+        let stream = TcpStream::connect_timeout(&target.addr, CONNECT_DEADLINE)
+            .map_err(|e| fail("connect", &e))?;
+        stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
+        stream.set_read_timeout(Some(CONNECT_DEADLINE)).map_err(|e| fail("socket", &e))?;
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let url = format!("ws://{}{}", target.addr, target.path);
+        let (mut socket, _) = tungstenite::client::client_with_config(url, stream, Some(config))
+            .map_err(|e| fail("handshake", &e))?;
+        let token = serde_json::to_string(&target.token).unwrap_or_default();
+        socket
+            .send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#)))
+            .map_err(|e| fail("send auth", &e))?;
+        await_status(&mut socket, |s| s == "auth_success").map_err(|e| fail("auth", &e))?;
+        let topics = serde_json::to_string(&target.topics).unwrap_or_default();
+        socket
+            .send(Message::text(format!(r#"{{"action":"subscribe","params":{topics}}}"#)))
+            .map_err(|e| fail("send subscribe", &e))?;
+        await_status(&mut socket, |s| s == "success").map_err(|e| fail("subscribe", &e))?;
+        socket.get_mut().set_nonblocking(true).map_err(|e| fail("socket", &e))?;
+        Ok(Conn { id, socket })
+    }
+}
+
+/// Reads messages until a status for which `wanted` holds; an `error`-like status fails.
+fn await_status(socket: &mut WebSocket<TcpStream>, wanted: impl Fn(&str) -> bool) -> Result<(), String> {
+    loop {
+        let text = match socket.read().map_err(|e| e.to_string())? {
+            Message::Text(text) => text,
+            Message::Close(frame) => return Err(format!("closed: {frame:?}")),
+            _ => continue,
+        };
+        let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text.as_str()) else {
+            continue;
+        };
+        for item in items {
+            let status = item["status"].as_str().unwrap_or_default();
+            if wanted(status) {
+                return Ok(());
+            }
+            if matches!(status, "auth_failed" | "error" | "max_connections") {
+                return Err(format!("{status}: {}", item["message"].as_str().unwrap_or_default()));
+            }
+        }
+    }
+}
+
+/// One connection's figures for one step.
+#[derive(Clone, Debug, Default)]
+pub struct ConnReport {
+    /// Connection id.
+    pub id: u32,
+    /// Trades of the step received.
+    pub trades: u64,
+    /// Sum of their checksums.
+    pub checksum: u64,
+    /// Events of every kind received in the step.
+    pub events: u64,
+    /// Trades received whose id is not in the step (late from an earlier step).
+    pub stray: u64,
+    /// Events whose `seq` was not above the previous one.
+    pub order_violations: u64,
+    /// Events the server said it dropped by conflation.
+    pub conflated: u64,
+    /// The first unreadable message, if any.
+    pub malformed: Option<String>,
+    /// How it ended, if it did in this step (a close code and reason, or an error).
+    pub closed: Option<String>,
+    /// Whether the server closed it with 4008 (slow consumer).
+    pub slow_consumer: bool,
+    /// Blocks completed in this step: (block, events, checksum).
+    pub blocks: Vec<(u64, u64, u64)>,
+    /// Blocks this connection covered whole: the open block at the previous report and now.
+    pub covered: (u64, u64),
+}
+
+/// One reader's figures for one step.
+#[derive(Debug)]
+pub struct ReaderReport {
+    /// Tick-to-client latency of the step's trades (ns).
+    pub latency: Histogram<u64>,
+    /// Per connection.
+    pub conns: Vec<ConnReport>,
+}
+
+enum Command {
+    Add(Vec<Conn>),
+    Close(Vec<u32>),
+    Begin(Schedule),
+    End(Sender<ReaderReport>),
+    Stop,
+}
+
+/// The reader threads and their connections.
+#[derive(Debug)]
+pub struct Pool {
+    readers: Vec<Reader>,
+    /// Trades of the current step received, over all connections.
+    pub received: Arc<AtomicU64>,
+    /// Connection ids held by each reader, and where the next goes.
+    held: Vec<Vec<u32>>,
+    next_id: u32,
+}
+
+#[derive(Debug)]
+struct Reader {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: JoinHandle<()>,
+}
+
+impl Reader {
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Add(_) => "Add",
+            Command::Close(_) => "Close",
+            Command::Begin(_) => "Begin",
+            Command::End(_) => "End",
+            Command::Stop => "Stop",
+        })
+    }
+}
+
+impl Pool {
+    /// Starts `threads` reader threads with no connections.
+    pub fn start(threads: usize, clock: Clock) -> std::io::Result<Pool> {
+        let received = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for index in 0..threads.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (commands, inbox) = mpsc::channel();
+            let received = Arc::clone(&received);
+            let thread = thread::Builder::new()
+                .name(format!("loadgen-reader-{index}"))
+                .spawn(move || ReaderLoop::new(poll, inbox, clock, received).run())?;
+            readers.push(Reader { commands, waker, thread });
+        }
+        let held = vec![Vec::new(); readers.len()];
+        Ok(Pool { readers, received, held, next_id: 0 })
+    }
+
+    /// Connections held (open as far as the pool knows).
+    pub fn len(&self) -> usize {
+        self.held.iter().map(Vec::len).sum()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Opens connections until there are `count`, or closes the newest down to `count`.
+    /// `progress` is told each new connection.
+    pub fn resize(&mut self, target: &Target, count: usize, mut progress: impl FnMut(usize)) -> Result<(), String> {
+        while self.len() > count {
+            let reader = (0..self.held.len()).max_by_key(|&r| self.held[r].len()).unwrap_or(0);
+            let ids: Vec<u32> = self.held[reader].pop().into_iter().collect();
+            self.readers[reader].send(Command::Close(ids));
+        }
+        let mut batches: Vec<Vec<Conn>> = (0..self.readers.len()).map(|_| Vec::new()).collect();
+        while self.len() + batches.iter().map(Vec::len).sum::<usize>() < count {
+            let reader = (0..self.held.len())
+                .min_by_key(|&r| self.held[r].len() + batches[r].len())
+                .unwrap_or(0);
+            let conn = Conn::open(target, self.next_id)?;
+            self.next_id += 1;
+            batches[reader].push(conn);
+            progress(self.len() + batches.iter().map(Vec::len).sum::<usize>());
+        }
+        for (reader, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.held[reader].extend(batch.iter().map(|c| c.id));
+                self.readers[reader].send(Command::Add(batch));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a step: every connection's step figures are reset.
+    pub fn begin(&self, schedule: Schedule) {
+        self.received.store(0, Ordering::Relaxed);
+        for reader in &self.readers {
+            reader.send(Command::Begin(schedule));
+        }
+    }
+
+    /// Ends a step: the readers' figures. Connections that ended are forgotten.
+    pub fn end(&mut self) -> Vec<ReaderReport> {
+        let mut reports = Vec::new();
+        for (index, reader) in self.readers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            reader.send(Command::End(tx));
+            if let Ok(report) = rx.recv_timeout(Duration::from_secs(30)) {
+                let ended: Vec<u32> =
+                    report.conns.iter().filter(|c| c.closed.is_some()).map(|c| c.id).collect();
+                self.held[index].retain(|id| !ended.contains(id));
+                reports.push(report);
+            }
+        }
+        reports
+    }
+
+    /// Stops the readers and closes every connection.
+    pub fn stop(self) {
+        for reader in &self.readers {
+            reader.send(Command::Stop);
+        }
+        for reader in self.readers {
+            let _ = reader.thread.join();
+        }
+    }
+}
+
+struct Held {
+    conn: Conn,
+    report: ConnReport,
+    last_seq: u64,
+    /// The block being filled: (block, events, checksum); `None` before the first event.
+    open: Option<(u64, u64, u64)>,
+    /// The first block seen, which is partial and never compared.
+    first_block: Option<u64>,
+    /// The open block when the step began.
+    begin_open: Option<u64>,
+}
+
+struct ReaderLoop {
+    poll: Poll,
+    inbox: Receiver<Command>,
+    clock: Clock,
+    received: Arc<AtomicU64>,
+    conns: Vec<Option<Held>>,
+    schedule: Option<Schedule>,
+    latency: Histogram<u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds")
+}
+
+impl ReaderLoop {
+    fn new(poll: Poll, inbox: Receiver<Command>, clock: Clock, received: Arc<AtomicU64>) -> ReaderLoop {
+        ReaderLoop { poll, inbox, clock, received, conns: Vec::new(), schedule: None, latency: new_histogram() }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(error) = self.poll.poll(&mut events, Some(Duration::from_millis(20))) {
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+            for event in &events {
+                if event.token() != WAKER {
+                    self.read(event.token().0);
+                }
+            }
+            while let Ok(command) = self.inbox.try_recv() {
+                match command {
+                    Command::Add(conns) => self.add(conns),
+                    Command::Close(ids) => self.close(&ids),
+                    Command::Begin(schedule) => self.begin(schedule),
+                    Command::End(reply) => {
+                        let _ = reply.send(self.end());
+                    }
+                    Command::Stop => {
+                        let ids: Vec<u32> = self.conns.iter().flatten().map(|h| h.conn.id).collect();
+                        self.close(&ids);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, conns: Vec<Conn>) {
+        for conn in conns {
+            let slot = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
+            let fd = conn.socket.get_ref().as_raw_fd();
+            let mut held = Held {
+                report: ConnReport { id: conn.id, ..Default::default() },
+                conn,
+                last_seq: 0,
+                open: None,
+                first_block: None,
+                begin_open: None,
+            };
+            if let Err(error) = self.poll.registry().register(&mut SourceFd(&fd), Token(slot), Interest::READABLE) {
+                held.report.closed = Some(format!("epoll: {error}"));
+            }
+            if slot == self.conns.len() {
+                self.conns.push(Some(held));
+            } else {
+                self.conns[slot] = Some(held);
+            }
+            // Data may have arrived before registration; edge-triggered epoll would not say.
+            self.read(slot);
+        }
+    }
+
+    fn close(&mut self, ids: &[u32]) {
+        for slot in &mut self.conns {
+            if slot.as_ref().is_some_and(|h| ids.contains(&h.conn.id)) {
+                if let Some(mut held) = slot.take() {
+                    let fd = held.conn.socket.get_ref().as_raw_fd();
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    let _ = held.conn.socket.close(None);
+                    let _ = held.conn.socket.flush();
+                }
+            }
+        }
+    }
+
+    fn begin(&mut self, schedule: Schedule) {
+        self.schedule = Some(schedule);
+        self.latency = new_histogram();
+        for held in self.conns.iter_mut().flatten() {
+            held.report = ConnReport { id: held.conn.id, ..Default::default() };
+            held.begin_open = held.open.map(|o| o.0);
+        }
+    }
+
+    fn end(&mut self) -> ReaderReport {
+        let mut conns = Vec::new();
+        for slot in &mut self.conns {
+            let Some(held) = slot.as_mut() else { continue };
+            // Whole blocks seen in this step: from the one open at `begin` (or after the
+            // first, partial one) up to, not including, the one open now.
+            let start = match held.first_block {
+                Some(first) => held.begin_open.unwrap_or(0).max(first + 1),
+                None => u64::MAX,
+            };
+            held.report.covered = (start, held.open.map_or(0, |o| o.0));
+            let report = std::mem::replace(&mut held.report, ConnReport { id: held.conn.id, ..Default::default() });
+            held.begin_open = held.open.map(|o| o.0);
+            if report.closed.is_some() {
+                *slot = None;
+            }
+            conns.push(report);
+        }
+        ReaderReport { latency: std::mem::replace(&mut self.latency, new_histogram()), conns }
+    }
+
+    fn read(&mut self, slot: usize) {
+        let Some(Some(held)) = self.conns.get_mut(slot) else { return };
+        if held.report.closed.is_some() {
+            return;
+        }
+        loop {
+            match held.conn.socket.read() {
+                Ok(Message::Text(text)) => {
+                    let now = self.clock.now_ns();
+                    let trades = absorb(held, text.as_bytes(), now, self.schedule.as_ref(), &mut self.latency);
+                    self.received.fetch_add(trades, Ordering::Relaxed);
+                }
+                Ok(Message::Close(frame)) => {
+                    let (code, reason) = frame.map_or((0, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    held.report.slow_consumer = code == 4008;
+                    held.report.closed = Some(format!("closed by the server: {code} {reason}"));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    if held.report.closed.is_none() {
+                        held.report.closed = Some(format!("connection lost: {error}"));
+                    }
+                }
+            }
+            if held.report.closed.is_some() {
+                let fd = held.conn.socket.get_ref().as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                return;
+            }
+        }
+        // Pongs for the server's pings.
+        let _ = held.conn.socket.flush();
+    }
+}
+
+/// Takes one message into a connection's figures; returns the step trades in it.
+fn absorb(held: &mut Held, text: &[u8], now: u64, schedule: Option<&Schedule>, latency: &mut Histogram<u64>) -> u64 {
+    let report = &mut held.report;
+    let (last_seq, open, first_block) = (&mut held.last_seq, &mut held.open, &mut held.first_block);
+    let mut trades = 0;
+    let mut note = |seq: u64, ev: &[u8], report: &mut ConnReport| {
+        report.events += 1;
+        if seq <= *last_seq {
+            report.order_violations += 1;
+        }
+        *last_seq = seq;
+        let block = seq >> BLOCK_SHIFT;
+        match open {
+            Some((b, count, sum)) if *b == block => {
+                *count += 1;
+                *sum = sum.wrapping_add(event_mix(seq, ev));
+            }
+            _ => {
+                if let Some(done) = open.take() {
+                    if *first_block != Some(done.0) {
+                        report.blocks.push(done);
+                    }
+                }
+                first_block.get_or_insert(block);
+                *open = Some((block, 1, event_mix(seq, ev)));
+            }
+        }
+    };
+    let scanned = for_each_event(text, |event| match event {
+        Event::Trade { seq, k, price, size } => {
+            note(seq, b"T", report);
+            match schedule {
+                Some(s) if s.contains(k) => {
+                    trades += 1;
+                    report.trades += 1;
+                    report.checksum = report.checksum.wrapping_add(trade_mix(k, price, size));
+                    let _ = latency.record(now.saturating_sub(s.intended_ns(k)).max(1_000));
+                }
+                _ => report.stray += 1,
+            }
+        }
+        Event::Other { ev, seq } => note(seq, ev, report),
+        Event::Status { status, dropped } => {
+            if status == b"conflated" {
+                report.conflated += dropped;
+            }
+        }
+    });
+    if let Err(error) = scanned {
+        report.malformed.get_or_insert(error.0);
+    }
+    trades
+}

@@ -1,0 +1,109 @@
+//! What the run was measured on, and what a process costs, read from `/proc`.
+
+use std::fs;
+use std::process::Command;
+
+use serde::Serialize;
+
+/// The machine, toolchain and checkout a result came from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// `model name` of the first CPU in `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Cores this process may run on.
+    pub cores: usize,
+    /// `MemTotal`, GiB.
+    pub memory_gib: f64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The compiler that built this binary (the server is built from the same workspace).
+    pub rustc: String,
+    /// `git rev-parse HEAD` of the working directory, `-dirty` with uncommitted changes.
+    pub git_commit: String,
+}
+
+impl Machine {
+    /// Reads it all; a value that cannot be read is `"unknown"`.
+    pub fn describe() -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':').map(|(_, v)| v))
+            .map_or_else(|| "unknown".to_owned(), |model| model.trim().to_owned());
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+        let commit = output("git", &["rev-parse", "HEAD"]);
+        let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"]);
+        let git_commit = match (commit, dirty) {
+            (Some(commit), Some(dirty)) if !dirty.is_empty() => format!("{commit}-dirty"),
+            (Some(commit), _) => commit,
+            (None, _) => "unknown".to_owned(),
+        };
+        Machine {
+            cpu_model,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: memory_kib / (1024.0 * 1024.0),
+            kernel,
+            rustc: env!("LOADGEN_RUSTC").to_owned(),
+            git_commit,
+        }
+    }
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// CPU time and resident memory of one process at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSample {
+    /// User plus system CPU time of all its threads, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; `None` once the process is gone.
+pub fn sample(pid: u32) -> Option<ProcSample> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state is field 3 of stat(5), so utime (14) and stime (15) are at 11, 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Some(ProcSample { cpu_ticks: utime + stime, rss_bytes: rss_kib * 1024 })
+}
+
+/// `USER_HZ`: clock ticks per second in `/proc` CPU times (`getconf CLK_TCK`, else 100).
+pub fn clock_ticks_per_sec() -> u64 {
+    output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_this_process() {
+        let own = sample(std::process::id()).expect("own /proc entry");
+        assert!(own.rss_bytes > 0);
+        let busy: u64 = (0..20_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
+        std::hint::black_box(busy);
+        let later = sample(std::process::id()).expect("own /proc entry");
+        assert!(later.cpu_ticks >= own.cpu_ticks);
+        assert_eq!(sample(u32::MAX), None);
+    }
+}

@@ -1,0 +1,455 @@
+//! A run: a grid of steps (clients × trade rate), each measured, validated and judged
+//! against the latency budget; the knees of the grid are the capacity answers.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::clients::{Pool, ReaderReport, Target, BLOCK_SHIFT};
+use crate::machine::{self, ProcSample};
+use crate::server::{Metrics, Server};
+use crate::upstream::{Clock, Command, Played, Report, Schedule};
+
+/// What to measure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Offered trade rates, trades/s, ascending.
+    pub rates: Vec<u32>,
+    /// Client counts, ascending.
+    pub clients: Vec<u32>,
+    /// Seconds of trades per step.
+    pub step_secs: f64,
+    /// The latency budget: p99 tick-to-client at or under this, in ms.
+    pub budget_p99_ms: f64,
+    /// Steps still run past a broken budget along each axis, to show the knee.
+    pub past_knee: u32,
+    /// Topics each client subscribes to.
+    pub topics: String,
+    /// The source of the played trades.
+    pub source: String,
+    /// Reader threads holding the clients.
+    pub reader_threads: usize,
+}
+
+/// Latency percentiles, ms.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+    /// Samples.
+    pub samples: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            samples: h.len(),
+        }
+    }
+}
+
+/// One measured step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// Clients connected at the start.
+    pub clients: u32,
+    /// Offered trades/s.
+    pub rate: u32,
+    /// Trades sent.
+    pub sent: u64,
+    /// Trades sent per second of sending (below `rate` when the player could not keep up).
+    pub achieved_rate: f64,
+    /// Events of every kind delivered to all clients, per second of the step.
+    pub delivered_events_per_s: f64,
+    /// Tick-to-client latency of the step's trades, from their intended send time.
+    pub latency_ms: Percentiles,
+    /// How late the player's messages left (its own lag), ms.
+    pub send_lag_p99_ms: f64,
+    /// Clients the server closed as slow consumers (4008).
+    pub slow_consumer_closes: u64,
+    /// Events the server dropped: multi-frequency buffer full, or conflated away.
+    pub server_dropped_events: u64,
+    /// Server CPU, cores (CPU seconds per second), when local.
+    pub server_cpu_cores: Option<f64>,
+    /// Server resident memory at the end of the step, MiB, when local.
+    pub server_rss_mib: Option<f64>,
+    /// The load generator's own CPU, cores: on a shared machine it competes with the server.
+    pub loadgen_cpu_cores: f64,
+    /// Every expected event arrived intact, in order, on every client that stayed.
+    pub valid: bool,
+    /// Why not.
+    pub invalid_reasons: Vec<String>,
+    /// Valid, inside the budget, nothing shed: the server held this load.
+    pub within_budget: bool,
+    /// Why not.
+    pub breaches: Vec<String>,
+}
+
+/// The capacity answers read off the grid.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Capacity {
+    /// Per client count: the highest rate held, with every lower rate held too.
+    pub max_rate_by_clients: Vec<(u32, Option<u32>)>,
+    /// Per rate: the most clients held, with every smaller count held too.
+    pub max_clients_by_rate: Vec<(u32, Option<u32>)>,
+}
+
+/// How the steps went, for the progress display.
+pub trait Progress {
+    /// A step starts.
+    fn step_started(&mut self, index: usize, clients: u32, rate: u32, secs: f64);
+    /// Time passes in a step (fraction done, 0 to 1).
+    fn step_tick(&mut self, fraction: f64);
+    /// A step is measured.
+    fn step_done(&mut self, step: &Step);
+    /// A note (connecting clients, a skipped step).
+    fn note(&mut self, text: &str);
+}
+
+/// Everything a run needs.
+#[derive(Debug)]
+pub struct Rig {
+    /// The server under test.
+    pub server: Server,
+    /// The clients.
+    pub pool: Pool,
+    /// Where they connect.
+    pub target: Target,
+    /// Commands to the player.
+    pub player: Sender<Command>,
+    /// Its reports.
+    pub reports: Receiver<Report>,
+    /// The shared clock.
+    pub clock: Clock,
+}
+
+/// The id of the first trade; later steps continue from the last.
+const FIRST_TRADE_ID: u64 = 1;
+/// The run waits this long for the server's upstream session before the first step.
+const SESSION_DEADLINE: Duration = Duration::from_secs(30);
+/// After a step's last trade is sent, how long the clients may go without progress before
+/// what has not arrived is counted missing.
+const DRAIN_QUIET: Duration = Duration::from_millis(1_000);
+/// The longest drain.
+const DRAIN_MAX: Duration = Duration::from_secs(60);
+/// Trades are scheduled from this far in the future, so readers know the step first.
+const LEAD: Duration = Duration::from_millis(50);
+
+impl Rig {
+    /// Waits for the server's upstream session.
+    pub fn await_session(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + SESSION_DEADLINE;
+        loop {
+            match self.reports.recv_timeout(Duration::from_millis(100)) {
+                Ok(Report::Session(_)) => return Ok(()),
+                Ok(Report::Lost(reason)) => return Err(reason),
+                Ok(Report::Played(_)) => {}
+                Err(_) if Instant::now() < deadline && self.server.running() => {}
+                Err(_) => {
+                    return Err("the server did not open its upstream session with the player".to_owned())
+                }
+            }
+        }
+    }
+
+    /// Runs the plan; `warmup_secs` of trades first at the lowest rate, not reported.
+    pub fn run(&mut self, plan: &Plan, warmup_secs: f64, progress: &mut dyn Progress) -> Result<Vec<Step>, String> {
+        let mut next_trade = FIRST_TRADE_ID;
+        let hz = machine::clock_ticks_per_sec();
+        if warmup_secs > 0.0 {
+            let clients = plan.clients.first().copied().unwrap_or(1);
+            progress.note(&format!("warm-up: {warmup_secs} s at {} trades/s, {clients} clients", plan.rates[0]));
+            self.resize(clients, progress)?;
+            let warm = self.step(plan, clients, plan.rates[0], warmup_secs, &mut next_trade, hz, progress)?;
+            if !warm.valid {
+                progress.note(&format!("warm-up was not clean: {}", warm.invalid_reasons.join("; ")));
+            }
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        let mut index = 0;
+        for &clients in &plan.clients {
+            for &rate in &plan.rates {
+                if let Some(why) = skip(&steps, plan, clients, rate) {
+                    progress.note(&format!("skipped {clients} clients × {rate} trades/s: {why}"));
+                    continue;
+                }
+                if !self.server.running() {
+                    return Err("the server under test exited".to_owned());
+                }
+                self.resize(clients, progress)?;
+                index += 1;
+                progress.step_started(index, clients, rate, plan.step_secs);
+                let step = self.step(plan, clients, rate, plan.step_secs, &mut next_trade, hz, progress)?;
+                progress.step_done(&step);
+                steps.push(step);
+            }
+        }
+        Ok(steps)
+    }
+
+    fn resize(&mut self, clients: u32, progress: &mut dyn Progress) -> Result<(), String> {
+        let have = self.pool.len();
+        if have < clients as usize {
+            progress.note(&format!("connecting clients: {have} → {clients}"));
+        }
+        self.pool.resize(&self.target, clients as usize, |_| {})
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        plan: &Plan,
+        clients: u32,
+        rate: u32,
+        secs: f64,
+        next_trade: &mut u64,
+        hz: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<Step, String> {
+        let trades = ((f64::from(rate) * secs).round() as u64).max(1);
+        let before = self.server.metrics()?;
+        let proc_before = self.server.pid.and_then(machine::sample);
+        let own_before = machine::sample(std::process::id()).unwrap_or_default();
+        let started = Instant::now();
+        let schedule = Schedule {
+            first: *next_trade,
+            trades,
+            rate: f64::from(rate),
+            start_ns: self.clock.now_ns() + LEAD.as_nanos() as u64,
+        };
+        *next_trade += trades;
+        self.pool.begin(schedule);
+        let _ = self.player.send(Command::Play(schedule));
+        let mut lost = Vec::new();
+        let played = loop {
+            match self.reports.recv_timeout(Duration::from_millis(100)) {
+                Ok(Report::Played(played)) => break played,
+                Ok(Report::Lost(reason)) => lost.push(reason),
+                Ok(Report::Session(n)) => lost.push(format!("the server opened upstream session {n} mid-run")),
+                Err(_) => {
+                    progress.step_tick(started.elapsed().as_secs_f64() / secs);
+                    if !self.server.running() {
+                        return Err("the server under test exited".to_owned());
+                    }
+                }
+            }
+        };
+        // Drain: until every client has every trade, or nothing moves for DRAIN_QUIET.
+        let expected = played.sent * self.pool.len() as u64;
+        let (mut seen, mut moved) = (self.pool.received.load(Ordering::Relaxed), Instant::now());
+        let drain_started = Instant::now();
+        while seen < expected && moved.elapsed() < DRAIN_QUIET && drain_started.elapsed() < DRAIN_MAX {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.pool.received.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, moved) = (now, Instant::now());
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let reports = self.pool.end();
+        let after = self.server.metrics()?;
+        let proc_after = self.server.pid.and_then(machine::sample);
+        let own_after = machine::sample(std::process::id()).unwrap_or_default();
+        let cores = |a: ProcSample, b: ProcSample| (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed;
+        let mut step = judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
+        step.invalid_reasons.extend(lost);
+        step.valid = step.invalid_reasons.is_empty();
+        step.within_budget &= step.valid;
+        step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
+        step.server_rss_mib = proc_after.map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0));
+        step.loadgen_cpu_cores = cores(own_before, own_after);
+        Ok(step)
+    }
+}
+
+/// Why a step is not worth running: the budget already broke at a smaller load along the
+/// same axis, `past_knee` steps ago.
+fn skip(steps: &[Step], plan: &Plan, clients: u32, rate: u32) -> Option<String> {
+    let past = plan.past_knee as usize;
+    let broke_after = |on_axis: &dyn Fn(&Step) -> bool| {
+        let line: Vec<&Step> = steps.iter().filter(|s| on_axis(s)).collect();
+        line.iter().position(|s| !s.within_budget).is_some_and(|at| line.len() - at > past)
+    };
+    if broke_after(&|s: &Step| s.clients == clients && s.rate < rate) {
+        return Some(format!("the budget broke at a lower rate with {clients} clients"));
+    }
+    if broke_after(&|s: &Step| s.rate == rate && s.clients < clients) {
+        return Some(format!("the budget broke with fewer clients at {rate} trades/s"));
+    }
+    let hopeless = steps.iter().any(|s| s.clients <= clients && s.rate <= rate && !s.valid);
+    hopeless.then(|| "a smaller load was already invalid".to_owned())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    plan: &Plan,
+    clients: u32,
+    rate: u32,
+    played: &Played,
+    schedule: &Schedule,
+    reports: &[ReaderReport],
+    before: &Metrics,
+    after: &Metrics,
+    elapsed: f64,
+) -> Step {
+    let mut latency = Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds");
+    let mut invalid = Vec::new();
+    let mut breaches = Vec::new();
+    let (mut events, mut slow, mut conflated) = (0u64, 0u64, 0u64);
+    let mut blocks: HashMap<u64, (u64, u64, u32)> = HashMap::new();
+    let conns: Vec<_> = reports.iter().flat_map(|r| r.conns.iter()).collect();
+    for report in reports {
+        let _ = latency.add(&report.latency);
+    }
+    let note = |list: &mut Vec<String>, text: String| {
+        if list.len() < 20 {
+            list.push(text);
+        }
+    };
+    for c in &conns {
+        events += c.events;
+        conflated += c.conflated;
+        if let Some(error) = &c.malformed {
+            note(&mut invalid, format!("client {}: unreadable message: {error}", c.id));
+        }
+        if c.order_violations > 0 {
+            note(&mut invalid, format!("client {}: {} events out of seq order", c.id, c.order_violations));
+        }
+        if c.stray > 0 {
+            note(&mut invalid, format!("client {}: {} trades from an earlier step arrived late", c.id, c.stray));
+        }
+        if c.slow_consumer {
+            slow += 1;
+            continue;
+        }
+        if let Some(how) = &c.closed {
+            note(&mut invalid, format!("client {}: {how}", c.id));
+            continue;
+        }
+        if c.conflated > 0 {
+            continue;
+        }
+        if c.trades != played.sent {
+            let what = if c.trades < played.sent { "missing" } else { "extra" };
+            let n = c.trades.abs_diff(played.sent);
+            note(&mut invalid, format!("client {}: {n} trades {what} of {}", c.id, played.sent));
+        } else if c.checksum != played.checksum {
+            note(&mut invalid, format!("client {}: every trade arrived but the checksum differs (id, price or size altered)", c.id));
+        }
+        for &(block, count, sum) in &c.blocks {
+            let first = blocks.entry(block).or_insert((count, sum, c.id));
+            if (first.0, first.1) != (count, sum) {
+                note(&mut invalid, format!(
+                    "clients {} and {} disagree on the events with seq in [{}, {}): {} vs {}",
+                    first.2, c.id, block << BLOCK_SHIFT, (block + 1) << BLOCK_SHIFT, first.0, count
+                ));
+            }
+        }
+    }
+    // A client that was there for a whole block must have reported it.
+    for c in conns.iter().filter(|c| c.closed.is_none() && c.conflated == 0) {
+        for (&block, &(_, _, by)) in &blocks {
+            let covered = block >= c.covered.0 && block < c.covered.1;
+            if covered && !c.blocks.iter().any(|b| b.0 == block) {
+                note(&mut invalid, format!(
+                    "client {} got none of the events with seq in [{}, {}) that client {by} got",
+                    c.id, block << BLOCK_SHIFT, (block + 1) << BLOCK_SHIFT
+                ));
+            }
+        }
+    }
+    if conns.len() < clients as usize {
+        note(&mut invalid, format!("{} of {clients} clients answered", conns.len()));
+    }
+    let accepted = before.delta(after, "tickstock_ticks_accepted_total");
+    let rejected = before.delta(after, "tickstock_ticks_rejected_total");
+    if accepted != played.sent {
+        note(&mut invalid, format!("the server accepted {accepted} of {} trades sent ({rejected} rejected)", played.sent));
+    }
+    let buffer_dropped = before.delta(after, "tickstock_mfbuf_dropped_total");
+    let server_conflated = before.delta(after, "tickstock_conflated_events_total").max(conflated);
+    let sending_secs = (played.finished_ns.saturating_sub(schedule.start_ns)) as f64 / 1e9;
+    let achieved_rate = played.sent as f64 / sending_secs.max(played.sent as f64 / f64::from(rate));
+    let step_secs = played.sent as f64 / f64::from(rate);
+    let latency_ms = Percentiles::of(&latency);
+    if latency_ms.p99 > plan.budget_p99_ms {
+        breaches.push(format!("p99 {:.2} ms over the {} ms budget", latency_ms.p99, plan.budget_p99_ms));
+    }
+    if slow > 0 {
+        breaches.push(format!("{slow} clients closed as slow consumers"));
+    }
+    if buffer_dropped + server_conflated > 0 {
+        breaches.push(format!("the server dropped {buffer_dropped} events and conflated {server_conflated}"));
+    }
+    if achieved_rate < 0.95 * f64::from(rate) {
+        breaches.push(format!("only {achieved_rate:.0} trades/s could be sent (the server's feed pushed back)"));
+    }
+    let valid = invalid.is_empty();
+    Step {
+        clients,
+        rate,
+        sent: played.sent,
+        achieved_rate,
+        delivered_events_per_s: events as f64 / step_secs.max(elapsed.min(step_secs * 2.0)),
+        latency_ms,
+        send_lag_p99_ms: played.send_lag.value_at_quantile(0.99) as f64 / 1e6,
+        slow_consumer_closes: slow,
+        server_dropped_events: buffer_dropped + server_conflated,
+        server_cpu_cores: None,
+        server_rss_mib: None,
+        loadgen_cpu_cores: 0.0,
+        valid,
+        invalid_reasons: invalid,
+        within_budget: valid && breaches.is_empty(),
+        breaches,
+    }
+}
+
+/// Reads the capacity answers off the measured steps.
+pub fn capacity(plan: &Plan, steps: &[Step]) -> Capacity {
+    let held = |clients: u32, rate: u32| steps.iter().find(|s| s.clients == clients && s.rate == rate).map(|s| s.within_budget);
+    let knee = |line: &mut dyn Iterator<Item = (u32, Option<bool>)>| {
+        let mut best = None;
+        for (value, ok) in line {
+            match ok {
+                Some(true) => best = Some(value),
+                Some(false) => break,
+                None => {}
+            }
+        }
+        best
+    };
+    Capacity {
+        max_rate_by_clients: plan
+            .clients
+            .iter()
+            .map(|&c| (c, knee(&mut plan.rates.iter().map(|&r| (r, held(c, r))))))
+            .collect(),
+        max_clients_by_rate: plan
+            .rates
+            .iter()
+            .map(|&r| (r, knee(&mut plan.clients.iter().map(|&c| (c, held(c, r))))))
+            .collect(),
+    }
+}

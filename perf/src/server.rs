@@ -1,0 +1,237 @@
+//! The server under test: a `tickstock serve` child process fed by the player, or a server
+//! someone else started; and its `/metrics`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tickstock_shell::config::Settings;
+
+/// How long a spawned server may take to say where it listens.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The server the clients connect to.
+#[derive(Debug)]
+pub struct Server {
+    /// Its WebSocket and HTTP address.
+    pub addr: SocketAddr,
+    /// Its process, when local, for CPU and memory.
+    pub pid: Option<u32>,
+    /// The settings it runs with, when spawned.
+    pub settings: Option<Settings>,
+    child: Option<Child>,
+}
+
+/// How to reach the server under test.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// Spawn `tickstock serve --feed upstream` from this binary, with this configuration file
+    /// (or the defaults) and the player's address and key written over it.
+    Spawn {
+        /// The `tickstock` binary.
+        binary: PathBuf,
+        /// A configuration file to start from.
+        config: Option<PathBuf>,
+    },
+    /// A server already running, already pointed at the player (`upstream.url`).
+    Connect {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its process id, for CPU and memory (local servers only).
+        pid: Option<u32>,
+    },
+}
+
+/// The environment variable the spawned server reads the player's key from.
+pub const KEY_ENV: &str = "TICKSTOCK_UPSTREAM_KEY";
+
+impl Server {
+    /// Starts (or finds) the server. A spawned one runs with the configuration written to
+    /// `config_out` and writes its stderr to `log`.
+    pub fn launch(
+        launch: &Launch,
+        upstream: SocketAddr,
+        key: &str,
+        connections: u32,
+        config_out: &Path,
+        log: &Path,
+    ) -> Result<Server, String> {
+        let (binary, config) = match launch {
+            Launch::Connect { addr, pid } => {
+                return Ok(Server { addr: *addr, pid: *pid, settings: None, child: None });
+            }
+            Launch::Spawn { binary, config } => (binary, config),
+        };
+        let mut table: toml::Table = match config {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .parse()
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => toml::Table::new(),
+        };
+        let section = |table: &mut toml::Table, name: &str| -> Result<toml::Table, String> {
+            match table.remove(name) {
+                Some(toml::Value::Table(t)) => Ok(t),
+                None => Ok(toml::Table::new()),
+                Some(_) => Err(format!("`{name}` in the server configuration is not a table")),
+            }
+        };
+        let mut feed = section(&mut table, "feed")?;
+        feed.insert("source".into(), "upstream".into());
+        let mut up = section(&mut table, "upstream")?;
+        up.insert("url".into(), format!("ws://{upstream}/stocks").into());
+        up.insert("key_env".into(), KEY_ENV.into());
+        up.insert("topics".into(), toml::Value::Array(vec!["T.*".into()]));
+        // The player pauses between steps; that is not a stale feed.
+        up.insert("stale_check".into(), "never".into());
+        let mut server = section(&mut table, "server")?;
+        server.insert("listen".into(), "127.0.0.1:0".into());
+        for key in ["connections_max", "connections_per_user_max"] {
+            let configured = server.get(key).and_then(toml::Value::as_integer).unwrap_or(0);
+            server.insert(key.into(), configured.max(i64::from(connections)).into());
+        }
+        table.insert("feed".into(), feed.into());
+        table.insert("upstream".into(), up.into());
+        table.insert("server".into(), server.into());
+        let path = config_out.to_path_buf();
+        std::fs::write(&path, toml::to_string(&table).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let settings = Settings::load(&path).map_err(|e| format!("the server configuration: {e}"))?;
+
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(&path)
+            .args(["--quiet", "serve", "--feed", "upstream"])
+            .env(KEY_ENV, key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e} (build it: cargo build --release -p tickstock-shell)", binary.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let mut log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(log_file, "{line}");
+                if let Some(rest) = line.split("serving ws://").nth(1) {
+                    let addr = rest.split('/').next().and_then(|a| a.parse::<SocketAddr>().ok());
+                    if let (Some(tx), Some(addr)) = (found.take(), addr) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok(addr) = address.recv_timeout(Duration::from_millis(50)) {
+                let pid = Some(child.id());
+                return Ok(Server { addr, pid, settings: Some(settings), child: Some(child) });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(format!("the server exited ({status}) before listening:\n{tail}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("the server did not start listening in {START_DEADLINE:?}"));
+            }
+        }
+    }
+
+    /// Whether a spawned server is still running (a server not spawned here: assumed so).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops a spawned server: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// `/metrics`, each metric summed over its labels.
+    pub fn metrics(&self) -> Result<Metrics, String> {
+        scrape(self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Prometheus samples by metric name, summed over labels.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    /// A metric's value (0 when absent).
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `later - self` for a counter, as a whole number.
+    pub fn delta(&self, later: &Metrics, name: &str) -> u64 {
+        (later.get(name) - self.get(name)).max(0.0) as u64
+    }
+}
+
+/// GET `/metrics` and sum each metric over its labels.
+pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
+    let fail = |e: std::io::Error| format!("GET http://{addr}/metrics: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(fail)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(fail)?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("GET /metrics: no body")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET /metrics: {}", head.lines().next().unwrap_or_default()));
+    }
+    Ok(parse_metrics(body))
+}
+
+fn parse_metrics(body: &str) -> Metrics {
+    let mut out = HashMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or(series);
+        if let Ok(value) = value.parse::<f64>() {
+            *out.entry(name.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    Metrics(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_series_over_labels() {
+        let m = parse_metrics("# HELP x\nt_rej{reason=\"a\"} 2\nt_rej{reason=\"b\"} 3\nt_acc 10\nbad line\n");
+        assert_eq!((m.get("t_rej"), m.get("t_acc"), m.get("none")), (5.0, 10.0, 0.0));
+        let later = parse_metrics("t_acc 25\n");
+        assert_eq!(m.delta(&later, "t_acc"), 15);
+    }
+}
