@@ -43,6 +43,12 @@ pub struct Config {
     /// How long after its end a bar waits for the clock before it is closed.
     /// Default: 250 ms.
     pub bar_close_grace_ms: u64,
+    /// Spreads the clock-driven closes of different symbols' bars over this window: each
+    /// symbol waits `bar_close_grace_ms` plus its own fixed offset in `[0, spread)` (a hash of
+    /// its id), so thousands of quiet symbols do not all close in the same instant and
+    /// reach every client in one burst. 0 closes every symbol at exactly the grace. With the
+    /// defaults every bar is out within one second of its end. Default: 750 ms.
+    pub bar_close_spread_ms: u64,
     /// The exchange's time zone, an IANA name. Default: `America/New_York`.
     pub timezone: String,
     /// Market periods in the exchange's civil time. Default: see [`SessionHours`].
@@ -72,6 +78,7 @@ impl Default for Config {
             max_age_ms: 86_400_000,
             max_reorder_ms: 1_000,
             bar_close_grace_ms: 250,
+            bar_close_spread_ms: 750,
             timezone: "America/New_York".to_owned(),
             session_hours: SessionHours::default(),
             trend: TrendConfig::default(),
@@ -110,6 +117,7 @@ impl Config {
         range("max_age_ms", self.max_age_ms as f64, 0.0, 30.0 * 86_400_000.0)?;
         range("max_reorder_ms", self.max_reorder_ms as f64, 0.0, 3_600_000.0)?;
         range("bar_close_grace_ms", self.bar_close_grace_ms as f64, 0.0, 60_000.0)?;
+        range("bar_close_spread_ms", self.bar_close_spread_ms as f64, 0.0, 60_000.0)?;
         range("seq_start", self.seq_start as f64, 1.0, (u64::MAX / 2) as f64)?;
         let timezone: Tz = self.timezone.parse().map_err(|_| ConfigError::UnknownTimezone)?;
         let session_minutes = self.session_hours.validate()?;
@@ -134,6 +142,7 @@ impl Config {
             max_age_ns: self.max_age_ms * NANOS_PER_MS,
             max_reorder_ns: self.max_reorder_ms * NANOS_PER_MS,
             bar_close_grace_ns: self.bar_close_grace_ms * NANOS_PER_MS,
+            bar_close_spread_ns: self.bar_close_spread_ms * NANOS_PER_MS,
             timezone,
             session_minutes,
             trend,
@@ -549,6 +558,7 @@ pub struct Params {
     pub(crate) max_age_ns: u64,
     pub(crate) max_reorder_ns: u64,
     pub(crate) bar_close_grace_ns: u64,
+    pub(crate) bar_close_spread_ns: u64,
     pub(crate) timezone: Tz,
     pub(crate) session_minutes: [u32; 6],
     pub(crate) trend: TrendParams,

@@ -57,10 +57,12 @@ pub struct Engine {
     stats: Stats,
 }
 
-/// A bar of `symbol` due to close at `end_ns` plus the grace. Ordered by end, then symbol,
+/// A bar of `symbol` ending at `end_ns`, due to close on the clock at `due_ns` (the end plus
+/// the grace plus the symbol's stagger, [`close_due`]). Ordered by due time, end, symbol,
 /// then frequency, which is the order bars closed by the clock are emitted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
+    due_ns: u64,
     end_ns: u64,
     symbol: u32,
     frequency: Frequency,
@@ -251,9 +253,20 @@ impl Engine {
     /// of a replay.
     pub fn handle_flush(&mut self) -> Result<(), TickError> {
         self.ensure_drained()?;
-        while let Some(Reverse(timer)) = self.timers.pop() {
+        // The heap is in due order, which staggers symbols; a flush closes in end order.
+        // Sorting the heap's own vector in place allocates nothing.
+        // A timer may still name a bar a trade already closed; point each at the bar open now
+        // so that none re-arms while the heap is out.
+        let mut timers = std::mem::take(&mut self.timers).into_vec();
+        for Reverse(timer) in &mut timers {
+            let builder = &self.symbols[timer.symbol as usize].bars[timer.frequency.index()];
+            timer.end_ns = builder.open_end(timer.frequency).unwrap_or(0);
+        }
+        timers.sort_unstable_by_key(|Reverse(t)| (t.end_ns, t.symbol, t.frequency));
+        for Reverse(timer) in timers.drain(..) {
             self.fire_timer(timer, false);
         }
+        self.timers = BinaryHeap::from(timers);
         Ok(())
     }
 
@@ -271,8 +284,7 @@ impl Engine {
 
     /// When the next bar is due to close on the clock, if any is open.
     pub fn poll_deadline(&self) -> Option<Timestamp> {
-        let grace = self.params.bar_close_grace_ns;
-        self.timers.peek().map(|Reverse(timer)| Timestamp(timer.end_ns.saturating_add(grace)))
+        self.timers.peek().map(|Reverse(timer)| Timestamp(timer.due_ns))
     }
 
     fn ensure_drained(&self) -> Result<(), TickError> {
@@ -284,9 +296,8 @@ impl Engine {
 
     fn advance_clock(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
-        let grace = self.params.bar_close_grace_ns;
         while let Some(&Reverse(timer)) = self.timers.peek() {
-            if timer.end_ns.saturating_add(grace) > self.now_ns {
+            if timer.due_ns > self.now_ns {
                 break;
             }
             self.timers.pop();
@@ -313,7 +324,10 @@ impl Engine {
                     }
                 }
             }
-            Some(end_ns) => arm(&mut self.timers, builder, Timer { end_ns, ..timer }),
+            Some(end_ns) => {
+                let due_ns = close_due(&self.params, end_ns, symbol);
+                arm(&mut self.timers, builder, Timer { due_ns, end_ns, ..timer });
+            }
             None => {}
         }
     }
@@ -519,7 +533,8 @@ impl Engine {
             match builder.add(frequency, input) {
                 Placement::Added { opened: true } => {
                     let end_ns = builder.open_end(frequency).unwrap_or(input.t_ns);
-                    arm(&mut self.timers, builder, Timer { end_ns, symbol: symbol.0, frequency });
+                    let due_ns = close_due(&self.params, end_ns, symbol);
+                    arm(&mut self.timers, builder, Timer { due_ns, end_ns, symbol: symbol.0, frequency });
                 }
                 Placement::Added { opened: false } => {}
                 Placement::Late => stats.late[frequency.index()] += 1,
@@ -635,6 +650,15 @@ fn ring_of<S>(ring: &mut [S], ring_len: usize, index: usize) -> &mut [S] {
 }
 
 /// Queues a close timer for `builder` unless one is queued already.
+/// When the clock closes a bar of `symbol` ending at `end_ns`: the end, plus the grace,
+/// plus the symbol's fixed offset in `[0, bar_close_spread)` (Fibonacci hashing of its id,
+/// which spreads consecutive ids evenly).
+pub(crate) fn close_due(params: &Params, end_ns: u64, symbol: SymbolId) -> u64 {
+    let hash = u64::from(symbol.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    let stagger = (u128::from(hash) * u128::from(params.bar_close_spread_ns)) >> 32;
+    end_ns.saturating_add(params.bar_close_grace_ns).saturating_add(stagger as u64)
+}
+
 fn arm(timers: &mut BinaryHeap<Reverse<Timer>>, builder: &mut BarBuilder, timer: Timer) {
     if !builder.timer_armed {
         debug_assert!(timers.len() < timers.capacity(), "Invariant: one timer per bar builder");

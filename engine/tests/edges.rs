@@ -421,3 +421,55 @@ fn flush_closes_every_open_bar_in_end_symbol_frequency_order() {
         h.engine.poll_events().map(|e| (e.symbol.0, e.body.channel())).collect();
     assert_eq!(closed, vec![(1, "A"), (2, "A"), (1, "AM"), (2, "AM")]);
 }
+
+#[test]
+fn clock_closes_are_staggered_by_symbol_within_the_spread() {
+    let s = t0();
+    let close_times = |spread_ms: u64| {
+        let mut config = Config::default();
+        config.bar_close_spread_ms = spread_ms;
+        let mut h = Harness::new(&config);
+        for sym in 0..200 {
+            h.trade_of(sym, s + 100 * MS, s + 100 * MS, "10", 1).expect("accepted");
+        }
+        let mut closed = Vec::new();
+        for ms in 1_000..2_100 {
+            for event in h.clock(s + ms * MS) {
+                if matches!(event.body, EventBody::Bar(bar) if bar.frequency == Frequency::Second) {
+                    closed.push((event.symbol.0, ms));
+                }
+            }
+        }
+        closed
+    };
+    // No spread: DETECTORS.md's rule, every bar at exactly end + grace, in one call.
+    let all_at_once = close_times(0);
+    assert_eq!(all_at_once.len(), 200);
+    assert!(all_at_once.iter().all(|&(_, ms)| ms == 1_250));
+    // The default spread: each symbol at end + grace + its offset, all before the next
+    // second's bars would close, and no 10 ms carries more than a few.
+    let spread = close_times(Config::default().bar_close_spread_ms);
+    assert_eq!(spread.len(), 200);
+    assert!(spread.iter().all(|&(_, ms)| (1_250..2_000).contains(&ms)), "{spread:?}");
+    assert_eq!(spread.iter().find(|c| c.0 == 0).map(|c| c.1), Some(1_250), "symbol 0 has offset 0");
+    let mut per_window = [0u32; 75];
+    for &(_, ms) in &spread {
+        per_window[((ms - 1_250) / 10) as usize] += 1;
+    }
+    assert!(per_window.iter().all(|&n| n <= 6), "bursty: {per_window:?}");
+}
+
+#[test]
+fn a_symbols_stagger_extends_its_grace_for_late_trades() {
+    let config = Config::default();
+    let mut h = Harness::new(&config);
+    let s = t0();
+    // Symbol 1's offset is 0.618 of the 750 ms spread: its second closes at 1.25 + 0.46 s.
+    h.trade_of(1, s + 100 * MS, s + 100 * MS, "10", 1).expect("accepted");
+    assert!(h.clock(s + 1_600 * MS).is_empty());
+    // A trade of the closed second arriving then still joins the open bar, as within a grace.
+    h.trade_of(1, s + 1_600 * MS, s + 900 * MS, "10", 2).expect("accepted");
+    assert_eq!(h.engine.stats().late(Frequency::Second), 0);
+    let closed = h.clock(s + 1_800 * MS);
+    assert_eq!(bars(&closed, Frequency::Second)[0].volume, Qty(3));
+}

@@ -23,8 +23,11 @@ use crate::wire::{trade_mix, write_price};
 
 /// Trades in one upstream message, at most.
 pub const TRADES_PER_MESSAGE_MAX: u64 = 1_000;
-/// Below this wait the player yields instead of sleeping (sleep overshoots by ~60 µs).
-const SLEEP_FLOOR: Duration = Duration::from_micros(200);
+/// The player sleeps until the next trade is due, waking this much early: Linux's default
+/// timer slack makes a sleep overshoot by up to ~60 µs. It never spins or yields in a loop,
+/// which on a 2-core machine would take a core from the server under test; what is left of
+/// the overshoot is counted in the player's send lag and in every latency figure.
+const WAKE_EARLY: Duration = Duration::from_micros(50);
 /// How long the player waits for the server's `auth` and `subscribe` messages.
 const SESSION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -294,11 +297,7 @@ impl State {
                 continue;
             }
             let wait = Duration::from_nanos(schedule.intended_ns(next).saturating_sub(now));
-            if wait > SLEEP_FLOOR {
-                thread::sleep(wait - SLEEP_FLOOR / 2);
-            } else {
-                thread::yield_now();
-            }
+            thread::sleep(wait.saturating_sub(WAKE_EARLY).max(Duration::from_micros(1)));
         }
         played.finished_ns = self.clock.now_ns();
         Ok(played)

@@ -112,56 +112,132 @@ pub enum Event<'a> {
 pub struct Malformed(pub String);
 
 /// Calls `f` for each event of one server message (a JSON array of event objects).
+///
+/// One pass: each object's `"key":value` pairs are walked with `memchr` jumps, strings and
+/// arrays skipped whole, so a brace or comma inside a string cannot split an object.
 pub fn for_each_event<'a>(text: &'a [u8], mut f: impl FnMut(Event<'a>)) -> Result<(), Malformed> {
-    const OPEN: &[u8] = b"{\"ev\":\"";
-    if !text.starts_with(b"[") {
-        return Err(Malformed(format!("not an array: {}", excerpt(text))));
+    let malformed = |at: &[u8]| Malformed(format!("not an array of event objects near: {}", excerpt(at)));
+    let mut rest = match text.split_first() {
+        Some((b'[', rest)) => rest,
+        _ => return Err(malformed(text)),
+    };
+    loop {
+        match rest.split_first() {
+            Some((b']', _)) => return Ok(()),
+            Some((b',', tail)) => rest = tail,
+            Some((b'{', tail)) => {
+                let (object, tail) = walk_object(tail).ok_or_else(|| malformed(rest))?;
+                rest = tail;
+                f(object.event().ok_or_else(|| malformed(object.raw))?);
+            }
+            _ => return Err(malformed(rest)),
+        }
     }
-    let mut at = 0;
-    while let Some(found) = find(&text[at..], OPEN) {
-        let object = &text[at + found + OPEN.len()..];
-        let end = find(object, OPEN).unwrap_or(object.len());
-        let object = &object[..end];
-        at += found + OPEN.len() + end;
-        let ev = &object[..find(object, b"\"").ok_or_else(|| Malformed(excerpt(object)))?];
-        let field = |key: &[u8]| value(object, key);
+}
+
+/// The fields of one object the load generator reads.
+#[derive(Default)]
+struct Fields<'a> {
+    raw: &'a [u8],
+    ev: Option<&'a [u8]>,
+    seq: Option<&'a [u8]>,
+    i: Option<&'a [u8]>,
+    p: Option<&'a [u8]>,
+    s: Option<&'a [u8]>,
+    status: Option<&'a [u8]>,
+    dropped: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// Whether a data event has every field read (`status` objects are walked whole).
+    fn complete(&self) -> bool {
+        match self.ev {
+            Some(b"\"status\"") | None => false,
+            Some(b"\"T\"") => self.seq.is_some() && self.i.is_some() && self.p.is_some() && self.s.is_some(),
+            Some(_) => self.seq.is_some(),
+        }
+    }
+
+    fn event(&self) -> Option<Event<'a>> {
+        let ev = unquote(self.ev?)?;
         if ev == b"status" {
-            let status = field(b",\"status\":\"").unwrap_or_default();
-            let status = &status[..find(status, b"\"").unwrap_or(status.len())];
-            let dropped = field(b",\"dropped\":").and_then(number).unwrap_or(0);
-            f(Event::Status { status, dropped });
-            continue;
+            let status = self.status.and_then(unquote).unwrap_or_default();
+            let dropped = self.dropped.and_then(digits).unwrap_or(0);
+            return Some(Event::Status { status, dropped });
         }
-        let bad = || Malformed(format!("`{}` event without a readable field: {}", excerpt(ev), excerpt(object)));
-        let seq = field(b",\"seq\":").and_then(number).ok_or_else(bad)?;
+        let seq = digits(self.seq?)?;
         if ev == b"T" {
-            let k = field(b",\"i\":\"").and_then(number).ok_or_else(bad)?;
-            let price = field(b",\"p\":").and_then(|v| parse_price(token(v))).ok_or_else(bad)?;
-            let size = field(b",\"s\":").and_then(number).ok_or_else(bad)?;
-            f(Event::Trade { seq, k, price, size });
+            let k = digits(unquote(self.i?)?)?;
+            let price = parse_price(self.p?)?;
+            let size = digits(self.s?)?;
+            Some(Event::Trade { seq, k, price, size })
         } else {
-            f(Event::Other { ev, seq });
+            Some(Event::Other { ev, seq })
         }
     }
-    Ok(())
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
+fn unquote(value: &[u8]) -> Option<&[u8]> {
+    value.strip_prefix(b"\"")?.strip_suffix(b"\"")
 }
 
-/// The bytes after `key` in `object`.
-fn value<'a>(object: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    find(object, key).map(|at| &object[at + key.len()..])
+/// Walks `"key":value,...}` (after the `{`); returns the fields and what follows the `}`.
+fn walk_object(text: &[u8]) -> Option<(Fields<'_>, &[u8])> {
+    let mut fields = Fields::default();
+    let mut at = 0;
+    loop {
+        match text.get(at)? {
+            b'}' => {
+                fields.raw = &text[..at];
+                return Some((fields, &text[at + 1..]));
+            }
+            b',' => at += 1,
+            b'"' => {
+                let key_end = at + 1 + memchr::memchr(b'"', &text[at + 1..])?;
+                let key = &text[at + 1..key_end];
+                if text.get(key_end + 1) != Some(&b':') {
+                    return None;
+                }
+                let start = key_end + 2;
+                let end = match text.get(start)? {
+                    b'"' => string_end(text, start + 1)? + 1,
+                    b'[' => start + memchr::memchr(b']', &text[start..])? + 1,
+                    _ => start + memchr::memchr2(b',', b'}', &text[start..])?,
+                };
+                let value = &text[start..end];
+                match key {
+                    b"ev" => fields.ev = Some(value),
+                    b"seq" => fields.seq = Some(value),
+                    b"i" => fields.i = Some(value),
+                    b"p" => fields.p = Some(value),
+                    b"s" => fields.s = Some(value),
+                    b"status" => fields.status = Some(value),
+                    b"dropped" => fields.dropped = Some(value),
+                    _ => {}
+                }
+                at = end;
+                if fields.complete() {
+                    // A data event's strings (tickers, labels, trade ids) hold no braces:
+                    // the rest of the object can be skipped in one jump.
+                    let close = at + memchr::memchr(b'}', &text[at..])?;
+                    fields.raw = &text[..close];
+                    return Some((fields, &text[close + 1..]));
+                }
+            }
+            _ => return None,
+        }
+    }
 }
 
-/// A number token: up to the next `,`, `}`, `]` or `"`.
-fn token(value: &[u8]) -> &[u8] {
-    &value[..value.iter().position(|b| matches!(b, b',' | b'}' | b']' | b'"')).unwrap_or(value.len())]
-}
-
-fn number(value: &[u8]) -> Option<u64> {
-    digits(token(value))
+/// The index of the closing quote of a string whose body starts at `from`.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', &text[from..])?;
+        if text[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2;
+    }
 }
 
 fn excerpt(bytes: &[u8]) -> String {

@@ -119,11 +119,25 @@ impl Model {
 
     pub fn clock(&mut self, now: u64) {
         self.now = self.now.max(now);
-        let grace = self.config.bar_close_grace_ms * MS;
-        let due = self.open_bars().into_iter().filter(|&(end, _, _)| end + grace <= self.now);
-        for (_, sym, f) in due.collect::<Vec<_>>() {
+        let mut due: Vec<(u64, u64, u32, Frequency)> = self
+            .open_bars()
+            .into_iter()
+            .map(|(end, sym, f)| (self.close_due(end, sym), end, sym, f))
+            .filter(|&(due, ..)| due <= self.now)
+            .collect();
+        due.sort();
+        for (_, _, sym, f) in due {
             self.close_bar(sym, f);
         }
+    }
+
+    /// DETECTORS.md's `end + bar_close_grace_ms`, plus the symbol's stagger: its id times
+    /// 2^64/phi, top 32 bits, taken as a fraction of 2^32 of `bar_close_spread_ms`
+    /// (docs/detectors.md).
+    fn close_due(&self, end: u64, sym: u32) -> u64 {
+        let hash = u128::from(u64::from(sym).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32);
+        let spread = u128::from(self.config.bar_close_spread_ms * MS);
+        end + self.config.bar_close_grace_ms * MS + ((hash * spread) >> 32) as u64
     }
 
     pub fn flush(&mut self) {

@@ -1,0 +1,101 @@
+//! A short capacity run end to end: `loadgen` starts a real `tickstock serve --feed upstream`,
+//! plays into it, holds clients, and must produce a valid, self-consistent report.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `tickstock` binary of this workspace and profile, built if needed (a test of one
+/// package does not build another package's binaries).
+fn tickstock() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let dir = loadgen.parent().expect("target dir");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "tickstock-shell", "--bin", "tickstock"])
+        .args(if dir.ends_with("release") { vec!["--release"] } else { vec![] })
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "tickstock builds");
+    dir.join("tickstock")
+}
+
+#[test]
+fn a_short_sweep_reports_valid_self_consistent_results() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--clients", "3,1", "--rates", "2000,500", "--step-secs", "1.5", "--warmup-secs", "0.5"])
+        .args(["--source", "synthetic:300", "--budget-p99-ms", "250"])
+        .arg("--tickstock")
+        .arg(tickstock())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "loadgen failed:\n{stdout}\n{stderr}");
+    let file = |ext: &str| {
+        std::fs::read_dir(out.path())
+            .expect("out dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == ext) && !p.to_string_lossy().ends_with("-server.toml"))
+            .unwrap_or_else(|| panic!("no .{ext} in {}", out.path().display()))
+    };
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file("json")).expect("reads")).expect("JSON");
+    assert_eq!(result["valid"], true, "{result:#}");
+    for key in ["cpu_model", "kernel", "rustc", "git_commit"] {
+        assert!(result["machine"][key].as_str().is_some_and(|v| !v.is_empty()), "machine.{key}");
+    }
+    assert_eq!(result["server_settings"]["feed"]["source"], "upstream");
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 4, "1 and 3 clients × 500 and 2000 trades/s, sorted");
+    let mut order = Vec::new();
+    for step in steps {
+        let (clients, rate) = (step["clients"].as_u64().expect("clients"), step["rate"].as_u64().expect("rate"));
+        order.push((clients, rate));
+        let sent = step["sent"].as_u64().expect("sent");
+        assert_eq!(sent, rate * 3 / 2, "rate × 1.5 s trades sent");
+        // One latency sample per trade per client: every trade reached every client.
+        assert_eq!(step["latency_ms"]["samples"].as_u64(), Some(sent * clients));
+        let l = &step["latency_ms"];
+        let p = |k: &str| l[k].as_f64().expect("percentile");
+        assert!(0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("p999") && p("p999") <= p("max"));
+        assert!(step["delivered_events_per_s"].as_f64().expect("rate") >= (sent * clients) as f64 / 3.0);
+        assert!(step["server_cpu_cores"].as_f64().is_some_and(|c| c > 0.0), "server CPU read from /proc");
+        assert!(step["server_rss_mib"].as_f64().is_some_and(|m| m > 1.0), "server memory read from /proc");
+        assert_eq!(step["within_budget"], step["breaches"].as_array().expect("list").is_empty());
+    }
+    assert_eq!(order, vec![(1, 500), (1, 2000), (3, 500), (3, 2000)]);
+    // Capacity answers agree with the steps.
+    let by_clients = result["capacity"]["max_rate_by_clients"].as_array().expect("answers");
+    for answer in by_clients {
+        let clients = answer[0].as_u64().expect("clients");
+        let held = steps.iter().filter(|s| s["clients"].as_u64() == Some(clients)).all(|s| s["within_budget"] == true);
+        if held {
+            assert_eq!(answer[1].as_u64(), Some(2000), "{answer}");
+        }
+    }
+    let html = std::fs::read_to_string(file("html")).expect("report");
+    assert!(html.matches("<svg").count() >= 3, "latency-vs-rate per client count, and per-rate client charts");
+    assert!(stdout.contains("capacity: 3 clients"), "{stdout}");
+    let log = std::fs::read_to_string(file("log")).expect("server log");
+    assert!(log.contains("serving ws://"), "{log}");
+}
+
+#[test]
+fn bad_arguments_and_a_missing_server_binary_are_clear_errors() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(args).output().expect("runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(&["--rates", "0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--rates needs positive numbers"), "{stderr}");
+    let (code, stderr) = run(&["--source", "kafka:x"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let out = tempfile::tempdir().expect("tempdir");
+    let out_dir = out.path().to_str().expect("utf-8");
+    let (code, stderr) = run(&["--tickstock", "/nonexistent/tickstock", "--out", out_dir]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot start /nonexistent/tickstock"), "{stderr}");
+}
