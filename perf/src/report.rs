@@ -27,6 +27,8 @@ pub struct RunResult {
     pub capacity: Capacity,
     /// Every step valid.
     pub valid: bool,
+    /// SIGINT/SIGTERM ended the run before the plan was done.
+    pub interrupted: bool,
 }
 
 /// The terminal summary.
@@ -73,6 +75,9 @@ pub fn table(result: &RunResult) -> String {
     }
     for (rate, clients) in &result.capacity.max_clients_by_rate {
         let _ = writeln!(out, "capacity: {rate} trades/s: {}", clients.map_or("no client count held".to_owned(), |c| format!("up to {c} clients")));
+    }
+    if result.interrupted {
+        let _ = writeln!(out, "interrupted: only the steps above were run");
     }
     if !result.valid {
         let _ = writeln!(out, "THE RUN IS INVALID: some steps did not deliver what was sent (see `invalid_reasons`)");

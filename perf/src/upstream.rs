@@ -28,6 +28,9 @@ pub const TRADES_PER_MESSAGE_MAX: u64 = 1_000;
 /// which on a 2-core machine would take a core from the server under test; what is left of
 /// the overshoot is counted in the player's send lag and in every latency figure.
 const WAKE_EARLY: Duration = Duration::from_micros(50);
+/// The shortest sleep: at high rates the player wakes at most every 100 µs and sends what is
+/// due as one message (as Polygon batches), instead of one wake-up and one write per trade.
+const SLEEP_MIN: Duration = Duration::from_micros(100);
 /// How long the player waits for the server's `auth` and `subscribe` messages.
 const SESSION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -297,7 +300,7 @@ impl State {
                 continue;
             }
             let wait = Duration::from_nanos(schedule.intended_ns(next).saturating_sub(now));
-            thread::sleep(wait.saturating_sub(WAKE_EARLY).max(Duration::from_micros(1)));
+            thread::sleep(wait.saturating_sub(WAKE_EARLY).max(SLEEP_MIN));
         }
         played.finished_ns = self.clock.now_ns();
         Ok(played)

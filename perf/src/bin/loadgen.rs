@@ -15,7 +15,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -216,7 +217,13 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let server_settings = server.settings.as_ref().and_then(|s| serde_json::to_value(s).ok());
     let pool = Pool::start(plan.reader_threads, clock).map_err(|e| aborted(format!("reader threads: {e}")))?;
     let target = Target { addr: server.addr, path: "/stocks".to_owned(), token: args.token, topics: plan.topics.clone() };
-    let mut rig = Rig { server, pool, target, player: commands, reports, clock };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once (the started server then outlives this process).
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
+        let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
+    }
+    let mut rig = Rig { server, pool, target, player: commands, reports, clock, stop, interrupted: false };
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {bar:30} {percent:>3}% {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -226,7 +233,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     progress.note(&format!("loadgen: server at {}, upstream player at {}; results in {}.*", rig.server.addr, player.addr, stem.display()));
     let outcome = rig.await_session().and_then(|()| rig.run(&plan, args.warmup_secs, &mut progress));
     progress.bar.finish_and_clear();
-    let Rig { server, pool, player: commands, .. } = rig;
+    let Rig { server, pool, player: commands, interrupted, .. } = rig;
     pool.stop();
     let _ = commands.send(Command::Stop);
     player.join();
@@ -234,7 +241,11 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let steps = outcome.map_err(|e| aborted(format!("{e} (server log: {})", file("-server.log").display())))?;
     let capacity = run::capacity(&plan, &steps);
     let valid = steps.iter().all(|s| s.valid);
-    let result = RunResult { format: 1, started_unix_s, machine, plan, server_settings, steps, capacity, valid };
+    if interrupted {
+        eprintln!("loadgen: interrupted; reporting the {} steps done", steps.len());
+    }
+    let result =
+        RunResult { format: 1, started_unix_s, machine, plan, server_settings, steps, capacity, valid, interrupted };
     let json = serde_json::to_string_pretty(&result).map_err(|e| aborted(e.to_string()))?;
     std::fs::write(file(".json"), json).map_err(|e| aborted(format!("{}: {e}", file(".json").display())))?;
     std::fs::write(file(".html"), report::html(&result)).map_err(|e| aborted(format!("{}: {e}", file(".html").display())))?;
