@@ -273,13 +273,26 @@ impl Rig {
                 }
             }
         };
-        // Drain: until every client has every trade, or nothing moves for DRAIN_QUIET.
+        // Drain: until every client has every trade, or neither the clients nor the server
+        // (events it wrote) made progress for DRAIN_QUIET, or DRAIN_MAX.
         let expected = played.sent * self.pool.len() as u64;
-        let (mut seen, mut moved) = (self.pool.received.load(Ordering::Relaxed), Instant::now());
+        let out_events = |server: &Server| {
+            server.metrics().map_or(0.0, |m| m.get("tickstock_client_events_out_total"))
+        };
+        let mut seen = (self.pool.received.load(Ordering::Relaxed), out_events(&self.server));
+        let (mut moved, mut polled) = (Instant::now(), Instant::now());
         let drain_started = Instant::now();
-        while seen < expected && moved.elapsed() < DRAIN_QUIET && drain_started.elapsed() < DRAIN_MAX {
+        let mut drain_cut = false;
+        while seen.0 < expected && moved.elapsed() < DRAIN_QUIET {
+            if drain_started.elapsed() > DRAIN_MAX {
+                drain_cut = true;
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
-            let now = self.pool.received.load(Ordering::Relaxed);
+            let mut now = (self.pool.received.load(Ordering::Relaxed), seen.1);
+            if polled.elapsed() > Duration::from_millis(250) {
+                (now.1, polled) = (out_events(&self.server), Instant::now());
+            }
             if now != seen {
                 (seen, moved) = (now, Instant::now());
             }
@@ -291,6 +304,9 @@ impl Rig {
         let own_after = machine::sample(std::process::id()).unwrap_or_default();
         let cores = |a: ProcSample, b: ProcSample| (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed;
         let mut step = judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
+        if drain_cut {
+            lost.push(format!("events were still arriving {} s after the step (the server is far over capacity)", DRAIN_MAX.as_secs()));
+        }
         step.invalid_reasons.extend(lost);
         step.valid = step.invalid_reasons.is_empty();
         step.within_budget &= step.valid;

@@ -596,5 +596,11 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
         0,
         "no close under conflation"
     );
+    let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\n\r\n");
+    let conflated = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tickstock_conflated_events_total "))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(conflated.is_some_and(|n| n > 0), "conflations on /metrics: {conflated:?}");
     next_json(&mut slow);
 }
