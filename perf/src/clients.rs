@@ -82,7 +82,10 @@ impl Conn {
 }
 
 /// Reads messages until a status for which `wanted` holds; an `error`-like status fails.
-fn await_status(socket: &mut WebSocket<TcpStream>, wanted: impl Fn(&str) -> bool) -> Result<(), String> {
+fn await_status(
+    socket: &mut WebSocket<TcpStream>,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(), String> {
     loop {
         let text = match socket.read().map_err(|e| e.to_string())? {
             Message::Text(text) => text,
@@ -113,6 +116,8 @@ pub struct ConnReport {
     pub trades: u64,
     /// Sum of their checksums.
     pub checksum: u64,
+    /// The lowest and highest trade id of the step received, for diagnosis.
+    pub k_range: Option<(u64, u64)>,
     /// Events of every kind received in the step.
     pub events: u64,
     /// Trades received whose id is not in the step (late from an earlier step).
@@ -219,7 +224,12 @@ impl Pool {
 
     /// Opens connections until there are `count`, or closes the newest down to `count`.
     /// `progress` is told each new connection.
-    pub fn resize(&mut self, target: &Target, count: usize, mut progress: impl FnMut(usize)) -> Result<(), String> {
+    pub fn resize(
+        &mut self,
+        target: &Target,
+        count: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<(), String> {
         while self.len() > count {
             let reader = (0..self.held.len()).max_by_key(|&r| self.held[r].len()).unwrap_or(0);
             let ids: Vec<u32> = self.held[reader].pop().into_iter().collect();
@@ -306,8 +316,21 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 impl ReaderLoop {
-    fn new(poll: Poll, inbox: Receiver<Command>, clock: Clock, received: Arc<AtomicU64>) -> ReaderLoop {
-        ReaderLoop { poll, inbox, clock, received, conns: Vec::new(), schedule: None, latency: new_histogram() }
+    fn new(
+        poll: Poll,
+        inbox: Receiver<Command>,
+        clock: Clock,
+        received: Arc<AtomicU64>,
+    ) -> ReaderLoop {
+        ReaderLoop {
+            poll,
+            inbox,
+            clock,
+            received,
+            conns: Vec::new(),
+            schedule: None,
+            latency: new_histogram(),
+        }
     }
 
     fn run(mut self) {
@@ -332,7 +355,8 @@ impl ReaderLoop {
                         let _ = reply.send(self.end());
                     }
                     Command::Stop => {
-                        let ids: Vec<u32> = self.conns.iter().flatten().map(|h| h.conn.id).collect();
+                        let ids: Vec<u32> =
+                            self.conns.iter().flatten().map(|h| h.conn.id).collect();
                         self.close(&ids);
                         return;
                     }
@@ -353,7 +377,9 @@ impl ReaderLoop {
                 first_block: None,
                 begin_open: None,
             };
-            if let Err(error) = self.poll.registry().register(&mut SourceFd(&fd), Token(slot), Interest::READABLE) {
+            if let Err(error) =
+                self.poll.registry().register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
+            {
                 held.report.closed = Some(format!("epoll: {error}"));
             }
             if slot == self.conns.len() {
@@ -399,7 +425,10 @@ impl ReaderLoop {
                 None => u64::MAX,
             };
             held.report.covered = (start, held.open.map_or(0, |o| o.0));
-            let report = std::mem::replace(&mut held.report, ConnReport { id: held.conn.id, ..Default::default() });
+            let report = std::mem::replace(
+                &mut held.report,
+                ConnReport { id: held.conn.id, ..Default::default() },
+            );
             held.begin_open = held.open.map(|o| o.0);
             if report.closed.is_some() {
                 *slot = None;
@@ -418,16 +447,25 @@ impl ReaderLoop {
             match held.conn.socket.read() {
                 Ok(Message::Text(text)) => {
                     let now = self.clock.now_ns();
-                    let trades = absorb(held, text.as_bytes(), now, self.schedule.as_ref(), &mut self.latency);
+                    let trades = absorb(
+                        held,
+                        text.as_bytes(),
+                        now,
+                        self.schedule.as_ref(),
+                        &mut self.latency,
+                    );
                     self.received.fetch_add(trades, Ordering::Relaxed);
                 }
                 Ok(Message::Close(frame)) => {
-                    let (code, reason) = frame.map_or((0, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    let (code, reason) = frame
+                        .map_or((0, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
                     held.report.slow_consumer = code == 4008;
                     held.report.closed = Some(format!("closed by the server: {code} {reason}"));
                 }
                 Ok(_) => continue,
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break
+                }
                 Err(error) => {
                     if held.report.closed.is_none() {
                         held.report.closed = Some(format!("connection lost: {error}"));
@@ -446,7 +484,13 @@ impl ReaderLoop {
 }
 
 /// Takes one message into a connection's figures; returns the step trades in it.
-fn absorb(held: &mut Held, text: &[u8], now: u64, schedule: Option<&Schedule>, latency: &mut Histogram<u64>) -> u64 {
+fn absorb(
+    held: &mut Held,
+    text: &[u8],
+    now: u64,
+    schedule: Option<&Schedule>,
+    latency: &mut Histogram<u64>,
+) -> u64 {
     let report = &mut held.report;
     let (last_seq, open, first_block) = (&mut held.last_seq, &mut held.open, &mut held.first_block);
     let mut trades = 0;
@@ -480,6 +524,8 @@ fn absorb(held: &mut Held, text: &[u8], now: u64, schedule: Option<&Schedule>, l
                 Some(s) if s.contains(k) => {
                     trades += 1;
                     report.trades += 1;
+                    report.k_range =
+                        Some(report.k_range.map_or((k, k), |(lo, hi)| (lo.min(k), hi.max(k))));
                     report.checksum = report.checksum.wrapping_add(trade_mix(k, price, size));
                     let _ = latency.record(now.saturating_sub(s.intended_ns(k)).max(1_000));
                 }

@@ -35,12 +35,32 @@ pub struct RunResult {
 pub fn table(result: &RunResult) -> String {
     let mut out = String::new();
     let m = &result.machine;
-    let _ = writeln!(out, "machine: {} ({} cores, {:.0} GiB), kernel {}, {}, commit {}", m.cpu_model, m.cores, m.memory_gib, m.kernel, m.rustc, m.git_commit);
-    let _ = writeln!(out, "budget: p99 ≤ {} ms; topics {}; source {}", result.plan.budget_p99_ms, result.plan.topics, result.plan.source);
+    let _ = writeln!(
+        out,
+        "machine: {} ({} cores, {:.0} GiB), kernel {}, {}, commit {}",
+        m.cpu_model, m.cores, m.memory_gib, m.kernel, m.rustc, m.git_commit
+    );
+    let _ = writeln!(
+        out,
+        "budget: p99 ≤ {} ms; topics {}; source {}",
+        result.plan.budget_p99_ms, result.plan.topics, result.plan.source
+    );
     let _ = writeln!(
         out,
         "{:>7} {:>9} {:>10} {:>12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>5} {:>6} {:>6} {:>7}  verdict",
-        "clients", "trades/s", "sent/s", "events/s", "p50", "p90", "p99", "p99.9", "max", "slow", "drops", "cpu", "rss MiB"
+        "clients",
+        "trades/s",
+        "sent/s",
+        "events/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "slow",
+        "drops",
+        "cpu",
+        "rss MiB"
     );
     for s in &result.steps {
         let l = &s.latency_ms;
@@ -71,16 +91,27 @@ pub fn table(result: &RunResult) -> String {
     }
     let _ = writeln!(out, "latency: ms from each trade's intended send time to its arrival at a client (coordinated omission corrected)");
     for (clients, rate) in &result.capacity.max_rate_by_clients {
-        let _ = writeln!(out, "capacity: {clients} clients: {}", rate.map_or("no rate held".to_owned(), |r| format!("up to {r} trades/s")));
+        let _ = writeln!(
+            out,
+            "capacity: {clients} clients: {}",
+            rate.map_or("no rate held".to_owned(), |r| format!("up to {r} trades/s"))
+        );
     }
     for (rate, clients) in &result.capacity.max_clients_by_rate {
-        let _ = writeln!(out, "capacity: {rate} trades/s: {}", clients.map_or("no client count held".to_owned(), |c| format!("up to {c} clients")));
+        let _ = writeln!(
+            out,
+            "capacity: {rate} trades/s: {}",
+            clients.map_or("no client count held".to_owned(), |c| format!("up to {c} clients"))
+        );
     }
     if result.interrupted {
         let _ = writeln!(out, "interrupted: only the steps above were run");
     }
     if !result.valid {
-        let _ = writeln!(out, "THE RUN IS INVALID: some steps did not deliver what was sent (see `invalid_reasons`)");
+        let _ = writeln!(
+            out,
+            "THE RUN IS INVALID: some steps did not deliver what was sent (see `invalid_reasons`)"
+        );
     }
     out
 }
@@ -114,7 +145,9 @@ const COLORS: [&str; 5] = ["#1b9e77", "#7570b3", "#d95f02", "#e7298a", "#444444"
 
 /// A log-scale axis from the data, widened to whole decades.
 fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| *v > 0.0).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return (1.0, 10.0);
     }
@@ -132,9 +165,19 @@ fn svg(chart: &Chart<'_>) -> String {
     let px = |x: f64| LEFT + (x.max(x0).log10() - x0.log10()) / (x1.log10() - x0.log10()) * pw;
     let py = |y: f64| TOP + ph - (y.max(y0).log10() - y0.log10()) / (y1.log10() - y0.log10()) * ph;
     let mut out = String::new();
-    let _ = write!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#);
-    let _ = write!(out, r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#, escape(&chart.title));
-    let _ = write!(out, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##);
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        out,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(&chart.title)
+    );
+    let _ = write!(
+        out,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
+    );
     // Grid and ticks at 1, 2 and 5 of each decade.
     for (lo, hi, vertical) in [(x0, x1, true), (y0, y1, false)] {
         let mut decade = lo;
@@ -147,39 +190,114 @@ fn svg(chart: &Chart<'_>) -> String {
                 let label = human(v);
                 if vertical {
                     let x = px(v);
-                    let _ = write!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/>"##, TOP + ph);
-                    let _ = write!(out, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, TOP + ph + 16.0);
+                    let _ = write!(
+                        out,
+                        r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/>"##,
+                        TOP + ph
+                    );
+                    let _ = write!(
+                        out,
+                        r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+                        TOP + ph + 16.0
+                    );
                 } else {
                     let y = py(v);
-                    let _ = write!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##, LEFT + pw);
-                    let _ = write!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#, LEFT - 6.0, y + 4.0);
+                    let _ = write!(
+                        out,
+                        r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+                        LEFT + pw
+                    );
+                    let _ = write!(
+                        out,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+                        LEFT - 6.0,
+                        y + 4.0
+                    );
                 }
             }
             decade *= 10.0;
         }
     }
-    let _ = write!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, LEFT + pw / 2.0, HEIGHT - 12.0, escape(chart.x_label));
-    let _ = write!(out, r#"<text transform="translate(16,{:.1}) rotate(-90)" text-anchor="middle">{}</text>"#, TOP + ph / 2.0, escape(chart.y_label));
+    let _ = write!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        LEFT + pw / 2.0,
+        HEIGHT - 12.0,
+        escape(chart.x_label)
+    );
+    let _ = write!(
+        out,
+        r#"<text transform="translate(16,{:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        TOP + ph / 2.0,
+        escape(chart.y_label)
+    );
     if let Some(budget) = chart.budget {
         let y = py(budget);
-        let _ = write!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#c00" stroke-dasharray="6,4"/>"##, LEFT + pw);
-        let _ = write!(out, r##"<text x="{:.1}" y="{:.1}" fill="#c00">budget {}</text>"##, LEFT + pw + 6.0, y + 4.0, human(budget));
+        let _ = write!(
+            out,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#c00" stroke-dasharray="6,4"/>"##,
+            LEFT + pw
+        );
+        let _ = write!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#c00">budget {}</text>"##,
+            LEFT + pw + 6.0,
+            y + 4.0,
+            human(budget)
+        );
     }
     if let Some((x, label)) = &chart.knee {
         let x = px(*x);
-        let _ = write!(out, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#c00" stroke-width="2" opacity="0.5"/>"##, TOP + ph);
-        let _ = write!(out, r##"<text x="{:.1}" y="{:.1}" fill="#c00">{}</text>"##, x + 4.0, TOP + 14.0, escape(label));
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#c00" stroke-width="2" opacity="0.5"/>"##,
+            TOP + ph
+        );
+        let _ = write!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#c00">{}</text>"##,
+            x + 4.0,
+            TOP + 14.0,
+            escape(label)
+        );
     }
     for (index, series) in chart.series.iter().enumerate() {
-        let path: Vec<String> = series.points.iter().map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
-        let _ = write!(out, r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#, path.join(" "), series.color);
+        let path: Vec<String> =
+            series.points.iter().map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
+        let _ = write!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+            path.join(" "),
+            series.color
+        );
         for &(x, y, ok) in &series.points {
             let fill = if ok { series.color } else { "white" };
-            let _ = write!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{}"><title>{}: {} at {}</title></circle>"#, px(x), py(y), series.color, escape(series.name), human(y), human(x));
+            let _ = write!(
+                out,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{}"><title>{}: {} at {}</title></circle>"#,
+                px(x),
+                py(y),
+                series.color,
+                escape(series.name),
+                human(y),
+                human(x)
+            );
         }
         let ly = TOP + 16.0 + index as f64 * 18.0;
-        let _ = write!(out, r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="2"/>"#, LEFT + pw + 8.0, LEFT + pw + 28.0, series.color);
-        let _ = write!(out, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, LEFT + pw + 32.0, ly + 4.0, escape(series.name));
+        let _ = write!(
+            out,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="2"/>"#,
+            LEFT + pw + 8.0,
+            LEFT + pw + 28.0,
+            series.color
+        );
+        let _ = write!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            LEFT + pw + 32.0,
+            ly + 4.0,
+            escape(series.name)
+        );
     }
     out.push_str("</svg>");
     out
@@ -218,9 +336,17 @@ pub fn html(result: &RunResult) -> String {
         let percentile = |name, color, f: fn(&Step) -> f64| Series {
             name,
             color,
-            points: steps.iter().map(|s| (f64::from(s.rate), f(s).max(0.001), s.within_budget)).collect(),
+            points: steps
+                .iter()
+                .map(|s| (f64::from(s.rate), f(s).max(0.001), s.within_budget))
+                .collect(),
         };
-        let knee = result.capacity.max_rate_by_clients.iter().find(|(c, _)| *c == clients).and_then(|(_, r)| *r);
+        let knee = result
+            .capacity
+            .max_rate_by_clients
+            .iter()
+            .find(|(c, _)| *c == clients)
+            .and_then(|(_, r)| *r);
         charts.push(svg(&Chart {
             title: format!("Tick-to-client latency against trade rate, {clients} clients"),
             x_label: "offered trades/s",
@@ -241,15 +367,28 @@ pub fn html(result: &RunResult) -> String {
         if steps.len() < 2 {
             continue;
         }
-        let knee = result.capacity.max_clients_by_rate.iter().find(|(r, _)| *r == rate).and_then(|(_, c)| *c);
+        let knee = result
+            .capacity
+            .max_clients_by_rate
+            .iter()
+            .find(|(r, _)| *r == rate)
+            .and_then(|(_, c)| *c);
         charts.push(svg(&Chart {
-            title: format!("Delivered events/s against clients, {} trades/s", human(f64::from(rate))),
+            title: format!(
+                "Delivered events/s against clients, {} trades/s",
+                human(f64::from(rate))
+            ),
             x_label: "clients",
             y_label: "client-events/s",
             series: vec![Series {
                 name: "delivered",
                 color: COLORS[0],
-                points: steps.iter().map(|s| (f64::from(s.clients), s.delivered_events_per_s.max(1.0), s.within_budget)).collect(),
+                points: steps
+                    .iter()
+                    .map(|s| {
+                        (f64::from(s.clients), s.delivered_events_per_s.max(1.0), s.within_budget)
+                    })
+                    .collect(),
             }],
             budget: None,
             knee: knee.map(|c| (f64::from(c), format!("holds {c} clients"))),
@@ -261,16 +400,25 @@ pub fn html(result: &RunResult) -> String {
             series: vec![Series {
                 name: "p99",
                 color: COLORS[2],
-                points: steps.iter().map(|s| (f64::from(s.clients), s.latency_ms.p99.max(0.001), s.within_budget)).collect(),
+                points: steps
+                    .iter()
+                    .map(|s| (f64::from(s.clients), s.latency_ms.p99.max(0.001), s.within_budget))
+                    .collect(),
             }],
             budget: Some(plan.budget_p99_ms),
             knee: knee.map(|c| (f64::from(c), format!("holds {c} clients"))),
         }));
     }
     let mut page = String::new();
-    page.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>TickStock capacity</title>");
+    page.push_str(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>TickStock capacity</title>",
+    );
     page.push_str("<style>body{font-family:sans-serif;margin:24px;max-width:1100px}pre{background:#f6f6f6;padding:12px;overflow-x:auto}figure{margin:16px 0}</style></head><body>\n");
-    let _ = writeln!(page, "<h1>TickStock capacity run{}</h1>", if result.valid { "" } else { " — INVALID" });
+    let _ = writeln!(
+        page,
+        "<h1>TickStock capacity run{}</h1>",
+        if result.valid { "" } else { " — INVALID" }
+    );
     page.push_str("<p>Filled markers: steps the server held (valid, p99 within the budget, nothing shed). Hollow markers: steps over capacity. Latency is from each trade's intended send time (open loop, coordinated omission corrected) to its arrival at a client.</p>\n");
     for chart in charts {
         let _ = writeln!(page, "<figure>{chart}</figure>");
@@ -288,6 +436,9 @@ mod tests {
     fn axes_cover_whole_decades_and_labels_are_short() {
         assert_eq!(decades([3.0, 450.0].into_iter()), (1.0, 1000.0));
         assert_eq!(decades(std::iter::empty()), (1.0, 10.0));
-        assert_eq!((human(20_000.0), human(1e6), human(0.5)), ("20k".to_owned(), "1M".to_owned(), "0.5".to_owned()));
+        assert_eq!(
+            (human(20_000.0), human(1e6), human(0.5)),
+            ("20k".to_owned(), "1M".to_owned(), "0.5".to_owned())
+        );
     }
 }

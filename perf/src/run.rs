@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -87,8 +87,10 @@ pub struct Step {
     pub latency_ms: Percentiles,
     /// How late the player's messages left (its own lag), ms.
     pub send_lag_p99_ms: f64,
-    /// Clients the server closed as slow consumers (4008).
+    /// Clients closed as slow consumers (4008 seen, or dropped while the server counted it).
     pub slow_consumer_closes: u64,
+    /// Slow-consumer closes the server counted in the step (`/metrics`).
+    pub server_slow_consumer_closes: u64,
     /// Events the server dropped: multi-frequency buffer full, or conflated away.
     pub server_dropped_events: u64,
     /// Server CPU, cores (CPU seconds per second), when local.
@@ -160,6 +162,8 @@ const DRAIN_QUIET: Duration = Duration::from_millis(3_000);
 const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// Trades are scheduled from this far in the future, so readers know the step first.
 const LEAD: Duration = Duration::from_millis(50);
+/// Invalid reasons listed per step; the rest are counted.
+const REASONS_LISTED: usize = 20;
 
 impl Rig {
     /// Waits for the server's upstream session.
@@ -172,23 +176,42 @@ impl Rig {
                 Ok(Report::Played(_)) => {}
                 Err(_) if Instant::now() < deadline && self.server.running() => {}
                 Err(_) => {
-                    return Err("the server did not open its upstream session with the player".to_owned())
+                    return Err(
+                        "the server did not open its upstream session with the player".to_owned()
+                    )
                 }
             }
         }
     }
 
     /// Runs the plan; `warmup_secs` of trades first at the lowest rate, not reported.
-    pub fn run(&mut self, plan: &Plan, warmup_secs: f64, progress: &mut dyn Progress) -> Result<Vec<Step>, String> {
+    pub fn run(
+        &mut self,
+        plan: &Plan,
+        warmup_secs: f64,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Step>, String> {
         let mut next_trade = FIRST_TRADE_ID;
         let hz = machine::clock_ticks_per_sec();
         if warmup_secs > 0.0 {
             let clients = plan.clients.first().copied().unwrap_or(1);
-            progress.note(&format!("warm-up: {warmup_secs} s at {} trades/s, {clients} clients", plan.rates[0]));
+            progress.note(&format!(
+                "warm-up: {warmup_secs} s at {} trades/s, {clients} clients",
+                plan.rates[0]
+            ));
             self.resize(clients, progress)?;
-            let warm = self.step(plan, clients, plan.rates[0], warmup_secs, &mut next_trade, hz, progress)?;
+            let warm = self.step(
+                plan,
+                clients,
+                plan.rates[0],
+                warmup_secs,
+                &mut next_trade,
+                hz,
+                progress,
+            )?;
             if !warm.valid {
-                progress.note(&format!("warm-up was not clean: {}", warm.invalid_reasons.join("; ")));
+                progress
+                    .note(&format!("warm-up was not clean: {}", warm.invalid_reasons.join("; ")));
             }
         }
         let mut steps: Vec<Step> = Vec::new();
@@ -208,7 +231,8 @@ impl Rig {
                 self.resize(clients, progress)?;
                 index += 1;
                 progress.step_started(index, clients, rate, plan.step_secs);
-                let step = self.step(plan, clients, rate, plan.step_secs, &mut next_trade, hz, progress)?;
+                let step =
+                    self.step(plan, clients, rate, plan.step_secs, &mut next_trade, hz, progress)?;
                 if self.stopping() {
                     progress.note("interrupted: the step in progress is not reported");
                     return Ok(steps);
@@ -264,7 +288,9 @@ impl Rig {
             match self.reports.recv_timeout(Duration::from_millis(100)) {
                 Ok(Report::Played(played)) => break played,
                 Ok(Report::Lost(reason)) => lost.push(reason),
-                Ok(Report::Session(n)) => lost.push(format!("the server opened upstream session {n} mid-run")),
+                Ok(Report::Session(n)) => {
+                    lost.push(format!("the server opened upstream session {n} mid-run"))
+                }
                 Err(_) => {
                     progress.step_tick(started.elapsed().as_secs_f64() / secs);
                     if !self.server.running() {
@@ -302,10 +328,16 @@ impl Rig {
         let after = self.server.metrics()?;
         let proc_after = self.server.pid.and_then(machine::sample);
         let own_after = machine::sample(std::process::id()).unwrap_or_default();
-        let cores = |a: ProcSample, b: ProcSample| (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed;
-        let mut step = judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
+        let cores = |a: ProcSample, b: ProcSample| {
+            (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed
+        };
+        let mut step =
+            judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
         if drain_cut {
-            lost.push(format!("events were still arriving {} s after the step (the server is far over capacity)", DRAIN_MAX.as_secs()));
+            lost.push(format!(
+                "events were still arriving {} s after the step (the server is far over capacity)",
+                DRAIN_MAX.as_secs()
+            ));
         }
         step.invalid_reasons.extend(lost);
         step.valid = step.invalid_reasons.is_empty();
@@ -347,7 +379,8 @@ fn judge(
     after: &Metrics,
     elapsed: f64,
 ) -> Step {
-    let mut latency = Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds");
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds");
     let mut invalid = Vec::new();
     let mut breaches = Vec::new();
     let (mut events, mut slow, mut conflated) = (0u64, 0u64, 0u64);
@@ -357,9 +390,12 @@ fn judge(
     for report in reports {
         let _ = latency.add(&report.latency);
     }
-    let note = |list: &mut Vec<String>, text: String| {
-        if list.len() < 20 {
+    let mut unlisted = 0u64;
+    let mut note = |list: &mut Vec<String>, text: String| {
+        if list.len() < REASONS_LISTED {
             list.push(text);
+        } else {
+            unlisted += 1;
         }
     };
     for c in &conns {
@@ -369,10 +405,16 @@ fn judge(
             note(&mut invalid, format!("client {}: unreadable message: {error}", c.id));
         }
         if c.order_violations > 0 {
-            note(&mut invalid, format!("client {}: {} events out of seq order", c.id, c.order_violations));
+            note(
+                &mut invalid,
+                format!("client {}: {} events out of seq order", c.id, c.order_violations),
+            );
         }
         if c.stray > 0 {
-            note(&mut invalid, format!("client {}: {} trades from an earlier step arrived late", c.id, c.stray));
+            note(
+                &mut invalid,
+                format!("client {}: {} trades from an earlier step arrived late", c.id, c.stray),
+            );
         }
         if c.slow_consumer {
             slow += 1;
@@ -391,17 +433,31 @@ fn judge(
         if c.trades != played.sent {
             let what = if c.trades < played.sent { "missing" } else { "extra" };
             let n = c.trades.abs_diff(played.sent);
-            note(&mut invalid, format!("client {}: {n} trades {what} of {}", c.id, played.sent));
+            let got = c.k_range.map_or("none".to_owned(), |(lo, hi)| {
+                format!("ids {} to {}", lo - schedule.first, hi - schedule.first)
+            });
+            note(
+                &mut invalid,
+                format!("client {}: {n} trades {what} of {} (got {got})", c.id, played.sent),
+            );
         } else if c.checksum != played.checksum {
             note(&mut invalid, format!("client {}: every trade arrived but the checksum differs (id, price or size altered)", c.id));
         }
         for &(block, count, sum) in &c.blocks {
             let first = blocks.entry(block).or_insert((count, sum, c.id));
             if (first.0, first.1) != (count, sum) {
-                note(&mut invalid, format!(
-                    "clients {} and {} disagree on the events with seq in [{}, {}): {} vs {}",
-                    first.2, c.id, block << BLOCK_SHIFT, (block + 1) << BLOCK_SHIFT, first.0, count
-                ));
+                note(
+                    &mut invalid,
+                    format!(
+                        "clients {} and {} disagree on the events with seq in [{}, {}): {} vs {}",
+                        first.2,
+                        c.id,
+                        block << BLOCK_SHIFT,
+                        (block + 1) << BLOCK_SHIFT,
+                        first.0,
+                        count
+                    ),
+                );
             }
         }
     }
@@ -410,10 +466,13 @@ fn judge(
         for (&block, &(_, _, by)) in &blocks {
             let covered = block >= c.covered.0 && block < c.covered.1;
             if covered && !c.blocks.iter().any(|b| b.0 == block) {
-                note(&mut invalid, format!(
+                note(
+                    &mut invalid,
+                    format!(
                     "client {} got none of the events with seq in [{}, {}) that client {by} got",
                     c.id, block << BLOCK_SHIFT, (block + 1) << BLOCK_SHIFT
-                ));
+                ),
+                );
             }
         }
     }
@@ -431,7 +490,13 @@ fn judge(
     let accepted = before.delta(after, "tickstock_ticks_accepted_total");
     let rejected = before.delta(after, "tickstock_ticks_rejected_total");
     if accepted != played.sent {
-        note(&mut invalid, format!("the server accepted {accepted} of {} trades sent ({rejected} rejected)", played.sent));
+        note(
+            &mut invalid,
+            format!(
+                "the server accepted {accepted} of {} trades sent ({rejected} rejected)",
+                played.sent
+            ),
+        );
     }
     let buffer_dropped = before.delta(after, "tickstock_mfbuf_dropped_total");
     let server_conflated = before.delta(after, "tickstock_conflated_events_total").max(conflated);
@@ -440,16 +505,26 @@ fn judge(
     let step_secs = played.sent as f64 / f64::from(rate);
     let latency_ms = Percentiles::of(&latency);
     if latency_ms.p99 > plan.budget_p99_ms {
-        breaches.push(format!("p99 {:.2} ms over the {} ms budget", latency_ms.p99, plan.budget_p99_ms));
+        breaches.push(format!(
+            "p99 {:.2} ms over the {} ms budget",
+            latency_ms.p99, plan.budget_p99_ms
+        ));
     }
     if slow > 0 {
         breaches.push(format!("{slow} clients closed as slow consumers"));
     }
     if buffer_dropped + server_conflated > 0 {
-        breaches.push(format!("the server dropped {buffer_dropped} events and conflated {server_conflated}"));
+        breaches.push(format!(
+            "the server dropped {buffer_dropped} events and conflated {server_conflated}"
+        ));
     }
     if achieved_rate < 0.95 * f64::from(rate) {
-        breaches.push(format!("only {achieved_rate:.0} trades/s could be sent (the server's feed pushed back)"));
+        breaches.push(format!(
+            "only {achieved_rate:.0} trades/s could be sent (the server's feed pushed back)"
+        ));
+    }
+    if unlisted > 0 {
+        invalid.push(format!("and {unlisted} more like these"));
     }
     let valid = invalid.is_empty();
     Step {
@@ -461,6 +536,7 @@ fn judge(
         latency_ms,
         send_lag_p99_ms: played.send_lag.value_at_quantile(0.99) as f64 / 1e6,
         slow_consumer_closes: slow,
+        server_slow_consumer_closes: server_slow,
         server_dropped_events: buffer_dropped + server_conflated,
         server_cpu_cores: None,
         server_rss_mib: None,
@@ -474,7 +550,9 @@ fn judge(
 
 /// Reads the capacity answers off the measured steps.
 pub fn capacity(plan: &Plan, steps: &[Step]) -> Capacity {
-    let held = |clients: u32, rate: u32| steps.iter().find(|s| s.clients == clients && s.rate == rate).map(|s| s.within_budget);
+    let held = |clients: u32, rate: u32| {
+        steps.iter().find(|s| s.clients == clients && s.rate == rate).map(|s| s.within_budget)
+    };
     let knee = |line: &mut dyn Iterator<Item = (u32, Option<bool>)>| {
         let mut best = None;
         for (value, ok) in line {

@@ -100,7 +100,8 @@ impl Server {
         let path = config_out.to_path_buf();
         std::fs::write(&path, toml::to_string(&table).map_err(|e| e.to_string())?)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let settings = Settings::load(&path).map_err(|e| format!("the server configuration: {e}"))?;
+        let settings =
+            Settings::load(&path).map_err(|e| format!("the server configuration: {e}"))?;
 
         let mut child = Command::new(binary)
             .arg("--config")
@@ -111,9 +112,15 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e} (build it: cargo build --release -p tickstock-shell)", binary.display()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start {}: {e} (build it: cargo build --release -p tickstock-shell)",
+                    binary.display()
+                )
+            })?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let mut log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut log_file =
+            std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let (found, address) = mpsc::channel();
         std::thread::spawn(move || {
             let mut found = Some(found);
@@ -201,7 +208,8 @@ pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
     let fail = |e: std::io::Error| format!("GET http://{addr}/metrics: {e}");
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(fail)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(fail)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(fail)?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or("GET /metrics: no body")?;
@@ -229,7 +237,9 @@ mod tests {
 
     #[test]
     fn sums_series_over_labels() {
-        let m = parse_metrics("# HELP x\nt_rej{reason=\"a\"} 2\nt_rej{reason=\"b\"} 3\nt_acc 10\nbad line\n");
+        let m = parse_metrics(
+            "# HELP x\nt_rej{reason=\"a\"} 2\nt_rej{reason=\"b\"} 3\nt_acc 10\nbad line\n",
+        );
         assert_eq!((m.get("t_rej"), m.get("t_acc"), m.get("none")), (5.0, 10.0, 0.0));
         let later = parse_metrics("t_acc 25\n");
         assert_eq!(m.delta(&later, "t_acc"), 15);

@@ -93,9 +93,13 @@ impl Source {
                 if *symbols == 0 {
                     return Err("the synthetic market needs at least one symbol".to_owned());
                 }
-                let settings = SyntheticSettings { symbols: *symbols, seed: *seed, ..Default::default() };
+                let settings =
+                    SyntheticSettings { symbols: *symbols, seed: *seed, ..Default::default() };
                 let market = Market::new(&settings);
-                Ok(Source { tickers: market.tickers().to_vec(), kind: Kind::Market(Box::new(market)) })
+                Ok(Source {
+                    tickers: market.tickers().to_vec(),
+                    kind: Kind::Market(Box::new(market)),
+                })
             }
             SourceSpec::Journal(dir) => Source::from_journal(dir),
             SourceSpec::Csv(file) => {
@@ -154,7 +158,10 @@ impl Source {
             return Err(format!("{}: no trades to play", dir.display()));
         }
         if unmapped > 0 {
-            return Err(format!("{}: {unmapped} trades name a symbol id with no symbol record", dir.display()));
+            return Err(format!(
+                "{}: {unmapped} trades name a symbol id with no symbol record",
+                dir.display()
+            ));
         }
         Ok(Source { tickers, kind: Kind::Recorded { trades, at: 0 } })
     }
@@ -202,8 +209,11 @@ mod tests {
     fn csv_source_plays_its_trades_in_order_and_wraps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("t.csv");
-        std::fs::write(&file, "ts,symbol,price,size\n1700000000000,AAPL,187.25,100\n1700000000001,MSFT,401.5,7\n")
-            .expect("writes");
+        std::fs::write(
+            &file,
+            "ts,symbol,price,size\n1700000000000,AAPL,187.25,100\n1700000000001,MSFT,401.5,7\n",
+        )
+        .expect("writes");
         let mut source = Source::open(&SourceSpec::Csv(file)).expect("opens");
         let played: Vec<Trade> = (0..3).map(|_| source.next_trade()).collect();
         assert_eq!(source.tickers()[played[0].symbol as usize], "AAPL");

@@ -173,7 +173,12 @@ struct State {
 }
 
 impl State {
-    fn run(&mut self, listener: &TcpListener, commands: &Receiver<Command>, reports: &Sender<Report>) {
+    fn run(
+        &mut self,
+        listener: &TcpListener,
+        commands: &Receiver<Command>,
+        reports: &Sender<Report>,
+    ) {
         let mut socket: Option<Socket> = None;
         loop {
             if socket.is_none() {
@@ -230,7 +235,9 @@ impl State {
     /// Polygon's session: `connected`, then the server's `auth` (checked against the key),
     /// then its `subscribe`.
     fn handshake(&mut self, stream: TcpStream) -> Result<Socket, String> {
-        let fail = |what: &str, error: &dyn std::fmt::Display| format!("upstream session: {what}: {error}");
+        let fail = |what: &str, error: &dyn std::fmt::Display| {
+            format!("upstream session: {what}: {error}")
+        };
         stream.set_nonblocking(false).map_err(|e| fail("socket", &e))?;
         stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
         stream.set_read_timeout(Some(SESSION_DEADLINE)).map_err(|e| fail("socket", &e))?;
@@ -238,7 +245,9 @@ impl State {
         let mut socket = tungstenite::accept_with_config(stream, Some(config))
             .map_err(|e| fail("WebSocket handshake", &e))?;
         let status = |status: &str, message: &str| {
-            Message::text(format!(r#"[{{"ev":"status","status":"{status}","message":"{message}"}}]"#))
+            Message::text(format!(
+                r#"[{{"ev":"status","status":"{status}","message":"{message}"}}]"#
+            ))
         };
         socket.send(status("connected", "Connected Successfully")).map_err(|e| fail("send", &e))?;
         let auth = read_text(&mut socket).map_err(|e| fail("reading auth", &e))?;
@@ -255,14 +264,23 @@ impl State {
         if !topics.split(',').any(|t| t.trim() == "T.*") {
             return Err(format!("upstream session: the server subscribed to `{topics}`, not T.*"));
         }
-        socket.send(status("success", &format!("subscribed to: {topics}"))).map_err(|e| fail("send", &e))?;
-        socket.get_mut().set_read_timeout(Some(Duration::from_millis(1))).map_err(|e| fail("socket", &e))?;
+        socket
+            .send(status("success", &format!("subscribed to: {topics}")))
+            .map_err(|e| fail("send", &e))?;
+        socket
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .map_err(|e| fail("socket", &e))?;
         Ok(socket)
     }
 
     /// Sends the step's trades on schedule. On a write failure returns what was played and
     /// the reason.
-    fn play(&mut self, mut socket: Option<&mut Socket>, schedule: Schedule) -> Result<Played, (Played, String)> {
+    fn play(
+        &mut self,
+        mut socket: Option<&mut Socket>,
+        schedule: Schedule,
+    ) -> Result<Played, (Played, String)> {
         let mut played = Played {
             sent: 0,
             checksum: 0,
@@ -319,7 +337,8 @@ impl State {
             }
             let t = self.clock.wall_ms(schedule.intended_ns(k));
             let ticker = &self.source.tickers()[trade.symbol as usize];
-            let _ = write!(out, r#"{{"ev":"T","sym":"{ticker}","i":"{k}","x":{},"p":"#, trade.exchange);
+            let _ =
+                write!(out, r#"{{"ev":"T","sym":"{ticker}","i":"{k}","x":{},"p":"#, trade.exchange);
             write_price(out, trade.price);
             let _ = write!(out, r#","s":{},"t":{t},"q":{k}}}"#, trade.size);
             sum = sum.wrapping_add(trade_mix(k, trade.price, trade.size));
@@ -347,7 +366,10 @@ fn idle(socket: &mut Socket) -> Result<(), String> {
         Ok(Message::Close(_)) => Err("the server closed the upstream session".to_owned()),
         Ok(_) => Ok(()),
         Err(tungstenite::Error::Io(e))
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
         {
             let _ = socket.flush();
             Ok(())

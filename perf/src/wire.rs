@@ -116,7 +116,8 @@ pub struct Malformed(pub String);
 /// One pass: each object's `"key":value` pairs are walked with `memchr` jumps, strings and
 /// arrays skipped whole, so a brace or comma inside a string cannot split an object.
 pub fn for_each_event<'a>(text: &'a [u8], mut f: impl FnMut(Event<'a>)) -> Result<(), Malformed> {
-    let malformed = |at: &[u8]| Malformed(format!("not an array of event objects near: {}", excerpt(at)));
+    let malformed =
+        |at: &[u8]| Malformed(format!("not an array of event objects near: {}", excerpt(at)));
     let mut rest = match text.split_first() {
         Some((b'[', rest)) => rest,
         _ => return Err(malformed(text)),
@@ -153,7 +154,9 @@ impl<'a> Fields<'a> {
     fn complete(&self) -> bool {
         match self.ev {
             Some(b"\"status\"") | None => false,
-            Some(b"\"T\"") => self.seq.is_some() && self.i.is_some() && self.p.is_some() && self.s.is_some(),
+            Some(b"\"T\"") => {
+                self.seq.is_some() && self.i.is_some() && self.p.is_some() && self.s.is_some()
+            }
             Some(_) => self.seq.is_some(),
         }
     }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tickstock_engine::{Price, Qty, Tick, Timestamp, Trade};
 use tickstock_shell::config::Settings;
 use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
+use tickstock_shell::feed::{Feed, FeedEnd, FeedTx};
 use tickstock_shell::pipeline::{Observed, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
 use tickstock_shell::server::metrics::ServerCounters;
@@ -43,6 +45,13 @@ impl Drop for TestServer {
 const JWT_SECRET: &str = "test-secret-for-hs256";
 
 fn start(configure: impl FnOnce(&mut Settings)) -> TestServer {
+    start_with(configure, |settings| Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1)))
+}
+
+fn start_with(
+    configure: impl FnOnce(&mut Settings),
+    feed: impl FnOnce(&Settings) -> Box<dyn Feed>,
+) -> TestServer {
     let mut settings = Settings::default();
     settings.synthetic.symbols = 20;
     let tickers = Market::new(&settings.synthetic).tickers().to_vec();
@@ -65,7 +74,7 @@ fn start(configure: impl FnOnce(&mut Settings)) -> TestServer {
     unsafe_env();
     let auth = Authenticator::load(&settings.server).unwrap();
     let reporting = Reporting { observed: Observed::default(), upstream: None };
-    let feed = Box::new(SyntheticFeed::new(settings.synthetic.clone(), 1));
+    let feed = feed(&settings);
     let stop = Arc::new(AtomicBool::new(false));
     let service = Service::start(
         &settings,
@@ -603,4 +612,69 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
         .and_then(|value| value.parse::<u64>().ok());
     assert!(conflated.is_some_and(|n| n > 0), "conflations on /metrics: {conflated:?}");
     next_json(&mut slow);
+}
+
+/// A burst of trades of one symbol at start-up, then silence (heartbeats only) until stopped.
+struct BurstThenQuiet {
+    trades: u64,
+}
+
+impl Feed for BurstThenQuiet {
+    fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
+        let Ok(symbol) = tx.intern("BURST") else { return FeedEnd::Failed("intern".to_owned()) };
+        for id in 1..=self.trades {
+            let now = tx.now().unwrap_or(Timestamp(0));
+            let mut trade = Trade::new(symbol, now, Price::from_dollars(10), Qty(1));
+            trade.trade_id = id;
+            if tx.send_tick(Tick::Trade(trade)).is_err() {
+                return FeedEnd::Stopped;
+            }
+        }
+        while !tx.stopping() {
+            if tx.heartbeat(1_000_000).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        FeedEnd::Stopped
+    }
+}
+
+#[test]
+fn a_backlog_drains_when_no_new_events_arrive() {
+    // A client that fell far behind (under its outbox limit) must get its whole backlog once it
+    // reads, even when the market has gone quiet and no batch comes to trigger a flush: the
+    // server keeps writing on socket readiness until the outbox is empty or the socket blocks.
+    const TRADES: u64 = 150_000;
+    let server = start_with(
+        |s| s.server.client_queue_max_bytes = 256 << 20,
+        |_| Box::new(BurstThenQuiet { trades: TRADES }),
+    );
+    let mut client = authed(server.addr, "k-all");
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    next_json(&mut client);
+    // Wait for the fan-out to finish: the count of events queued for the client stops moving
+    // (a live burst may lose some to a full buffer lane; what was queued must all arrive).
+    // The bar of the burst's second closes within a second; after that nothing is emitted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut queued = 0;
+    loop {
+        thread::sleep(Duration::from_millis(2_000));
+        let now = server.counters.events_out.load(Ordering::Relaxed);
+        if now == queued && now > TRADES / 2 {
+            break;
+        }
+        queued = now;
+        assert!(Instant::now() < deadline, "the burst never reached the fan-out: {now} queued");
+    }
+    let mut received = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received < queued {
+        assert!(Instant::now() < deadline, "the backlog stalled at {received} of {queued} trades");
+        let value = next_json(&mut client);
+        received += value
+            .as_array()
+            .map_or(0, |events| events.iter().filter(|e| e["ev"] == "T").count() as u64);
+    }
+    assert_eq!(received, queued);
 }

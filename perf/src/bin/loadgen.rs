@@ -37,13 +37,20 @@ const EXIT_ABORTED: u8 = 3;
 const EXIT_INVALID: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", about = "TickStock capacity planning: open-loop load, HDR latency, rate and client sweeps.")]
+#[command(
+    name = "loadgen",
+    about = "TickStock capacity planning: open-loop load, HDR latency, rate and client sweeps."
+)]
 struct Args {
     /// Client counts to step through (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,200,500,1000")]
     clients: Vec<u32>,
     /// Offered trade rates to step through, trades/s (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "10000,20000,50000,100000,200000,500000,1000000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,20000,50000,100000,200000,500000,1000000"
+    )]
     rates: Vec<u32>,
     /// Seconds of trades per step.
     #[arg(long, default_value_t = 10.0)]
@@ -111,7 +118,8 @@ impl Progress for Bar {
     fn step_started(&mut self, index: usize, clients: u32, rate: u32, secs: f64) {
         self.bar.reset();
         self.bar.set_position(0);
-        self.bar.set_message(format!("step {index}: {clients} clients × {rate} trades/s, {secs} s"));
+        self.bar
+            .set_message(format!("step {index}: {clients} clients × {rate} trades/s, {secs} s"));
     }
 
     fn step_tick(&mut self, fraction: f64) {
@@ -179,13 +187,16 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         reader_threads: args.reader_threads.max(1),
     };
     if !(plan.step_secs > 0.0 && plan.step_secs.is_finite() && args.warmup_secs >= 0.0) {
-        return Err(usage("--step-secs must be positive and --warmup-secs not negative".to_owned()));
+        return Err(usage(
+            "--step-secs must be positive and --warmup-secs not negative".to_owned(),
+        ));
     }
     if !(plan.budget_p99_ms > 0.0) {
         return Err(usage("--budget-p99-ms must be positive".to_owned()));
     }
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    std::fs::create_dir_all(&args.out).map_err(|e| usage(format!("{}: {e}", args.out.display())))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| usage(format!("{}: {e}", args.out.display())))?;
     let stem = args.out.join(format!("loadgen-{started_unix_s}"));
     let file = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
     let machine = Machine::describe();
@@ -193,7 +204,9 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         eprintln!("loadgen: {} cores: the server and the load generator share them, so figures include contention (see the loadgen CPU column)", machine.cores);
     }
     let source = Source::open(&args.source).map_err(usage)?;
-    let key = args.upstream_key.unwrap_or_else(|| format!("loadgen-{}-{started_unix_s}", std::process::id()));
+    let key = args
+        .upstream_key
+        .unwrap_or_else(|| format!("loadgen-{}-{started_unix_s}", std::process::id()));
     let clock = Clock::new();
     let (commands, inbox) = mpsc::channel();
     let (reports_tx, reports) = mpsc::channel();
@@ -206,49 +219,85 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         }
         None => {
             let binary = args.tickstock.clone().unwrap_or_else(|| {
-                std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("tickstock"))).unwrap_or_default()
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join("tickstock")))
+                    .unwrap_or_default()
             });
             Launch::Spawn { binary, config: args.server_config.clone() }
         }
     };
     let connections = plan.clients.last().copied().unwrap_or(1).saturating_add(16);
-    let server = Server::launch(&launch, player.addr, &key, connections, &file("-server.toml"), &file("-server.log"))
-        .map_err(usage)?;
+    let server = Server::launch(
+        &launch,
+        player.addr,
+        &key,
+        connections,
+        &file("-server.toml"),
+        &file("-server.log"),
+    )
+    .map_err(usage)?;
     let server_settings = server.settings.as_ref().and_then(|s| serde_json::to_value(s).ok());
-    let pool = Pool::start(plan.reader_threads, clock).map_err(|e| aborted(format!("reader threads: {e}")))?;
-    let target = Target { addr: server.addr, path: "/stocks".to_owned(), token: args.token, topics: plan.topics.clone() };
+    let pool = Pool::start(plan.reader_threads, clock)
+        .map_err(|e| aborted(format!("reader threads: {e}")))?;
+    let target = Target {
+        addr: server.addr,
+        path: "/stocks".to_owned(),
+        token: args.token,
+        topics: plan.topics.clone(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal exits at once (the started server then outlives this process).
         let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
         let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
     }
-    let mut rig = Rig { server, pool, target, player: commands, reports, clock, stop, interrupted: false };
+    let mut rig =
+        Rig { server, pool, target, player: commands, reports, clock, stop, interrupted: false };
     let bar = ProgressBar::new(1000);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {bar:30} {percent:>3}% {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {bar:30} {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut progress = Bar { bar };
-    progress.note(&format!("loadgen: server at {}, upstream player at {}; results in {}.*", rig.server.addr, player.addr, stem.display()));
-    let outcome = rig.await_session().and_then(|()| rig.run(&plan, args.warmup_secs, &mut progress));
+    progress.note(&format!(
+        "loadgen: server at {}, upstream player at {}; results in {}.*",
+        rig.server.addr,
+        player.addr,
+        stem.display()
+    ));
+    let outcome =
+        rig.await_session().and_then(|()| rig.run(&plan, args.warmup_secs, &mut progress));
     progress.bar.finish_and_clear();
     let Rig { server, pool, player: commands, interrupted, .. } = rig;
     pool.stop();
     let _ = commands.send(Command::Stop);
     player.join();
     server.stop();
-    let steps = outcome.map_err(|e| aborted(format!("{e} (server log: {})", file("-server.log").display())))?;
+    let steps = outcome
+        .map_err(|e| aborted(format!("{e} (server log: {})", file("-server.log").display())))?;
     let capacity = run::capacity(&plan, &steps);
     let valid = steps.iter().all(|s| s.valid);
     if interrupted {
         eprintln!("loadgen: interrupted; reporting the {} steps done", steps.len());
     }
-    let result =
-        RunResult { format: 1, started_unix_s, machine, plan, server_settings, steps, capacity, valid, interrupted };
+    let result = RunResult {
+        format: 1,
+        started_unix_s,
+        machine,
+        plan,
+        server_settings,
+        steps,
+        capacity,
+        valid,
+        interrupted,
+    };
     let json = serde_json::to_string_pretty(&result).map_err(|e| aborted(e.to_string()))?;
-    std::fs::write(file(".json"), json).map_err(|e| aborted(format!("{}: {e}", file(".json").display())))?;
-    std::fs::write(file(".html"), report::html(&result)).map_err(|e| aborted(format!("{}: {e}", file(".html").display())))?;
+    std::fs::write(file(".json"), json)
+        .map_err(|e| aborted(format!("{}: {e}", file(".json").display())))?;
+    std::fs::write(file(".html"), report::html(&result))
+        .map_err(|e| aborted(format!("{}: {e}", file(".html").display())))?;
     print!("{}", report::table(&result));
     println!("result: {}  report: {}", file(".json").display(), file(".html").display());
     Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) })

@@ -1113,31 +1113,42 @@ fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> boo
     false
 }
 
-/// Moves the outbox into the socket until it would block. False when the connection is dead.
+/// Moves the outbox into the socket until the outbox is empty or the socket would block.
+/// False when the connection is dead.
+///
+/// Readiness is edge-triggered: the loop hears of this socket again only after a write has
+/// hit `WouldBlock`. So when tungstenite's write buffer fills, is written out whole, and the
+/// outbox still holds messages, this goes round again rather than waiting for an edge that
+/// will not come (which would leave a backlog stuck until the next batch).
 fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
-    while let Some((message, events)) = c.outbox.pop_front() {
-        let len = message.len();
-        match c.ws.write(message) {
-            Ok(()) => {}
-            Err(tungstenite::Error::WriteBufferFull(back)) => {
-                // tungstenite hands back the message as a frame, header included: account for
-                // what is queued now, so the count matches what later leaves.
-                c.outbox_bytes = c.outbox_bytes - len + back.len();
-                c.outbox.push_front((*back, events));
-                break;
+    loop {
+        let mut buffer_full = false;
+        while let Some((message, events)) = c.outbox.pop_front() {
+            let len = message.len();
+            match c.ws.write(message) {
+                Ok(()) => {}
+                Err(tungstenite::Error::WriteBufferFull(back)) => {
+                    // tungstenite hands back the message as a frame, header included: account
+                    // for what is queued now, so the count matches what later leaves.
+                    c.outbox_bytes = c.outbox_bytes - len + back.len();
+                    c.outbox.push_front((*back, events));
+                    buffer_full = true;
+                    break;
+                }
+                // Buffered in tungstenite; it goes out on a later flush.
+                Err(tungstenite::Error::Io(error)) if would_block(&error) => {}
+                Err(_) => return false,
             }
-            // Buffered in tungstenite; it goes out on a later flush.
-            Err(tungstenite::Error::Io(error)) if would_block(&error) => {}
+            c.outbox_bytes -= len;
+            ServerCounters::add(&counters.messages_out, 1);
+            ServerCounters::add(&counters.bytes_out, len as u64);
+        }
+        match c.ws.flush() {
+            // All of tungstenite's buffer went out without blocking: more may follow.
+            Ok(()) if buffer_full => {}
+            Ok(()) => return true,
+            Err(tungstenite::Error::Io(error)) if would_block(&error) => return true,
             Err(_) => return false,
         }
-        c.outbox_bytes -= len;
-        ServerCounters::add(&counters.messages_out, 1);
-        ServerCounters::add(&counters.bytes_out, len as u64);
-    }
-    match c.ws.flush() {
-        Ok(()) => true,
-        Err(tungstenite::Error::Io(error)) if would_block(&error) => true,
-        Err(tungstenite::Error::ConnectionClosed) => false,
-        Err(_) => false,
     }
 }
