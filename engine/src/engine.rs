@@ -57,13 +57,13 @@ pub struct Engine {
     stats: Stats,
 }
 
-/// A bar of `symbol` ending at `end_ns`, due to close on the clock at `due_ns` (the end plus
-/// the grace plus the symbol's stagger, [`close_due`]). Ordered by due time, end, symbol,
-/// then frequency, which is the order bars closed by the clock are emitted in.
+/// A bar of `symbol` due to close on the clock at `due_ns`: its end plus the grace plus the
+/// symbol's stagger ([`close_due`]), so the end is implied ([`Timer::end_ns`]) and a timer
+/// stays 16 bytes. Ordered by due time, symbol, then frequency, which is the order bars
+/// closed by the clock are emitted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     due_ns: u64,
-    end_ns: u64,
     symbol: u32,
     frequency: Frequency,
 }
@@ -260,9 +260,11 @@ impl Engine {
         let mut timers = std::mem::take(&mut self.timers).into_vec();
         for Reverse(timer) in &mut timers {
             let builder = &self.symbols[timer.symbol as usize].bars[timer.frequency.index()];
-            timer.end_ns = builder.open_end(timer.frequency).unwrap_or(0);
+            let end_ns = builder.open_end(timer.frequency).unwrap_or(0);
+            timer.due_ns = close_due(&self.params, end_ns, SymbolId(timer.symbol));
         }
-        timers.sort_unstable_by_key(|Reverse(t)| (t.end_ns, t.symbol, t.frequency));
+        let params = &self.params;
+        timers.sort_unstable_by_key(|Reverse(t)| (t.end_ns(params), t.symbol, t.frequency));
         for Reverse(timer) in timers.drain(..) {
             self.fire_timer(timer, false);
         }
@@ -314,7 +316,7 @@ impl Engine {
         let builder = &mut state.bars[frequency.index()];
         builder.timer_armed = false;
         match builder.open_end(frequency) {
-            Some(end_ns) if end_ns == timer.end_ns => {
+            Some(end_ns) if end_ns == timer.end_ns(&self.params) => {
                 if let Some(bar) = builder.close(frequency, &state.session.figures()) {
                     self.out.push(&mut self.stats, symbol, EventBody::Bar(bar));
                     if by_clock {
@@ -326,7 +328,7 @@ impl Engine {
             }
             Some(end_ns) => {
                 let due_ns = close_due(&self.params, end_ns, symbol);
-                arm(&mut self.timers, builder, Timer { due_ns, end_ns, ..timer });
+                arm(&mut self.timers, builder, Timer { due_ns, ..timer });
             }
             None => {}
         }
@@ -534,7 +536,7 @@ impl Engine {
                 Placement::Added { opened: true } => {
                     let end_ns = builder.open_end(frequency).unwrap_or(input.t_ns);
                     let due_ns = close_due(&self.params, end_ns, symbol);
-                    arm(&mut self.timers, builder, Timer { due_ns, end_ns, symbol: symbol.0, frequency });
+                    arm(&mut self.timers, builder, Timer { due_ns, symbol: symbol.0, frequency });
                 }
                 Placement::Added { opened: false } => {}
                 Placement::Late => stats.late[frequency.index()] += 1,
@@ -649,16 +651,29 @@ fn ring_of<S>(ring: &mut [S], ring_len: usize, index: usize) -> &mut [S] {
     &mut ring[start..start + ring_len]
 }
 
-/// Queues a close timer for `builder` unless one is queued already.
-/// When the clock closes a bar of `symbol` ending at `end_ns`: the end, plus the grace,
-/// plus the symbol's fixed offset in `[0, bar_close_spread)` (Fibonacci hashing of its id,
-/// which spreads consecutive ids evenly).
-pub(crate) fn close_due(params: &Params, end_ns: u64, symbol: SymbolId) -> u64 {
-    let hash = u64::from(symbol.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-    let stagger = (u128::from(hash) * u128::from(params.bar_close_spread_ns)) >> 32;
-    end_ns.saturating_add(params.bar_close_grace_ns).saturating_add(stagger as u64)
+const _: () = assert!(size_of::<Timer>() == 16, "a timer is 16 bytes");
+
+impl Timer {
+    /// The end of the bar this timer was armed for.
+    fn end_ns(&self, params: &Params) -> u64 {
+        self.due_ns - params.bar_close_grace_ns - stagger(params, SymbolId(self.symbol))
+    }
 }
 
+/// A symbol's fixed offset in `[0, bar_close_spread)`: the top 32 bits of its id times
+/// 2^64/phi (Fibonacci hashing, which spreads consecutive ids evenly), as a fraction of 2^32.
+fn stagger(params: &Params, symbol: SymbolId) -> u64 {
+    let hash = u64::from(symbol.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    ((u128::from(hash) * u128::from(params.bar_close_spread_ns)) >> 32) as u64
+}
+
+/// When the clock closes a bar of `symbol` ending at `end_ns`: the end, plus the grace,
+/// plus the symbol's [`stagger`].
+pub(crate) fn close_due(params: &Params, end_ns: u64, symbol: SymbolId) -> u64 {
+    end_ns + params.bar_close_grace_ns + stagger(params, symbol)
+}
+
+/// Queues a close timer for `builder` unless one is queued already.
 fn arm(timers: &mut BinaryHeap<Reverse<Timer>>, builder: &mut BarBuilder, timer: Timer) {
     if !builder.timer_armed {
         debug_assert!(timers.len() < timers.capacity(), "Invariant: one timer per bar builder");

@@ -349,22 +349,21 @@ impl Rig {
     }
 }
 
-/// Why a step is not worth running: the budget already broke at a smaller load along the
-/// same axis, `past_knee` steps ago.
+/// Why a step is not worth running: a smaller load (no more clients and no higher rate)
+/// already broke the budget, and this step is not one of the `past_knee` steps run just past
+/// that break along the same axis to show the knee.
 fn skip(steps: &[Step], plan: &Plan, clients: u32, rate: u32) -> Option<String> {
+    let at = |list: &[u32], value: u32| list.iter().position(|&v| v == value).unwrap_or(0);
+    let (c, r) = (at(&plan.clients, clients), at(&plan.rates, rate));
     let past = plan.past_knee as usize;
-    let broke_after = |on_axis: &dyn Fn(&Step) -> bool| {
-        let line: Vec<&Step> = steps.iter().filter(|s| on_axis(s)).collect();
-        line.iter().position(|s| !s.within_budget).is_some_and(|at| line.len() - at > past)
-    };
-    if broke_after(&|s: &Step| s.clients == clients && s.rate < rate) {
-        return Some(format!("the budget broke at a lower rate with {clients} clients"));
-    }
-    if broke_after(&|s: &Step| s.rate == rate && s.clients < clients) {
-        return Some(format!("the budget broke with fewer clients at {rate} trades/s"));
-    }
-    let hopeless = steps.iter().any(|s| s.clients <= clients && s.rate <= rate && !s.valid);
-    hopeless.then(|| "a smaller load was already invalid".to_owned())
+    steps.iter().filter(|s| !s.within_budget).find_map(|s| {
+        let (sc, sr) = (at(&plan.clients, s.clients), at(&plan.rates, s.rate));
+        let smaller = sc <= c && sr <= r && (sc, sr) != (c, r);
+        let just_past = (sc == c && r - sr <= past) || (sr == r && c - sc <= past);
+        (smaller && !just_past).then(|| {
+            format!("{} clients × {} trades/s already broke the budget", s.clients, s.rate)
+        })
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -575,5 +574,75 @@ pub fn capacity(plan: &Plan, steps: &[Step]) -> Capacity {
             .iter()
             .map(|&r| (r, knee(&mut plan.clients.iter().map(|&c| (c, held(c, r))))))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            rates: vec![10, 20, 50, 100],
+            clients: vec![1, 10, 100],
+            step_secs: 1.0,
+            budget_p99_ms: 10.0,
+            past_knee: 1,
+            topics: String::new(),
+            source: String::new(),
+            reader_threads: 1,
+        }
+    }
+
+    fn step(clients: u32, rate: u32, within_budget: bool) -> Step {
+        Step {
+            clients,
+            rate,
+            sent: 0,
+            achieved_rate: 0.0,
+            delivered_events_per_s: 0.0,
+            latency_ms: Percentiles::default(),
+            send_lag_p99_ms: 0.0,
+            slow_consumer_closes: 0,
+            server_slow_consumer_closes: 0,
+            server_dropped_events: 0,
+            server_cpu_cores: None,
+            server_rss_mib: None,
+            loadgen_cpu_cores: 0.0,
+            valid: true,
+            invalid_reasons: Vec::new(),
+            within_budget,
+            breaches: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn steps_past_the_knee_are_skipped_but_one_per_axis_runs() {
+        let plan = plan();
+        let steps = vec![step(1, 10, true), step(1, 20, false)];
+        assert_eq!(skip(&steps, &plan, 1, 50), None, "one step past the knee on the rate axis");
+        let steps = [steps, vec![step(1, 50, false)]].concat();
+        assert!(skip(&steps, &plan, 1, 100).is_some(), "two past: skipped");
+        assert_eq!(skip(&steps, &plan, 10, 10), None, "a smaller load that held");
+        assert_eq!(skip(&steps, &plan, 10, 20), None, "one past on the client axis");
+        assert!(skip(&steps, &plan, 100, 20).is_some(), "two past on the client axis");
+        assert!(skip(&steps, &plan, 100, 100).is_some(), "dominated by a break");
+    }
+
+    #[test]
+    fn capacity_is_the_last_step_held_before_the_first_break() {
+        let plan = plan();
+        let steps = vec![
+            step(1, 10, true),
+            step(1, 20, true),
+            step(1, 50, false),
+            step(1, 100, true),
+            step(10, 10, false),
+            step(100, 10, false),
+        ];
+        let capacity = capacity(&plan, &steps);
+        assert_eq!(capacity.max_rate_by_clients, vec![(1, Some(20)), (10, None), (100, None)]);
+        assert_eq!(capacity.max_clients_by_rate[0], (10, Some(1)));
+        assert_eq!(capacity.max_clients_by_rate[1], (20, Some(1)));
     }
 }

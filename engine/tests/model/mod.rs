@@ -119,14 +119,14 @@ impl Model {
 
     pub fn clock(&mut self, now: u64) {
         self.now = self.now.max(now);
-        let mut due: Vec<(u64, u64, u32, Frequency)> = self
+        let mut due: Vec<(u64, u32, Frequency)> = self
             .open_bars()
             .into_iter()
-            .map(|(end, sym, f)| (self.close_due(end, sym), end, sym, f))
+            .map(|(end, sym, f)| (self.close_due(end, sym), sym, f))
             .filter(|&(due, ..)| due <= self.now)
             .collect();
         due.sort();
-        for (_, _, sym, f) in due {
+        for (_, sym, f) in due {
             self.close_bar(sym, f);
         }
     }
