@@ -9,7 +9,10 @@ fn main() {
         .output()
         .ok()
         .filter(|out| out.status.success())
-        .map_or_else(|| "unknown".to_owned(), |out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        .map_or_else(
+            || "unknown".to_owned(),
+            |out| String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        );
     println!("cargo:rustc-env=LOADGEN_RUSTC={version}");
     println!("cargo:rerun-if-env-changed=RUSTC");
 }

@@ -125,6 +125,8 @@ pub struct Played {
     pub send_lag: Histogram<u64>,
     /// Upstream messages written.
     pub messages: u64,
+    /// Why the step ended early (the session failed), if it did.
+    pub lost: Option<String>,
 }
 
 /// The listening player.
@@ -204,13 +206,11 @@ impl State {
             match commands.recv_timeout(Duration::from_millis(10)) {
                 Ok(Command::Play(schedule)) => {
                     let played = self.play(socket.as_mut(), schedule);
-                    if let Err((played, reason)) = played {
+                    if let Some(reason) = &played.lost {
                         socket = None;
-                        let _ = reports.send(Report::Lost(reason));
-                        let _ = reports.send(Report::Played(played));
-                    } else if let Ok(played) = played {
-                        let _ = reports.send(Report::Played(played));
+                        let _ = reports.send(Report::Lost(reason.clone()));
                     }
+                    let _ = reports.send(Report::Played(played));
                 }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     if let Some(mut socket) = socket {
@@ -274,23 +274,21 @@ impl State {
         Ok(socket)
     }
 
-    /// Sends the step's trades on schedule. On a write failure returns what was played and
-    /// the reason.
-    fn play(
-        &mut self,
-        mut socket: Option<&mut Socket>,
-        schedule: Schedule,
-    ) -> Result<Played, (Played, String)> {
+    /// Sends the step's trades on schedule; a write failure ends the step early, with the
+    /// reason in [`Played::lost`].
+    fn play(&mut self, socket: Option<&mut Socket>, schedule: Schedule) -> Played {
         let mut played = Played {
             sent: 0,
             checksum: 0,
             finished_ns: 0,
             send_lag: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds"),
             messages: 0,
+            lost: None,
         };
-        let Some(socket) = socket.as_deref_mut() else {
+        let Some(socket) = socket else {
             played.finished_ns = self.clock.now_ns();
-            return Err((played, "no upstream session: the server is not connected".to_owned()));
+            played.lost = Some("no upstream session: the server is not connected".to_owned());
+            return played;
         };
         let end = schedule.first + schedule.trades;
         let mut next = schedule.first;
@@ -309,7 +307,8 @@ impl State {
                 let message = Message::text(std::mem::take(&mut self.next_send));
                 if let Err(error) = socket.send(message) {
                     played.finished_ns = self.clock.now_ns();
-                    return Err((played, format!("upstream write: {error}")));
+                    played.lost = Some(format!("upstream write: {error}"));
+                    return played;
                 }
                 let _ = played.send_lag.record(lag.max(1));
                 played.messages += 1;
@@ -321,7 +320,7 @@ impl State {
             thread::sleep(wait.saturating_sub(WAKE_EARLY).max(SLEEP_MIN));
         }
         played.finished_ns = self.clock.now_ns();
-        Ok(played)
+        played
     }
 
     /// Encodes trades `[from, upto)` into `next_send`; returns their checksum.

@@ -22,7 +22,16 @@ fn tickstock() -> PathBuf {
 fn a_short_sweep_reports_valid_self_consistent_results() {
     let out = tempfile::tempdir().expect("tempdir");
     let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--clients", "3,1", "--rates", "2000,500", "--step-secs", "1.5", "--warmup-secs", "0.5"])
+        .args([
+            "--clients",
+            "3,1",
+            "--rates",
+            "2000,500",
+            "--step-secs",
+            "1.5",
+            "--warmup-secs",
+            "0.5",
+        ])
         .args(["--source", "synthetic:300", "--budget-p99-ms", "250"])
         .arg("--tickstock")
         .arg(tickstock())
@@ -37,7 +46,10 @@ fn a_short_sweep_reports_valid_self_consistent_results() {
         std::fs::read_dir(out.path())
             .expect("out dir")
             .map(|e| e.expect("entry").path())
-            .find(|p| p.extension().is_some_and(|e| e == ext) && !p.to_string_lossy().ends_with("-server.toml"))
+            .find(|p| {
+                p.extension().is_some_and(|e| e == ext)
+                    && !p.to_string_lossy().ends_with("-server.toml")
+            })
             .unwrap_or_else(|| panic!("no .{ext} in {}", out.path().display()))
     };
     let result: serde_json::Value =
@@ -51,7 +63,8 @@ fn a_short_sweep_reports_valid_self_consistent_results() {
     assert_eq!(steps.len(), 4, "1 and 3 clients × 500 and 2000 trades/s, sorted");
     let mut order = Vec::new();
     for step in steps {
-        let (clients, rate) = (step["clients"].as_u64().expect("clients"), step["rate"].as_u64().expect("rate"));
+        let (clients, rate) =
+            (step["clients"].as_u64().expect("clients"), step["rate"].as_u64().expect("rate"));
         order.push((clients, rate));
         let sent = step["sent"].as_u64().expect("sent");
         assert_eq!(sent, rate * 3 / 2, "rate × 1.5 s trades sent");
@@ -59,10 +72,24 @@ fn a_short_sweep_reports_valid_self_consistent_results() {
         assert_eq!(step["latency_ms"]["samples"].as_u64(), Some(sent * clients));
         let l = &step["latency_ms"];
         let p = |k: &str| l[k].as_f64().expect("percentile");
-        assert!(0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("p999") && p("p999") <= p("max"));
-        assert!(step["delivered_events_per_s"].as_f64().expect("rate") >= (sent * clients) as f64 / 3.0);
-        assert!(step["server_cpu_cores"].as_f64().is_some_and(|c| c > 0.0), "server CPU read from /proc");
-        assert!(step["server_rss_mib"].as_f64().is_some_and(|m| m > 1.0), "server memory read from /proc");
+        assert!(
+            0.0 < p("p50")
+                && p("p50") <= p("p90")
+                && p("p90") <= p("p99")
+                && p("p99") <= p("p999")
+                && p("p999") <= p("max")
+        );
+        assert!(
+            step["delivered_events_per_s"].as_f64().expect("rate") >= (sent * clients) as f64 / 3.0
+        );
+        assert!(
+            step["server_cpu_cores"].as_f64().is_some_and(|c| c > 0.0),
+            "server CPU read from /proc"
+        );
+        assert!(
+            step["server_rss_mib"].as_f64().is_some_and(|m| m > 1.0),
+            "server memory read from /proc"
+        );
         assert_eq!(step["within_budget"], step["breaches"].as_array().expect("list").is_empty());
     }
     assert_eq!(order, vec![(1, 500), (1, 2000), (3, 500), (3, 2000)]);
@@ -70,13 +97,19 @@ fn a_short_sweep_reports_valid_self_consistent_results() {
     let by_clients = result["capacity"]["max_rate_by_clients"].as_array().expect("answers");
     for answer in by_clients {
         let clients = answer[0].as_u64().expect("clients");
-        let held = steps.iter().filter(|s| s["clients"].as_u64() == Some(clients)).all(|s| s["within_budget"] == true);
+        let held = steps
+            .iter()
+            .filter(|s| s["clients"].as_u64() == Some(clients))
+            .all(|s| s["within_budget"] == true);
         if held {
             assert_eq!(answer[1].as_u64(), Some(2000), "{answer}");
         }
     }
     let html = std::fs::read_to_string(file("html")).expect("report");
-    assert!(html.matches("<svg").count() >= 3, "latency-vs-rate per client count, and per-rate client charts");
+    assert!(
+        html.matches("<svg").count() >= 3,
+        "latency-vs-rate per client count, and per-rate client charts"
+    );
     assert!(stdout.contains("capacity: 3 clients"), "{stdout}");
     let log = std::fs::read_to_string(file("log")).expect("server log");
     assert!(log.contains("serving ws://"), "{log}");

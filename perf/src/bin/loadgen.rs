@@ -191,7 +191,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             "--step-secs must be positive and --warmup-secs not negative".to_owned(),
         ));
     }
-    if !(plan.budget_p99_ms > 0.0) {
+    if plan.budget_p99_ms.is_nan() || plan.budget_p99_ms <= 0.0 {
         return Err(usage("--budget-p99-ms must be positive".to_owned()));
     }
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
