@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Deadline for the handshake, auth and subscribe of one connection.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 const WAKER: Token = Token(usize::MAX);
+/// Connections handed to a reader at a time while a pool grows.
+const ADD_BATCH: usize = 32;
 
 /// Where and how clients connect.
 #[derive(Clone, Debug)]
@@ -150,7 +152,6 @@ pub struct ReaderReport {
 enum Command {
     Add(Vec<Conn>),
     Close(Vec<u32>),
-    Begin(Schedule),
     End(Sender<ReaderReport>),
     Stop,
 }
@@ -164,6 +165,17 @@ pub struct Pool {
     /// Connection ids held by each reader, and where the next goes.
     held: Vec<Vec<u32>>,
     next_id: u32,
+    /// The step being measured, numbered, shared with the readers.
+    current: Arc<RwLock<Step>>,
+}
+
+/// A step as the readers see it: its number and schedule. A reader rolls a connection's
+/// figures over to a new step at its first message after the step changed, so no trade can
+/// slip between a reset and the first send, however busy the reader is.
+#[derive(Clone, Copy, Debug, Default)]
+struct Step {
+    number: u64,
+    schedule: Option<Schedule>,
 }
 
 #[derive(Debug)]
@@ -186,7 +198,6 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Add(_) => "Add",
             Command::Close(_) => "Close",
-            Command::Begin(_) => "Begin",
             Command::End(_) => "End",
             Command::Stop => "Stop",
         })
@@ -197,19 +208,20 @@ impl Pool {
     /// Starts `threads` reader threads with no connections.
     pub fn start(threads: usize, clock: Clock) -> std::io::Result<Pool> {
         let received = Arc::new(AtomicU64::new(0));
+        let current = Arc::new(RwLock::new(Step::default()));
         let mut readers = Vec::new();
         for index in 0..threads.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (commands, inbox) = mpsc::channel();
-            let received = Arc::clone(&received);
+            let (received, current) = (Arc::clone(&received), Arc::clone(&current));
             let thread = thread::Builder::new()
                 .name(format!("loadgen-reader-{index}"))
-                .spawn(move || ReaderLoop::new(poll, inbox, clock, received).run())?;
+                .spawn(move || ReaderLoop::new(poll, inbox, clock, received, current).run())?;
             readers.push(Reader { commands, waker, thread });
         }
         let held = vec![Vec::new(); readers.len()];
-        Ok(Pool { readers, received, held, next_id: 0 })
+        Ok(Pool { readers, received, held, next_id: 0, current })
     }
 
     /// Connections held (open as far as the pool knows).
@@ -235,31 +247,28 @@ impl Pool {
             let ids: Vec<u32> = self.held[reader].pop().into_iter().collect();
             self.readers[reader].send(Command::Close(ids));
         }
-        let mut batches: Vec<Vec<Conn>> = (0..self.readers.len()).map(|_| Vec::new()).collect();
-        while self.len() + batches.iter().map(Vec::len).sum::<usize>() < count {
-            let reader = (0..self.held.len())
-                .min_by_key(|&r| self.held[r].len() + batches[r].len())
-                .unwrap_or(0);
-            let conn = Conn::open(target, self.next_id)?;
-            self.next_id += 1;
-            batches[reader].push(conn);
-            progress(self.len() + batches.iter().map(Vec::len).sum::<usize>());
-        }
-        for (reader, batch) in batches.into_iter().enumerate() {
-            if !batch.is_empty() {
-                self.held[reader].extend(batch.iter().map(|c| c.id));
-                self.readers[reader].send(Command::Add(batch));
+        // Handed to the readers in small batches as they connect, so the first clients'
+        // streams are read while the rest connect, not left to pile up.
+        while self.len() < count {
+            let reader = (0..self.held.len()).min_by_key(|&r| self.held[r].len()).unwrap_or(0);
+            let mut batch = Vec::new();
+            while batch.len() < ADD_BATCH && self.len() + batch.len() < count {
+                batch.push(Conn::open(target, self.next_id)?);
+                self.next_id += 1;
             }
+            self.held[reader].extend(batch.iter().map(|c| c.id));
+            self.readers[reader].send(Command::Add(batch));
+            progress(self.len());
         }
         Ok(())
     }
 
-    /// Starts a step: every connection's step figures are reset.
+    /// Starts a step: from now on the readers count its trades, each connection from a clean
+    /// slate. Call before the first trade is sent.
     pub fn begin(&self, schedule: Schedule) {
         self.received.store(0, Ordering::Relaxed);
-        for reader in &self.readers {
-            reader.send(Command::Begin(schedule));
-        }
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Step { number: current.number + 1, schedule: Some(schedule) };
     }
 
     /// Ends a step: the readers' figures. Connections that ended are forgotten.
@@ -299,6 +308,8 @@ struct Held {
     first_block: Option<u64>,
     /// The open block when the step began.
     begin_open: Option<u64>,
+    /// The step `report` is for.
+    step: u64,
 }
 
 struct ReaderLoop {
@@ -307,8 +318,10 @@ struct ReaderLoop {
     clock: Clock,
     received: Arc<AtomicU64>,
     conns: Vec<Option<Held>>,
-    schedule: Option<Schedule>,
+    current: Arc<RwLock<Step>>,
     latency: Histogram<u64>,
+    /// The step `latency` is for.
+    latency_step: u64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -321,6 +334,7 @@ impl ReaderLoop {
         inbox: Receiver<Command>,
         clock: Clock,
         received: Arc<AtomicU64>,
+        current: Arc<RwLock<Step>>,
     ) -> ReaderLoop {
         ReaderLoop {
             poll,
@@ -328,9 +342,14 @@ impl ReaderLoop {
             clock,
             received,
             conns: Vec::new(),
-            schedule: None,
+            current,
             latency: new_histogram(),
+            latency_step: 0,
         }
+    }
+
+    fn step(&self) -> Step {
+        *self.current.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn run(mut self) {
@@ -350,7 +369,6 @@ impl ReaderLoop {
                 match command {
                     Command::Add(conns) => self.add(conns),
                     Command::Close(ids) => self.close(&ids),
-                    Command::Begin(schedule) => self.begin(schedule),
                     Command::End(reply) => {
                         let _ = reply.send(self.end());
                     }
@@ -376,6 +394,7 @@ impl ReaderLoop {
                 open: None,
                 first_block: None,
                 begin_open: None,
+                step: 0,
             };
             if let Err(error) =
                 self.poll.registry().register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
@@ -405,19 +424,12 @@ impl ReaderLoop {
         }
     }
 
-    fn begin(&mut self, schedule: Schedule) {
-        self.schedule = Some(schedule);
-        self.latency = new_histogram();
-        for held in self.conns.iter_mut().flatten() {
-            held.report = ConnReport { id: held.conn.id, ..Default::default() };
-            held.begin_open = held.open.map(|o| o.0);
-        }
-    }
-
     fn end(&mut self) -> ReaderReport {
+        let step = self.step().number;
         let mut conns = Vec::new();
         for slot in &mut self.conns {
             let Some(held) = slot.as_mut() else { continue };
+            roll(held, step);
             // Whole blocks seen in this step: from the one open at `begin` (or after the
             // first, partial one) up to, not including, the one open now.
             let start = match held.first_block {
@@ -435,7 +447,12 @@ impl ReaderLoop {
             }
             conns.push(report);
         }
-        ReaderReport { latency: std::mem::replace(&mut self.latency, new_histogram()), conns }
+        let latency = if self.latency_step == step {
+            std::mem::replace(&mut self.latency, new_histogram())
+        } else {
+            new_histogram()
+        };
+        ReaderReport { latency, conns }
     }
 
     fn read(&mut self, slot: usize) {
@@ -447,11 +464,16 @@ impl ReaderLoop {
             match held.conn.socket.read() {
                 Ok(Message::Text(text)) => {
                     let now = self.clock.now_ns();
+                    let step = *self.current.read().unwrap_or_else(PoisonError::into_inner);
+                    roll(held, step.number);
+                    if self.latency_step != step.number {
+                        (self.latency, self.latency_step) = (new_histogram(), step.number);
+                    }
                     let trades = absorb(
                         held,
                         text.as_bytes(),
                         now,
-                        self.schedule.as_ref(),
+                        step.schedule.as_ref(),
                         &mut self.latency,
                     );
                     self.received.fetch_add(trades, Ordering::Relaxed);
@@ -481,6 +503,21 @@ impl ReaderLoop {
         // Pongs for the server's pings.
         let _ = held.conn.socket.flush();
     }
+}
+
+/// Moves a connection's figures to step `number` if they are for an earlier one. Trades
+/// that arrived after the earlier step was reported are counted as strays of the new one.
+fn roll(held: &mut Held, number: u64) {
+    if held.step == number {
+        return;
+    }
+    let late = held.report.trades + held.report.stray;
+    let closed = held.report.closed.take();
+    let slow_consumer = held.report.slow_consumer;
+    held.report =
+        ConnReport { id: held.conn.id, stray: late, closed, slow_consumer, ..Default::default() };
+    held.begin_open = held.open.map(|o| o.0);
+    held.step = number;
 }
 
 /// Takes one message into a connection's figures; returns the step trades in it.

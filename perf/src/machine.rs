@@ -87,6 +87,14 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample { cpu_ticks: utime + stime, rss_bytes: rss_kib * 1024 })
 }
 
+/// This process's soft limit on open files (`/proc/self/limits`); `None` if unreadable or
+/// unlimited.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
 /// `USER_HZ`: clock ticks per second in `/proc` CPU times (`getconf CLK_TCK`, else 100).
 pub fn clock_ticks_per_sec() -> u64 {
     output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).filter(|&hz| hz > 0).unwrap_or(100)
@@ -105,5 +113,6 @@ mod tests {
         let later = sample(std::process::id()).expect("own /proc entry");
         assert!(later.cpu_ticks >= own.cpu_ticks);
         assert_eq!(sample(u32::MAX), None);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }

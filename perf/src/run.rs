@@ -160,6 +160,8 @@ const SESSION_DEADLINE: Duration = Duration::from_secs(30);
 const DRAIN_QUIET: Duration = Duration::from_millis(3_000);
 /// The longest drain.
 const DRAIN_MAX: Duration = Duration::from_secs(60);
+/// The pause after clients connect or close, before the next step.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Trades are scheduled from this far in the future, so readers know the step first.
 const LEAD: Duration = Duration::from_millis(50);
 /// Invalid reasons listed per step; the rest are counted.
@@ -252,10 +254,17 @@ impl Rig {
 
     fn resize(&mut self, clients: u32, progress: &mut dyn Progress) -> Result<(), String> {
         let have = self.pool.len();
+        if have == clients as usize {
+            return Ok(());
+        }
         if have < clients as usize {
             progress.note(&format!("connecting clients: {have} → {clients}"));
         }
-        self.pool.resize(&self.target, clients as usize, |_| {})
+        self.pool.resize(&self.target, clients as usize, |_| {})?;
+        // New clients start with the server's current stream; let what piled up while they
+        // connected be read before the step is timed.
+        std::thread::sleep(SETTLE);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tickstock_perf::clients::{Pool, Target};
-use tickstock_perf::machine::Machine;
+use tickstock_perf::machine::{self, Machine};
 use tickstock_perf::report::{self, RunResult};
 use tickstock_perf::run::{self, Plan, Progress, Rig, Step};
 use tickstock_perf::server::{Launch, Server};
@@ -43,7 +43,7 @@ const EXIT_INVALID: u8 = 1;
 )]
 struct Args {
     /// Client counts to step through (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,200,500,1000")]
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,200,500,1000,2000,5000,10000")]
     clients: Vec<u32>,
     /// Offered trade rates to step through, trades/s (comma-separated).
     #[arg(
@@ -193,6 +193,16 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     }
     if plan.budget_p99_ms.is_nan() || plan.budget_p99_ms <= 0.0 {
         return Err(usage("--budget-p99-ms must be positive".to_owned()));
+    }
+    // Each client is a socket here and one in a local server, which inherits this limit.
+    let files_needed = u64::from(plan.clients.last().copied().unwrap_or(1)) + 64;
+    // Up to the hard limit, without privileges; what is still short is reported below.
+    let _ = rlimit::increase_nofile_limit(files_needed);
+    if let Some(limit) = machine::open_files_limit().filter(|&limit| limit < files_needed) {
+        return Err(usage(format!(
+            "{} clients need about {files_needed} open files and the limit is {limit}: raise it (ulimit -n {files_needed}) or use fewer clients",
+            plan.clients.last().copied().unwrap_or(1)
+        )));
     }
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     std::fs::create_dir_all(&args.out)
