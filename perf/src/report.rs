@@ -29,6 +29,9 @@ pub struct RunResult {
     pub valid: bool,
     /// SIGINT/SIGTERM ended the run before the plan was done.
     pub interrupted: bool,
+    /// Why the run stopped before the plan was done (the server died, clients could not
+    /// connect), if it did.
+    pub aborted: Option<String>,
 }
 
 /// The terminal summary.
@@ -103,6 +106,9 @@ pub fn table(result: &RunResult) -> String {
             "capacity: {rate} trades/s: {}",
             clients.map_or("no client count held".to_owned(), |c| format!("up to {c} clients"))
         );
+    }
+    if let Some(reason) = &result.aborted {
+        let _ = writeln!(out, "ABORTED: {reason}");
     }
     if result.interrupted {
         let _ = writeln!(out, "interrupted: only the steps above were run");

@@ -149,6 +149,8 @@ pub struct Rig {
     pub stop: Arc<AtomicBool>,
     /// Whether the run ended early because of `stop`.
     pub interrupted: bool,
+    /// The steps measured so far (kept when the run aborts).
+    pub steps: Vec<Step>,
 }
 
 /// The id of the first trade; later steps continue from the last.
@@ -192,7 +194,7 @@ impl Rig {
         plan: &Plan,
         warmup_secs: f64,
         progress: &mut dyn Progress,
-    ) -> Result<Vec<Step>, String> {
+    ) -> Result<(), String> {
         let mut next_trade = FIRST_TRADE_ID;
         let hz = machine::clock_ticks_per_sec();
         if warmup_secs > 0.0 {
@@ -216,11 +218,10 @@ impl Rig {
                     .note(&format!("warm-up was not clean: {}", warm.invalid_reasons.join("; ")));
             }
         }
-        let mut steps: Vec<Step> = Vec::new();
         let mut index = 0;
         for &clients in &plan.clients {
             for &rate in &plan.rates {
-                if let Some(why) = skip(&steps, plan, clients, rate) {
+                if let Some(why) = skip(&self.steps, plan, clients, rate) {
                     progress.note(&format!("skipped {clients} clients × {rate} trades/s: {why}"));
                     continue;
                 }
@@ -228,7 +229,7 @@ impl Rig {
                     return Err("the server under test exited".to_owned());
                 }
                 if self.stopping() {
-                    return Ok(steps);
+                    return Ok(());
                 }
                 self.resize(clients, progress)?;
                 index += 1;
@@ -237,13 +238,13 @@ impl Rig {
                     self.step(plan, clients, rate, plan.step_secs, &mut next_trade, hz, progress)?;
                 if self.stopping() {
                     progress.note("interrupted: the step in progress is not reported");
-                    return Ok(steps);
+                    return Ok(());
                 }
                 progress.step_done(&step);
-                steps.push(step);
+                self.steps.push(step);
             }
         }
-        Ok(steps)
+        Ok(())
     }
 
     fn stopping(&mut self) -> bool {
@@ -279,7 +280,8 @@ impl Rig {
         progress: &mut dyn Progress,
     ) -> Result<Step, String> {
         let trades = ((f64::from(rate) * secs).round() as u64).max(1);
-        let before = self.server.metrics()?;
+        // A server too busy to answer /metrics makes the step unmeasurable, not the run.
+        let before = self.server.metrics();
         let proc_before = self.server.pid.and_then(machine::sample);
         let own_before = machine::sample(std::process::id()).unwrap_or_default();
         let started = Instant::now();
@@ -334,14 +336,26 @@ impl Rig {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let reports = self.pool.end();
-        let after = self.server.metrics()?;
+        let after = self.server.metrics();
         let proc_after = self.server.pid.and_then(machine::sample);
         let own_after = machine::sample(std::process::id()).unwrap_or_default();
         let cores = |a: ProcSample, b: ProcSample| {
             (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed
         };
+        let (before, after, unmeasured) = match (before, after) {
+            (Ok(before), Ok(after)) => (before, after, None),
+            (Err(error), _) | (_, Err(error)) => (
+                Metrics::default(),
+                Metrics::default(),
+                Some(format!("server metrics unavailable: {error}")),
+            ),
+        };
         let mut step =
             judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
+        if let Some(reason) = unmeasured {
+            // Without the server's counts nothing can be checked against them.
+            step.invalid_reasons = vec![reason];
+        }
         if drain_cut {
             lost.push(format!(
                 "events were still arriving {} s after the step (the server is far over capacity)",

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use tickstock_shell::config::Settings;
 
+/// Tries of a `/metrics` scrape before a step is declared unmeasurable.
+const SCRAPE_TRIES: usize = 3;
+/// How long one scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a spawned server may take to say where it listens.
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -172,9 +176,17 @@ impl Server {
         let _ = child.wait();
     }
 
-    /// `/metrics`, each metric summed over its labels.
+    /// `/metrics`, each metric summed over its labels; three tries, since a server far over
+    /// capacity may answer slowly.
     pub fn metrics(&self) -> Result<Metrics, String> {
-        scrape(self.addr)
+        let mut last = String::new();
+        for _ in 0..SCRAPE_TRIES {
+            match scrape(self.addr) {
+                Ok(metrics) => return Ok(metrics),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
     }
 }
 
@@ -206,8 +218,8 @@ impl Metrics {
 /// GET `/metrics` and sum each metric over its labels.
 pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
     let fail = |e: std::io::Error| format!("GET http://{addr}/metrics: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
+    let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(fail)?;
+    stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).map_err(fail)?;
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
         .map_err(fail)?;
     let mut response = String::new();

@@ -262,8 +262,17 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
         let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
     }
-    let mut rig =
-        Rig { server, pool, target, player: commands, reports, clock, stop, interrupted: false };
+    let mut rig = Rig {
+        server,
+        pool,
+        target,
+        player: commands,
+        reports,
+        clock,
+        stop,
+        interrupted: false,
+        steps: Vec::new(),
+    };
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {bar:30} {percent:>3}% {msg}")
@@ -280,13 +289,16 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let outcome =
         rig.await_session().and_then(|()| rig.run(&plan, args.warmup_secs, &mut progress));
     progress.bar.finish_and_clear();
-    let Rig { server, pool, player: commands, interrupted, .. } = rig;
+    let Rig { server, pool, player: commands, interrupted, steps, .. } = rig;
     pool.stop();
     let _ = commands.send(Command::Stop);
     player.join();
     server.stop();
-    let steps = outcome
-        .map_err(|e| aborted(format!("{e} (server log: {})", file("-server.log").display())))?;
+    let aborted_because =
+        outcome.err().map(|e| format!("{e} (server log: {})", file("-server.log").display()));
+    if let Some(reason) = &aborted_because {
+        eprintln!("loadgen: the run stopped: {reason}; reporting the {} steps done", steps.len());
+    }
     let capacity = run::capacity(&plan, &steps);
     let valid = steps.iter().all(|s| s.valid);
     if interrupted {
@@ -302,6 +314,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         capacity,
         valid,
         interrupted,
+        aborted: aborted_because.clone(),
     };
     let json = serde_json::to_string_pretty(&result).map_err(|e| aborted(e.to_string()))?;
     std::fs::write(file(".json"), json)
@@ -310,5 +323,9 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         .map_err(|e| aborted(format!("{}: {e}", file(".html").display())))?;
     print!("{}", report::table(&result));
     println!("result: {}  report: {}", file(".json").display(), file(".html").display());
-    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) })
+    Ok(match (aborted_because, valid) {
+        (Some(_), _) => ExitCode::from(EXIT_ABORTED),
+        (None, true) => ExitCode::SUCCESS,
+        (None, false) => ExitCode::from(EXIT_INVALID),
+    })
 }
