@@ -428,6 +428,12 @@ fn a_flood_faster_than_the_engine_is_absorbed_by_back_pressure() {
     let mut settings = settings(server.port, "ws");
     settings.pipeline.ring_capacity = 1_024;
     settings.upstream.message_bytes_max = 1 << 20;
+    // Make sure the flood is faster than what is behind the ring, whatever this machine's
+    // speed: the engine waits for an emitter that pulls a small lane every 20 ms, so the
+    // ring must fill and the feed must wait, and still nothing may be lost.
+    settings.pipeline.emitter_backpressure = tickstock_shell::config::Backpressure::Wait;
+    settings.pipeline.emitter_cycle_us = 20_000;
+    settings.mfbuf.per_second_capacity = 8_192;
     let run = run_until(&settings, |status, _| {
         UpstreamCounters::get(&status.counters.ticks) >= FLOOD as u64
     });
