@@ -42,6 +42,36 @@ pub fn encode_event(out: &mut Vec<u8>, event: &Event, ticker: &str) {
     w.raw("}");
 }
 
+/// Appends a price as the shortest exact decimal of its fixed point (`114.125`, `0.000001`,
+/// `10`), as every event prints it. Anyone producing prices the server must echo byte for
+/// byte (the load generator's upstream) calls this too.
+pub fn write_price(out: &mut Vec<u8>, price: Price) {
+    let raw = price.raw();
+    if raw < 0 {
+        out.push(b'-');
+    }
+    let abs = raw.unsigned_abs();
+    let scale = PRICE_SCALE as u64;
+    out.extend_from_slice(itoa::Buffer::new().format(abs / scale).as_bytes());
+    let mut frac = abs % scale;
+    if frac != 0 {
+        let mut digits = 6;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            digits -= 1;
+        }
+        let mut buf = [b'0'; 7];
+        buf[0] = b'.';
+        let mut at = digits;
+        while frac != 0 {
+            buf[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+            at -= 1;
+        }
+        out.extend_from_slice(&buf[..=digits]);
+    }
+}
+
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -63,32 +93,8 @@ impl Writer<'_> {
         }
     }
 
-    /// The shortest exact decimal of a fixed-point price.
     fn price(&mut self, price: Price) {
-        let raw = price.raw();
-        if raw < 0 {
-            self.raw("-");
-        }
-        let abs = raw.unsigned_abs();
-        let scale = PRICE_SCALE as u64;
-        self.uint(abs / scale);
-        let mut frac = abs % scale;
-        if frac != 0 {
-            let mut digits = 6;
-            while frac.is_multiple_of(10) {
-                frac /= 10;
-                digits -= 1;
-            }
-            let mut buf = [b'0'; 7];
-            buf[0] = b'.';
-            let mut at = digits;
-            while frac != 0 {
-                buf[at] = b'0' + (frac % 10) as u8;
-                frac /= 10;
-                at -= 1;
-            }
-            self.out.extend_from_slice(&buf[..=digits]);
-        }
+        write_price(self.out, price);
     }
 
     fn key(&mut self, key: &str) {

@@ -463,7 +463,7 @@ impl ReaderLoop {
         loop {
             match held.conn.socket.read() {
                 Ok(Message::Text(text)) => {
-                    let now = self.clock.now_ns();
+                    let now = self.clock.now().0;
                     let step = *self.current.read().unwrap_or_else(PoisonError::into_inner);
                     roll(held, step.number);
                     if self.latency_step != step.number {

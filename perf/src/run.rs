@@ -289,7 +289,7 @@ impl Rig {
             first: *next_trade,
             trades,
             rate: f64::from(rate),
-            start_ns: self.clock.now_ns() + LEAD.as_nanos() as u64,
+            start_ns: self.clock.now().0 + LEAD.as_nanos() as u64,
         };
         *next_trade += trades;
         self.pool.begin(schedule);

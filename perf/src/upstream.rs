@@ -8,18 +8,22 @@
 //! HdrHistogram's `record_correct`, applied at the source. The trade id `i` (and `q`) is `k`,
 //! so a client can tell which trade it holds and when it was meant to leave.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use tickstock_engine::encode::write_price;
+use tickstock_engine::Price;
+pub use tickstock_shell::clock::Clock;
+
 use crate::source::Source;
-use crate::wire::{trade_mix, write_price};
+use crate::wire::trade_mix;
 
 /// Trades in one upstream message, at most.
 pub const TRADES_PER_MESSAGE_MAX: u64 = 1_000;
@@ -34,39 +38,6 @@ const SLEEP_MIN: Duration = Duration::from_micros(100);
 /// How long the player waits for the server's `auth` and `subscribe` messages.
 const SESSION_DEADLINE: Duration = Duration::from_secs(10);
 
-/// One clock for the player and the clients: nanoseconds since a shared `Instant`, plus
-/// the wall-clock time of that instant, for the trades' `t` field.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    base: Instant,
-    wall_base_ns: u64,
-}
-
-impl Clock {
-    /// A clock starting now.
-    pub fn new() -> Clock {
-        let wall_base_ns =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Clock { base: Instant::now(), wall_base_ns }
-    }
-
-    /// Monotonic nanoseconds since the base.
-    pub fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
-    }
-
-    /// Unix milliseconds of a clock reading.
-    pub fn wall_ms(&self, ns: u64) -> u64 {
-        (self.wall_base_ns + ns) / 1_000_000
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Clock {
-        Clock::new()
-    }
-}
-
 /// The schedule of one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
@@ -76,7 +47,7 @@ pub struct Schedule {
     pub trades: u64,
     /// Trades per second.
     pub rate: f64,
-    /// Clock reading at which trade `first` is intended.
+    /// When trade `first` is intended, Unix ns on the shared [`Clock`].
     pub start_ns: u64,
 }
 
@@ -152,7 +123,7 @@ impl Player {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let thread = thread::Builder::new().name("loadgen-upstream".into()).spawn(move || {
-            let mut state = State { source, clock, key, sessions: 0, next_send: String::new() };
+            let mut state = State { source, clock, key, sessions: 0, next_send: Vec::new() };
             state.run(&listener, &commands, &reports);
         })?;
         Ok(Player { addr, thread })
@@ -171,7 +142,7 @@ struct State {
     clock: Clock,
     key: String,
     sessions: u32,
-    next_send: String,
+    next_send: Vec<u8>,
 }
 
 impl State {
@@ -286,14 +257,14 @@ impl State {
             lost: None,
         };
         let Some(socket) = socket else {
-            played.finished_ns = self.clock.now_ns();
+            played.finished_ns = self.clock.now().0;
             played.lost = Some("no upstream session: the server is not connected".to_owned());
             return played;
         };
         let end = schedule.first + schedule.trades;
         let mut next = schedule.first;
         while next < end {
-            let now = self.clock.now_ns();
+            let now = self.clock.now().0;
             let due = if now < schedule.start_ns {
                 schedule.first
             } else {
@@ -304,9 +275,12 @@ impl State {
                 let upto = due.min(next + TRADES_PER_MESSAGE_MAX);
                 let lag = now.saturating_sub(schedule.intended_ns(next));
                 played.checksum = played.checksum.wrapping_add(self.encode(&schedule, next, upto));
-                let message = Message::text(std::mem::take(&mut self.next_send));
+                // Tickers are `&str`s and the rest is ASCII: this cannot fail.
+                let text =
+                    String::from_utf8(std::mem::take(&mut self.next_send)).unwrap_or_default();
+                let message = Message::text(text);
                 if let Err(error) = socket.send(message) {
-                    played.finished_ns = self.clock.now_ns();
+                    played.finished_ns = self.clock.now().0;
                     played.lost = Some(format!("upstream write: {error}"));
                     return played;
                 }
@@ -319,7 +293,7 @@ impl State {
             let wait = Duration::from_nanos(schedule.intended_ns(next).saturating_sub(now));
             thread::sleep(wait.saturating_sub(WAKE_EARLY).max(SLEEP_MIN));
         }
-        played.finished_ns = self.clock.now_ns();
+        played.finished_ns = self.clock.now().0;
         played
     }
 
@@ -327,22 +301,22 @@ impl State {
     fn encode(&mut self, schedule: &Schedule, from: u64, upto: u64) -> u64 {
         let out = &mut self.next_send;
         out.clear();
-        out.push('[');
+        out.push(b'[');
         let mut sum = 0u64;
         for k in from..upto {
             let trade = self.source.next_trade();
             if k > from {
-                out.push(',');
+                out.push(b',');
             }
-            let t = self.clock.wall_ms(schedule.intended_ns(k));
+            let t = schedule.intended_ns(k) / 1_000_000;
             let ticker = &self.source.tickers()[trade.symbol as usize];
             let _ =
                 write!(out, r#"{{"ev":"T","sym":"{ticker}","i":"{k}","x":{},"p":"#, trade.exchange);
-            write_price(out, trade.price);
+            write_price(out, Price::from_raw(trade.price));
             let _ = write!(out, r#","s":{},"t":{t},"q":{k}}}"#, trade.size);
             sum = sum.wrapping_add(trade_mix(k, trade.price, trade.size));
         }
-        out.push(']');
+        out.push(b']');
         sum
     }
 }

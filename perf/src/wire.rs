@@ -1,29 +1,8 @@
-//! The bytes both ends of the load generator agree on: prices as the server prints them,
-//! the per-trade checksum, and a scanner that reads the fields it needs out of the server's
+//! The bytes both ends of the load generator agree on: prices read back as the server
+//! prints them (`tickstock_engine::encode::write_price`), the per-trade checksum, and a scanner that reads the fields it needs out of the server's
 //! event arrays without building a JSON tree (a client reads millions of events a second).
 
-use std::fmt::Write as _;
-
-/// Millionths of a dollar per dollar (the engine's `PRICE_SCALE`).
-const SCALE: i64 = 1_000_000;
-
-/// Writes a price (millionths) as the shortest exact decimal, as the server encodes it.
-pub fn write_price(out: &mut String, raw: i64) {
-    if raw < 0 {
-        out.push('-');
-    }
-    let abs = raw.unsigned_abs();
-    let (whole, mut frac) = (abs / SCALE as u64, abs % SCALE as u64);
-    let _ = write!(out, "{whole}");
-    if frac != 0 {
-        let mut digits = 6;
-        while frac % 10 == 0 {
-            frac /= 10;
-            digits -= 1;
-        }
-        let _ = write!(out, ".{frac:0digits$}");
-    }
-}
+use tickstock_engine::limits::PRICE_SCALE as SCALE;
 
 /// Reads a decimal price into millionths; `None` if it is not one (or has over 6 decimals).
 pub fn parse_price(text: &[u8]) -> Option<i64> {
@@ -250,17 +229,16 @@ fn excerpt(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tickstock_engine::encode::write_price;
+    use tickstock_engine::Price;
 
     #[test]
     fn prices_round_trip_as_the_server_prints_them() {
         for raw in [1, 10, 1_000_000, 187_250_000, 123_456_789, 50_000_000_000, -2_500_000] {
-            let mut text = String::new();
-            write_price(&mut text, raw);
-            assert_eq!(parse_price(text.as_bytes()), Some(raw), "{text}");
+            let mut text = Vec::new();
+            write_price(&mut text, Price::from_raw(raw));
+            assert_eq!(parse_price(&text), Some(raw), "{}", String::from_utf8_lossy(&text));
         }
-        let mut text = String::new();
-        write_price(&mut text, 187_250_000);
-        assert_eq!(text, "187.25");
         for bad in ["", "1.", ".5", "1.2345678", "12a", "99999999999999999999"] {
             assert_eq!(parse_price(bad.as_bytes()), None, "{bad}");
         }
