@@ -3,11 +3,10 @@
 //! [`Engine`] owns all per-symbol state, sized for `symbols_max` at construction. After
 //! [`Engine::new`] nothing on the per-tick path allocates or frees: events go into an
 //! output buffer whose capacity covers the worst case of one call (every open bar closing at
-//! once, plus one tick's events), and bar-close timers into a heap that holds at most one
-//! entry per symbol and frequency.
+//! once, plus one tick's events), and bar-close timers into a timer wheel ([`Timers`]) that
+//! holds at most one entry per symbol and frequency.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 use crate::bars::{BarBuilder, BarInput, DayFigures, Placement};
 use crate::calendar::{SessionCalendar, TradingDay};
@@ -20,6 +19,7 @@ use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
+use crate::timers::{Timer, Timers};
 use crate::wide::Wide;
 use crate::window::{Bucket, LeanBucket, Shape, Slot, Windows};
 
@@ -50,22 +50,11 @@ pub struct Engine {
     /// `symbols_max * surge_shape.ring_len` buckets, one ring per symbol.
     surge_ring: Vec<LeanBucket>,
     /// Bar-close timers. At most one per symbol and frequency (`BarBuilder::timer_armed`).
-    timers: BinaryHeap<Reverse<Timer>>,
+    timers: Timers,
     out: Output,
     /// Engine clock: the largest `now` passed in so far.
     now_ns: u64,
     stats: Stats,
-}
-
-/// A bar of `symbol` due to close on the clock at `due_ns`: its end plus the grace plus the
-/// symbol's stagger ([`close_due`]), so the end is implied ([`Timer::end_ns`]) and a timer
-/// stays 16 bytes. Ordered by due time, symbol, then frequency, which is the order bars
-/// closed by the clock are emitted in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    due_ns: u64,
-    symbol: u32,
-    frequency: Frequency,
 }
 
 /// The output buffer and the sequence counter.
@@ -179,7 +168,7 @@ impl Engine {
             symbols,
             trend_ring,
             surge_ring,
-            timers: BinaryHeap::with_capacity(2 * symbols_max),
+            timers: Timers::new(params.symbols_max, close_horizon(&params)),
             out: Output {
                 events: Vec::with_capacity(2 * symbols_max + EVENTS_PER_TICK_MAX),
                 seq_next: params.seq_start,
@@ -257,7 +246,7 @@ impl Engine {
         // Sorting the heap's own vector in place allocates nothing.
         // A timer may still name a bar a trade already closed; point each at the bar open now
         // so that none re-arms while the heap is out.
-        let mut timers = std::mem::take(&mut self.timers).into_vec();
+        let mut timers = self.timers.take_all();
         for Reverse(timer) in &mut timers {
             let builder = &self.symbols[timer.symbol as usize].bars[timer.frequency.index()];
             let end_ns = builder.open_end(timer.frequency).unwrap_or(0);
@@ -268,7 +257,7 @@ impl Engine {
         for Reverse(timer) in timers.drain(..) {
             self.fire_timer(timer, false);
         }
-        self.timers = BinaryHeap::from(timers);
+        self.timers.restore(timers);
         Ok(())
     }
 
@@ -286,7 +275,7 @@ impl Engine {
 
     /// When the next bar is due to close on the clock, if any is open.
     pub fn poll_deadline(&self) -> Option<Timestamp> {
-        self.timers.peek().map(|Reverse(timer)| Timestamp(timer.due_ns))
+        self.timers.earliest_due().map(Timestamp)
     }
 
     fn ensure_drained(&self) -> Result<(), TickError> {
@@ -298,11 +287,15 @@ impl Engine {
 
     fn advance_clock(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
-        while let Some(&Reverse(timer)) = self.timers.peek() {
-            if timer.due_ns > self.now_ns {
-                break;
-            }
-            self.timers.pop();
+        loop {
+            let symbols = &self.symbols;
+            // A timer's slot is reached about a millisecond before it is due: start loading
+            // the bar it will close, or find moved on.
+            let reached = |timer: Timer| {
+                let builder = &symbols[timer.symbol as usize].bars[timer.frequency.index()];
+                crate::hint::prefetch_bytes((builder as *const BarBuilder).cast(), 1);
+            };
+            let Some(timer) = self.timers.pop_due(self.now_ns, reached) else { break };
             self.fire_timer(timer, true);
         }
     }
@@ -651,8 +644,6 @@ fn ring_of<S>(ring: &mut [S], ring_len: usize, index: usize) -> &mut [S] {
     &mut ring[start..start + ring_len]
 }
 
-const _: () = assert!(size_of::<Timer>() == 16, "a timer is 16 bytes");
-
 impl Timer {
     /// The end of the bar this timer was armed for.
     fn end_ns(&self, params: &Params) -> u64 {
@@ -673,12 +664,20 @@ pub(crate) fn close_due(params: &Params, end_ns: u64, symbol: SymbolId) -> u64 {
     end_ns + params.bar_close_grace_ns + stagger(params, symbol)
 }
 
+/// How far ahead of the clock a bar's close can be due: a minute bar opened by a trade
+/// `max_future` ahead, plus the grace and the largest stagger.
+fn close_horizon(params: &Params) -> u64 {
+    Frequency::Minute.width_ns()
+        + params.max_future_ns
+        + params.bar_close_grace_ns
+        + params.bar_close_spread_ns
+}
+
 /// Queues a close timer for `builder` unless one is queued already.
-fn arm(timers: &mut BinaryHeap<Reverse<Timer>>, builder: &mut BarBuilder, timer: Timer) {
+fn arm(timers: &mut Timers, builder: &mut BarBuilder, timer: Timer) {
     if !builder.timer_armed {
-        debug_assert!(timers.len() < timers.capacity(), "Invariant: one timer per bar builder");
         builder.timer_armed = true;
-        timers.push(Reverse(timer));
+        timers.arm(timer);
     }
 }
 

@@ -44,6 +44,7 @@ mod detect;
 mod engine;
 mod hint;
 mod sync;
+mod timers;
 mod wide;
 mod window;
 

@@ -45,9 +45,26 @@ pub const WINDOW_BUCKETS_MAX: u64 = 4096;
 /// default windows), so this caps start-up memory at a few GiB.
 pub const SYMBOLS_MAX: u32 = 1 << 20;
 
+/// Width of one slot of the bar-close timer wheel, as a power of two of nanoseconds
+/// (2^20 ns, about 1.05 ms).
+///
+/// The clock moves timers into a small heap one slot at a time, so a slot should hold few
+/// timers (about 20 at 20,000 trades/s) and be reached shortly before they fire.
+pub const TIMER_SLOT_NS_LOG2: u32 = 20;
+
+/// Fewest slots in the timer wheel.
+pub const TIMER_WHEEL_SLOTS_MIN: u64 = 1 << 10;
+
+/// Most slots in the timer wheel (2^17 slots of about 1.05 ms: 137 s, 512 KiB of list
+/// heads). The wheel is sized to cover the furthest a bar's close can be due ahead of the
+/// clock (a minute bar plus `max_future_ms`, the grace and the spread); a timer beyond it
+/// waits in an overflow list that is rescanned once per revolution.
+pub const TIMER_WHEEL_SLOTS_MAX: u64 = 1 << 17;
+
 const _: () = assert!(PRICE_SCALE == RATIO_SCALE);
 const _: () = assert!(WINDOW_BUCKETS_MAX.is_power_of_two());
 const _: () = assert!(SYMBOL_LEN_MAX <= u8::MAX as usize);
+const _: () = assert!(SYMBOLS_MAX as u64 * 2 < u32::MAX as u64, "timer nodes are u32 indexes");
 
 /// Largest JSON object [`crate::encode::encode_event`] writes for one event, in bytes.
 ///
