@@ -70,7 +70,6 @@ pub(crate) struct BarBuilder {
     is_open: bool,
     /// Whether a close timer for this builder is queued in the engine's timer heap.
     pub(crate) timer_armed: bool,
-    start_ns: u64,
     open: i64,
     high: i64,
     low: i64,
@@ -78,7 +77,8 @@ pub(crate) struct BarBuilder {
     volume: u64,
     pv: Wide,
     trades: u64,
-    /// Inputs before this time are late: the open bar's start, or the last closed bar's end.
+    /// Inputs before this time are late: the open bar's start (so also where the open bar
+    /// starts), or the last closed bar's end.
     floor_ns: u64,
 }
 
@@ -86,7 +86,6 @@ impl BarBuilder {
     pub(crate) const EMPTY: BarBuilder = BarBuilder {
         is_open: false,
         timer_armed: false,
-        start_ns: 0,
         open: 0,
         high: 0,
         low: 0,
@@ -99,7 +98,7 @@ impl BarBuilder {
 
     /// The end of the open bar, if one is open.
     pub(crate) fn open_end(&self, frequency: Frequency) -> Option<u64> {
-        self.is_open.then(|| self.start_ns + frequency.width_ns())
+        self.is_open.then(|| self.floor_ns + frequency.width_ns())
     }
 
     /// Whether `t_ns` is at or past the open bar's end (so the bar must close first).
@@ -127,7 +126,6 @@ impl BarBuilder {
         *self = BarBuilder {
             is_open: true,
             timer_armed: self.timer_armed,
-            start_ns,
             open: input.open,
             high: input.high,
             low: input.low,
@@ -145,12 +143,13 @@ impl BarBuilder {
         if !self.is_open {
             return None;
         }
-        let end_ns = self.start_ns + frequency.width_ns();
+        let start_ns = self.floor_ns;
+        let end_ns = start_ns + frequency.width_ns();
         self.is_open = false;
         self.floor_ns = end_ns;
         Some(Bar {
             frequency,
-            start: Timestamp(self.start_ns),
+            start: Timestamp(start_ns),
             end: Timestamp(end_ns),
             open: Price::from_raw(self.open),
             high: Price::from_raw(self.high),

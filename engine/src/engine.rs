@@ -12,6 +12,7 @@ use crate::bars::{BarBuilder, BarInput, DayFigures, Placement};
 use crate::calendar::{SessionCalendar, TradingDay};
 use crate::config::{Config, Params, PeriodParams};
 use crate::detect::high_low::{self, HighLowState};
+use crate::detect::LastEvent;
 use crate::detect::surge::{self, SURGE_WINDOWS_COUNT};
 use crate::detect::trend::{self, TrendInput, TrendState};
 use crate::error::{ConfigError, RejectReason, TickError};
@@ -84,15 +85,16 @@ struct SymbolState {
     last_price: i64,
     /// Newest accepted event time: the symbol's detector clock, which never goes back.
     newest_ns: u64,
-    /// Trades (and aggregates) accepted since start-up.
-    accepted: u64,
+    /// Trades (and aggregates) accepted since start-up, saturating: only whether it is zero
+    /// and whether it reached `jump_check_after_trades` (a `u32`) matter.
+    accepted: u32,
     day: TradingDay,
     session: Session,
     bars: [BarBuilder; 2],
     trend: Windows<TREND_WINDOWS_COUNT, Bucket>,
     trend_state: TrendState,
     surge: Windows<SURGE_WINDOWS_COUNT, LeanBucket>,
-    last_surge_ns: Option<u64>,
+    last_surge: LastEvent,
 }
 
 impl SymbolState {
@@ -106,7 +108,7 @@ impl SymbolState {
         trend: Windows::EMPTY,
         trend_state: TrendState::NEW,
         surge: Windows::EMPTY,
-        last_surge_ns: None,
+        last_surge: LastEvent::NEVER,
     };
 }
 
@@ -377,7 +379,7 @@ impl Engine {
         if ts.0.saturating_add(self.params.max_reorder_ns) < state.newest_ns {
             return Err(RejectReason::OutOfOrder);
         }
-        if state.accepted >= self.params.jump_check_after_trades {
+        if u64::from(state.accepted) >= self.params.jump_check_after_trades {
             let delta = i128::from(price.raw()) - i128::from(state.last_price);
             let lhs = delta.abs() * 100 * 1_000_000;
             if lhs > i128::from(self.params.max_jump_pct_micro) * i128::from(state.last_price) {
@@ -545,7 +547,7 @@ impl Engine {
         detect.run(state, rings, ingest, t_ns, !first_of_session, out, stats, &self.params);
         state.last_price = input.close;
         state.newest_ns = t_ns;
-        state.accepted += 1;
+        state.accepted = state.accepted.saturating_add(1);
     }
 }
 
@@ -609,7 +611,7 @@ impl Detect<'_> {
             stats.trend_events += 1;
         }
         state.surge.record(self.surge_shape, rings.surge, t_ns, price, volume, sign);
-        let last = &mut state.last_surge_ns;
+        let last = &mut state.last_surge;
         if let Some(event) = surge::evaluate(
             last,
             &state.surge,
@@ -626,13 +628,14 @@ impl Detect<'_> {
     }
 }
 
-/// Prefetches the buckets a trade at `t_ns` writes and the ones that leave each window.
+/// Prefetches the ring slots a trade at `t_ns` touches if it moves the head: the ones that
+/// leave each window. (A trade that stays in the head bucket touches no ring slot.)
 fn prefetch_window<const K: usize, S: Slot>(ring: &[S], shape: &Shape<K>, index: usize, t_ns: u64) {
     let bucket = t_ns / shape.bucket_ns;
     let base = index * shape.ring_len;
     let mask = shape.ring_len - 1;
     let leaving = shape.lengths.map(|length| bucket.wrapping_sub(length));
-    for slot in core::iter::once(bucket).chain(leaving) {
+    for slot in leaving {
         if let Some(bucket) = ring.get(base + (slot as usize & mask)) {
             crate::hint::prefetch_bytes((bucket as *const S).cast(), size_of::<S>());
         }

@@ -4,12 +4,14 @@
 //! the newest bucket: window `k` covers buckets `(head - n_k, head]`. Each keeps running sums
 //! (volume, price x volume, signed volume) and `price_ref`, the last price at or before its
 //! start (the close of the newest bucket that has left it, or the symbol's first price while
-//! it warms up). The buckets themselves live in a ring owned by the caller, one slice per
-//! symbol, at least `n_max + 1` long (a power of two), so the bucket leaving the longest
-//! window is still readable when the head moves past it.
+//! it warms up). The newest bucket lives in the [`Windows`] itself; older ones in a ring owned
+//! by the caller, one slice per symbol, at least `n_max + 1` long (a power of two), so the
+//! bucket leaving the longest window is still readable when the head moves past it.
 //!
-//! Moving the head by `d` buckets costs `min(d, ring) * K` steps; a trade that stays in the
-//! head bucket costs `K` additions. Both are bounded by constants of the configuration.
+//! Moving the head by `d` buckets costs `min(d, ring) * K` steps and is the only time the
+//! ring is touched; a trade that stays in the head bucket costs `K` additions and touches
+//! nothing outside the symbol's state, which matters with thousands of symbols, where each
+//! ring line is a cache miss. Both are bounded by constants of the configuration.
 
 use core::fmt::Debug;
 
@@ -26,6 +28,8 @@ pub(crate) trait Slot: Copy + Default + Pod + Debug {
     type Sum: Copy + Debug + PartialEq;
     /// All sums zero, no reference price.
     const SUM_EMPTY: Self::Sum;
+    /// An empty bucket.
+    const ZERO: Self;
 
     /// Adds one trade to the bucket.
     fn add(&mut self, price: i64, volume: u64, sign: i64);
@@ -56,6 +60,7 @@ impl Slot for Bucket {
     type Sum = WindowSum;
     const SUM_EMPTY: WindowSum =
         WindowSum { pv: Wide::ZERO, volume: 0, signed_volume: 0, price_ref: 0 };
+    const ZERO: Bucket = Bucket { pv: Wide::ZERO, volume: 0, signed_volume: 0, last_price: 0 };
 
     fn add(&mut self, price: i64, volume: u64, sign: i64) {
         self.pv += price as u128 * u128::from(volume);
@@ -122,6 +127,7 @@ pub(crate) struct LeanSum {
 impl Slot for LeanBucket {
     type Sum = LeanSum;
     const SUM_EMPTY: LeanSum = LeanSum { volume: 0, price_ref: 0 };
+    const ZERO: LeanBucket = LeanBucket { volume: 0, last_price: 0 };
 
     fn add(&mut self, price: i64, volume: u64, _sign: i64) {
         self.volume += volume;
@@ -173,12 +179,14 @@ pub(crate) struct Windows<const K: usize, S: Slot> {
     head: u64,
     /// Absolute index of the symbol's first bucket; `u64::MAX` before its first trade.
     first: u64,
+    /// The head bucket, written to the ring when the head moves past it.
+    newest: S,
     pub(crate) sums: [S::Sum; K],
 }
 
 impl<const K: usize, S: Slot> Windows<K, S> {
     pub(crate) const EMPTY: Windows<K, S> =
-        Windows { head: 0, first: u64::MAX, sums: [S::SUM_EMPTY; K] };
+        Windows { head: 0, first: u64::MAX, newest: S::ZERO, sums: [S::SUM_EMPTY; K] };
 
     /// Adds one trade at `t_ns`, which must not be older than the newest one recorded.
     pub(crate) fn record(
@@ -203,8 +211,7 @@ impl<const K: usize, S: Slot> Windows<K, S> {
             self.advance(shape, ring, bucket);
         }
         debug_assert!(bucket <= self.head, "Invariant: trades are recorded in time order");
-        let mask = shape.ring_len - 1;
-        ring[(self.head as usize) & mask].add(price, volume, sign);
+        self.newest.add(price, volume, sign);
         for sum in &mut self.sums {
             S::sum_add(sum, price, volume, sign);
         }
@@ -216,23 +223,28 @@ impl<const K: usize, S: Slot> Windows<K, S> {
         let steps = bucket - self.head;
         if steps >= shape.ring_len as u64 {
             // Every bucket leaves every window; the newest price becomes every reference.
-            let last = ring[(self.head as usize) & mask].last_price();
+            let last = self.newest.last_price();
             for sum in &mut self.sums {
                 *sum = S::sum_with_reference(last);
             }
             ring.fill(S::default());
         } else {
+            ring[(self.head as usize) & mask] = self.newest;
             for entering in self.head + 1..=bucket {
                 for (sum, &length) in self.sums.iter_mut().zip(&shape.lengths) {
                     if let Some(leaving) = entering.checked_sub(length) {
                         S::sum_remove(sum, &ring[(leaving as usize) & mask]);
                     }
                 }
-                // The slot being reused held the bucket `ring_len` back, which has left
-                // every window already (every length is below `ring_len`).
-                ring[(entering as usize) & mask] = S::default();
+                // An empty bucket the head skips over. Its slot held the bucket `ring_len`
+                // back, which has left every window already (every length is below
+                // `ring_len`). The new head's slot is written when the head leaves it.
+                if entering < bucket {
+                    ring[(entering as usize) & mask] = S::default();
+                }
             }
         }
+        self.newest = S::ZERO;
         self.head = bucket;
     }
 

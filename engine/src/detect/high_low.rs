@@ -1,27 +1,27 @@
 //! `HL`: a new session high or low that passes the cooldown and significance gates.
 
 use crate::config::PeriodParams;
-use crate::detect::{cooled_down, pct_at_least};
+use crate::detect::{cooled_down, pct_at_least, LastEvent};
 use crate::event::{Extreme, HighLow};
 use crate::tick::{Price, Qty, Timestamp};
 
 /// One symbol's session extremes and `HL` bookkeeping; reset at the first trade of a day.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct HighLowState {
     pub(crate) high: i64,
     pub(crate) low: i64,
     highs: u32,
     lows: u32,
-    last_event_ns: Option<u64>,
+    last_event: LastEvent,
 }
 
 impl HighLowState {
     pub(crate) const EMPTY: HighLowState =
-        HighLowState { high: 0, low: 0, highs: 0, lows: 0, last_event_ns: None };
+        HighLowState { high: 0, low: 0, highs: 0, lows: 0, last_event: LastEvent::NEVER };
 
     /// The state after the first trade of a session: high = low = price, nothing fired.
     pub(crate) fn start(price: i64) -> HighLowState {
-        HighLowState { high: price, low: price, ..HighLowState::default() }
+        HighLowState { high: price, low: price, ..HighLowState::EMPTY }
     }
 }
 
@@ -49,7 +49,7 @@ pub(crate) fn on_trade(
     } else {
         return None;
     };
-    if !cooled_down(state.last_event_ns, t_ns, params.hl_cooldown_ns) {
+    if !cooled_down(state.last_event, t_ns, params.hl_cooldown_ns) {
         return None;
     }
     // The last band is unbounded (checked by the config), so one always matches.
@@ -69,7 +69,7 @@ pub(crate) fn on_trade(
             state.lows
         }
     };
-    state.last_event_ns = Some(t_ns);
+    state.last_event = LastEvent::at(t_ns);
     Some(HighLow {
         kind,
         price: Price::from_raw(price),

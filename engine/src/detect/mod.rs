@@ -32,7 +32,21 @@ pub(crate) fn strength(score_abs: f64, moderate: f64, strong: f64) -> Strength {
     }
 }
 
-/// Whether `cooldown_ns` has passed since `last_ns` (always true when there was none).
-pub(crate) fn cooled_down(last_ns: Option<u64>, t_ns: u64, cooldown_ns: u64) -> bool {
-    last_ns.is_none_or(|last| t_ns.saturating_sub(last) >= cooldown_ns)
+/// When a detector last fired for a symbol, or never: 8 bytes where an `Option<u64>` takes
+/// 16, because per-symbol state is read on every trade and every byte of it is cache.
+/// `u64::MAX` (the year 2554) stands for never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastEvent(u64);
+
+impl LastEvent {
+    pub(crate) const NEVER: LastEvent = LastEvent(u64::MAX);
+
+    pub(crate) fn at(t_ns: u64) -> LastEvent {
+        LastEvent(t_ns)
+    }
+}
+
+/// Whether `cooldown_ns` has passed since `last` (always true when there was none).
+pub(crate) fn cooled_down(last: LastEvent, t_ns: u64, cooldown_ns: u64) -> bool {
+    last == LastEvent::NEVER || t_ns.saturating_sub(last.0) >= cooldown_ns
 }

@@ -1,7 +1,7 @@
 //! `SV`: a price or volume surge over the last interval against its baseline.
 
 use crate::config::{PeriodParams, SurgeMode, SurgeParams};
-use crate::detect::{cooled_down, pct_at_least, strength};
+use crate::detect::{cooled_down, pct_at_least, strength, LastEvent};
 use crate::event::{Direction, Surge, SurgeTrigger};
 use crate::tick::Timestamp;
 use crate::window::{LeanBucket, Shape, Windows};
@@ -14,7 +14,7 @@ const ONE_MICRO: i64 = 1_000_000;
 /// Evaluates a surge after a trade was recorded in `windows`; returns `SV` if it fires.
 #[allow(clippy::too_many_arguments, reason = "a leaf over primitives, called from one place")]
 pub(crate) fn evaluate(
-    last_event_ns: &mut Option<u64>,
+    last_event: &mut LastEvent,
     windows: &Windows<SURGE_WINDOWS_COUNT, LeanBucket>,
     shape: &Shape<SURGE_WINDOWS_COUNT>,
     surge: &SurgeParams,
@@ -23,7 +23,7 @@ pub(crate) fn evaluate(
     t_ns: u64,
     ts: Timestamp,
 ) -> Option<Surge> {
-    if !windows.is_full(shape, 1) || !cooled_down(*last_event_ns, t_ns, params.surge_cooldown_ns) {
+    if !windows.is_full(shape, 1) || !cooled_down(*last_event, t_ns, params.surge_cooldown_ns) {
         return None;
     }
     let [recent, history] = windows.sums;
@@ -70,7 +70,7 @@ pub(crate) fn evaluate(
         (false, false) => SurgeTrigger::Volume,
     };
     let score = (price_ratio * 25.0).min(50.0) + (volume_ratio * 25.0).min(50.0);
-    *last_event_ns = Some(t_ns);
+    *last_event = LastEvent::at(t_ns);
     Some(Surge {
         direction: if pct >= 0.0 { Direction::Up } else { Direction::Down },
         trigger,

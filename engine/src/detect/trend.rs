@@ -1,7 +1,7 @@
 //! `TR`: trend over the short, medium and long windows (DETECTORS.md).
 
 use crate::config::{PeriodParams, TrendParams};
-use crate::detect::{cooled_down, strength};
+use crate::detect::{cooled_down, strength, LastEvent};
 use crate::event::{Direction, Strength, Trend, VwapPosition};
 use crate::limits::TREND_WINDOWS_COUNT;
 use crate::tick::Timestamp;
@@ -14,12 +14,12 @@ pub(crate) struct TrendState {
     direction: Option<Direction>,
     /// Strength of the last `TR` event.
     strength: Strength,
-    last_event_ns: Option<u64>,
+    last_event: LastEvent,
 }
 
 impl TrendState {
     pub(crate) const NEW: TrendState =
-        TrendState { direction: None, strength: Strength::Weak, last_event_ns: None };
+        TrendState { direction: None, strength: Strength::Weak, last_event: LastEvent::NEVER };
 }
 
 /// What the trend evaluation needs besides the windows.
@@ -71,12 +71,12 @@ pub(crate) fn evaluate(
     let direction = direction?;
     let fires = previous != Some(direction)
         || (strength != state.strength
-            && cooled_down(state.last_event_ns, input.t_ns, params.trend_min_interval_ns));
+            && cooled_down(state.last_event, input.t_ns, params.trend_min_interval_ns));
     if !fires {
         return None;
     }
     state.strength = strength;
-    state.last_event_ns = Some(input.t_ns);
+    state.last_event = LastEvent::at(input.t_ns);
     let above = i128::from(input.price) * i128::from(input.day_volume) >= input.day_pv as i128;
     Some(Trend {
         direction,
