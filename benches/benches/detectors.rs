@@ -13,15 +13,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tickstock_benches::TradeStream;
-use tickstock_engine::{Config, Engine, Tick, Timestamp, Trade};
+use tickstock_engine::{hint, Config, Engine, Tick, Timestamp, Trade};
 
 /// Event-time rate of the stream: the synthetic market's default, 20,000 trades/s.
 const RATE_PER_SEC: u64 = 20_000;
 /// Trades precomputed for the timed loop; replayed with time shifted on each pass.
 const CHUNK_TRADES: usize = 1 << 20;
-/// How many trades ahead the loop prefetches symbol state, as the pipeline's engine thread
-/// does over each chunk it pops from the ring.
-const PREFETCH_DISTANCE: usize = 4;
+
 /// Under `cargo test --benches` (no `--bench` argument) each bench runs once to check its
 /// asserts; a slower stream keeps the warm-up short there.
 const TEST_MODE_RATE_PER_SEC: u64 = 200;
@@ -69,8 +67,11 @@ fn run(
     let span_ns = chunk[chunk.len() - 1].ts_event.0 - chunk[0].ts_event.0 + 1_000_000_000;
     let start = Instant::now();
     for _ in 0..iters {
-        let ahead = chunk[(*cursor + PREFETCH_DISTANCE) % chunk.len()];
-        engine.prefetch(&Tick::Trade(ahead));
+        // Both prefetches, as the pipeline's engine thread runs them over each chunk it pops
+        // from the ring.
+        let at = |distance: usize| &chunk[(*cursor + distance) % chunk.len()];
+        hint::prefetch(at(hint::PREFETCH_INPUT_DISTANCE));
+        engine.prefetch(&Tick::Trade(*at(hint::PREFETCH_DISTANCE)));
         let mut trade = chunk[*cursor];
         trade.ts_event = Timestamp(trade.ts_event.0 + *shift_ns);
         let _ = engine.handle_tick(trade.ts_event, black_box(&Tick::Trade(trade)));

@@ -258,7 +258,7 @@ impl TrendConfig {
             window_buckets,
             window_weights: self.window_weights,
             component_weights: self.component_weights,
-            clip_pct: self.clip_pct,
+            score_per_ratio: 100.0 / self.clip_pct,
         })
     }
 }
@@ -580,7 +580,8 @@ pub(crate) struct TrendParams {
     pub(crate) window_buckets: [u64; TREND_WINDOWS_COUNT],
     pub(crate) window_weights: [f64; TREND_WINDOWS_COUNT],
     pub(crate) component_weights: [f64; 3],
-    pub(crate) clip_pct: f64,
+    /// `100 / clip_pct`: turns a ratio into a component score before the clip.
+    pub(crate) score_per_ratio: f64,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -12,9 +12,9 @@ use crate::bars::{BarBuilder, BarInput, DayFigures, Placement};
 use crate::calendar::{SessionCalendar, TradingDay};
 use crate::config::{Config, Params, PeriodParams};
 use crate::detect::high_low::{self, HighLowState};
-use crate::detect::LastEvent;
 use crate::detect::surge::{self, SURGE_WINDOWS_COUNT};
 use crate::detect::trend::{self, TrendInput, TrendState};
+use crate::detect::LastEvent;
 use crate::error::{ConfigError, RejectReason, TickError};
 use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
@@ -201,18 +201,25 @@ impl Engine {
         self.out.seq_next
     }
 
-    /// Starts loading the state `tick` will touch into the cache, without changing anything.
+    /// Starts loading the state `tick` will touch into the cache, without changing anything:
+    /// the symbol's state, and the window buckets it reads if it moves a window's head.
     ///
-    /// A caller holding several ticks (a chunk popped from the ring) calls this a few ticks
-    /// ahead of [`Engine::handle_tick`]; with thousands of active symbols it hides most of the
-    /// memory latency. Calling it or not never changes the output.
+    /// A caller holding several ticks (a chunk popped from the ring) calls this
+    /// [`PREFETCH_DISTANCE`](crate::hint::PREFETCH_DISTANCE) ticks ahead of
+    /// [`Engine::handle_tick`] (and [`crate::hint::prefetch`] on the input further ahead);
+    /// with thousands of active symbols it hides most of the memory latency. Calling it or
+    /// not never changes the output.
+    ///
+    /// Whether the tick will move a head is in the state, which is not in cache yet, so the
+    /// buckets are loaded either way: reading the state here to decide costs more than the
+    /// unneeded loads (measured, `docs/performance.md`).
     pub fn prefetch(&self, tick: &Tick) {
         let index = tick.symbol().index();
         let Some(state) = self.symbols.get(index) else { return };
         crate::hint::prefetch_bytes((state as *const SymbolState).cast(), size_of::<SymbolState>());
         let t_ns = tick.ts_event().0;
-        prefetch_window(&self.trend_ring, &self.trend_shape, index, t_ns);
-        prefetch_window(&self.surge_ring, &self.surge_shape, index, t_ns);
+        prefetch_leaving(&self.trend_ring, &self.trend_shape, index, t_ns);
+        prefetch_leaving(&self.surge_ring, &self.surge_shape, index, t_ns);
     }
 
     /// Processes one input at engine time `now`. Bars whose end plus the grace `now` has
@@ -628,9 +635,13 @@ impl Detect<'_> {
     }
 }
 
-/// Prefetches the ring slots a trade at `t_ns` touches if it moves the head: the ones that
-/// leave each window. (A trade that stays in the head bucket touches no ring slot.)
-fn prefetch_window<const K: usize, S: Slot>(ring: &[S], shape: &Shape<K>, index: usize, t_ns: u64) {
+/// Prefetches the ring slots that leave each window when a trade at `t_ns` moves the head.
+fn prefetch_leaving<const K: usize, S: Slot>(
+    ring: &[S],
+    shape: &Shape<K>,
+    index: usize,
+    t_ns: u64,
+) {
     let bucket = t_ns / shape.bucket_ns;
     let base = index * shape.ring_len;
     let mask = shape.ring_len - 1;

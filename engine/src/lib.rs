@@ -22,6 +22,7 @@
 //! | [`mfbuf`] | the multi-frequency buffer between the engine and the emitter threads |
 //! | [`ring`] | the lock-free [`ring::swap`] buffer under it (the only `unsafe` besides prefetch) |
 //! | [`encode`] | each event's JSON object, as PROTOCOL.md puts it on the wire |
+//! | [`hint`] | cache prefetch hints for callers walking their input buffers |
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -32,6 +33,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod event;
+pub mod hint;
 pub mod limits;
 pub mod mfbuf;
 pub mod ring;
@@ -42,7 +44,6 @@ pub mod tick;
 mod bars;
 mod detect;
 mod engine;
-mod hint;
 mod sync;
 mod timers;
 mod wide;

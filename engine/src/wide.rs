@@ -26,6 +26,16 @@ impl Wide {
     pub(crate) const fn get(self) -> u128 {
         ((self.hi as u128) << 64) | self.lo as u128
     }
+
+    /// The value as the nearest `f64`, as `self.get() as f64` gives, without its software
+    /// 128-bit conversion when the high half is zero (it always is for one window's sums).
+    pub(crate) fn to_f64(self) -> f64 {
+        if self.hi == 0 {
+            self.lo as f64
+        } else {
+            self.get() as f64
+        }
+    }
 }
 
 impl AddAssign<u128> for Wide {

@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tickstock_engine::mfbuf::{self, Lane, MfBufCounters, MfProducer};
-use tickstock_engine::{Engine, SymbolTable, Tick};
+use tickstock_engine::{hint, Engine, SymbolTable, Tick};
 
 use crate::clock::Clock;
 use crate::config::{Backpressure, JournalFailurePolicy, Settings};
@@ -35,9 +35,6 @@ use crate::feed::{Feed, FeedEnd, FeedTx, Input, TimeSource};
 use crate::idle::{Idler, Waker};
 use crate::journal::{self, writer::JournalState, Recovery};
 use crate::tracer::{percentiles, Counters, Histograms, LocalHistogram};
-
-/// Inputs ahead of the current one whose state the engine prefetches.
-const PREFETCH_DISTANCE: usize = 4;
 
 /// How the engine clock is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,7 +337,11 @@ fn engine_thread(
         let ended = out.mf.publish_with(|lanes| {
             let mut ended = false;
             for index in 0..first.len() + second.len() {
-                if let Some(Input::Tick(ahead)) = at(first, second, index + PREFETCH_DISTANCE) {
+                if let Some(ahead) = at(first, second, index + hint::PREFETCH_INPUT_DISTANCE) {
+                    hint::prefetch(ahead);
+                }
+                if let Some(Input::Tick(ahead)) = at(first, second, index + hint::PREFETCH_DISTANCE)
+                {
                     engine.prefetch(ahead);
                 }
                 let input = at(first, second, index).expect("Invariant: index < chunk length");

@@ -46,14 +46,17 @@ pub(crate) fn evaluate(
         return None;
     }
     let price = input.price as f64;
+    let per_ratio = trend.score_per_ratio;
     let mut window_scores = [0.0; TREND_WINDOWS_COUNT];
     for (score, sum) in window_scores.iter_mut().zip(&windows.sums) {
+        // The window holds this trade, so its volume and price x volume are positive.
         let reference = sum.price_ref as f64;
-        let vwap = sum.pv.get() as f64 / sum.volume as f64;
+        let volume = sum.volume as f64;
         let [w_price, w_vwap, w_volume] = trend.component_weights;
-        let price_part = clip((price - reference) / reference * 100.0 / trend.clip_pct);
-        let vwap_part = clip((price - vwap) / vwap * 100.0 / trend.clip_pct);
-        let volume_part = clip(sum.signed_volume as f64 / sum.volume as f64);
+        let price_part = clip((price - reference) / reference * per_ratio);
+        // (price - vwap) / vwap with vwap = pv / volume, in one division.
+        let vwap_part = clip((price * volume / sum.pv.to_f64() - 1.0) * per_ratio);
+        let volume_part = clip(sum.signed_volume as f64 / volume);
         *score = w_price * price_part + w_vwap * vwap_part + w_volume * volume_part;
     }
     let [w_short, w_medium, w_long] = trend.window_weights;

@@ -398,12 +398,15 @@ impl Model {
                 Self::window(&sym.history, bucket_ns, b, tc.windows_ms[k] / tc.bucket_ms);
             let p = price as f64;
             let r = reference as f64;
-            let vwap = pv as f64 / volume as f64;
+            let v = volume as f64;
             let clip = |x: f64| x.clamp(-1.0, 1.0);
             let [wp, wv, wvol] = tc.component_weights;
-            *score = wp * clip((p - r) / r * 100.0 / tc.clip_pct)
-                + wv * clip((p - vwap) / vwap * 100.0 / tc.clip_pct)
-                + wvol * clip(signed as f64 / volume as f64);
+            // The engine's float expressions, so that scores agree to the bit:
+            // (p - vwap) / vwap is written p * volume / pv - 1.
+            let per_ratio = 100.0 / tc.clip_pct;
+            *score = wp * clip((p - r) / r * per_ratio)
+                + wv * clip((p * v / pv as f64 - 1.0) * per_ratio)
+                + wvol * clip(signed as f64 / v);
         }
         let [ws, wm, wl] = tc.window_weights;
         let score = ws * scores[0] + wm * scores[1] + wl * scores[2];
