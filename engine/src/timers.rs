@@ -7,9 +7,10 @@
 //! every two trades. The wheel makes arming O(1) and keeps the heap to the timers of the
 //! slots the clock has reached:
 //!
-//! - **Wheel.** Slots of `2^TIMER_SLOT_NS_LOG2` ns of due time. A slot is a singly linked
-//!   list threaded through `nodes`, one node per builder (`symbol * 2 + frequency`), so arming
-//!   writes one 16-byte node and one slot head and allocates nothing.
+//! - **Wheel.** Slots of `2^TIMER_SLOT_NS_LOG2` ns of due time. A slot is a list of
+//!   [`Chunk`]s, each one cache line holding up to seven timers, so arming appends to a line
+//!   that is usually in cache, and draining a slot reads one line per seven timers instead of
+//!   chasing one pointer per timer. Chunks come from a pool allocated up front.
 //! - **Near heap.** When the clock reaches a slot, its timers move into `near`, a binary heap
 //!   ordered like the old one; pops come from there while their due time has passed. Every
 //!   timer in `near` is due before every timer still in the wheel, because slots are
@@ -18,9 +19,8 @@
 //!   configuration or an input far in the future) waits in an overflow list, which is
 //!   rescanned once per revolution of the wheel, before the wheel can reach its slot.
 //!
-//! The caller gets each timer's symbol as its slot is drained ([`Timers::pop_due`]'s
-//! `on_reached`), so it can prefetch the state the timer will touch a few trades before it
-//! fires.
+//! The caller gets each timer as its slot is drained ([`Timers::pop_due`]'s `on_reached`),
+//! so it can prefetch the state the timer will touch a few trades before it fires.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -30,6 +30,9 @@ use crate::limits::{TIMER_SLOT_NS_LOG2, TIMER_WHEEL_SLOTS_MAX, TIMER_WHEEL_SLOTS
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
+
+/// Timers in one [`Chunk`].
+const CHUNK_TIMERS: usize = 7;
 
 /// A bar of `symbol` due to close on the clock at `due_ns`. Ordered by due time, symbol,
 /// then frequency, which is the order bars closed by the clock are emitted in.
@@ -42,65 +45,74 @@ pub(crate) struct Timer {
 
 const _: () = assert!(size_of::<Timer>() == 16, "a timer is 16 bytes");
 
-/// One builder's place in a wheel slot or the overflow list.
-#[derive(Clone, Copy, Debug)]
-struct Node {
-    due_ns: u64,
-    next: u32,
+/// A timer inside a slot: its builder and its due time's offset in the slot.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    builder: u32,
+    offset_ns: u32,
 }
+
+/// Up to [`CHUNK_TIMERS`] timers of one slot, and the next chunk of the slot.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    next: u32,
+    len: u32,
+    entries: [Entry; CHUNK_TIMERS],
+}
+
+const _: () = assert!(size_of::<Chunk>() == 64, "a chunk is one cache line");
+const _: () = assert!(TIMER_SLOT_NS_LOG2 <= 32, "a due time's offset in its slot is a u32");
 
 /// Every armed bar-close timer; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct Timers {
-    /// One per builder, indexed by [`node_index`]; meaningful while its timer is armed.
-    nodes: Vec<Node>,
-    /// List heads, one per slot; the length is a power of two.
+    /// First chunk of each slot's list; the length is a power of two.
     slots: Vec<u32>,
+    /// The chunk pool. Only `chunks[..chunks_used]` has ever been handed out.
+    chunks: Vec<Chunk>,
+    chunks_used: u32,
+    /// Chunks handed back, linked through `Chunk::next`.
+    free: u32,
     /// Absolute index of the first slot not yet drained into `near`.
     cursor: u64,
     /// Timers of drained slots (and timers armed already due), soonest first.
     near: BinaryHeap<Reverse<Timer>>,
     /// Timers due at or past `cursor + slots.len()` when armed.
-    overflow: u32,
+    overflow: Vec<Timer>,
     /// Armed timers in all three places.
     len: usize,
+    /// One timer per builder: the most that can be armed at once.
+    capacity: usize,
 }
 
 impl Timers {
     /// Room for one timer per builder of `symbols_max` symbols, with a wheel long enough for
     /// timers up to `horizon_ns` ahead of the clock (within the wheel's limits).
     pub(crate) fn new(symbols_max: u32, horizon_ns: u64) -> Timers {
-        let builders = 2 * symbols_max as usize;
+        let capacity = 2 * symbols_max as usize;
         let wanted = (horizon_ns >> TIMER_SLOT_NS_LOG2).saturating_add(2);
         let slots = wanted.clamp(TIMER_WHEEL_SLOTS_MIN, TIMER_WHEEL_SLOTS_MAX).next_power_of_two();
+        // Every chunk in use holds a timer, so the pool never needs more chunks than timers.
+        let empty = Chunk { next: NIL, len: 0, entries: [Entry::default(); CHUNK_TIMERS] };
         Timers {
-            nodes: vec![Node { due_ns: 0, next: NIL }; builders],
             slots: vec![NIL; slots as usize],
+            chunks: vec![empty; capacity],
+            chunks_used: 0,
+            free: NIL,
             cursor: 0,
-            near: BinaryHeap::with_capacity(builders),
-            overflow: NIL,
+            near: BinaryHeap::with_capacity(capacity),
+            overflow: Vec::with_capacity(capacity),
             len: 0,
+            capacity,
         }
     }
 
     /// Arms `timer`; its builder must have no timer armed.
     pub(crate) fn arm(&mut self, timer: Timer) {
-        debug_assert!(self.len < self.nodes.len(), "Invariant: one timer per bar builder");
+        debug_assert!(self.len < self.capacity, "Invariant: one timer per bar builder");
         self.len += 1;
-        let slot = timer.due_ns >> TIMER_SLOT_NS_LOG2;
-        if slot < self.cursor {
-            self.near.push(Reverse(timer));
-            return;
-        }
-        let index = node_index(timer.symbol, timer.frequency);
-        let mask = self.mask();
-        let head = if slot - self.cursor < self.slots.len() as u64 {
-            &mut self.slots[slot as usize & mask]
-        } else {
-            &mut self.overflow
-        };
-        self.nodes[index] = Node { due_ns: timer.due_ns, next: *head };
-        *head = index as u32;
+        self.place(timer);
     }
 
     /// The next timer due at or before `now_ns`, removed, in `(due, symbol, frequency)`
@@ -123,22 +135,20 @@ impl Timers {
             return Some(timer.due_ns);
         }
         let in_wheel = (0..self.slots.len() as u64)
-            .map(|offset| self.slots[(self.cursor + offset) as usize & self.mask()])
-            .find(|&head| head != NIL);
-        // The overflow list may hold timers the wheel's range has caught up with since.
-        let overflow = self.list(self.overflow);
-        self.list(in_wheel.unwrap_or(NIL)).chain(overflow).map(|(_, node)| node.due_ns).min()
+            .map(|offset| self.cursor + offset)
+            .find(|&slot| self.slots[slot as usize & self.mask()] != NIL);
+        let wheel = in_wheel.into_iter().flat_map(|slot| self.slot_timers(slot));
+        // The overflow may hold timers the wheel's range has caught up with since.
+        wheel.chain(self.overflow.iter().copied()).map(|timer| timer.due_ns).min()
     }
 
     /// Removes every armed timer, in no particular order, into the near heap's own storage
     /// (so nothing allocates); hand the vector back with [`Timers::restore`].
     pub(crate) fn take_all(&mut self) -> Vec<Reverse<Timer>> {
-        for slot in 0..self.slots.len() {
-            let head = std::mem::replace(&mut self.slots[slot], NIL);
-            self.move_to_near(head, |_| {});
+        for slot in self.cursor..self.cursor + self.slots.len() as u64 {
+            self.drain_slot(slot, |_| {});
         }
-        let overflow = std::mem::replace(&mut self.overflow, NIL);
-        self.move_to_near(overflow, |_| {});
+        self.near.extend(self.overflow.drain(..).map(Reverse));
         self.len = 0;
         std::mem::take(&mut self.near).into_vec()
     }
@@ -153,6 +163,42 @@ impl Timers {
         self.slots.len() - 1
     }
 
+    /// Puts a counted timer where it belongs: `near`, a wheel slot or the overflow.
+    fn place(&mut self, timer: Timer) {
+        let slot = timer.due_ns >> TIMER_SLOT_NS_LOG2;
+        if slot < self.cursor {
+            self.near.push(Reverse(timer));
+        } else if slot - self.cursor < self.slots.len() as u64 {
+            self.push_to_slot(slot, timer);
+        } else {
+            self.overflow.push(timer);
+        }
+    }
+
+    fn push_to_slot(&mut self, slot: u64, timer: Timer) {
+        let mask = self.mask();
+        let head = &mut self.slots[slot as usize & mask];
+        let room = *head != NIL && (self.chunks[*head as usize].len as usize) < CHUNK_TIMERS;
+        if !room {
+            let chunk = if self.free != NIL {
+                let chunk = self.free;
+                self.free = self.chunks[chunk as usize].next;
+                chunk
+            } else {
+                self.chunks_used += 1;
+                self.chunks_used - 1
+            };
+            self.chunks[chunk as usize].next = *head;
+            self.chunks[chunk as usize].len = 0;
+            *head = chunk;
+        }
+        let chunk = &mut self.chunks[*head as usize];
+        let builder = timer.symbol * 2 + timer.frequency.index() as u32;
+        let offset_ns = (timer.due_ns & ((1 << TIMER_SLOT_NS_LOG2) - 1)) as u32;
+        chunk.entries[chunk.len as usize] = Entry { builder, offset_ns };
+        chunk.len += 1;
+    }
+
     /// Moves every slot up to and including `target` into `near`.
     fn drain_through(&mut self, target: u64, mut on_reached: impl FnMut(Timer)) {
         if target < self.cursor {
@@ -160,9 +206,8 @@ impl Timers {
         }
         if target - self.cursor >= self.slots.len() as u64 {
             // The clock jumped past the whole wheel: every timer in it is due.
-            for slot in 0..self.slots.len() {
-                let head = std::mem::replace(&mut self.slots[slot], NIL);
-                self.move_to_near(head, &mut on_reached);
+            for slot in self.cursor..self.cursor + self.slots.len() as u64 {
+                self.drain_slot(slot, &mut on_reached);
             }
             self.cursor = target + 1;
             self.rescan_overflow(&mut on_reached);
@@ -174,66 +219,64 @@ impl Timers {
                 // range when its timer was armed.
                 self.rescan_overflow(&mut on_reached);
             }
-            let slot = self.cursor as usize & self.mask();
-            let head = std::mem::replace(&mut self.slots[slot], NIL);
-            self.move_to_near(head, &mut on_reached);
+            self.drain_slot(self.cursor, &mut on_reached);
             self.cursor += 1;
         }
     }
 
     /// Moves the overflow timers the wheel now covers into it (or into `near`).
     fn rescan_overflow(&mut self, on_reached: &mut impl FnMut(Timer)) {
-        let mut index = std::mem::replace(&mut self.overflow, NIL);
-        while index != NIL {
-            let node = self.nodes[index as usize];
-            let slot = node.due_ns >> TIMER_SLOT_NS_LOG2;
-            let head = if slot < self.cursor {
-                let timer = timer_of(index, node.due_ns);
+        let mut kept = 0;
+        for index in 0..self.overflow.len() {
+            let timer = self.overflow[index];
+            let slot = timer.due_ns >> TIMER_SLOT_NS_LOG2;
+            if slot < self.cursor {
                 on_reached(timer);
                 self.near.push(Reverse(timer));
-                index = node.next;
-                continue;
             } else if slot - self.cursor < self.slots.len() as u64 {
-                let mask = self.mask();
-                &mut self.slots[slot as usize & mask]
+                self.push_to_slot(slot, timer);
             } else {
-                &mut self.overflow
-            };
-            self.nodes[index as usize].next = *head;
-            *head = index;
-            index = node.next;
+                self.overflow[kept] = timer;
+                kept += 1;
+            }
+        }
+        self.overflow.truncate(kept);
+    }
+
+    /// Moves the timers of absolute slot `slot` into `near` and frees its chunks.
+    fn drain_slot(&mut self, slot: u64, mut on_reached: impl FnMut(Timer)) {
+        let index = slot as usize & self.mask();
+        let mut chunk = std::mem::replace(&mut self.slots[index], NIL);
+        let base_ns = slot << TIMER_SLOT_NS_LOG2;
+        while chunk != NIL {
+            let Chunk { next, len, entries } = self.chunks[chunk as usize];
+            for entry in &entries[..len as usize] {
+                let timer = timer_of(entry, base_ns);
+                on_reached(timer);
+                self.near.push(Reverse(timer));
+            }
+            self.chunks[chunk as usize].next = self.free;
+            self.free = chunk;
+            chunk = next;
         }
     }
 
-    fn move_to_near(&mut self, head: u32, mut on_reached: impl FnMut(Timer)) {
-        let mut index = head;
-        while index != NIL {
-            let node = self.nodes[index as usize];
-            let timer = timer_of(index, node.due_ns);
-            on_reached(timer);
-            self.near.push(Reverse(timer));
-            index = node.next;
-        }
-    }
-
-    fn list(&self, head: u32) -> impl Iterator<Item = (u32, Node)> + '_ {
-        let mut index = head;
+    /// The timers in absolute slot `slot`, which must be in the wheel's range.
+    fn slot_timers(&self, slot: u64) -> impl Iterator<Item = Timer> + '_ {
+        let mut chunk = self.slots[slot as usize & self.mask()];
+        let base_ns = slot << TIMER_SLOT_NS_LOG2;
         core::iter::from_fn(move || {
-            let node = *self.nodes.get(index as usize)?;
-            let item = (index, node);
-            index = node.next;
-            Some(item)
+            let found = self.chunks.get(chunk as usize)?;
+            chunk = found.next;
+            Some(found.entries[..found.len as usize].iter().map(move |e| timer_of(e, base_ns)))
         })
+        .flatten()
     }
 }
 
-fn node_index(symbol: u32, frequency: Frequency) -> usize {
-    symbol as usize * 2 + frequency.index()
-}
-
-fn timer_of(index: u32, due_ns: u64) -> Timer {
-    let frequency = Frequency::ALL[index as usize % 2];
-    Timer { due_ns, symbol: index / 2, frequency }
+fn timer_of(entry: &Entry, base_ns: u64) -> Timer {
+    let frequency = Frequency::ALL[entry.builder as usize % 2];
+    Timer { due_ns: base_ns + u64::from(entry.offset_ns), symbol: entry.builder / 2, frequency }
 }
 
 #[cfg(test)]
@@ -273,13 +316,15 @@ mod tests {
                 for _ in 0..(next() % 4) {
                     let symbol = (next() % u64::from(symbols)) as u32;
                     let minute = next() % 2 == 0;
-                    let index = node_index(symbol, timer(0, symbol, minute).frequency);
+                    let index = symbol as usize * 2 + usize::from(minute);
                     if armed[index] {
                         continue;
                     }
                     let ahead = match next() % 10 {
                         0 => 0,
                         1 => 3 * wheel_ns + next() % wheel_ns,
+                        // Clustered in a few slots, so that slots fill several chunks.
+                        2..=5 => 20 * SLOT + next() % (3 * SLOT),
                         _ => next() % (wheel_ns / 2),
                     };
                     let due = (now + ahead).saturating_sub(next() % (2 * SLOT));
@@ -306,13 +351,14 @@ mod tests {
                     assert_eq!(got, expected, "round {round}, now {now}");
                     let Some(t) = got else { break };
                     assert!(reached.contains(&t), "{t:?} was reached before it was due");
-                    armed[node_index(t.symbol, t.frequency)] = false;
+                    armed[t.symbol as usize * 2 + t.frequency.index()] = false;
                 }
                 reached.retain(|t| reference.iter().any(|r| r.0 == *t));
                 assert_eq!(timers.len, reference.len());
                 let earliest = reference.peek().map(|r| r.0.due_ns);
                 assert_eq!(timers.earliest_due(), earliest, "round {round}");
             }
+            assert!(timers.chunks_used as usize <= timers.capacity);
             let mut all: Vec<Timer> = timers.take_all().into_iter().map(|r| r.0).collect();
             let mut expected: Vec<Timer> = reference.into_iter().map(|r| r.0).collect();
             all.sort_unstable();
