@@ -16,6 +16,7 @@ use crate::detect::surge::{self, SURGE_WINDOWS_COUNT};
 use crate::detect::trend::{self, TrendInput, TrendState};
 use crate::detect::LastEvent;
 use crate::error::{ConfigError, RejectReason, TickError};
+use crate::hint::huge_pages;
 use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
@@ -159,10 +160,13 @@ impl Engine {
             params.surge.bucket_ns,
             [params.surge.interval_buckets, params.surge.history_buckets],
         );
-        // Zeroed allocations: pages of symbols that never trade are never touched.
-        let trend_ring = bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len);
-        let surge_ring = bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len);
-        let symbols = vec![SymbolState::NEW; symbols_max];
+        // Zeroed allocations: pages of symbols that never trade are never touched. Huge pages
+        // for all three: each trade touches a random symbol's state and buckets, and with 4 KiB
+        // pages nearly every such touch misses the TLB.
+        let trend_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len));
+        let surge_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len));
+        let mut symbols = huge_pages(Vec::with_capacity(symbols_max));
+        symbols.resize(symbols_max, SymbolState::NEW);
         Ok(Engine {
             calendar: SessionCalendar::new(params.timezone, params.session_minutes),
             trend_shape,

@@ -1,8 +1,13 @@
-//! Cache prefetch hints, the engine's only `unsafe`.
+//! Cache prefetch and huge-page hints, the engine's only `unsafe`.
 //!
 //! With thousands of active symbols, a trade's symbol state and bucket rings are usually not
 //! in cache; [`crate::Engine::prefetch`] lets the caller, which already holds the next ticks
 //! (a chunk popped from the ring), start those loads a few ticks ahead.
+//!
+//! They are not in the TLB either: the bucket rings are tens of megabytes of 4 KiB pages, so
+//! nearly every bucket a trade reads needs a page walk, and a prefetch that misses the TLB
+//! may be dropped. [`huge_pages`] asks the kernel to back the engine's large arrays with
+//! 2 MiB pages (transparent huge pages, in `madvise` mode on most distributions).
 
 /// How many ticks ahead of [`crate::Engine::handle_tick`] a caller walking a buffer of
 /// inputs calls [`crate::Engine::prefetch`].
@@ -23,6 +28,31 @@ pub const PREFETCH_INPUT_DISTANCE: usize = 16;
 #[inline(always)]
 pub fn prefetch<T>(value: &T) {
     prefetch_bytes((value as *const T).cast(), size_of::<T>());
+}
+
+/// Asks the kernel to back the not-yet-touched memory of `vec`'s whole capacity with
+/// transparent huge pages, and returns `vec`. A hint: it changes no contents, and where the
+/// kernel says no (no THP, another OS) nothing changes but speed. Call it before the memory
+/// is first written, so that the first faults already get huge pages.
+pub(crate) fn huge_pages<T>(mut vec: Vec<T>) -> Vec<T> {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE_PAGE: usize = 2 << 20;
+        let start = vec.as_mut_ptr() as usize;
+        let end = start + vec.capacity() * size_of::<T>();
+        // Only whole 2 MiB pages inside the allocation can be huge; advising exactly those
+        // also keeps the address page-aligned, as madvise requires.
+        let first = start.next_multiple_of(HUGE_PAGE);
+        let last = end / HUGE_PAGE * HUGE_PAGE;
+        if last > first {
+            // SAFETY: the range lies inside `vec`'s allocation, which we own and which stays
+            // alive for the call; MADV_HUGEPAGE only changes how the kernel backs the pages
+            // (their contents are unchanged), so no memory is invalidated.
+            #[allow(unsafe_code, reason = "madvise hint; see the SAFETY comment")]
+            let _ = unsafe { libc::madvise(first as *mut _, last - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    vec
 }
 
 /// Hints the CPU to load the cache lines of `len` bytes at `ptr` into all cache levels.
