@@ -75,3 +75,28 @@ pub(crate) fn prefetch_bytes(ptr: *const u8, len: usize) {
         offset += 64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint changes nothing a program can see: length, capacity, address and contents
+    /// stay, and the memory stays writable, for allocations with and without a whole huge
+    /// page inside them.
+    #[test]
+    fn huge_pages_keeps_the_vector_as_it_was() {
+        for len in [0, 1, 1_000, 6 << 20] {
+            let mut before: Vec<u64> = bytemuck::zeroed_vec(len);
+            before.iter_mut().step_by(512).for_each(|x| *x = 7);
+            let (address, capacity) = (before.as_ptr(), before.capacity());
+            let mut after = huge_pages(before);
+            assert_eq!((after.as_ptr(), after.capacity(), after.len()), (address, capacity, len));
+            assert!(after.iter().enumerate().all(|(i, &x)| x == if i % 512 == 0 { 7 } else { 0 }));
+            after.iter_mut().for_each(|x| *x += 1);
+            assert!(after.iter().enumerate().all(|(i, &x)| x == if i % 512 == 0 { 8 } else { 1 }));
+        }
+        let mut spare = huge_pages(Vec::<u8>::with_capacity(5 << 20));
+        spare.resize(5 << 20, 3);
+        assert!(spare.iter().all(|&x| x == 3));
+    }
+}

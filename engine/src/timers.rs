@@ -46,7 +46,8 @@ pub(crate) struct Timer {
 const _: () = assert!(size_of::<Timer>() == 16, "a timer is 16 bytes");
 
 /// A timer inside a slot: its builder and its due time's offset in the slot.
-#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Zeroable)]
 struct Entry {
     builder: u32,
     offset_ns: u32,
@@ -54,7 +55,7 @@ struct Entry {
 
 /// Up to [`CHUNK_TIMERS`] timers of one slot, and the next chunk of the slot.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable)]
 struct Chunk {
     next: u32,
     len: u32,
@@ -93,11 +94,12 @@ impl Timers {
         let capacity = 2 * symbols_max as usize;
         let wanted = (horizon_ns >> TIMER_SLOT_NS_LOG2).saturating_add(2);
         let slots = wanted.clamp(TIMER_WHEEL_SLOTS_MIN, TIMER_WHEEL_SLOTS_MAX).next_power_of_two();
-        // Every chunk in use holds a timer, so the pool never needs more chunks than timers.
-        let empty = Chunk { next: NIL, len: 0, entries: [Entry::default(); CHUNK_TIMERS] };
         Timers {
             slots: vec![NIL; slots as usize],
-            chunks: vec![empty; capacity],
+            // Every chunk in use holds a timer, so the pool never needs more chunks than
+            // timers. Zeroed (a chunk is initialised when handed out), so that the pages of
+            // chunks never used are never touched.
+            chunks: bytemuck::zeroed_vec(capacity),
             chunks_used: 0,
             free: NIL,
             cursor: 0,
