@@ -6,7 +6,7 @@
 //!
 //! They are not in the TLB either: the bucket rings are tens of megabytes of 4 KiB pages, so
 //! nearly every bucket a trade reads needs a page walk, and a prefetch that misses the TLB
-//! may be dropped. [`huge_pages`] asks the kernel to back the engine's large arrays with
+//! may be dropped. `huge_pages` asks the kernel to back the engine's large arrays with
 //! 2 MiB pages (transparent huge pages, in `madvise` mode on most distributions).
 
 /// How many ticks ahead of [`crate::Engine::handle_tick`] a caller walking a buffer of

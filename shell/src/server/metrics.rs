@@ -56,6 +56,9 @@ pub struct ServerCounters {
     pub pong_timeouts: AtomicU64,
     /// Frame batches taken from the emitter.
     pub batches: AtomicU64,
+    /// Batches the emitter had to wait to hand over, because the fan-out still held every
+    /// pooled batch or the batch ring was full (the emitter backs off, never drops).
+    pub sink_waits: AtomicU64,
 }
 
 impl ServerCounters {
@@ -282,6 +285,12 @@ pub fn prometheus(
         "counter",
         "Events conflation dropped from slow clients' outboxes (`slow_consumer_policy = \"conflate\"`).",
         &one(get(&server.conflated_events)),
+    );
+    metric(
+        "sink_waits_total",
+        "counter",
+        "Batches the emitter waited to hand to the fan-out (it was behind; nothing dropped).",
+        &one(get(&server.sink_waits)),
     );
     metric(
         "client_errors_total",

@@ -47,6 +47,7 @@ use crate::config::{ServerSettings, Settings, SlowConsumerPolicy};
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::feed::upstream::UpstreamStatus;
 use crate::feed::Feed;
+use crate::idle::{IdleStrategy, Idler};
 use crate::pipeline::{self, Observed, Report, StartError, TimeMode};
 use crate::tracer::{Counters, Histograms};
 
@@ -84,11 +85,20 @@ const CLOSE_SLOW_CONSUMER: u16 = 4008;
 const _: () = assert!(FANOUT_BUDGET_BATCHES <= BATCH_RING_CAPACITY);
 
 /// The emitter's sink into the server.
+///
+/// When the fan-out is behind (every pooled batch still held, or the batch ring full) the
+/// emitter waits with the default back-off (spin, yield, then sleeps doubling up to 1 ms)
+/// rather than spinning on a core the fan-out needs, and counts the wait in `sink_waits`.
+/// Its own lanes then fill, and their policy applies (`docs/pipeline.md`).
 pub struct ServerSink {
     ring: rtrb::Producer<Arc<FrameBatch>>,
     pool: Vec<Arc<FrameBatch>>,
     waker: Arc<Waker>,
     batch_bytes: usize,
+    idler: Idler,
+    /// Whether the batch being handed over has waited (counted) already.
+    waited: bool,
+    counters: Arc<ServerCounters>,
 }
 
 impl std::fmt::Debug for ServerSink {
@@ -107,16 +117,27 @@ impl ServerSink {
             if self.pool.len() < BATCH_POOL_MAX {
                 return Ok(Arc::new(FrameBatch::new(self.batch_bytes)));
             }
-            if self.ring.is_abandoned() {
-                return Err(io::Error::other("the server has stopped"));
-            }
-            std::thread::yield_now();
+            self.wait()?;
         }
+    }
+
+    /// One round of waiting for the fan-out, counted once per batch.
+    fn wait(&mut self) -> io::Result<()> {
+        if self.ring.is_abandoned() {
+            return Err(io::Error::other("the server has stopped"));
+        }
+        if !self.waited {
+            self.waited = true;
+            ServerCounters::add(&self.counters.sink_waits, 1);
+        }
+        self.idler.idle(0, || false);
+        Ok(())
     }
 }
 
 impl FrameSink for ServerSink {
     fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        self.waited = false;
         let mut shared = self.free_batch()?;
         Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);
         self.pool.push(Arc::clone(&shared));
@@ -125,14 +146,13 @@ impl FrameSink for ServerSink {
             match self.ring.push(item) {
                 Ok(()) => break,
                 Err(rtrb::PushError::Full(back)) => {
-                    if self.ring.is_abandoned() {
-                        return Err(io::Error::other("the server has stopped"));
-                    }
                     item = back;
-                    std::thread::yield_now();
+                    self.wait()?;
                 }
             }
         }
+        // Work done: the next wait starts its back-off from the beginning.
+        self.idler.idle(1, || true);
         self.waker.wake()
     }
 
@@ -272,6 +292,10 @@ pub fn start(
         pool: Vec::with_capacity(BATCH_POOL_MAX),
         waker: Arc::clone(&waker),
         batch_bytes,
+        // Only times its own waits: nothing wakes it, so its thread handle is never used.
+        idler: Idler::new(IdleStrategy::default()),
+        waited: false,
+        counters: Arc::clone(&counters),
     };
     Ok((sink, ServerHandle { thread, stop, waker, counters, local_addr }))
 }
