@@ -646,9 +646,27 @@ fn a_backlog_drains_when_no_new_events_arrive() {
     // A client that fell far behind (under its outbox limit) must get its whole backlog once it
     // reads, even when the market has gone quiet and no batch comes to trigger a flush: the
     // server keeps writing on socket readiness until the outbox is empty or the socket blocks.
+    backlog_drains(None);
+}
+
+#[test]
+fn messages_larger_than_the_default_write_buffer_are_sent() {
+    // With 4 MiB arrays, each message is larger than the default 1 MiB write buffer of a
+    // connection. The buffer is sized above the largest message, so each goes out (a message
+    // that could never fit once spun the event loop forever, with `frame_bytes_max` at the
+    // default, when an array reached it: the frame header made it a few bytes too long).
+    backlog_drains(Some(4 << 20));
+}
+
+fn backlog_drains(frame_bytes_max: Option<u32>) {
     const TRADES: u64 = 150_000;
     let server = start_with(
-        |s| s.server.client_queue_max_bytes = 256 << 20,
+        |s| {
+            s.server.client_queue_max_bytes = 256 << 20;
+            if let Some(bytes) = frame_bytes_max {
+                s.server.frame_bytes_max = bytes;
+            }
+        },
         |_| Box::new(BurstThenQuiet { trades: TRADES }),
     );
     let mut client = authed(server.addr, "k-all");

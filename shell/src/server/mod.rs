@@ -73,8 +73,15 @@ const SWEEP_INTERVAL_MS: u64 = 10;
 const POLL_TIMEOUT_MS: u64 = 10;
 /// HTTP connections beyond `connections_max` that may be mid-request, at most.
 const HTTP_CONNECTIONS_EXTRA: usize = 256;
-/// tungstenite's own write buffer per connection; past it, messages wait in the outbox.
+/// tungstenite's own write buffer per connection; past it, messages wait in the outbox. At
+/// least `frame_bytes_max + FRAME_SLACK_BYTES`, so that the largest message always fits an
+/// empty buffer (a frame that never fits would never be sent).
 const WRITE_BUFFER_BYTES_MAX: usize = 1 << 20;
+/// How far a message may exceed `frame_bytes_max`: the event that crosses it (a replay
+/// message stops after it), the closing bracket and the frame header.
+const FRAME_SLACK_BYTES: usize = 4_096;
+
+const _: () = assert!(tickstock_engine::limits::EVENT_JSON_BYTES_MAX + 16 < FRAME_SLACK_BYTES);
 /// The engine counts as stalled when its clock is this far behind, in ns.
 const STALL_NS: u64 = 5_000_000_000;
 /// Close code: the connection limit is reached, try later.
@@ -261,7 +268,9 @@ pub fn start(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(bytes_max))
         .max_frame_size(Some(bytes_max))
-        .max_write_buffer_size(WRITE_BUFFER_BYTES_MAX);
+        .max_write_buffer_size(
+            WRITE_BUFFER_BYTES_MAX.max(settings.frame_bytes_max as usize + FRAME_SLACK_BYTES),
+        );
     let mut event_loop = Loop {
         poll,
         listener,
@@ -1144,13 +1153,19 @@ fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> boo
 /// hit `WouldBlock`. So when tungstenite's write buffer fills, is written out whole, and the
 /// outbox still holds messages, this goes round again rather than waiting for an edge that
 /// will not come (which would leave a backlog stuck until the next batch).
+///
+/// A message that does not fit tungstenite's buffer right after the buffer went out whole can
+/// never fit (the buffer is sized above the largest message, so this is a defect, not a
+/// client's doing): the connection is given up rather than retried forever.
 fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
+    let mut buffer_emptied = false;
     loop {
         let mut buffer_full = false;
         while let Some((message, events)) = c.outbox.pop_front() {
             let len = message.len();
             match c.ws.write(message) {
                 Ok(()) => {}
+                Err(tungstenite::Error::WriteBufferFull(_)) if buffer_emptied => return false,
                 Err(tungstenite::Error::WriteBufferFull(back)) => {
                     // tungstenite hands back the message as a frame, header included: account
                     // for what is queued now, so the count matches what later leaves.
@@ -1163,13 +1178,15 @@ fn flush(c: &mut WsConnection, counters: &ServerCounters) -> bool {
                 Err(tungstenite::Error::Io(error)) if would_block(&error) => {}
                 Err(_) => return false,
             }
+            // In tungstenite's buffer now, so the buffer is no longer known to be empty.
+            buffer_emptied = false;
             c.outbox_bytes -= len;
             ServerCounters::add(&counters.messages_out, 1);
             ServerCounters::add(&counters.bytes_out, len as u64);
         }
         match c.ws.flush() {
             // All of tungstenite's buffer went out without blocking: more may follow.
-            Ok(()) if buffer_full => {}
+            Ok(()) if buffer_full => buffer_emptied = true,
             Ok(()) => return true,
             Err(tungstenite::Error::Io(error)) if would_block(&error) => return true,
             Err(_) => return false,
