@@ -1,4 +1,4 @@
-//! Cache prefetch and huge-page hints, the engine's only `unsafe`.
+//! Cache prefetch and huge-page hints: with `ring/`, the engine's only `unsafe`.
 //!
 //! With thousands of active symbols, a trade's symbol state and bucket rings are usually not
 //! in cache; [`crate::Engine::prefetch`] lets the caller, which already holds the next ticks

@@ -20,7 +20,7 @@
 //! | [`calendar`] | trading days and periods through the IANA time-zone database |
 //! | [`error`] | `Copy` error enums and the table of what panics |
 //! | [`mfbuf`] | the multi-frequency buffer between the engine and the emitter threads |
-//! | [`ring`] | the lock-free [`ring::swap`] buffer under it (the only `unsafe` besides prefetch) |
+//! | [`ring`] | the lock-free [`ring::swap`] buffer under it (the only `unsafe` besides the hints) |
 //! | [`encode`] | each event's JSON object, as PROTOCOL.md puts it on the wire |
 //! | [`hint`] | cache prefetch hints for callers walking their input buffers |
 
