@@ -68,7 +68,7 @@ pub(crate) enum Placement {
 pub(crate) struct BarBuilder {
     /// Whether a bar is open.
     is_open: bool,
-    /// Whether a close timer for this builder is queued in the engine's timer heap.
+    /// Whether a close timer for this builder is queued in the engine's timers (`crate::timers`).
     pub(crate) timer_armed: bool,
     open: i64,
     high: i64,
