@@ -238,6 +238,46 @@ fn late_and_out_of_order_trades() {
     assert_eq!(second.iter().map(|b| b.volume.0).sum::<u64>(), 200);
 }
 
+/// Bars of trades far ahead of the clock (allowed by a large `max_future_ms`) are due beyond
+/// the timer wheel's reach; they still close exactly on time, in symbol order, and a quiet
+/// symbol's bars close in between as usual.
+#[test]
+fn bars_due_far_ahead_of_the_clock_close_on_time() {
+    let mut config = Config::default();
+    config.max_future_ms = 3_600_000;
+    config.bar_close_spread_ms = 0;
+    let mut h = Harness::new(&config);
+    let s = t0();
+    let ahead = s + 1_800 * SEC;
+    h.trade_of(1, s, ahead + 100 * MS, "20", 5).expect("accepted");
+    h.trade_of(0, s, ahead + 200 * MS, "10", 7).expect("accepted");
+    h.trade_of(2, s, s + 100 * MS, "30", 9).expect("accepted");
+    assert_eq!(h.engine.poll_deadline(), Some(Timestamp(s + 1_250 * MS)));
+    let closed = |events: Vec<Event>| -> Vec<(u32, Frequency, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e.body {
+                EventBody::Bar(bar) => Some((e.symbol.0, bar.frequency, bar.end.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(closed(h.clock(s + 2 * SEC)), [(2, Frequency::Second, s + SEC)]);
+    assert_eq!(closed(h.clock(s + 61 * SEC)), [(2, Frequency::Minute, s + 60 * SEC)]);
+    assert_eq!(h.engine.poll_deadline(), Some(Timestamp(ahead + 1_250 * MS)));
+    assert!(closed(h.clock(ahead + 1_249 * MS)).is_empty());
+    assert_eq!(
+        closed(h.clock(ahead + 1_250 * MS)),
+        [(0, Frequency::Second, ahead + SEC), (1, Frequency::Second, ahead + SEC)]
+    );
+    assert_eq!(
+        closed(h.clock(ahead + 70 * SEC)),
+        [(0, Frequency::Minute, ahead + 60 * SEC), (1, Frequency::Minute, ahead + 60 * SEC)]
+    );
+    assert_eq!(h.engine.poll_deadline(), None);
+    assert_eq!(h.engine.stats().bars_closed_by_clock, 6);
+}
+
 #[test]
 fn bars_close_on_clock_after_grace() {
     let mut h = Harness::default();
