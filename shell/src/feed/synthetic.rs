@@ -277,7 +277,8 @@ fn run_virtual(
 }
 
 /// Live: trade `k` is due `k / trades_per_sec` after start; everything due is sent, then the
-/// thread sleeps until the next is due (heartbeats keep the engine clock moving meanwhile).
+/// thread sleeps until the next is due, or `pace_us` if that is later (heartbeats keep the
+/// engine clock moving meanwhile).
 fn run_paced(
     market: &mut Market,
     tx: &mut FeedTx,
@@ -287,6 +288,7 @@ fn run_paced(
 ) -> Result<(), super::Stopped> {
     let start = Instant::now();
     let gap_ns = 1e9 / f64::from(settings.trades_per_sec);
+    let pace = Duration::from_micros(settings.pace_us.into());
     let mut sent = 0u64;
     while sent < trades_max {
         if tx.stopping() {
@@ -307,7 +309,7 @@ fn run_paced(
         if sent >= due {
             let next_ns = (sent as f64 * gap_ns) as u64;
             let wait = Duration::from_nanos(next_ns).saturating_sub(start.elapsed());
-            std::thread::sleep(wait.min(Duration::from_nanos(heartbeat_ns)));
+            std::thread::sleep(wait.max(pace).min(Duration::from_nanos(heartbeat_ns)));
         }
     }
     Ok(())
