@@ -17,7 +17,7 @@ use crate::detect::trend::{self, TrendInput, TrendState};
 use crate::detect::LastEvent;
 use crate::error::{ConfigError, RejectReason, TickError};
 use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
-use crate::hint::huge_pages;
+use crate::hint::{huge_pages, prefault};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
@@ -160,11 +160,15 @@ impl Engine {
             params.surge.bucket_ns,
             [params.surge.interval_buckets, params.surge.history_buckets],
         );
-        // Zeroed allocations: pages of symbols that never trade are never touched. Huge pages
-        // for all three: each trade touches a random symbol's state and buckets, and with 4 KiB
-        // pages nearly every such touch misses the TLB.
-        let trend_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len));
-        let surge_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len));
+        // Huge pages for all three: each trade touches a random symbol's state and buckets,
+        // and with 4 KiB pages nearly every such touch misses the TLB. They are faulted in
+        // here, so no page fault lands on the trade path; where the kernel gives no huge
+        // pages, the zeroed rings of symbols that never trade stay untouched.
+        let mut trend_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len));
+        let mut surge_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len));
+        // Take the huge-page faults now, not on the trade path.
+        prefault(&mut trend_ring);
+        prefault(&mut surge_ring);
         let mut symbols = huge_pages(Vec::with_capacity(symbols_max));
         symbols.resize(symbols_max, SymbolState::NEW);
         Ok(Engine {
