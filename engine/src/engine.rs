@@ -17,7 +17,7 @@ use crate::detect::trend::{self, TrendInput, TrendState};
 use crate::detect::LastEvent;
 use crate::error::{ConfigError, RejectReason, TickError};
 use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
-use crate::hint::{huge_pages, prefault};
+use crate::hint::{huge_pages, huge_zeroed_vec};
 use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
@@ -164,11 +164,8 @@ impl Engine {
         // and with 4 KiB pages nearly every such touch misses the TLB. They are faulted in
         // here, so no page fault lands on the trade path; where the kernel gives no huge
         // pages, the zeroed rings of symbols that never trade stay untouched.
-        let mut trend_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * trend_shape.ring_len));
-        let mut surge_ring = huge_pages(bytemuck::zeroed_vec(symbols_max * surge_shape.ring_len));
-        // Take the huge-page faults now, not on the trade path.
-        prefault(&mut trend_ring);
-        prefault(&mut surge_ring);
+        let trend_ring = huge_zeroed_vec(symbols_max * trend_shape.ring_len);
+        let surge_ring = huge_zeroed_vec(symbols_max * surge_shape.ring_len);
         let mut symbols = huge_pages(Vec::with_capacity(symbols_max));
         symbols.resize(symbols_max, SymbolState::NEW);
         Ok(Engine {
@@ -259,10 +256,10 @@ impl Engine {
     /// of a replay.
     pub fn handle_flush(&mut self) -> Result<(), TickError> {
         self.ensure_drained()?;
-        // The heap is in due order, which staggers symbols; a flush closes in end order.
-        // Sorting the heap's own vector in place allocates nothing.
+        // Timers fire in due order, which staggers symbols; a flush closes in end order.
+        // Sorting the near heap's own vector in place allocates nothing.
         // A timer may still name a bar a trade already closed; point each at the bar open now
-        // so that none re-arms while the heap is out.
+        // so that none re-arms while the timers are taken out.
         let mut timers = self.timers.take_all();
         for Reverse(timer) in &mut timers {
             let builder = &self.symbols[timer.symbol as usize].bars[timer.frequency.index()];
@@ -307,7 +304,7 @@ impl Engine {
         loop {
             let symbols = &self.symbols;
             // A timer's slot is reached about a millisecond before it is due: start loading
-            // the bar it will close, or find moved on.
+            // the bar it will close (or find has moved on).
             let reached = |timer: Timer| {
                 let builder = &symbols[timer.symbol as usize].bars[timer.frequency.index()];
                 crate::hint::prefetch_bytes((builder as *const BarBuilder).cast(), 1);

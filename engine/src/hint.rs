@@ -9,6 +9,9 @@
 //! may be dropped. `huge_pages` asks the kernel to back the engine's large arrays with
 //! 2 MiB pages (transparent huge pages, in `madvise` mode on most distributions).
 
+/// A transparent huge page on x86_64 Linux.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// How many ticks ahead of [`crate::Engine::handle_tick`] a caller walking a buffer of
 /// inputs calls [`crate::Engine::prefetch`].
 ///
@@ -37,7 +40,6 @@ pub fn prefetch<T>(value: &T) {
 pub(crate) fn huge_pages<T>(mut vec: Vec<T>) -> Vec<T> {
     #[cfg(target_os = "linux")]
     {
-        const HUGE_PAGE: usize = 2 << 20;
         let start = vec.as_mut_ptr() as usize;
         let end = start + vec.capacity() * size_of::<T>();
         // Only whole 2 MiB pages inside the allocation can be huge; advising exactly those
@@ -55,13 +57,19 @@ pub(crate) fn huge_pages<T>(mut vec: Vec<T>) -> Vec<T> {
     vec
 }
 
+/// `len` zeroed values on [`huge_pages`], faulted in now (see [`prefault`]).
+pub(crate) fn huge_zeroed_vec<T: bytemuck::Zeroable>(len: usize) -> Vec<T> {
+    let mut vec = huge_pages(bytemuck::zeroed_vec(len));
+    prefault(&mut vec);
+    vec
+}
+
 /// Zeroes one element per 2 MiB of `memory` (already zero), so that where the kernel backs it
 /// with huge pages it does so now, at construction, and not at a first touch on the trade
 /// path: a huge-page fault zeroes 2 MiB and may compact memory first, which stalled the
 /// engine for 9 ms and the whole process (its memory map locked) for up to 55 ms in the first
 /// seconds of a run. Without huge pages it faults in one 4 KiB page per 2 MiB, no more.
-pub(crate) fn prefault<T: bytemuck::Zeroable>(memory: &mut [T]) {
-    const HUGE_PAGE: usize = 2 << 20;
+fn prefault<T: bytemuck::Zeroable>(memory: &mut [T]) {
     let step = (HUGE_PAGE / size_of::<T>().max(1)).max(1);
     for element in memory.iter_mut().step_by(step) {
         *element = T::zeroed();

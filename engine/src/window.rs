@@ -23,7 +23,7 @@ use crate::wide::Wide;
 /// detector needs, 40 bytes) and [`LeanBucket`] (volume and last price, all the surge
 /// detector needs, 16 bytes: four to a cache line, so a symbol's consecutive seconds share
 /// lines and a trade misses the cache less often).
-pub(crate) trait Slot: Copy + Default + Pod + Debug {
+pub(crate) trait Slot: Copy + Pod + Debug {
     /// The running sums of one window over buckets of this kind.
     type Sum: Copy + Debug + PartialEq;
     /// All sums zero, no reference price.
@@ -206,7 +206,7 @@ impl<const K: usize, S: Slot> Windows<K, S> {
             for sum in &mut self.sums {
                 *sum = S::sum_with_reference(price);
             }
-            ring.fill(S::default());
+            ring.fill(S::ZERO);
         } else if bucket > self.head {
             self.advance(shape, ring, bucket);
         }
@@ -227,7 +227,7 @@ impl<const K: usize, S: Slot> Windows<K, S> {
             for sum in &mut self.sums {
                 *sum = S::sum_with_reference(last);
             }
-            ring.fill(S::default());
+            ring.fill(S::ZERO);
         } else {
             ring[(self.head as usize) & mask] = self.newest;
             for entering in self.head + 1..=bucket {
@@ -240,7 +240,7 @@ impl<const K: usize, S: Slot> Windows<K, S> {
                 // back, which has left every window already (every length is below
                 // `ring_len`). The new head's slot is written when the head leaves it.
                 if entering < bucket {
-                    ring[(entering as usize) & mask] = S::default();
+                    ring[(entering as usize) & mask] = S::ZERO;
                 }
             }
         }
