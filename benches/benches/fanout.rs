@@ -98,7 +98,7 @@ fn setup(clients: usize) -> Fanout {
     // One user holds every bench connection, so the per-user limit is lifted.
     let settings = ServerSettings {
         listen: "127.0.0.1:0".to_owned(),
-        client_queue_max_bytes: 64 << 20,
+        client_lag_max_bytes: 64 << 20,
         connections_per_user_max: 100_000,
         ..ServerSettings::default()
     };

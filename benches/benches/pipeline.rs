@@ -47,7 +47,10 @@ fn sample_events(count: usize) -> Vec<Event> {
         events.extend(engine.poll_events());
     }
     events.truncate(count);
-    assert!(events.iter().any(|e| e.body.channel() == "A"), "the sample has bars");
+    assert!(
+        events.iter().any(|e| e.body.channel() == tickstock_engine::Channel::A),
+        "the sample has bars"
+    );
     events
 }
 

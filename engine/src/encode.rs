@@ -26,7 +26,7 @@ pub fn encode_event(out: &mut Vec<u8>, event: &Event, ticker: &str) {
     );
     let mut w = Writer { out };
     w.raw("{\"ev\":\"");
-    w.raw(event.body.channel());
+    w.raw(event.body.channel().label());
     w.raw("\",\"sym\":\"");
     w.raw(ticker);
     w.raw("\",\"seq\":");
@@ -367,7 +367,7 @@ mod tests {
         for body in bodies {
             let text = encode(body, "ABCDEFGHIJKL");
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(value["ev"], body.channel(), "{text}");
+            assert_eq!(value["ev"], body.channel().label(), "{text}");
             assert_eq!(value["seq"], 7, "{text}");
         }
     }

@@ -35,19 +35,70 @@ pub enum EventBody {
 }
 
 impl EventBody {
-    /// The channel (`ev`) of PROTOCOL.md.
-    pub fn channel(&self) -> &'static str {
+    /// The channel of PROTOCOL.md this event goes out on.
+    pub fn channel(&self) -> Channel {
         match self {
-            EventBody::Trade(_) => "T",
+            EventBody::Trade(_) => Channel::T,
             EventBody::Bar(bar) => match bar.frequency {
-                Frequency::Second => "A",
-                Frequency::Minute => "AM",
+                Frequency::Second => Channel::A,
+                Frequency::Minute => Channel::Am,
             },
-            EventBody::HighLow(_) => "HL",
-            EventBody::Trend(_) => "TR",
-            EventBody::Surge(_) => "SV",
-            EventBody::Fmv(_) => "FMV",
+            EventBody::HighLow(_) => Channel::Hl,
+            EventBody::Trend(_) => Channel::Tr,
+            EventBody::Surge(_) => Channel::Sv,
+            EventBody::Fmv(_) => Channel::Fmv,
         }
+    }
+}
+
+/// A channel of PROTOCOL.md section 3 (`ev` on the wire). It travels as this enum from the
+/// engine's event to the fan-out's routing, so nothing searches a string per frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// `T`: trades.
+    T,
+    /// `A`: per-second bars.
+    A,
+    /// `AM`: per-minute bars.
+    Am,
+    /// `HL`: session highs and lows.
+    Hl,
+    /// `TR`: trend changes.
+    Tr,
+    /// `SV`: surges.
+    Sv,
+    /// `FMV`: fair market values.
+    Fmv,
+}
+
+impl Channel {
+    /// Every channel, in index order.
+    pub const ALL: [Channel; 7] =
+        [Channel::T, Channel::A, Channel::Am, Channel::Hl, Channel::Tr, Channel::Sv, Channel::Fmv];
+    /// How many channels there are.
+    pub const COUNT: usize = Channel::ALL.len();
+
+    /// Dense index, `0..COUNT`, in [`Channel::ALL`] order.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name on the wire (`ev`, and the topic prefix).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Channel::T => "T",
+            Channel::A => "A",
+            Channel::Am => "AM",
+            Channel::Hl => "HL",
+            Channel::Tr => "TR",
+            Channel::Sv => "SV",
+            Channel::Fmv => "FMV",
+        }
+    }
+
+    /// The channel named `label`, if any.
+    pub fn parse(label: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|channel| channel.label() == label)
     }
 }
 

@@ -58,8 +58,8 @@ pub use config::{
 pub use engine::Engine;
 pub use error::{ConfigError, RejectReason, TickError};
 pub use event::{
-    Bar, Direction, Event, EventBody, Extreme, FairValue, Frequency, HighLow, Strength, Surge,
-    SurgeTrigger, Trend, VwapPosition,
+    Bar, Channel, Direction, Event, EventBody, Extreme, FairValue, Frequency, HighLow, Strength,
+    Surge, SurgeTrigger, Trend, VwapPosition,
 };
 pub use stats::Stats;
 pub use symbol::{SymbolNames, SymbolTable, Ticker};

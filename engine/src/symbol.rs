@@ -16,8 +16,9 @@ use crate::error::RejectReason;
 use crate::limits::SYMBOL_LEN_MAX;
 use crate::tick::SymbolId;
 
-/// A validated ticker: 1-12 bytes of `A-Z 0-9 . -`, stored inline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+/// A validated ticker: 1-12 bytes of `A-Z 0-9 . -`, stored inline. Ordered by its bytes (a
+/// canonical order for sets of tickers, not the alphabetical order of the text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Ticker {
     bytes: [u8; SYMBOL_LEN_MAX],
     len: u8,

@@ -150,7 +150,8 @@ fn hl_cooldown_edges() {
     // Exactly 1000 ms after the last HL event: fires, and counts 2.
     let edge = h.trade(t0() + 2 * SEC, "20.3", 100).expect("accepted");
     assert_eq!(high_lows(&edge), vec![(Extreme::High, 2)]);
-    let EventBody::HighLow(hl) = edge.iter().find(|e| e.body.channel() == "HL").expect("HL").body
+    let EventBody::HighLow(hl) =
+        edge.iter().find(|e| e.body.channel() == tickstock_engine::Channel::Hl).expect("HL").body
     else {
         unreachable!()
     };
@@ -462,7 +463,7 @@ fn flush_closes_every_open_bar_in_end_symbol_frequency_order() {
     h.trade_of(1, t, t + 200 * MS, "5", 1).expect("accepted");
     h.engine.handle_flush().expect("drained");
     let closed: Vec<(u32, &str)> =
-        h.engine.poll_events().map(|e| (e.symbol.0, e.body.channel())).collect();
+        h.engine.poll_events().map(|e| (e.symbol.0, e.body.channel().label())).collect();
     assert_eq!(closed, vec![(1, "A"), (2, "A"), (1, "AM"), (2, "AM")]);
 }
 

@@ -178,7 +178,7 @@ fn generator_exercises_every_detector() {
             }
         }
         model.flush();
-        seen.extend(model.events.iter().map(|e| e.body.channel()));
+        seen.extend(model.events.iter().map(|e| e.body.channel().label()));
     }
     for channel in ["T", "A", "AM", "HL", "TR", "SV"] {
         assert!(seen.contains(channel), "no {channel} event in the generated runs: {seen:?}");

@@ -47,6 +47,10 @@ pub enum SlowConsumerPolicy {
     /// channel and symbol; then send a `conflated` status with the count lost, and those
     /// latest events.
     Conflate,
+    /// Degrade before disconnecting: stop sending `T`, then `A`, then `AM` (each step a
+    /// `shed` status with the events dropped, undone with `unshed` once caught up); close with
+    /// 4008 when it still falls behind with only the highest priorities left.
+    Shed,
 }
 
 /// The WebSocket server (PROTOCOL.md). Credentials are secrets: API keys live in
@@ -88,11 +92,41 @@ pub struct ServerSettings {
     /// Largest server message: a cycle's events for one client are split above it.
     /// Default: 1 MiB.
     pub frame_bytes_max: u32,
-    /// Outbox limit per connection; past it the client is a slow consumer: its outbox is
-    /// discarded and it is closed with 4008. Default: 4 MiB.
-    pub client_queue_max_bytes: u32,
-    /// What happens to a client past `client_queue_max_bytes`. Default: close.
+    /// How far a connection may fall behind its group's stream, in bytes not yet written to
+    /// its socket (also the most a group's stream retains); past it the client is a slow
+    /// consumer and its `slow_consumer_policy` applies. Memory is one stream per group, not
+    /// one backlog per client. `client_queue_max_bytes` is the old name. Default: 4 MiB.
+    #[serde(alias = "client_queue_max_bytes")]
+    pub client_lag_max_bytes: u32,
+    /// The same bound in time: a connection whose oldest unwritten message is older than this
+    /// is a slow consumer. Default: 5,000 ms.
+    pub client_lag_max_ms: u32,
+    /// What happens to a slow consumer, unless the connection chose otherwise with
+    /// `options`. Default: close.
     pub slow_consumer_policy: SlowConsumerPolicy,
+    /// A `shed` connection that has caught up gets a shed channel back after this long.
+    /// Default: 1,000 ms.
+    pub shed_recover_ms: u32,
+    /// The most a group's new messages are held before they are written, so that members
+    /// write fewer, larger messages. The hold adapts below it: none while the event loop's
+    /// writes stay under `client_writes_per_sec_max`, growing toward this bound as they
+    /// pass it. 0 never holds. Default: 5,000 µs.
+    pub client_linger_us: u32,
+    /// Socket writes per second per event loop above which the linger grows (what one core
+    /// does besides the rest of the loop's work). Default: 200,000.
+    pub client_writes_per_sec_max: u32,
+    /// Held messages of a group are written at once when they reach this many bytes.
+    /// Default: 64 KiB.
+    pub client_coalesce_bytes: u32,
+    /// After a subscribe, live delivery to that connection waits this long, so that a
+    /// `resume` sent right behind the subscribe (PROTOCOL.md section 2, step 5) comes first
+    /// and the connection sees strict `seq` order. Default: 2,000 µs.
+    pub resume_window_us: u32,
+    /// Topics one connection may hold; one more gets an error status. Default: 10,000.
+    pub subscriptions_max: u32,
+    /// Event loops, each owning a shard of the connections; 0 takes what the machine's cores
+    /// allow beside the pipeline (cores - 2, at least 1). Default: 0.
+    pub threads: u32,
     /// After a close is sent, the TCP connection is dropped this much later at the latest.
     /// Default: 1,000 ms.
     pub close_timeout_ms: u32,
@@ -123,8 +157,16 @@ impl Default for ServerSettings {
             client_message_bytes_max: 64 * 1024,
             client_errors_max: 10,
             frame_bytes_max: 1 << 20,
-            client_queue_max_bytes: 4 << 20,
+            client_lag_max_bytes: 4 << 20,
+            client_lag_max_ms: 5_000,
             slow_consumer_policy: SlowConsumerPolicy::Close,
+            shed_recover_ms: 1_000,
+            client_linger_us: 5_000,
+            client_writes_per_sec_max: 200_000,
+            client_coalesce_bytes: 64 << 10,
+            resume_window_us: 2_000,
+            subscriptions_max: 10_000,
+            threads: 0,
             close_timeout_ms: 1_000,
             ping_interval_ms: 15_000,
             history_max_events: 1_000_000,
@@ -521,7 +563,15 @@ impl Settings {
         within("server.client_message_bytes_max", v.client_message_bytes_max.into(), 256, 1 << 24)?;
         within("server.client_errors_max", v.client_errors_max.into(), 1, 1_000_000)?;
         within("server.frame_bytes_max", v.frame_bytes_max.into(), 4_096, 1 << 26)?;
-        within("server.client_queue_max_bytes", v.client_queue_max_bytes.into(), 4_096, 1 << 30)?;
+        within("server.client_lag_max_bytes", v.client_lag_max_bytes.into(), 4_096, 1 << 30)?;
+        within("server.client_lag_max_ms", v.client_lag_max_ms.into(), 1, 3_600_000)?;
+        within("server.shed_recover_ms", v.shed_recover_ms.into(), 1, 3_600_000)?;
+        within("server.client_linger_us", v.client_linger_us.into(), 0, 1_000_000)?;
+        within("server.client_writes_per_sec_max", v.client_writes_per_sec_max.into(), 1, 1 << 30)?;
+        within("server.client_coalesce_bytes", v.client_coalesce_bytes.into(), 1, 1 << 30)?;
+        within("server.resume_window_us", v.resume_window_us.into(), 0, 1_000_000)?;
+        within("server.subscriptions_max", v.subscriptions_max.into(), 1, 1_000_000)?;
+        within("server.threads", v.threads.into(), 0, 1_024)?;
         within("server.close_timeout_ms", v.close_timeout_ms.into(), 1, 600_000)?;
         within("server.ping_interval_ms", v.ping_interval_ms.into(), 10, 3_600_000)?;
         within("server.pong_timeout_ms", v.pong_timeout_ms.into(), 10, 3_600_000)?;

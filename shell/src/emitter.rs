@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tickstock_engine::encode::encode_event;
 use tickstock_engine::limits::EVENT_JSON_BYTES_MAX;
 use tickstock_engine::mfbuf::MfConsumer;
-use tickstock_engine::{Event, EventBody, SymbolId, SymbolNames, Ticker};
+use tickstock_engine::{Channel, Event, EventBody, SymbolId, SymbolNames, Ticker};
 
 use crate::clock::Clock;
 use crate::idle::{IdleStrategy, Idler, Waker};
@@ -33,7 +33,7 @@ pub struct Frame {
     /// Its symbol's ticker, for routing by name without a lookup.
     pub ticker: Ticker,
     /// Its channel (`ev`).
-    pub channel: &'static str,
+    pub channel: Channel,
     /// What a client filter's price bounds test, raw fixed point: `p` of `T` and `HL`, `c` of
     /// bars, `fmv` of `FMV`; 0 for `TR` and `SV`, which price filters pass.
     pub price_raw: i64,
@@ -92,6 +92,15 @@ impl FrameBatch {
             start,
             end,
         });
+    }
+
+    /// Appends a frame whose JSON is already encoded (tests and benches that make their own
+    /// frames); `frame.start` and `frame.end` are set here.
+    pub fn push_raw(&mut self, mut frame: Frame, json: &[u8]) {
+        frame.start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(json);
+        frame.end = self.bytes.len() as u32;
+        self.frames.push(frame);
     }
 
     /// Copies `other` into this batch (which must be as large), replacing its contents.

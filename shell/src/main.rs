@@ -19,9 +19,7 @@ use tickstock_shell::emitter::{JsonLinesSink, NullSink};
 use tickstock_shell::feed::journal::{JournalFeed, Pace};
 use tickstock_shell::feed::synthetic::SyntheticFeed;
 use tickstock_shell::feed::upstream::parse::Garbage;
-use tickstock_shell::feed::upstream::{
-    read_key, UpstreamCounters, UpstreamFeed, UpstreamStatus, FAILURE_LABELS,
-};
+use tickstock_shell::feed::upstream::{read_key, UpstreamFeed, UpstreamStatus, FAILURE_LABELS};
 use tickstock_shell::feed::{Feed, FeedEnd};
 use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
@@ -320,7 +318,7 @@ fn run(
     let (result, server_counters) = match output {
         Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {
             Ok(service) => {
-                let counters = Arc::clone(&service.counters);
+                let counters = service.counters.clone();
                 (service.wait(), Some(counters))
             }
             Err(message) => {
@@ -364,10 +362,9 @@ fn run(
         }
     };
     if let Some(c) = server_counters {
-        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         eprintln!(
-            "server: {} accepted, {} auth ok, {} auth failed, {} messages out ({} bytes, {} events), {} slow-consumer closes, {} client errors",
-            get(&c.accepted), get(&c.auth_successes), get(&c.auth_failures), get(&c.messages_out), get(&c.bytes_out), get(&c.events_out), get(&c.slow_consumer_closes), get(&c.client_errors)
+            "server: {} accepted, {} auth ok, {} auth failed, {} messages out ({} bytes, {} events, {} writes), {} slow-consumer closes, {} client errors",
+            c.total(|c| &c.accepted), c.total(|c| &c.auth_successes), c.total(|c| &c.auth_failures), c.total(|c| &c.messages_out), c.total(|c| &c.bytes_out), c.total(|c| &c.events_out), c.total(|c| &c.writes), c.total(|c| &c.slow_consumer_closes), c.total(|c| &c.client_errors)
         );
     }
     eprintln!("{}", final_report(&report));
@@ -452,7 +449,7 @@ fn final_report(report: &Report) -> String {
 
 fn upstream_report(status: &UpstreamStatus) -> String {
     let c = &status.counters;
-    let get = UpstreamCounters::get;
+    let get = tickstock_shell::tracer::Counter::get;
     let health = status.health();
     let failures: Vec<String> = FAILURE_LABELS
         .iter()

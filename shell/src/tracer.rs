@@ -60,7 +60,8 @@ pub struct Counters {
     pub engine_now_ns: Counter,
 }
 
-/// A counter with one writer.
+/// A counter with one writer: the one counter type of every stage, the server and the
+/// upstream client.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
@@ -75,6 +76,13 @@ impl Counter {
     pub fn set(&self, value: u64) {
         // Relaxed: as `get`; only the owning thread writes.
         self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// Adds to the value. Only the one writing thread calls this, so a plain load and store
+    /// (no read-modify-write) cannot lose an update.
+    pub fn add(&self, delta: u64) {
+        // Relaxed: as `get`; only the owning thread writes.
+        self.0.store(self.0.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
     }
 }
 

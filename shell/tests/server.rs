@@ -15,7 +15,7 @@ use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
 use tickstock_shell::feed::{Feed, FeedEnd, FeedTx};
 use tickstock_shell::pipeline::{Observed, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
-use tickstock_shell::server::metrics::ServerCounters;
+use tickstock_shell::server::metrics::ServerStats;
 use tickstock_shell::server::{Reporting, Service};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
@@ -27,7 +27,7 @@ struct TestServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     service: Option<Service>,
-    counters: Arc<ServerCounters>,
+    counters: ServerStats,
     /// The synthetic market's tickers, most active first.
     tickers: Vec<String>,
     _keys: tempfile::TempDir,
@@ -86,7 +86,7 @@ fn start_with(
         |_, _| {},
     )
     .unwrap();
-    let (addr, counters) = (service.local_addr, Arc::clone(&service.counters));
+    let (addr, counters) = (service.local_addr, service.counters.clone());
     TestServer { addr, stop, service: Some(service), counters, tickers, _keys: keys }
 }
 
@@ -234,7 +234,7 @@ fn auth_subscribe_and_receive_batched_arrays_in_seq_order() {
         }
     }
     assert!(unsubscribed);
-    assert!(server.counters.events_out.load(Ordering::Relaxed) >= 500);
+    assert!(server.counters.total(|c| &c.events_out) >= 500);
 }
 
 #[test]
@@ -265,8 +265,8 @@ fn bad_tokens_missing_auth_and_early_actions_close_with_1008() {
     next_json(&mut client);
     assert_eq!(status_of(&next_json(&mut client)), "auth_failed", "no auth within auth_timeout_ms");
     assert_eq!(close_code(&mut client), Some(1008));
-    assert!(server.counters.auth_failures.load(Ordering::Relaxed) >= 2);
-    assert_eq!(server.counters.auth_timeouts.load(Ordering::Relaxed), 1);
+    assert!(server.counters.total(|c| &c.auth_failures) >= 2);
+    assert_eq!(server.counters.total(|c| &c.auth_timeouts), 1);
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn limits_max_connections_oversized_and_bad_messages() {
     let mut c = connect(server.addr, None);
     assert_eq!(status_of(&next_json(&mut c)), "max_connections");
     assert_eq!(close_code(&mut c), Some(1013));
-    assert_eq!(server.counters.refused_max_connections.load(Ordering::Relaxed), 1);
+    assert_eq!(server.counters.total(|c| &c.refused_max_connections), 1);
     // Invalid JSON: an error status, the connection stays open...
     b.send(Message::text("{not json")).unwrap();
     assert_eq!(status_of(&next_json(&mut b)), "error");
@@ -349,7 +349,7 @@ fn limits_max_connections_oversized_and_bad_messages() {
 #[test]
 fn a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving() {
     let server = start(|s| {
-        s.server.client_queue_max_bytes = 64 * 1024;
+        s.server.client_lag_max_bytes = 64 * 1024;
         s.synthetic.trades_per_sec = 20_000;
     });
     // The stalled client: subscribes to everything, then never reads again.
@@ -365,14 +365,12 @@ fn a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving() {
     healthy.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut received = 0;
-    while server.counters.slow_consumer_closes.load(Ordering::Relaxed) == 0
-        && Instant::now() < deadline
-    {
+    while server.counters.total(|c| &c.slow_consumer_closes) == 0 && Instant::now() < deadline {
         let value = next_json(&mut healthy);
         received += value.as_array().map_or(0, Vec::len);
     }
     assert_eq!(
-        server.counters.slow_consumer_closes.load(Ordering::Relaxed),
+        server.counters.total(|c| &c.slow_consumer_closes),
         1,
         "the stalled client was closed"
     );
@@ -561,7 +559,7 @@ fn resume_across_a_reconnect_has_no_gap_and_no_duplicate() {
 #[test]
 fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
     let server = start(|s| {
-        s.server.client_queue_max_bytes = 64 * 1024;
+        s.server.client_lag_max_bytes = 64 * 1024;
         s.server.slow_consumer_policy = tickstock_shell::config::SlowConsumerPolicy::Conflate;
         s.synthetic.trades_per_sec = 20_000;
     });
@@ -570,7 +568,7 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
     next_json(&mut slow);
     // Stop reading until the server has started conflating for this client.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.counters.conflated_events.load(Ordering::Relaxed) == 0 {
+    while server.counters.total(|c| &c.conflated_events) == 0 {
         assert!(Instant::now() < deadline, "the client never fell behind");
         thread::sleep(Duration::from_millis(50));
     }
@@ -601,11 +599,7 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
         }
         after_status = false;
     }
-    assert_eq!(
-        server.counters.slow_consumer_closes.load(Ordering::Relaxed),
-        0,
-        "no close under conflation"
-    );
+    assert_eq!(server.counters.total(|c| &c.slow_consumer_closes), 0, "no close under conflation");
     let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\n\r\n");
     let conflated = metrics
         .lines()
@@ -662,7 +656,8 @@ fn backlog_drains(frame_bytes_max: Option<u32>) {
     const TRADES: u64 = 150_000;
     let server = start_with(
         |s| {
-            s.server.client_queue_max_bytes = 256 << 20;
+            s.server.client_lag_max_bytes = 256 << 20;
+            s.server.client_lag_max_ms = 600_000;
             if let Some(bytes) = frame_bytes_max {
                 s.server.frame_bytes_max = bytes;
             }
@@ -672,14 +667,15 @@ fn backlog_drains(frame_bytes_max: Option<u32>) {
     let mut client = authed(server.addr, "k-all");
     client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
     next_json(&mut client);
-    // Wait for the fan-out to finish: the count of events queued for the client stops moving
-    // (a live burst may lose some to a full buffer lane; what was queued must all arrive).
-    // The bar of the burst's second closes within a second; after that nothing is emitted.
+    // Wait for the fan-out to finish: the count of events queued in the client's group stops
+    // moving (a live burst may lose some to a full buffer lane; what was queued must all
+    // arrive). The bar of the burst's second closes within a second; after that nothing is
+    // emitted.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut queued = 0;
     loop {
         thread::sleep(Duration::from_millis(2_000));
-        let now = server.counters.events_out.load(Ordering::Relaxed);
+        let now = server.counters.total(|c| &c.group_events);
         if now == queued && now > TRADES / 2 {
             break;
         }

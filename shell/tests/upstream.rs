@@ -11,9 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tickstock_shell::config::{Settings, StaleCheck};
 use tickstock_shell::emitter::CaptureSink;
-use tickstock_shell::feed::upstream::{
-    Secret, UpstreamCounters, UpstreamFeed, UpstreamStatus, FAILURE_LABELS,
-};
+use tickstock_shell::feed::upstream::{Secret, UpstreamFeed, UpstreamStatus, FAILURE_LABELS};
 use tickstock_shell::pipeline::{self, Report, TimeMode};
 use tungstenite::{Message, WebSocket};
 
@@ -233,7 +231,7 @@ fn run_until(settings: &Settings, done: impl Fn(&UpstreamStatus, usize) -> bool)
 
 fn failures(status: &UpstreamStatus, label: &str) -> u64 {
     let index = FAILURE_LABELS.iter().position(|&l| l == label).unwrap();
-    UpstreamCounters::get(&status.counters.failures[index])
+    status.counters.failures[index].get()
 }
 
 fn t_frames(frames: &[(u64, String)]) -> Vec<&String> {
@@ -267,9 +265,9 @@ fn a_normal_session_streams_trades_into_the_engine() {
     );
     assert!(trades.iter().any(|t| t.contains(r#""sym":"BRK.B""#) && t.contains(r#""p":412.5"#)));
     let c = &run.status.counters;
-    assert_eq!(UpstreamCounters::get(&c.sessions), 1);
-    assert_eq!(UpstreamCounters::get(&c.ticks), 201);
-    assert_eq!(UpstreamCounters::get(&c.lost_by_q), 5, "each of 5 symbols skipped one q");
+    assert_eq!(c.sessions.get(), 1);
+    assert_eq!(c.ticks.get(), 201);
+    assert_eq!(c.lost_by_q.get(), 5, "each of 5 symbols skipped one q");
     assert_eq!(run.report.counters.rejected.get(), 0);
     let health = run.status.health();
     assert!(
@@ -302,7 +300,7 @@ fn auth_failure_backs_off_and_the_breaker_says_why() {
     );
     let health = run.status.health();
     assert!(health.last_failure.as_deref().unwrap_or("").contains("auth_failed"), "{health:?}");
-    assert!(UpstreamCounters::get(&run.status.counters.breaker_opened) >= 1);
+    assert!(run.status.counters.breaker_opened.get() >= 1);
     assert!(
         run.report.counters.engine_done.load(Ordering::SeqCst),
         "the engine ran and stopped cleanly"
@@ -341,8 +339,8 @@ fn a_drop_mid_stream_reconnects_and_resubscribes() {
     let run = run_until(&settings(server.port, "ws"), |_, trades| trades >= 100);
     assert_eq!(t_frames(&run.frames).len(), 100);
     let c = &run.status.counters;
-    assert_eq!(UpstreamCounters::get(&c.reconnects), 1);
-    assert!(UpstreamCounters::get(&c.disconnected_ns) > 0);
+    assert_eq!(c.reconnects.get(), 1);
+    assert!(c.disconnected_ns.get() > 0);
     assert_eq!(failures(&run.status, "disconnected"), 1);
     let subscribes = server
         .seen
@@ -403,13 +401,13 @@ fn garbage_is_counted_and_skipped_and_the_feed_goes_on() {
             .iter()
             .position(|g| g.label() == label)
             .unwrap();
-        UpstreamCounters::get(&run.status.counters.garbage[index])
+        run.status.counters.garbage[index].get()
     };
     assert_eq!(garbage("invalid_json"), 2, "the text and the binary junk");
     assert_eq!(garbage("wrong_type"), 1);
     assert_eq!(garbage("unknown_ev"), 1);
     assert_eq!(failures(&run.status, "protocol"), 1, "the huge frame");
-    assert_eq!(UpstreamCounters::get(&run.status.counters.reconnects), 1);
+    assert_eq!(run.status.counters.reconnects.get(), 1);
 }
 
 #[test]
@@ -434,14 +432,12 @@ fn a_flood_faster_than_the_engine_is_absorbed_by_back_pressure() {
     settings.pipeline.emitter_backpressure = tickstock_shell::config::Backpressure::Wait;
     settings.pipeline.emitter_cycle_us = 20_000;
     settings.mfbuf.per_second_capacity = 8_192;
-    let run = run_until(&settings, |status, _| {
-        UpstreamCounters::get(&status.counters.ticks) >= FLOOD as u64
-    });
+    let run = run_until(&settings, |status, _| status.counters.ticks.get() >= FLOOD as u64);
     let c = &run.report.counters;
     assert_eq!(c.accepted.get(), FLOOD as u64);
     assert!(c.feed_ring_full_waits.get() > 0, "the ring filled and the feed waited");
     assert_eq!(c.buffer_dropped.get(), 0);
-    assert_eq!(UpstreamCounters::get(&run.status.counters.lost_by_q), 0);
+    assert_eq!(run.status.counters.lost_by_q.get(), 0);
 }
 
 #[test]
@@ -495,7 +491,7 @@ fn health_and_metrics_show_the_breaker_and_why_it_opened() {
     let problem =
         metrics::unhealthy(&observed, Some(&run.status), 0, u64::MAX).expect("the feed is down");
     assert!(problem.contains("feed down") && problem.contains("auth_failed"), "{problem}");
-    let counters = metrics::ServerCounters::default();
+    let counters = metrics::ServerStats::new(1);
     let health = metrics::health(&observed, &counters, Some(&run.status), 1, Some(&problem));
     let value: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(value["status"], "unhealthy");

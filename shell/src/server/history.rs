@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use tickstock_engine::Ticker;
+use tickstock_engine::{Channel, Ticker};
 
 use crate::emitter::FrameBatch;
 
@@ -18,8 +18,8 @@ use crate::emitter::FrameBatch;
 pub struct Entry {
     /// The event's `seq`.
     pub seq: u64,
-    /// Channel index.
-    pub channel: usize,
+    /// Its channel.
+    pub channel: Channel,
     /// Its ticker.
     pub ticker: Ticker,
     /// Filter fields (see `Frame`).
@@ -50,15 +50,15 @@ impl History {
         History { entries: VecDeque::new(), bytes: VecDeque::new(), base: 0, events_max, bytes_max }
     }
 
-    /// Appends a batch; `channels[i]` is frame `i`'s channel index.
-    pub fn append(&mut self, batch: &FrameBatch, channels: &[usize]) {
-        for (frame, &channel) in batch.frames().iter().zip(channels) {
+    /// Appends a batch.
+    pub fn append(&mut self, batch: &FrameBatch) {
+        for frame in batch.frames() {
             let json = batch.json(frame);
             let offset = self.base + self.bytes.len() as u64;
             self.bytes.extend(json);
             self.entries.push_back(Entry {
                 seq: frame.seq,
-                channel,
+                channel: frame.channel,
                 ticker: frame.ticker,
                 price_raw: frame.price_raw,
                 volume: frame.volume,
@@ -92,16 +92,21 @@ impl History {
         self.entries.range(start..)
     }
 
-    /// Appends an entry's JSON to `out`, from the byte log's one or two contiguous parts.
-    pub fn push_json(&self, entry: &Entry, out: &mut String) {
+    /// An entry's JSON, from the byte log's one or two contiguous parts (copied into
+    /// `scratch` only when it straddles them).
+    pub fn json<'a>(&'a self, entry: &Entry, scratch: &'a mut Vec<u8>) -> &'a [u8] {
         let start = (entry.offset - self.base) as usize;
         let end = start + entry.len as usize;
         let (front, back) = self.bytes.as_slices();
-        let first = &front[start.min(front.len())..end.min(front.len())];
-        let second = &back[start.saturating_sub(front.len())..end.saturating_sub(front.len())];
-        // The encoder writes ASCII only, so a split never falls inside a character.
-        for part in [first, second] {
-            out.push_str(std::str::from_utf8(part).unwrap_or(""));
+        if end <= front.len() {
+            return &front[start..end];
         }
+        if start >= front.len() {
+            return &back[start - front.len()..end - front.len()];
+        }
+        scratch.clear();
+        scratch.extend_from_slice(&front[start..]);
+        scratch.extend_from_slice(&back[..end - front.len()]);
+        scratch
     }
 }

@@ -3,81 +3,102 @@
 //! is on a hot path.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 use tickstock_engine::RejectReason;
 
 use crate::feed::upstream::parse::Garbage;
-use crate::feed::upstream::{UpstreamCounters, UpstreamStatus, FAILURE_LABELS};
+use crate::feed::upstream::{UpstreamStatus, FAILURE_LABELS};
 use crate::pipeline::Observed;
+use crate::tracer::Counter;
 
-/// The server's own counters (one writer: the event loop).
+/// One event loop's counters (one writer: that loop; `sink_waits` of the first loop is
+/// written by the emitter's sink, its only writer).
 #[derive(Debug, Default)]
 pub struct ServerCounters {
     /// Open WebSocket connections (gauge).
-    pub connections: AtomicU64,
+    pub connections: Counter,
     /// TCP connections accepted.
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Upgrades refused with `max_connections`.
-    pub refused_max_connections: AtomicU64,
+    pub refused_max_connections: Counter,
     /// HTTP requests answered (health, metrics, 404, 400).
-    pub http_requests: AtomicU64,
+    pub http_requests: Counter,
     /// Malformed or refused requests (`400`).
-    pub bad_requests: AtomicU64,
+    pub bad_requests: Counter,
     /// Successful authentications.
-    pub auth_successes: AtomicU64,
+    pub auth_successes: Counter,
     /// Failed authentications (bad, expired or missing token).
-    pub auth_failures: AtomicU64,
+    pub auth_failures: Counter,
     /// Connections that did not authenticate in time.
-    pub auth_timeouts: AtomicU64,
+    pub auth_timeouts: Counter,
     /// Requests that did not complete their head in time.
-    pub handshake_timeouts: AtomicU64,
+    pub handshake_timeouts: Counter,
     /// Subscribed topics over all connections (gauge).
-    pub subscriptions: AtomicU64,
+    pub subscriptions: Counter,
+    /// Groups: distinct deliveries among the connections (gauge).
+    pub groups: Counter,
+    /// Events appended to group streams, once per group (each may go to many clients).
+    pub group_events: Counter,
     /// Messages (arrays) sent to clients.
-    pub messages_out: AtomicU64,
-    /// Bytes of those messages.
-    pub bytes_out: AtomicU64,
+    pub messages_out: Counter,
+    /// Bytes written to client sockets.
+    pub bytes_out: Counter,
+    /// Socket write calls (each may carry several messages).
+    pub writes: Counter,
     /// Events delivered (one per client that got it).
-    pub events_out: AtomicU64,
-    /// Clients closed with 4008 for not keeping up.
-    pub slow_consumer_closes: AtomicU64,
-    /// Events discarded with those clients' outboxes.
-    pub slow_consumer_dropped_bytes: AtomicU64,
-    /// Events dropped by conflation (`slow_consumer_policy = "conflate"`).
-    pub conflated_events: AtomicU64,
+    pub events_out: Counter,
+    /// The current write linger, in µs (gauge).
+    pub linger_us: Counter,
+    /// Clients closed with 4008 for not keeping up (any policy).
+    pub slow_consumer_closes: Counter,
+    /// Events slow consumers lost: left unwritten at a close or a shed step, or dropped by
+    /// conflation.
+    pub slow_consumer_dropped_events: Counter,
+    /// Times a `conflate` client fell behind and began conflating.
+    pub conflations: Counter,
+    /// Events dropped by conflation.
+    pub conflated_events: Counter,
+    /// `shed` steps taken (a channel stopped for a lagging client).
+    pub shed_steps: Counter,
+    /// `unshed` steps (a channel given back to a client that caught up).
+    pub unshed_steps: Counter,
     /// Client errors answered with an error status.
-    pub client_errors: AtomicU64,
+    pub client_errors: Counter,
     /// Connections closed for an oversized (1009), non-UTF-8 (1007) or unmasked (1002) frame.
-    pub protocol_closes: AtomicU64,
+    pub protocol_closes: Counter,
     /// Connections closed for not answering pings.
-    pub pong_timeouts: AtomicU64,
+    pub pong_timeouts: Counter,
     /// Frame batches taken from the emitter.
-    pub batches: AtomicU64,
+    pub batches: Counter,
     /// Batches the emitter had to wait to hand over, because the fan-out still held every
-    /// pooled batch or the batch ring was full (the emitter backs off, never drops).
-    pub sink_waits: AtomicU64,
+    /// pooled batch or a batch ring was full (the emitter backs off, never drops).
+    pub sink_waits: Counter,
 }
 
-impl ServerCounters {
-    /// Adds to a counter (event loop thread only).
-    pub fn add(counter: &AtomicU64, delta: u64) {
-        // Relaxed: statistics with one writer.
-        counter.store(counter.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
-    }
-
-    /// Sets a gauge (event loop thread only).
-    pub fn set(counter: &AtomicU64, value: u64) {
-        // Relaxed: as `add`.
-        counter.store(value, Ordering::Relaxed);
-    }
+/// Every event loop's counters; `/metrics` and `/health` show their sums.
+#[derive(Clone, Debug)]
+pub struct ServerStats {
+    loops: Arc<[ServerCounters]>,
 }
 
-fn get(counter: &AtomicU64) -> u64 {
-    // Relaxed: statistics.
-    counter.load(Ordering::Relaxed)
+impl ServerStats {
+    /// Counters for `loops` event loops.
+    pub fn new(loops: usize) -> ServerStats {
+        ServerStats { loops: (0..loops.max(1)).map(|_| ServerCounters::default()).collect() }
+    }
+
+    /// Loop `index`'s counters (written by that loop only).
+    pub fn of_loop(&self, index: usize) -> &ServerCounters {
+        &self.loops[index]
+    }
+
+    /// A counter summed over every loop.
+    pub fn total(&self, field: impl Fn(&ServerCounters) -> &Counter) -> u64 {
+        self.loops.iter().map(|c| field(c).get()).sum()
+    }
 }
 
 /// Is the feed up and the engine moving? `None` when healthy, else why not.
@@ -107,7 +128,7 @@ pub fn unhealthy(
 /// The `/health` body and whether it is healthy.
 pub fn health(
     observed: &Observed,
-    server: &ServerCounters,
+    server: &ServerStats,
     upstream: Option<&UpstreamStatus>,
     uptime_s: u64,
     problem: Option<&str>,
@@ -129,11 +150,11 @@ pub fn health(
         r#"{{"status":{},"problem":{},"uptime_s":{uptime_s},"feed":{feed},"clients":{},"ticks_in":{},"events_out":{},"drops":{{"mfbuf":{},"slow_consumer_closes":{},"journal":{}}}}}"#,
         json(if problem.is_none() { "ok" } else { "unhealthy" }),
         problem.map_or_else(|| "null".to_owned(), json),
-        get(&server.connections),
+        server.total(|c| &c.connections),
         c.received.get(),
-        get(&server.events_out),
+        server.total(|c| &c.events_out),
         c.buffer_dropped.get(),
-        get(&server.slow_consumer_closes),
+        server.total(|c| &c.slow_consumer_closes),
         c.journal_ring_dropped.get() + c.journal_failed.get(),
     )
 }
@@ -145,7 +166,7 @@ fn json(text: &str) -> String {
 /// The `/metrics` body.
 pub fn prometheus(
     observed: &Observed,
-    server: &ServerCounters,
+    server: &ServerStats,
     upstream: Option<&UpstreamStatus>,
 ) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -226,95 +247,146 @@ pub fn prometheus(
         "1 while the journal cannot write.",
         &one(u64::from(c.journal_down.load(Ordering::Relaxed))),
     );
-    metric("connections", "gauge", "Open WebSocket connections.", &one(get(&server.connections)));
+    metric(
+        "connections",
+        "gauge",
+        "Open WebSocket connections.",
+        &one(server.total(|c| &c.connections)),
+    );
     metric(
         "connections_accepted_total",
         "counter",
         "TCP connections accepted.",
-        &one(get(&server.accepted)),
+        &one(server.total(|c| &c.accepted)),
     );
     metric(
         "connections_refused_total",
         "counter",
         "Upgrades refused with max_connections.",
-        &one(get(&server.refused_max_connections)),
+        &one(server.total(|c| &c.refused_max_connections)),
     );
     metric(
         "auth_total",
         "counter",
         "Authentications by outcome.",
         &[
-            ("{outcome=\"success\"}".to_owned(), get(&server.auth_successes)),
-            ("{outcome=\"failure\"}".to_owned(), get(&server.auth_failures)),
-            ("{outcome=\"timeout\"}".to_owned(), get(&server.auth_timeouts)),
+            ("{outcome=\"success\"}".to_owned(), server.total(|c| &c.auth_successes)),
+            ("{outcome=\"failure\"}".to_owned(), server.total(|c| &c.auth_failures)),
+            ("{outcome=\"timeout\"}".to_owned(), server.total(|c| &c.auth_timeouts)),
         ],
     );
     metric(
         "subscriptions",
         "gauge",
         "Subscribed topics over all connections.",
-        &one(get(&server.subscriptions)),
+        &one(server.total(|c| &c.subscriptions)),
     );
     metric(
         "messages_out_total",
         "counter",
         "Messages sent to clients.",
-        &one(get(&server.messages_out)),
+        &one(server.total(|c| &c.messages_out)),
     );
-    metric("bytes_out_total", "counter", "Bytes sent to clients.", &one(get(&server.bytes_out)));
+    metric(
+        "bytes_out_total",
+        "counter",
+        "Bytes sent to clients.",
+        &one(server.total(|c| &c.bytes_out)),
+    );
     metric(
         "client_events_out_total",
         "counter",
         "Events delivered to clients.",
-        &one(get(&server.events_out)),
+        &one(server.total(|c| &c.events_out)),
     );
     metric(
         "slow_consumer_closes_total",
         "counter",
         "Clients closed with 4008.",
-        &one(get(&server.slow_consumer_closes)),
+        &one(server.total(|c| &c.slow_consumer_closes)),
     );
     metric(
-        "slow_consumer_dropped_bytes_total",
+        "slow_consumer_dropped_events_total",
         "counter",
-        "Outbox bytes discarded with slow consumers.",
-        &one(get(&server.slow_consumer_dropped_bytes)),
+        "Events slow consumers lost (unwritten at a close or shed step, or conflated away).",
+        &one(server.total(|c| &c.slow_consumer_dropped_events)),
+    );
+    metric(
+        "slow_consumer_actions_total",
+        "counter",
+        "What the slow-consumer policies did, by policy and action.",
+        &[
+            (
+                "{policy=\"any\",action=\"close\"}".to_owned(),
+                server.total(|c| &c.slow_consumer_closes),
+            ),
+            (
+                "{policy=\"conflate\",action=\"conflate\"}".to_owned(),
+                server.total(|c| &c.conflations),
+            ),
+            ("{policy=\"shed\",action=\"shed\"}".to_owned(), server.total(|c| &c.shed_steps)),
+            ("{policy=\"shed\",action=\"unshed\"}".to_owned(), server.total(|c| &c.unshed_steps)),
+        ],
     );
     metric(
         "conflated_events_total",
         "counter",
-        "Events conflation dropped from slow clients' outboxes (`slow_consumer_policy = \"conflate\"`).",
-        &one(get(&server.conflated_events)),
+        "Events conflation dropped from slow clients (the `conflate` policy).",
+        &one(server.total(|c| &c.conflated_events)),
+    );
+    metric(
+        "groups",
+        "gauge",
+        "Groups: distinct deliveries among the connections.",
+        &one(server.total(|c| &c.groups)),
+    );
+    metric(
+        "group_events_total",
+        "counter",
+        "Events appended to group streams, once per group (shared by its members).",
+        &one(server.total(|c| &c.group_events)),
+    );
+    metric(
+        "socket_writes_total",
+        "counter",
+        "Socket write calls to clients.",
+        &one(server.total(|c| &c.writes)),
+    );
+    metric(
+        "linger_microseconds",
+        "gauge",
+        "The write linger now, summed over the event loops.",
+        &one(server.total(|c| &c.linger_us)),
     );
     metric(
         "sink_waits_total",
         "counter",
         "Batches the emitter waited to hand to the fan-out (it was behind; nothing dropped).",
-        &one(get(&server.sink_waits)),
+        &one(server.total(|c| &c.sink_waits)),
     );
     metric(
         "client_errors_total",
         "counter",
         "Client errors answered with an error status.",
-        &one(get(&server.client_errors)),
+        &one(server.total(|c| &c.client_errors)),
     );
     metric(
         "protocol_closes_total",
         "counter",
         "Connections closed for oversized, non-UTF-8 or unmasked frames.",
-        &one(get(&server.protocol_closes)),
+        &one(server.total(|c| &c.protocol_closes)),
     );
     metric(
         "pong_timeouts_total",
         "counter",
         "Connections closed for not answering pings.",
-        &one(get(&server.pong_timeouts)),
+        &one(server.total(|c| &c.pong_timeouts)),
     );
     metric(
         "http_requests_total",
         "counter",
         "HTTP requests answered.",
-        &one(get(&server.http_requests)),
+        &one(server.total(|c| &c.http_requests)),
     );
     if let Some(upstream) = upstream {
         let u = &upstream.counters;
@@ -337,22 +409,17 @@ pub fn prometheus(
             "upstream_reconnects_total",
             "counter",
             "Upstream reconnects.",
-            &one(UpstreamCounters::get(&u.reconnects)),
+            &one(u.reconnects.get()),
         );
         let failures: Vec<(String, u64)> = FAILURE_LABELS
             .iter()
             .zip(&u.failures)
-            .map(|(l, n)| (format!("{{kind=\"{l}\"}}"), UpstreamCounters::get(n)))
+            .map(|(l, n)| (format!("{{kind=\"{l}\"}}"), n.get()))
             .collect();
         metric("upstream_failures_total", "counter", "Upstream failures by kind.", &failures);
         let garbage: Vec<(String, u64)> = Garbage::ALL
             .iter()
-            .map(|g| {
-                (
-                    format!("{{kind=\"{}\"}}", g.label()),
-                    UpstreamCounters::get(&u.garbage[g.index()]),
-                )
-            })
+            .map(|g| (format!("{{kind=\"{}\"}}", g.label()), u.garbage[g.index()].get()))
             .collect();
         metric(
             "upstream_garbage_total",
@@ -364,13 +431,13 @@ pub fn prometheus(
             "upstream_disconnected_seconds_total",
             "counter",
             "Time without an upstream session.",
-            &one(UpstreamCounters::get(&u.disconnected_ns) / 1_000_000_000),
+            &one(u.disconnected_ns.get() / 1_000_000_000),
         );
         metric(
             "upstream_lost_by_q_total",
             "counter",
             "Trades missing by the upstream's q numbers (upper bound).",
-            &one(UpstreamCounters::get(&u.lost_by_q)),
+            &one(u.lost_by_q.get()),
         );
     }
     summary(

@@ -1,16 +1,18 @@
 //! One connection's protocol state, apart from the socket (STYLE habit 12): authentication,
-//! subscriptions and client errors. It takes what the client sent and returns what to send
-//! back; the event loop does the I/O. Unit-tested without sockets.
+//! subscriptions, filter, options and client errors. It takes what the client sent and returns
+//! what to do ([`Action`]); the [`Subscriber`](super::subscriber::Subscriber) carries it out.
+//! Its [`Delivery`] is what the connection receives: the key of its group. Unit-tested without
+//! sockets.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use serde::Deserialize;
+use tickstock_engine::{Channel, Ticker};
 
 use super::auth::{Authenticator, Identity};
-
-/// Channels a client may subscribe to, in index order.
-pub const CHANNELS: [&str; 7] = ["T", "A", "AM", "HL", "TR", "SV", "FMV"];
+use super::status::{self, CloseReason, AUTH_FAILED, AUTH_SUCCESS};
+use crate::config::SlowConsumerPolicy;
 
 /// Where a connection is in PROTOCOL.md section 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,25 +31,72 @@ pub enum Phase {
     },
 }
 
-/// What the event loop should do.
+/// What the subscriber should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send this text message.
     Send(String),
-    /// Send a close frame with this code and reason, then drop the connection.
-    Close(u16, &'static str),
+    /// Send a close frame for this reason, then drop the connection.
+    Close(CloseReason),
     /// Replay the retained history from this `seq` (PROTOCOL.md section 2, step 5).
     Resume(u64),
+    /// The client chose its slow-consumer policy (`options`, PROTOCOL.md section 5).
+    Policy(SlowConsumerPolicy),
 }
 
-#[derive(Clone, Debug, Default)]
-struct ChannelSubscription {
-    all: bool,
-    symbols: HashSet<String>,
+/// One channel's topics: `*`, or a set of symbols.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Topics {
+    /// `CHANNEL.*`: every (entitled) symbol.
+    pub all: bool,
+    /// `CHANNEL.SYMBOL` topics.
+    pub symbols: BTreeSet<Ticker>,
 }
+
+impl Topics {
+    fn is_empty(&self) -> bool {
+        !self.all && self.symbols.is_empty()
+    }
+}
+
+/// What a connection receives: its topics (already narrowed to its entitlement and stripped of
+/// the channels it sheds), its filter, and, for `*` topics, its entitlement. Connections with
+/// equal deliveries receive identical bytes, so they share one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    /// Per channel, by [`Channel::index`].
+    pub topics: [Topics; Channel::COUNT],
+    /// The filter.
+    pub filter: Filter,
+    /// The symbols a `*` topic is limited to; `None` when every symbol is entitled or no
+    /// channel has a `*` topic.
+    pub entitled: Option<BTreeSet<Ticker>>,
+}
+
+impl Delivery {
+    /// True when nothing is delivered.
+    pub fn is_empty(&self) -> bool {
+        self.topics.iter().all(Topics::is_empty)
+    }
+
+    /// Whether a retained event goes out under this delivery (what a replay sends).
+    pub fn wants(&self, entry: &super::history::Entry) -> bool {
+        let topics = &self.topics[entry.channel.index()];
+        let topic = if topics.all {
+            self.entitled.as_ref().is_none_or(|e| e.contains(&entry.ticker))
+        } else {
+            topics.symbols.contains(&entry.ticker)
+        };
+        topic && self.filter.passes(entry.channel, entry.price_raw, entry.volume, entry.strength)
+    }
+}
+
+/// The channels `shed` stops sending, in the order it stops them (PROTOCOL.md section 5): a
+/// shed level of `n` stops the first `n`.
+pub const SHED_ORDER: [Channel; 3] = [Channel::T, Channel::A, Channel::Am];
 
 /// A client's filter (PROTOCOL.md section 4); every bound optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     min_price_raw: Option<i64>,
     max_price_raw: Option<i64>,
@@ -55,12 +104,12 @@ pub struct Filter {
     /// 1 weak, 2 moderate, 3 strong.
     min_strength: Option<u8>,
     /// Channels let through, by index; `None` means all.
-    kinds: Option<[bool; CHANNELS.len()]>,
+    kinds: Option<[bool; Channel::COUNT]>,
 }
 
 impl Filter {
     /// Parses `params`; an unknown key or a wrong type is an error naming it.
-    fn parse(params: &serde_json::Value) -> Result<Filter, String> {
+    pub(crate) fn parse(params: &serde_json::Value) -> Result<Filter, String> {
         let object = params.as_object().ok_or("params: want an object")?;
         let mut filter = Filter::default();
         for (key, value) in object {
@@ -88,13 +137,13 @@ impl Filter {
                 }
                 "kinds" => {
                     let list = value.as_array().ok_or("kinds: want a list of channels")?;
-                    let mut kinds = [false; CHANNELS.len()];
+                    let mut kinds = [false; Channel::COUNT];
                     for kind in list {
-                        let index = kind
+                        let channel = kind
                             .as_str()
-                            .and_then(channel_index)
+                            .and_then(Channel::parse)
                             .ok_or("kinds: unknown channel")?;
-                        kinds[index] = true;
+                        kinds[channel.index()] = true;
                     }
                     filter.kinds = Some(kinds);
                 }
@@ -105,9 +154,9 @@ impl Filter {
     }
 
     /// Whether a frame passes.
-    pub fn passes(&self, channel: usize, price_raw: i64, volume: u64, strength: u8) -> bool {
+    pub fn passes(&self, channel: Channel, price_raw: i64, volume: u64, strength: u8) -> bool {
         let priced = price_raw != 0;
-        self.kinds.is_none_or(|kinds| kinds.get(channel).copied().unwrap_or(false))
+        self.kinds.is_none_or(|kinds| kinds[channel.index()])
             && self.min_price_raw.is_none_or(|min| !priced || price_raw >= min)
             && self.max_price_raw.is_none_or(|max| !priced || price_raw <= max)
             && self.min_volume.is_none_or(|min| volume == u64::MAX || volume >= min)
@@ -124,9 +173,10 @@ pub struct Session {
     pub phase: Phase,
     /// Who authenticated.
     pub identity: Option<Identity>,
-    subscriptions: [ChannelSubscription; CHANNELS.len()],
+    subscriptions: [Topics; Channel::COUNT],
     errors: u32,
     errors_max: u32,
+    subscriptions_max: usize,
     /// Token bucket of client messages: tokens left and when it was last refilled.
     bucket: (f64, Instant),
     rate_per_sec: f64,
@@ -139,43 +189,30 @@ struct ClientMessage {
     params: serde_json::Value,
 }
 
-/// `[{"ev":"status","status":S,"message":M}]`, or several statuses in one array.
-pub fn status_array(statuses: &[(&str, &str)]) -> String {
-    let items: Vec<String> = statuses
-        .iter()
-        .map(|(status, message)| {
-            format!(r#"{{"ev":"status","status":{},"message":{}}}"#, json(status), json(message))
-        })
-        .collect();
-    format!("[{}]", items.join(","))
+/// The limits a session enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Client errors before the connection is closed with 1008.
+    pub errors_max: u32,
+    /// Client messages per second (a token bucket of this size).
+    pub messages_per_sec: u32,
+    /// Topics held at once.
+    pub subscriptions_max: u32,
 }
-
-fn json(text: &str) -> String {
-    serde_json::to_string(text).expect("Invariant: a str serializes")
-}
-
-/// The first message on every connection.
-pub const CONNECTED: &str =
-    r#"[{"ev":"status","status":"connected","message":"Connected Successfully"}]"#;
-const AUTH_SUCCESS: &str = r#"[{"ev":"status","status":"auth_success","message":"authenticated"}]"#;
-/// The answer to a bad, expired or missing token.
-pub const AUTH_FAILED: &str =
-    r#"[{"ev":"status","status":"auth_failed","message":"authentication failed"}]"#;
-/// Close code for policy violations (auth failures, too many client errors).
-pub const CLOSE_POLICY: u16 = 1008;
 
 impl Session {
-    /// A session that has just sent `connected`.
-    pub fn new(auth_deadline: Instant, errors_max: u32, messages_per_sec: u32) -> Session {
-        let rate_per_sec = f64::from(messages_per_sec);
+    /// A session that has just sent `connected` at `now`.
+    pub fn new(now: Instant, auth_deadline: Instant, limits: SessionLimits) -> Session {
+        let rate_per_sec = f64::from(limits.messages_per_sec);
         Session {
             phase: Phase::AwaitingAuth { deadline: auth_deadline },
             identity: None,
             filter: Filter::default(),
             subscriptions: Default::default(),
             errors: 0,
-            errors_max,
-            bucket: (rate_per_sec, Instant::now()),
+            errors_max: limits.errors_max,
+            subscriptions_max: limits.subscriptions_max as usize,
+            bucket: (rate_per_sec, now),
             rate_per_sec,
         }
     }
@@ -203,10 +240,9 @@ impl Session {
                 self.phase = Phase::Active;
                 vec![Action::Send(AUTH_SUCCESS.to_owned())]
             }
-            Err(_) => vec![
-                Action::Send(AUTH_FAILED.to_owned()),
-                Action::Close(CLOSE_POLICY, "authentication failed"),
-            ],
+            Err(_) => {
+                vec![Action::Send(AUTH_FAILED.to_owned()), Action::Close(CloseReason::AuthFailed)]
+            }
         }
     }
 
@@ -223,12 +259,12 @@ impl Session {
                 Some(token) => self.authenticate(token, auth, now_s),
                 None => vec![
                     Action::Send(AUTH_FAILED.to_owned()),
-                    Action::Close(CLOSE_POLICY, "authentication failed"),
+                    Action::Close(CloseReason::AuthFailed),
                 ],
             },
             (Phase::AwaitingAuth { .. }, _) => vec![
-                Action::Send(status_array(&[("error", "authenticate first")])),
-                Action::Close(CLOSE_POLICY, "not authenticated"),
+                Action::Send(status::error("authenticate first")),
+                Action::Close(CloseReason::NotAuthenticated),
             ],
             (Phase::Active, "subscribe") => self.subscription(&message.params, true),
             (Phase::Active, "unsubscribe") => self.subscription(&message.params, false),
@@ -237,7 +273,7 @@ impl Session {
             (Phase::Active, "filter") => match Filter::parse(&message.params) {
                 Ok(filter) => {
                     self.filter = filter;
-                    vec![Action::Send(status_array(&[("success", "filter set")]))]
+                    vec![Action::Send(status::success("filter set"))]
                 }
                 Err(why) => self.client_error(&format!("filter refused, the old one stays: {why}")),
             },
@@ -247,6 +283,7 @@ impl Session {
                     None => self.client_error("resume: want params {\"from_seq\": N}"),
                 }
             }
+            (Phase::Active, "options") => self.options(&message.params),
             (Phase::Active, _) => self.client_error("unknown action"),
             (Phase::Closing { .. }, _) => Vec::new(),
         }
@@ -274,11 +311,39 @@ impl Session {
         }
     }
 
+    /// `options`: `{"slow_consumer": "close" | "conflate" | "shed"}`.
+    fn options(&mut self, params: &serde_json::Value) -> Vec<Action> {
+        let Some(object) = params.as_object() else {
+            return self.client_error("options: want an object");
+        };
+        let mut actions = Vec::new();
+        for (key, value) in object {
+            match (key.as_str(), value.as_str()) {
+                ("slow_consumer", Some(name)) => {
+                    let policy = match name {
+                        "close" => SlowConsumerPolicy::Close,
+                        "conflate" => SlowConsumerPolicy::Conflate,
+                        "shed" => SlowConsumerPolicy::Shed,
+                        _ => {
+                            return self.client_error(
+                                "options: slow_consumer wants close, conflate or shed",
+                            )
+                        }
+                    };
+                    actions.push(Action::Policy(policy));
+                }
+                _ => return self.client_error(&format!("options: unknown option {key:?}")),
+            }
+        }
+        actions.push(Action::Send(status::success("options set")));
+        actions
+    }
+
     fn client_error(&mut self, message: &str) -> Vec<Action> {
         self.errors += 1;
-        let mut actions = vec![Action::Send(status_array(&[("error", message)]))];
+        let mut actions = vec![Action::Send(status::error(message))];
         if self.errors >= self.errors_max {
-            actions.push(Action::Close(CLOSE_POLICY, "too many client errors"));
+            actions.push(Action::Close(CloseReason::TooManyErrors));
         }
         actions
     }
@@ -288,67 +353,87 @@ impl Session {
             return self.client_error("params: want a comma-separated list of topics");
         };
         let mut statuses: Vec<(String, String)> = Vec::new();
-        let mut bad = 0;
         for topic in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             match self.topic(topic, subscribe) {
                 Ok(()) => {
                     let verb = if subscribe { "subscribed to" } else { "unsubscribed from" };
                     statuses.push(("success".to_owned(), format!("{verb}: {topic}")));
                 }
-                Err(why) => {
-                    bad += 1;
-                    statuses.push(("error".to_owned(), format!("{topic}: {why}")));
-                }
+                Err(why) => statuses.push(("error".to_owned(), format!("{topic}: {why}"))),
             }
         }
         if statuses.is_empty() {
             return self.client_error("params: no topics");
         }
+        // Per-topic errors are answers, not client errors (PROTOCOL.md section 2, step 3).
         let pairs: Vec<(&str, &str)> =
             statuses.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect();
-        let mut actions = vec![Action::Send(status_array(&pairs))];
-        self.errors += bad;
-        if bad > 0 && self.errors >= self.errors_max {
-            actions.push(Action::Close(CLOSE_POLICY, "too many client errors"));
-        }
-        actions
+        vec![Action::Send(status::array(&pairs))]
     }
 
-    fn topic(&mut self, topic: &str, subscribe: bool) -> Result<(), &'static str> {
+    fn topic(&mut self, topic: &str, subscribe: bool) -> Result<(), String> {
         let (channel, symbol) = topic.split_once('.').ok_or("want CHANNEL.SYMBOL")?;
-        let index = CHANNELS.iter().position(|&c| c == channel).ok_or("unknown channel")?;
-        let entry = &mut self.subscriptions[index];
+        let channel = Channel::parse(channel).ok_or("unknown channel")?;
+        let held = self.subscription_count();
+        let limit = self.subscriptions_max;
+        let entry = &mut self.subscriptions[channel.index()];
         if symbol == "*" {
+            if subscribe && !entry.all && held >= limit {
+                return Err(format!("subscriptions_max ({limit}) reached"));
+            }
             entry.all = subscribe;
             if !subscribe {
                 entry.symbols.clear();
             }
             return Ok(());
         }
-        tickstock_engine::Ticker::new(symbol).map_err(|_| "bad symbol")?;
+        let ticker = Ticker::new(symbol).map_err(|_| "bad symbol")?;
         if subscribe {
             let identity = self.identity.as_ref().ok_or("not authenticated")?;
             if !identity.entitled(symbol) {
-                return Err("not entitled to this symbol");
+                return Err("not entitled to this symbol".to_owned());
             }
-            entry.symbols.insert(symbol.to_owned());
+            if !entry.symbols.contains(&ticker) && held >= limit {
+                return Err(format!("subscriptions_max ({limit}) reached"));
+            }
+            entry.symbols.insert(ticker);
         } else {
-            entry.symbols.remove(symbol);
+            entry.symbols.remove(&ticker);
         }
         Ok(())
     }
 
-    /// Whether an event of channel index `channel` about `symbol` goes to this client.
-    pub fn wants(&self, channel: usize, symbol: &str) -> bool {
-        let Some(entry) = self.subscriptions.get(channel) else { return false };
-        let subscribed = entry.all || (!entry.symbols.is_empty() && entry.symbols.contains(symbol));
-        subscribed && self.identity.as_ref().is_some_and(|identity| identity.entitled(symbol))
-    }
-
-    /// True once authenticated and subscribed to anything.
-    pub fn subscribed(&self) -> bool {
-        self.phase == Phase::Active
-            && self.subscriptions.iter().any(|s| s.all || !s.symbols.is_empty())
+    /// What this connection receives with the first `shed` channels of [`SHED_ORDER`] shed:
+    /// its topics narrowed to its entitlement, its filter, and the entitlement `*` topics
+    /// need. Empty until authenticated.
+    pub fn delivery(&self, shed: usize) -> Delivery {
+        let mut delivery = Delivery { filter: self.filter.clone(), ..Delivery::default() };
+        let Some(identity) = self.identity.as_ref().filter(|_| self.phase == Phase::Active) else {
+            return delivery;
+        };
+        for channel in Channel::ALL {
+            if SHED_ORDER[..shed.min(SHED_ORDER.len())].contains(&channel) {
+                continue;
+            }
+            let topics = &self.subscriptions[channel.index()];
+            let target = &mut delivery.topics[channel.index()];
+            target.all = topics.all;
+            if !topics.all {
+                target.symbols = topics
+                    .symbols
+                    .iter()
+                    .filter(|t| identity.entitled(t.as_str()))
+                    .copied()
+                    .collect();
+            }
+        }
+        if delivery.topics.iter().any(|t| t.all) {
+            delivery.entitled = identity
+                .symbols
+                .as_ref()
+                .map(|symbols| symbols.iter().filter_map(|s| Ticker::new(s).ok()).collect());
+        }
+        delivery
     }
 
     /// Client errors so far (bad messages, refused topics, filters or refreshes, rate limit).
@@ -360,11 +445,6 @@ impl Session {
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.iter().map(|s| usize::from(s.all) + s.symbols.len()).sum()
     }
-}
-
-/// A channel's index in [`CHANNELS`].
-pub fn channel_index(channel: &str) -> Option<usize> {
-    CHANNELS.iter().position(|&c| c == channel)
 }
 
 #[cfg(test)]
@@ -384,13 +464,30 @@ mod tests {
         actions.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join("\n")
     }
 
+    const LIMITS: SessionLimits =
+        SessionLimits { errors_max: 10, messages_per_sec: 50, subscriptions_max: 10_000 };
+
+    fn fresh() -> Session {
+        Session::new(Instant::now(), Instant::now(), LIMITS)
+    }
+
+    /// Whether the delivery carries `symbol` on `channel` (`*` narrowed to the entitlement).
+    fn wants(session: &Session, channel: Channel, symbol: &str) -> bool {
+        let delivery = session.delivery(0);
+        let topics = &delivery.topics[channel.index()];
+        let ticker = Ticker::new(symbol).unwrap();
+        (topics.all && delivery.entitled.as_ref().is_none_or(|e| e.contains(&ticker)))
+            || topics.symbols.contains(&ticker)
+    }
+
     #[test]
     fn auth_then_subscribe_with_per_topic_statuses_and_entitlements() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 10, 50);
+        let mut session = fresh();
         let actions = session.on_text(r#"{"action":"subscribe","params":"T.*"}"#, &auth, 0);
-        assert!(texts(&actions).contains("authenticate first") && texts(&actions).contains("1008"));
-        let mut session = Session::new(Instant::now(), 10, 50);
+        assert!(texts(&actions).contains("authenticate first"));
+        assert!(actions.contains(&Action::Close(CloseReason::NotAuthenticated)));
+        let mut session = fresh();
         let actions = session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
         assert_eq!(actions, [Action::Send(AUTH_SUCCESS.to_owned())]);
         let actions = session.on_text(
@@ -408,24 +505,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("T: want CHANNEL.SYMBOL"), "{text}");
-        let am = channel_index("AM").unwrap();
-        assert!(session.wants(am, "MSFT"), "* delivers entitled symbols");
-        assert!(!session.wants(am, "IBM"), "* delivers only entitled symbols");
-        assert!(session.wants(channel_index("A").unwrap(), "AAPL"));
-        assert!(!session.wants(channel_index("A").unwrap(), "MSFT"));
+        assert!(wants(&session, Channel::Am, "MSFT"), "* delivers entitled symbols");
+        assert!(!wants(&session, Channel::Am, "IBM"), "* delivers only entitled symbols");
+        assert!(wants(&session, Channel::A, "AAPL"));
+        assert!(!wants(&session, Channel::A, "MSFT"));
         let actions = session.on_text(r#"{"action":"unsubscribe","params":"AM.*"}"#, &auth, 0);
         assert!(texts(&actions).contains("unsubscribed from: AM.*"));
-        assert!(!session.wants(am, "MSFT"));
+        assert!(!wants(&session, Channel::Am, "MSFT"));
     }
 
     #[test]
     fn bad_tokens_and_too_many_errors_close_with_1008() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 3, 50);
+        let limits = SessionLimits { errors_max: 3, ..LIMITS };
+        let mut session = Session::new(Instant::now(), Instant::now(), limits);
         let actions = session.on_text(r#"{"action":"auth","params":"nope"}"#, &auth, 0);
-        assert_eq!(actions[1], Action::Close(CLOSE_POLICY, "authentication failed"));
+        assert_eq!(actions[1], Action::Close(CloseReason::AuthFailed));
         assert!(texts(&actions).contains("auth_failed"));
-        let mut session = Session::new(Instant::now(), 3, 50);
+        let mut session = Session::new(Instant::now(), Instant::now(), limits);
         session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
         for round in 1..=3 {
             let actions = session.on_text("not json", &auth, 0);
@@ -436,7 +533,8 @@ mod tests {
     #[test]
     fn the_rate_limit_is_a_token_bucket() {
         let start = Instant::now();
-        let mut session = Session::new(start, 100, 5);
+        let limits = SessionLimits { errors_max: 100, messages_per_sec: 5, ..LIMITS };
+        let mut session = Session::new(start, start, limits);
         for _ in 0..5 {
             assert!(session.admit(start).is_ok());
         }
@@ -450,7 +548,7 @@ mod tests {
     #[test]
     fn refresh_replaces_the_token_and_a_bad_one_keeps_the_old() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 10, 50);
+        let mut session = fresh();
         session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
         assert_eq!(session.identity.as_ref().unwrap().user, "alice");
         let actions = session.on_text(r#"{"action":"refresh","params":"bad"}"#, &auth, 0);
@@ -464,15 +562,11 @@ mod tests {
     #[test]
     fn filters_narrow_by_price_volume_strength_and_kind() {
         let auth = keys();
-        let mut session = Session::new(Instant::now(), 10, 50);
+        let mut session = fresh();
         session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
         let set = r#"{"action":"filter","params":{"min_price":5,"max_price":10.5,"min_volume":100,"min_strength":"moderate","kinds":["T","TR"]}}"#;
         assert!(texts(&session.on_text(set, &auth, 0)).contains("filter set"));
-        let (t, tr, a) = (
-            channel_index("T").unwrap(),
-            channel_index("TR").unwrap(),
-            channel_index("A").unwrap(),
-        );
+        let (t, tr, a) = (Channel::T, Channel::Tr, Channel::A);
         let dollars = |d: i64| d * 1_000_000;
         assert!(session.filter.passes(t, dollars(6), 100, 0));
         assert!(!session.filter.passes(t, dollars(4), 100, 0), "below min_price");
@@ -488,5 +582,50 @@ mod tests {
         assert!(texts(&session.on_text(unknown, &auth, 0)).contains("unknown filter key"));
         session.on_text(r#"{"action":"filter","params":{}}"#, &auth, 0);
         assert!(session.filter.passes(a, dollars(1), 1, 0), "an empty object clears it");
+    }
+
+    #[test]
+    fn per_topic_errors_are_answers_and_subscriptions_are_limited() {
+        let auth = keys();
+        let limits = SessionLimits { errors_max: 3, subscriptions_max: 4, ..LIMITS };
+        let mut session = Session::new(Instant::now(), Instant::now(), limits);
+        session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
+        let bad = r#"{"action":"subscribe","params":"X.A,Y.B,T,Z.C,Q.D,W.E,T.a b,V.F,U.G,S.H"}"#;
+        let actions = session.on_text(bad, &auth, 0);
+        assert_eq!(actions.len(), 1, "ten bad topics: one answer, no close: {actions:?}");
+        assert_eq!(session.errors(), 0, "per-topic errors are not client errors");
+        let many = r#"{"action":"subscribe","params":"T.A,T.B,T.C,T.D,T.E,T.*"}"#;
+        let text = texts(&session.on_text(many, &auth, 0));
+        assert!(text.contains("subscribed to: T.D"), "{text}");
+        assert!(text.contains("T.E: subscriptions_max (4) reached"), "{text}");
+        assert!(text.contains("T.*: subscriptions_max (4) reached"), "{text}");
+        assert_eq!(session.subscription_count(), 4);
+        let again = texts(&session.on_text(r#"{"action":"subscribe","params":"T.A"}"#, &auth, 0));
+        assert!(again.contains("subscribed to: T.A"), "a topic held already is no new one");
+    }
+
+    #[test]
+    fn options_choose_the_slow_consumer_policy_and_shed_narrows_the_delivery() {
+        let auth = keys();
+        let mut session = fresh();
+        session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
+        let actions =
+            session.on_text(r#"{"action":"options","params":{"slow_consumer":"shed"}}"#, &auth, 0);
+        assert_eq!(actions[0], Action::Policy(SlowConsumerPolicy::Shed));
+        assert!(texts(&actions).contains("options set"));
+        let bad =
+            session.on_text(r#"{"action":"options","params":{"slow_consumer":"x"}}"#, &auth, 0);
+        assert!(texts(&bad).contains("close, conflate or shed"));
+        session.on_text(r#"{"action":"subscribe","params":"T.*,A.*,AM.*,HL.*"}"#, &auth, 0);
+        let full = session.delivery(0);
+        assert!(full.topics[Channel::T.index()].all);
+        let shed = session.delivery(2);
+        assert!(
+            shed.topics[Channel::T.index()].is_empty()
+                && shed.topics[Channel::A.index()].is_empty()
+        );
+        assert!(shed.topics[Channel::Am.index()].all && shed.topics[Channel::Hl.index()].all);
+        assert_ne!(full, shed);
+        assert_eq!(session.delivery(0), full, "equal sessions, equal deliveries");
     }
 }

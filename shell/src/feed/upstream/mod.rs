@@ -20,8 +20,8 @@
 pub mod breaker;
 pub mod parse;
 
+use crate::tracer::Counter;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,50 +91,37 @@ pub fn read_key(settings: &UpstreamSettings) -> Result<Secret, String> {
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     /// TCP connections opened.
-    pub connects: AtomicU64,
+    pub connects: Counter,
     /// Sessions that reached `auth_success`.
-    pub sessions: AtomicU64,
+    pub sessions: Counter,
     /// Sessions after the first: reconnects.
-    pub reconnects: AtomicU64,
+    pub reconnects: Counter,
     /// Failures by kind, in the order of [`FAILURE_LABELS`].
-    pub failures: [AtomicU64; FAILURE_LABELS.len()],
+    pub failures: [Counter; FAILURE_LABELS.len()],
     /// Times the circuit breaker opened.
-    pub breaker_opened: AtomicU64,
+    pub breaker_opened: Counter,
     /// Time spent without a streaming session since the first one, in ns.
-    pub disconnected_ns: AtomicU64,
+    pub disconnected_ns: Counter,
     /// WebSocket messages received.
-    pub frames: AtomicU64,
+    pub frames: Counter,
     /// Bytes of those messages.
-    pub bytes: AtomicU64,
+    pub bytes: Counter,
     /// Ticks pushed into the engine's ring.
-    pub ticks: AtomicU64,
+    pub ticks: Counter,
     /// Messages parsed but not ingested (aggregates of a level the engine does not take).
-    pub ignored: AtomicU64,
+    pub ignored: Counter,
     /// `status` messages with `"status":"error"` (a refused topic, for one).
-    pub status_errors: AtomicU64,
+    pub status_errors: Counter,
     /// Elements skipped as garbage, by kind ([`Garbage::ALL`]).
-    pub garbage: [AtomicU64; Garbage::ALL.len()],
+    pub garbage: [Counter; Garbage::ALL.len()],
     /// Trades missing by the upstream's per-symbol `q` (an upper bound: Polygon's `q` is
     /// increasing per symbol but not promised to be gapless).
-    pub lost_by_q: AtomicU64,
+    pub lost_by_q: Counter,
 }
 
 /// Failure kinds, in counter order.
 pub const FAILURE_LABELS: [&str; 7] =
     ["connect", "auth_failed", "max_connections", "timeout", "disconnected", "stale", "protocol"];
-
-impl UpstreamCounters {
-    fn bump(counter: &AtomicU64, delta: u64) {
-        // Relaxed: statistics with one writer.
-        counter.store(counter.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
-    }
-
-    /// A counter's value.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        // Relaxed: statistics.
-        counter.load(Ordering::Relaxed)
-    }
-}
 
 /// What `/health` shows of the upstream.
 #[derive(Clone, Debug, Default)]
@@ -350,8 +337,8 @@ impl UpstreamFeed {
 
     fn count_frame(&self, bytes: usize) {
         let c = &self.status.counters;
-        UpstreamCounters::bump(&c.frames, 1);
-        UpstreamCounters::bump(&c.bytes, bytes as u64);
+        c.frames.add(1);
+        c.bytes.add(bytes as u64);
     }
 
     /// One session, from connect to failure (or shutdown).
@@ -362,7 +349,7 @@ impl UpstreamFeed {
         started: &mut Option<Instant>,
     ) -> Result<End, Step> {
         let mut socket = self.connect().map_err(Step::Failed)?;
-        UpstreamCounters::bump(&self.status.counters.connects, 1);
+        self.status.counters.connects.add(1);
         self.await_status(&mut socket, tx, &["connected"], "connected")?;
         let auth = format!(r#"{{"action":"auth","params":{}}}"#, json_string(self.key.expose()));
         send(&mut socket, auth)?;
@@ -425,7 +412,7 @@ impl UpstreamFeed {
             Parsed::Quote { sym, quote } => (sym, Tick::Quote(quote)),
             Parsed::Fmv { sym, fmv } => (sym, Tick::Fmv(fmv)),
             Parsed::Trade { .. } | Parsed::Aggregate { .. } => {
-                UpstreamCounters::bump(&c.ignored, 1);
+                c.ignored.add(1);
                 return Ok(());
             }
             Parsed::Status { status: "auth_failed" } => {
@@ -435,12 +422,12 @@ impl UpstreamFeed {
                 return Err(Step::Failed(Failure::MaxConnections))
             }
             Parsed::Status { status: "error" } => {
-                UpstreamCounters::bump(&c.status_errors, 1);
+                c.status_errors.add(1);
                 return Ok(());
             }
             Parsed::Status { .. } => return Ok(()),
             Parsed::Garbage(kind) => {
-                UpstreamCounters::bump(&c.garbage[kind.index()], 1);
+                c.garbage[kind.index()].add(1);
                 return Ok(());
             }
         };
@@ -456,7 +443,7 @@ impl UpstreamFeed {
             self.account_q(id, trade.upstream_seq);
         }
         tx.send_tick(tick)?;
-        UpstreamCounters::bump(&self.status.counters.ticks, 1);
+        self.status.counters.ticks.add(1);
         Ok(())
     }
 
@@ -474,7 +461,7 @@ impl UpstreamFeed {
             return;
         }
         if *last != 0 && q > *last + 1 {
-            UpstreamCounters::bump(&self.status.counters.lost_by_q, q - *last - 1);
+            self.status.counters.lost_by_q.add(q - *last - 1);
         }
         *last = (*last).max(q);
     }
@@ -571,13 +558,13 @@ impl Feed for UpstreamFeed {
             let result = self.session(tx, &mut breaker, &mut started);
             let c = &self.status.counters;
             if let Some(started_at) = started {
-                UpstreamCounters::bump(&c.sessions, 1);
-                if UpstreamCounters::get(&c.sessions) > 1 {
-                    UpstreamCounters::bump(&c.reconnects, 1);
+                c.sessions.add(1);
+                if c.sessions.get() > 1 {
+                    c.reconnects.add(1);
                 }
                 if let Some(since) = down_since.take() {
                     let down = started_at.saturating_duration_since(since);
-                    UpstreamCounters::bump(&c.disconnected_ns, down.as_nanos() as u64);
+                    c.disconnected_ns.add(down.as_nanos() as u64);
                 }
                 if started_at.elapsed() >= Duration::from_millis(STABLE_SESSION_MS) {
                     backoff.reset();
@@ -587,20 +574,20 @@ impl Feed for UpstreamFeed {
                 Ok(End::Stopped) | Err(Step::Stop) => return FeedEnd::Stopped,
                 Err(Step::Failed(failure)) => failure,
             };
-            if down_since.is_none() && UpstreamCounters::get(&c.sessions) > 0 {
+            if down_since.is_none() && c.sessions.get() > 0 {
                 down_since = Some(Instant::now());
             }
             let index = FAILURE_LABELS
                 .iter()
                 .position(|&l| l == failure.label())
                 .expect("Invariant: every failure has a label");
-            UpstreamCounters::bump(&c.failures[index], 1);
+            c.failures[index].add(1);
             let delay = backoff.next(&failure);
             let opened_before = breaker.opened_count;
             let now_ns = tx.now().map_or(0, |now| now.0);
             breaker.on_failure(now_ns, failure);
             if breaker.opened_count > opened_before {
-                UpstreamCounters::bump(&c.breaker_opened, 1);
+                c.breaker_opened.add(1);
             }
             self.set_health(false, &mut breaker, now_ns);
             if self.pause(tx, Duration::from_nanos(delay)).is_err() {

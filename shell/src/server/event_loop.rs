@@ -1,0 +1,755 @@
+//! The event loop: the only code that touches mio (STYLE habits 12 and 13). Each of the
+//! `server.threads` loops owns a shard of the connections, its own [`Fanout`] (groups, topic
+//! index, history) and a ring of the emitter's batches; the first loop also owns the listener
+//! and spreads accepted sockets over all loops, round-robin.
+//!
+//! A connection is first HTTP (reading its request head), then either a response being
+//! written or a WebSocket [`Subscriber`]; it changes phase in place, under the same slab key.
+//! Readiness is edge-triggered: every socket is read until `WouldBlock`, or, when its read
+//! budget runs out first, put on the ready list and read again next iteration (before the
+//! loop sleeps), so no socket is forgotten and no socket starves the others. Writes go
+//! until `WouldBlock`; then the connection waits for its writable edge.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tungstenite::protocol::WebSocketConfig;
+
+use super::auth::Authenticator;
+use super::fanout::Fanout;
+use super::framing::Slices;
+use super::history::History;
+use super::http;
+use super::linger::Linger;
+use super::metrics::{self, ServerCounters, ServerStats};
+use super::service::Reporting;
+use super::subscriber::{Env, Subscriber, Users};
+use crate::clock::Clock;
+use crate::config::ServerSettings;
+use crate::emitter::FrameBatch;
+
+/// The listener's token (first loop only).
+pub const LISTENER: Token = Token(0);
+/// The waker's token.
+pub const WAKER: Token = Token(1);
+/// Slab key `k` is token `k + FIRST_CONNECTION`.
+const FIRST_CONNECTION: usize = 2;
+/// mio events per poll.
+const EVENTS_CAPACITY: usize = 1_024;
+/// Connections accepted per iteration, at most; the rest wait for the next iteration.
+const ACCEPT_BUDGET: usize = 256;
+/// Socket reads per connection per iteration, at most; the rest wait on the ready list.
+const READ_BUDGET_CHUNKS: usize = 4;
+/// Bytes per socket read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Batches fanned out per iteration, at most.
+const FANOUT_BUDGET_BATCHES: usize = 16;
+/// Timers (auth, ping, close deadlines) are swept this often, in ms.
+const SWEEP_INTERVAL_MS: u64 = 10;
+/// The loop wakes at least this often, in ms.
+const POLL_TIMEOUT_MS: u64 = 10;
+/// HTTP connections beyond `connections_max` that may be mid-request, at most.
+const HTTP_CONNECTIONS_EXTRA: usize = 256;
+/// The engine counts as stalled when its clock is this far behind, in ns.
+const STALL_NS: u64 = 5_000_000_000;
+
+const _: () = assert!(FANOUT_BUDGET_BATCHES <= super::sink::BATCH_RING_CAPACITY);
+
+/// What every loop shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Token checks.
+    pub auth: Authenticator,
+    /// The settings.
+    pub settings: ServerSettings,
+    /// What `/health` and `/metrics` report on.
+    pub reporting: Reporting,
+    /// Every loop's counters.
+    pub stats: ServerStats,
+    /// Connections per user.
+    pub users: Users,
+    /// WebSocket connections over all loops (for `connections_max`).
+    pub ws_count: AtomicUsize,
+    /// When the server started.
+    pub started: Instant,
+    /// Stops every loop.
+    pub stop: AtomicBool,
+}
+
+/// Where the first loop hands a socket to another.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Sockets for that loop.
+    pub sockets: mpsc::Sender<std::net::TcpStream>,
+    /// Wakes it.
+    pub waker: Arc<Waker>,
+}
+
+/// A connection in one of its phases.
+enum Connection {
+    /// Reading the HTTP request head.
+    Http { stream: TcpStream, buf: Vec<u8>, deadline: Instant },
+    /// Writing an HTTP response, then closing.
+    Respond { stream: TcpStream, out: Vec<u8>, written: usize, deadline: Instant },
+    /// A WebSocket session.
+    Ws { stream: TcpStream, subscriber: Box<Subscriber>, blocked: bool },
+    /// Between phases (never seen outside one method).
+    Gone,
+}
+
+/// One event loop.
+pub struct EventLoop {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    listener_ready: bool,
+    /// The other loops (first loop only).
+    handoff: Vec<Handoff>,
+    next_loop: usize,
+    incoming: mpsc::Receiver<std::net::TcpStream>,
+    connections: Slab<Connection>,
+    /// Connections whose read budget ran out before `WouldBlock`.
+    ready: VecDeque<usize>,
+    batches: rtrb::Consumer<Arc<FrameBatch>>,
+    fanout: Fanout,
+    shared: Arc<Shared>,
+    ws_config: WebSocketConfig,
+    subscriptions: u64,
+    ws_here: u64,
+    linger: Linger,
+    /// Connections holding live delivery back (`resume_window_us`), with when it ends.
+    holds: Vec<(Instant, usize)>,
+    read_buf: Box<[u8]>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("index", &self.index)
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn would_block(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
+/// The environment a Subscriber works in, from the loop's fields.
+macro_rules! env {
+    ($self:ident) => {
+        Env {
+            fanout: &mut $self.fanout,
+            auth: &$self.shared.auth,
+            settings: &$self.shared.settings,
+            counters: $self.shared.stats.of_loop($self.index),
+            users: &$self.shared.users,
+            subscriptions: &mut $self.subscriptions,
+            now_s: unix_s(),
+        }
+    };
+}
+
+/// The pieces of a new loop.
+#[derive(Debug)]
+pub struct Parts {
+    /// Its index among the loops.
+    pub index: usize,
+    /// Its poll (the waker is registered on it already).
+    pub poll: Poll,
+    /// The listener, for the first loop.
+    pub listener: Option<TcpListener>,
+    /// The other loops, for the first loop.
+    pub handoff: Vec<Handoff>,
+    /// Sockets handed to it.
+    pub incoming: mpsc::Receiver<std::net::TcpStream>,
+    /// The emitter's batches.
+    pub batches: rtrb::Consumer<Arc<FrameBatch>>,
+}
+
+impl EventLoop {
+    /// A loop over `parts`.
+    pub fn new(parts: Parts, shared: Arc<Shared>) -> EventLoop {
+        let settings = &shared.settings;
+        let bytes_max = settings.client_message_bytes_max as usize;
+        // Small read buffers: an idle connection holds little (tungstenite grows them for a
+        // large client message and keeps them; client messages are at most 64 KiB).
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4_096)
+            .write_buffer_size(0)
+            .max_message_size(Some(bytes_max))
+            .max_frame_size(Some(bytes_max));
+        let history =
+            History::new(settings.history_max_events as usize, settings.history_max_bytes as usize);
+        let now = Instant::now();
+        EventLoop {
+            index: parts.index,
+            poll: parts.poll,
+            listener: parts.listener,
+            listener_ready: false,
+            handoff: parts.handoff,
+            next_loop: 0,
+            incoming: parts.incoming,
+            connections: Slab::new(),
+            ready: VecDeque::new(),
+            batches: parts.batches,
+            fanout: Fanout::new(settings.frame_bytes_max as usize, history),
+            linger: Linger::new(now, settings.client_linger_us, settings.client_writes_per_sec_max),
+            ws_config,
+            subscriptions: 0,
+            ws_here: 0,
+            holds: Vec::new(),
+            read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            clock: Clock::new(),
+            shared,
+        }
+    }
+
+    fn counters(&self) -> &ServerCounters {
+        self.shared.stats.of_loop(self.index)
+    }
+
+    /// Runs until the stop flag is raised; then closes every connection (1001).
+    pub fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut next_sweep = Instant::now();
+        let mut released = Vec::new();
+        loop {
+            // Relaxed: a polled flag; the waker that follows its store makes the loop look.
+            if self.shared.stop.load(Ordering::Relaxed) {
+                self.close_all(Instant::now());
+                return;
+            }
+            let timeout = self.poll_timeout(next_sweep);
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("tickstock: server poll failed: {error}");
+                    return;
+                }
+            }
+            // The clock is read once per iteration.
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.listener_ready = true,
+                    WAKER => {}
+                    Token(token) => self.ready_event(token - FIRST_CONNECTION, now),
+                }
+            }
+            while let Ok(stream) = self.incoming.try_recv() {
+                self.register(TcpStream::from_std(stream), now);
+            }
+            if self.listener_ready {
+                self.accept(now);
+            }
+            for _ in 0..self.ready.len() {
+                let Some(key) = self.ready.pop_front() else { break };
+                self.read_ws(key, now);
+            }
+            let mut fanned = false;
+            for _ in 0..FANOUT_BUDGET_BATCHES {
+                let Ok(batch) = self.batches.pop() else { break };
+                self.counters().batches.add(1);
+                self.fanout.handle_batch(now, &batch);
+                fanned = true;
+            }
+            if fanned || now >= next_sweep {
+                self.counters().group_events.set(self.fanout.group_events);
+                self.retain(now);
+            }
+            let (linger, coalesce) = (self.linger.current(), self.coalesce_bytes());
+            self.fanout.release_due(now, linger, coalesce, &mut released);
+            for group in released.drain(..) {
+                self.write_group(group, now);
+            }
+            self.end_holds(now);
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + Duration::from_millis(SWEEP_INTERVAL_MS);
+                self.linger.handle_writes(now, self.counters().writes.get());
+                self.counters().linger_us.set(self.linger.current_us().into());
+                self.counters().groups.set(self.fanout.group_count() as u64);
+            }
+        }
+    }
+
+    fn coalesce_bytes(&self) -> usize {
+        self.shared.settings.client_coalesce_bytes as usize
+    }
+
+    /// How long the next poll may sleep: not at all with work left, else until the next
+    /// release, hold end or sweep.
+    fn poll_timeout(&self, next_sweep: Instant) -> Duration {
+        if !self.ready.is_empty() || self.listener_ready || !self.batches.is_empty() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut wake = next_sweep.min(now + Duration::from_millis(POLL_TIMEOUT_MS));
+        if let Some(due) = self.fanout.next_release(self.linger.current(), self.coalesce_bytes()) {
+            wake = wake.min(due);
+        }
+        if let Some(&(until, _)) = self.holds.iter().min_by_key(|(until, _)| *until) {
+            wake = wake.min(until);
+        }
+        wake.saturating_duration_since(now)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = self.listener.take() else { return };
+        self.accept_from(&listener, now);
+        self.listener = Some(listener);
+    }
+
+    fn accept_from(&mut self, listener: &TcpListener, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if would_block(&error) => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.listener_ready = false;
+                    return;
+                }
+            };
+            self.counters().accepted.add(1);
+            let target = self.next_loop;
+            self.next_loop = (self.next_loop + 1) % (self.handoff.len() + 1);
+            if target == 0 {
+                self.register(stream, now);
+                continue;
+            }
+            let handoff = &self.handoff[target - 1];
+            // A socket that cannot be handed over (that loop has stopped) is dropped: closed.
+            if handoff.sockets.send(std::net::TcpStream::from(stream)).is_ok() {
+                let _ = handoff.waker.wake();
+            }
+        }
+        // Budget spent with the listener maybe still ready: `listener_ready` stays set, so
+        // the next iteration accepts more before it sleeps.
+    }
+
+    fn register(&mut self, mut stream: TcpStream, now: Instant) {
+        let limit = self.shared.settings.connections_max as usize + HTTP_CONNECTIONS_EXTRA;
+        if self.connections.len() >= limit {
+            self.counters().refused_max_connections.add(1);
+            return; // Dropped: closes the socket.
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.connections.vacant_entry();
+        let token = Token(entry.key() + FIRST_CONNECTION);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self.poll.registry().register(&mut stream, token, interest).is_err() {
+            return;
+        }
+        let deadline =
+            now + Duration::from_millis(self.shared.settings.handshake_timeout_ms.into());
+        entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
+    }
+
+    fn ready_event(&mut self, key: usize, now: Instant) {
+        // Events for connections already removed are ignored (mio may still report them).
+        match self.connections.get_mut(key) {
+            Some(Connection::Http { .. }) => self.read_request(key, now),
+            Some(Connection::Respond { stream, out, written, .. }) => {
+                if !write_out(stream, out, written) {
+                    self.remove(key);
+                }
+            }
+            Some(Connection::Ws { blocked, .. }) => {
+                // Readable, writable or both: read to `WouldBlock`, and write what waits.
+                *blocked = false;
+                self.read_ws(key, now);
+            }
+            Some(Connection::Gone) | None => {}
+        }
+    }
+
+    /// Reads the request head; routes it when complete.
+    fn read_request(&mut self, key: usize, now: Instant) {
+        let Some(Connection::Http { stream, buf, .. }) = self.connections.get_mut(key) else {
+            return;
+        };
+        let mut chunk = [0u8; 2_048];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return self.remove(key),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > http::REQUEST_BYTES_MAX {
+                        break;
+                    }
+                }
+                Err(error) if would_block(&error) => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.remove(key),
+            }
+        }
+        match http::parse(buf) {
+            http::Parse::Partial => {}
+            http::Parse::Bad(why) => {
+                self.counters().bad_requests.add(1);
+                self.respond(key, "400 Bad Request", "text/plain", why, now);
+            }
+            http::Parse::Complete(request, len) => self.route(key, request, len, now),
+        }
+    }
+
+    fn route(&mut self, key: usize, request: http::Request, len: usize, now: Instant) {
+        match http::route(&request) {
+            http::Route::Health => {
+                let r = &self.shared.reporting;
+                let problem = metrics::unhealthy(
+                    &r.observed,
+                    r.upstream.as_deref(),
+                    self.clock.now().0,
+                    STALL_NS,
+                );
+                let body = metrics::health(
+                    &r.observed,
+                    &self.shared.stats,
+                    r.upstream.as_deref(),
+                    self.shared.started.elapsed().as_secs(),
+                    problem.as_deref(),
+                );
+                let status = if problem.is_none() { "200 OK" } else { "503 Service Unavailable" };
+                self.respond(key, status, "application/json", &body, now);
+            }
+            http::Route::Metrics => {
+                let body = metrics::prometheus(
+                    &self.shared.reporting.observed,
+                    &self.shared.stats,
+                    self.shared.reporting.upstream.as_deref(),
+                );
+                self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now);
+            }
+            http::Route::NotFound => {
+                self.respond(key, "404 Not Found", "text/plain", "not found", now);
+            }
+            http::Route::BadRequest(why) => {
+                self.counters().bad_requests.add(1);
+                self.respond(key, "400 Bad Request", "text/plain", why, now);
+            }
+            http::Route::Stream => self.upgrade(key, &request, len, now),
+        }
+    }
+
+    /// Turns the connection into a response being written, in place.
+    fn respond(&mut self, key: usize, status: &str, content_type: &str, body: &str, now: Instant) {
+        self.counters().http_requests.add(1);
+        let deadline = now + Duration::from_millis(self.shared.settings.close_timeout_ms.into());
+        let Some(slot) = self.connections.get_mut(key) else { return };
+        let Connection::Http { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
+            return;
+        };
+        let (mut stream, mut out, mut written) =
+            (stream, http::response(status, content_type, body), 0);
+        let more = write_out(&mut stream, &mut out, &mut written);
+        *slot = Connection::Respond { stream, out, written, deadline };
+        if !more {
+            self.remove(key);
+        }
+    }
+
+    /// Turns the connection into a WebSocket Subscriber, in place.
+    fn upgrade(&mut self, key: usize, request: &http::Request, len: usize, now: Instant) {
+        let Some(slot) = self.connections.get_mut(key) else { return };
+        let Connection::Http { stream, buf, .. } = std::mem::replace(slot, Connection::Gone) else {
+            return;
+        };
+        let accept_key = request.websocket_key.as_deref().unwrap_or_default();
+        let leftover = buf[len..].to_vec();
+        let upgrade = http::upgrade_response(accept_key);
+        let settings = &self.shared.settings;
+        let subscriber =
+            Subscriber::new(now, key, settings, self.ws_config, leftover.clone(), upgrade);
+        *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
+        self.ws_here += 1;
+        let open = self.shared.ws_count.fetch_add(1, Ordering::Relaxed) + 1;
+        // Relaxed: a count compared against a limit; nothing is ordered by it.
+        let over = open > self.shared.settings.connections_max as usize;
+        self.counters().connections.set(self.ws_here);
+        let mut env = env!(self);
+        let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) else { return };
+        if over {
+            subscriber.refuse(now, &mut env);
+        } else {
+            subscriber.start(now, request.bearer.as_deref(), &mut env);
+            if !leftover.is_empty() {
+                // Bytes that came with the request head: the first client frames.
+                subscriber.handle_read(now, &[], &mut env);
+            }
+        }
+        self.after_handle(key, now);
+    }
+
+    /// Reads a WebSocket connection until `WouldBlock` or its budget, then writes.
+    fn read_ws(&mut self, key: usize, now: Instant) {
+        for chunk in 0..=READ_BUDGET_CHUNKS {
+            let mut env = env!(self);
+            let Some(Connection::Ws { stream, subscriber, .. }) = self.connections.get_mut(key)
+            else {
+                return;
+            };
+            if subscriber.is_dead() {
+                break;
+            }
+            if chunk == READ_BUDGET_CHUNKS {
+                // Budget spent before `WouldBlock`: read again next iteration.
+                self.ready.push_back(key);
+                break;
+            }
+            match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    subscriber.handle_eof();
+                    break;
+                }
+                Ok(n) => subscriber.handle_read(now, &self.read_buf[..n], &mut env),
+                Err(error) if would_block(&error) => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    subscriber.handle_eof();
+                    break;
+                }
+            }
+        }
+        self.after_handle(key, now);
+    }
+
+    /// After a Subscriber handled something: note a hold, write, drop it if dead.
+    fn after_handle(&mut self, key: usize, now: Instant) {
+        if let Some(Connection::Ws { subscriber, .. }) = self.connections.get(key) {
+            if let Some(until) = subscriber.hold_until() {
+                if !self.holds.iter().any(|&(_, k)| k == key) {
+                    self.holds.push((until, key));
+                }
+            }
+        }
+        self.transmit(key, now);
+    }
+
+    /// Writes what the Subscriber has, until it has nothing or the socket would block.
+    fn transmit(&mut self, key: usize, now: Instant) {
+        loop {
+            let mut env = env!(self);
+            let Some(Connection::Ws { stream, subscriber, blocked }) =
+                self.connections.get_mut(key)
+            else {
+                return;
+            };
+            if subscriber.is_dead() {
+                break;
+            }
+            if *blocked {
+                return;
+            }
+            subscriber.poll(now, &mut env);
+            drop(env);
+            let mut slices = Slices::new();
+            subscriber.poll_transmit(now, &self.fanout, &mut slices);
+            if slices.is_empty() {
+                return;
+            }
+            let result = stream.write_vectored(slices.as_slices());
+            drop(slices);
+            let mut env = env!(self);
+            let Some(Connection::Ws { subscriber, blocked, .. }) = self.connections.get_mut(key)
+            else {
+                return;
+            };
+            match result {
+                Ok(0) => subscriber.handle_eof(),
+                Ok(n) => subscriber.handle_written(now, n, &mut env),
+                Err(error) if would_block(&error) => {
+                    *blocked = true;
+                    return;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => subscriber.handle_eof(),
+            }
+        }
+        self.remove(key);
+    }
+
+    /// Writes to every member of a group that has just released messages.
+    fn write_group(&mut self, group: usize, now: Instant) {
+        let Some(group) = self.fanout.group(group) else { return };
+        let members: Vec<usize> = group.members.iter().map(|(_, m)| m.connection).collect();
+        for key in members {
+            self.transmit(key, now);
+        }
+    }
+
+    /// Applies every group's retention; overtaken members meet their policy.
+    fn retain(&mut self, now: Instant) {
+        let settings = &self.shared.settings;
+        let bytes_max = settings.client_lag_max_bytes as usize;
+        let age_max = Duration::from_millis(settings.client_lag_max_ms.into());
+        let ids: Vec<usize> = self.fanout.group_ids().collect();
+        for id in ids {
+            let Some(group) = self.fanout.group_mut(id) else { continue };
+            let overtaken = group.overtake(now, bytes_max, age_max);
+            for o in overtaken {
+                let key = o.connection;
+                let mut env = env!(self);
+                if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
+                    subscriber.handle_overtaken(now, o, &mut env);
+                }
+                self.transmit(key, now);
+            }
+        }
+    }
+
+    /// Connections whose hold ended get their live events.
+    fn end_holds(&mut self, now: Instant) {
+        if self.holds.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        self.holds.retain(|&(until, key)| {
+            let done = until <= now;
+            if done {
+                due.push(key);
+            }
+            !done
+        });
+        for key in due {
+            self.transmit(key, now);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut dropped = Vec::new();
+        for (key, connection) in &self.connections {
+            match connection {
+                Connection::Http { deadline, .. } if now >= *deadline => {
+                    self.counters().handshake_timeouts.add(1);
+                    dropped.push(key);
+                }
+                Connection::Respond { deadline, .. } if now >= *deadline => dropped.push(key),
+                Connection::Ws { subscriber, .. }
+                    if now >= subscriber.poll_timeout() || subscriber.shed_level() > 0 =>
+                {
+                    due.push(key);
+                }
+                _ => {}
+            }
+        }
+        for key in dropped {
+            self.remove(key);
+        }
+        for key in due {
+            let mut env = env!(self);
+            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
+                subscriber.handle_timeout(now, &mut env);
+            }
+            self.transmit(key, now);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(connection) = self.connections.try_remove(key) else { return };
+        match connection {
+            Connection::Http { mut stream, .. } | Connection::Respond { mut stream, .. } => {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            Connection::Ws { mut stream, mut subscriber, .. } => {
+                let _ = self.poll.registry().deregister(&mut stream);
+                let mut env = env!(self);
+                subscriber.leave(&mut env);
+                // Relaxed: as in `upgrade`.
+                self.shared.ws_count.fetch_sub(1, Ordering::Relaxed);
+                self.ws_here -= 1;
+                self.counters().connections.set(self.ws_here);
+            }
+            Connection::Gone => {}
+        }
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let mut env = env!(self);
+            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
+                subscriber.shut_down(now, &mut env);
+            }
+            self.transmit(key, now);
+            self.remove(key);
+        }
+    }
+}
+
+/// Writes an HTTP response; returns false once it is all written (or failed): drop then.
+fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> bool {
+    while *written < out.len() {
+        match stream.write(&out[*written..]) {
+            Ok(0) => return false,
+            Ok(n) => *written += n,
+            Err(error) if would_block(&error) => return true,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    false
+}
+
+/// Starts `threads` loops on `listener`; returns their parts for [`EventLoop::new`] and the
+/// wakers, first loop first.
+pub fn parts(
+    threads: usize,
+    mut listener: TcpListener,
+    batches: Vec<rtrb::Consumer<Arc<FrameBatch>>>,
+) -> io::Result<(Vec<Parts>, Vec<Arc<Waker>>)> {
+    let mut polls = Vec::new();
+    let mut wakers = Vec::new();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..threads {
+        let poll = Poll::new()?;
+        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
+        polls.push(poll);
+        let (tx, rx) = mpsc::channel();
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    polls[0].registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let handoff: Vec<Handoff> = senders
+        .into_iter()
+        .zip(&wakers)
+        .skip(1)
+        .map(|(sockets, waker)| Handoff { sockets, waker: Arc::clone(waker) })
+        .collect();
+    let mut listener = Some(listener);
+    let mut handoff = Some(handoff);
+    let parts = polls
+        .into_iter()
+        .zip(receivers)
+        .zip(batches)
+        .enumerate()
+        .map(|(index, ((poll, incoming), batches))| Parts {
+            index,
+            poll,
+            listener: listener.take(),
+            handoff: handoff.take().unwrap_or_default(),
+            incoming,
+            batches,
+        })
+        .collect();
+    Ok((parts, wakers))
+}

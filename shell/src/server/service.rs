@@ -1,0 +1,72 @@
+//! The server fed by a pipeline on a thread of its own: `tickstock serve`, the tests and the
+//! perf scenarios start it the same way.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::auth::Authenticator;
+use super::metrics::ServerStats;
+use crate::config::Settings;
+use crate::feed::upstream::UpstreamStatus;
+use crate::feed::Feed;
+use crate::pipeline::{self, Observed, Report, StartError, TimeMode};
+use crate::tracer::{Counters, Histograms};
+
+/// What the server reports on.
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    /// The pipeline's counters and histograms.
+    pub observed: Observed,
+    /// The upstream client's status, when the feed is upstream.
+    pub upstream: Option<Arc<UpstreamStatus>>,
+}
+
+/// A server and the pipeline feeding it.
+#[derive(Debug)]
+pub struct Service {
+    /// The address the server listens on.
+    pub local_addr: SocketAddr,
+    /// The server's counters, per event loop.
+    pub counters: ServerStats,
+    runner: JoinHandle<Result<Report, StartError>>,
+}
+
+impl Service {
+    /// Starts the server, then the pipeline from `feed` into it. The pipeline stops when the
+    /// feed ends or `stop` is raised; then the server closes its connections and stops.
+    /// `status` is called every `stats_interval_ms` from the pipeline's thread.
+    pub fn start(
+        settings: &Settings,
+        auth: Authenticator,
+        feed: Box<dyn Feed>,
+        time: TimeMode,
+        stop: Arc<AtomicBool>,
+        reporting: Reporting,
+        status: impl FnMut(&Counters, &Histograms) + Send + 'static,
+    ) -> io::Result<Service> {
+        let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+        let (sink, handle) = super::start(&settings.server, auth, reporting.clone(), batch_bytes)?;
+        let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
+        let settings = settings.clone();
+        let runner =
+            std::thread::Builder::new().name("tickstock-main".to_owned()).spawn(move || {
+                let sink = Box::new(sink);
+                let observed = reporting.observed;
+                let report =
+                    pipeline::run_observed(&settings, feed, sink, time, stop, status, observed);
+                handle.stop();
+                report
+            })?;
+        Ok(Service { local_addr, counters, runner })
+    }
+
+    /// Waits until the pipeline has ended and the server has stopped.
+    pub fn wait(self) -> Result<Report, StartError> {
+        self.runner.join().unwrap_or_else(|_| {
+            Err(StartError::Spawn(io::Error::other("the pipeline thread panicked")))
+        })
+    }
+}

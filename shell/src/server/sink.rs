@@ -1,0 +1,116 @@
+//! The emitter's sink into the server: each cycle's [`FrameBatch`] is copied once into a
+//! pooled, shared batch, and the same `Arc` is handed to every event loop over its own SPSC
+//! ring. The engine never waits for any of this: the emitter does, on its own thread.
+//!
+//! # Overflow
+//! Each ring holds [`BATCH_RING_CAPACITY`] batches, and the pool [`BATCH_POOL_MAX`]. When
+//! every pooled batch is still held or a ring is full, the emitter waits with the default
+//! back-off (spin, yield, then sleeps doubling up to 1 ms) rather than spinning on a core the
+//! loops need, and counts the wait once per batch in `sink_waits`. Its own lanes then fill,
+//! and their policy applies (`docs/pipeline.md`). Nothing is dropped here.
+
+use std::io;
+use std::sync::Arc;
+
+use mio::Waker;
+
+use super::metrics::ServerStats;
+use crate::emitter::{FrameBatch, FrameSink};
+use crate::idle::{IdleStrategy, Idler};
+
+/// Emitter → event loop ring, in batches.
+pub const BATCH_RING_CAPACITY: usize = 16;
+/// Pooled shared batches: in the rings, in the loops' hands, and one being filled.
+pub const BATCH_POOL_MAX: usize = BATCH_RING_CAPACITY + 4;
+
+/// One event loop's end of the hand-over.
+#[derive(Debug)]
+pub struct LoopInlet {
+    /// Batches into the loop.
+    pub ring: rtrb::Producer<Arc<FrameBatch>>,
+    /// Wakes the loop.
+    pub waker: Arc<Waker>,
+}
+
+/// The emitter's sink into the server.
+#[derive(Debug)]
+pub struct ServerSink {
+    loops: Vec<LoopInlet>,
+    pool: Vec<Arc<FrameBatch>>,
+    batch_bytes: usize,
+    idler: Idler,
+    /// Whether the batch being handed over has waited (counted) already.
+    waited: bool,
+    stats: ServerStats,
+}
+
+impl ServerSink {
+    /// A sink into `loops`, with batches of `batch_bytes`.
+    pub fn new(loops: Vec<LoopInlet>, batch_bytes: usize, stats: ServerStats) -> ServerSink {
+        ServerSink {
+            loops,
+            pool: Vec::with_capacity(BATCH_POOL_MAX),
+            batch_bytes,
+            // Only times its own waits: nothing wakes it, so its thread handle is never used.
+            idler: Idler::new(IdleStrategy::default()),
+            waited: false,
+            stats,
+        }
+    }
+
+    /// A batch no one else holds, taken out of the pool (allocated while the pool is small).
+    fn free_batch(&mut self) -> io::Result<Arc<FrameBatch>> {
+        loop {
+            if let Some(index) = self.pool.iter().position(|batch| Arc::strong_count(batch) == 1) {
+                return Ok(self.pool.swap_remove(index));
+            }
+            if self.pool.len() < BATCH_POOL_MAX {
+                return Ok(Arc::new(FrameBatch::new(self.batch_bytes)));
+            }
+            self.wait(0)?;
+        }
+    }
+
+    /// One round of waiting for loop `index`, counted once per batch.
+    fn wait(&mut self, index: usize) -> io::Result<()> {
+        if self.loops[index].ring.is_abandoned() {
+            return Err(io::Error::other("the server has stopped"));
+        }
+        if !self.waited {
+            self.waited = true;
+            // The sink is the only writer of this counter.
+            self.stats.of_loop(0).sink_waits.add(1);
+        }
+        self.idler.idle(0, || false);
+        Ok(())
+    }
+}
+
+impl FrameSink for ServerSink {
+    fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        self.waited = false;
+        let mut shared = self.free_batch()?;
+        Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);
+        self.pool.push(Arc::clone(&shared));
+        for index in 0..self.loops.len() {
+            let mut item = Arc::clone(&shared);
+            loop {
+                match self.loops[index].ring.push(item) {
+                    Ok(()) => break,
+                    Err(rtrb::PushError::Full(back)) => {
+                        item = back;
+                        self.wait(index)?;
+                    }
+                }
+            }
+            self.loops[index].waker.wake()?;
+        }
+        // Work done: the next wait starts its back-off from the beginning.
+        self.idler.idle(1, || true);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
