@@ -180,34 +180,40 @@ impl Fanout {
     }
 }
 
+/// A batch of hand-made frames (channel, ticker, price) with seqs from `first` (tests).
+#[cfg(test)]
+pub(crate) fn test_batch(first: u64, frames: &[(tickstock_engine::Channel, &str, i64)]) -> FrameBatch {
+    use crate::emitter::Frame;
+    use tickstock_engine::{SymbolId, Ticker};
+    let mut batch = FrameBatch::new(1 << 20);
+    for (i, (channel, ticker, price)) in frames.iter().enumerate() {
+        let seq = first + i as u64;
+        let json = format!(r#"{{"ev":"{}","sym":"{ticker}","seq":{seq},"pad":"{}"}}"#, channel.label(), "p".repeat(40));
+        batch.push_raw(
+            Frame {
+                seq,
+                symbol: SymbolId(0),
+                ticker: Ticker::new(ticker).expect("a valid test ticker"),
+                channel: *channel,
+                price_raw: *price,
+                volume: 100,
+                strength: 0,
+                start: 0,
+                end: 0,
+            },
+            json.as_bytes(),
+        );
+    }
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emitter::Frame;
-    use tickstock_engine::{Channel, SymbolId, Ticker};
+    use tickstock_engine::{Channel, Ticker};
 
-    /// A batch of hand-made frames (channel, ticker, price) with seqs from `first`.
-    pub(crate) fn batch(first: u64, frames: &[(Channel, &str, i64)]) -> FrameBatch {
-        let mut batch = FrameBatch::new(1 << 20);
-        for (i, (channel, ticker, price)) in frames.iter().enumerate() {
-            let seq = first + i as u64;
-            let json = format!(r#"{{"ev":"{}","sym":"{ticker}","seq":{seq}}}"#, channel.label());
-            batch.push_raw(
-                Frame {
-                    seq,
-                    symbol: SymbolId(0),
-                    ticker: Ticker::new(ticker).unwrap(),
-                    channel: *channel,
-                    price_raw: *price,
-                    volume: 100,
-                    strength: 0,
-                    start: 0,
-                    end: 0,
-                },
-                json.as_bytes(),
-            );
-        }
-        batch
+    fn batch(first: u64, frames: &[(Channel, &str, i64)]) -> FrameBatch {
+        test_batch(first, frames)
     }
 
     fn delivery(channel: Channel, symbol: Option<&str>) -> Delivery {
@@ -243,11 +249,11 @@ mod tests {
         let mut other = super::super::framing::Slices::new();
         all.slices(members[99].member, &mut other);
         assert_eq!(first, other.as_slices()[0].as_ptr(), "the same bytes, not a copy");
-        let text = String::from_utf8(slices.as_slices()[0][2..].to_vec()).unwrap();
+        let text = String::from_utf8_lossy(&slices.as_slices()[0]).into_owned();
         assert!(text.contains("AAPL") && text.contains("MSFT"), "{text}");
         let mut slices = super::super::framing::Slices::new();
         fanout.group(watch.group).unwrap().slices(watch.member, &mut slices);
-        let text = String::from_utf8(slices.as_slices()[0][2..].to_vec()).unwrap();
+        let text = String::from_utf8_lossy(&slices.as_slices()[0]).into_owned();
         assert!(!text.contains("AAPL") && text.contains("MSFT"), "{text}");
         for m in members {
             fanout.leave(m);
@@ -278,7 +284,7 @@ mod tests {
             let group = fanout.group(m.group).unwrap();
             let mut slices = super::super::framing::Slices::new();
             group.slices(m.member, &mut slices);
-            String::from_utf8(slices.as_slices()[0][2..].to_vec()).unwrap()
+            String::from_utf8_lossy(&slices.as_slices()[0]).into_owned()
         };
         assert!(payload(a).contains("AAPL") && !payload(a).contains("IBM"));
         assert!(payload(b).contains("IBM") && !payload(b).contains("AAPL"));

@@ -839,3 +839,464 @@ fn close_timeout(settings: &ServerSettings) -> Duration {
 fn ping_interval(settings: &ServerSettings) -> Duration {
     Duration::from_millis(settings.ping_interval_ms.into())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Subscriber on simulated time: no socket, no clock. A client codec (tungstenite in
+    //! the client role) makes its frames and reads what the Subscriber writes, and the test
+    //! decides how much of it the "socket" takes.
+
+    use super::*;
+    use crate::server::fanout::test_batch;
+    use crate::server::history::History;
+    use tickstock_engine::Channel;
+
+    struct Sim {
+        fanout: Fanout,
+        auth: Authenticator,
+        settings: ServerSettings,
+        counters: ServerCounters,
+        users: Users,
+        subscriptions: u64,
+        now: Instant,
+        seq: u64,
+    }
+
+    /// A client's codec and what it has received.
+    struct Client {
+        ws: WebSocketContext,
+        messages: Vec<Message>,
+    }
+
+    impl Client {
+        fn new() -> Client {
+            Client { ws: WebSocketContext::new(Role::Client, None), messages: Vec::new() }
+        }
+
+        fn frame(&mut self, text: &str) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut pipe = Pipe { input: &[], output: &mut out };
+            self.ws.write(&mut pipe, Message::text(text)).unwrap();
+            self.ws.flush(&mut pipe).unwrap();
+            out
+        }
+
+        fn receive(&mut self, bytes: &[u8]) {
+            let mut sink = Vec::new();
+            let mut pipe = Pipe { input: bytes, output: &mut sink };
+            loop {
+                match self.ws.read(&mut pipe) {
+                    Ok(message) => self.messages.push(message),
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return
+                    }
+                    Err(tungstenite::Error::ConnectionClosed) => return,
+                    Err(error) => panic!("the client codec failed: {error}"),
+                }
+            }
+        }
+
+        /// Every JSON object received in text messages, in order.
+        fn objects(&self) -> Vec<serde_json::Value> {
+            self.messages
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Text(text) => serde_json::from_str::<serde_json::Value>(text).ok(),
+                    _ => None,
+                })
+                .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+                .collect()
+        }
+
+        fn seqs(&self) -> Vec<u64> {
+            self.objects().iter().filter_map(|o| o["seq"].as_u64()).collect()
+        }
+
+        fn statuses(&self, status: &str) -> Vec<serde_json::Value> {
+            self.objects().into_iter().filter(|o| o["status"] == status).collect()
+        }
+
+        fn close_code(&self) -> Option<u16> {
+            self.messages.iter().find_map(|m| match m {
+                Message::Close(Some(frame)) => Some(u16::from(frame.code)),
+                _ => None,
+            })
+        }
+    }
+
+    impl Sim {
+        fn new(configure: impl FnOnce(&mut ServerSettings)) -> Sim {
+            let mut settings = ServerSettings::default();
+            configure(&mut settings);
+            Sim {
+                fanout: Fanout::new(
+                    settings.frame_bytes_max as usize,
+                    History::new(
+                        settings.history_max_events as usize,
+                        settings.history_max_bytes as usize,
+                    ),
+                ),
+                auth: Authenticator::load(&settings).unwrap(),
+                settings,
+                counters: ServerCounters::default(),
+                users: Users::default(),
+                subscriptions: 0,
+                now: Instant::now(),
+                seq: 1,
+            }
+        }
+
+        fn env(&mut self) -> Env<'_> {
+            Env {
+                fanout: &mut self.fanout,
+                auth: &self.auth,
+                settings: &self.settings,
+                counters: &self.counters,
+                users: &self.users,
+                subscriptions: &mut self.subscriptions,
+                now_s: 1_700_000_000,
+            }
+        }
+
+        fn connect(&mut self, key: usize) -> (Subscriber, Client) {
+            let config = WebSocketConfig::default();
+            let mut subscriber =
+                Subscriber::new(self.now, key, &self.settings, config, Vec::new(), Vec::new());
+            let now = self.now;
+            subscriber.start(now, None, &mut self.env());
+            let mut client = Client::new();
+            let auth = client.frame(r#"{"action":"auth","params":"token"}"#);
+            subscriber.handle_read(now, &auth, &mut self.env());
+            (subscriber, client)
+        }
+
+        fn send(&mut self, subscriber: &mut Subscriber, client: &mut Client, text: &str) {
+            let bytes = client.frame(text);
+            let now = self.now;
+            subscriber.handle_read(now, &bytes, &mut self.env());
+        }
+
+        /// One emitter cycle of `count` trades of `ticker` (and an `A` bar of it), released
+        /// at once.
+        fn cycle(&mut self, ticker: &str, count: usize) {
+            let mut frames: Vec<(Channel, &str, i64)> = vec![(Channel::T, ticker, 1_000_000); count];
+            frames.push((Channel::A, ticker, 1_000_000));
+            let batch = test_batch(self.seq, &frames);
+            self.seq += frames.len() as u64;
+            let now = self.now;
+            self.fanout.handle_batch(now, &batch);
+            let mut released = Vec::new();
+            self.fanout.release_due(now, Duration::ZERO, 1, &mut released);
+        }
+
+        /// Applies retention, and hands the overtaken to their Subscribers.
+        fn retain(&mut self, subscribers: &mut [&mut Subscriber]) {
+            let bytes_max = self.settings.client_lag_max_bytes as usize;
+            let age_max = Duration::from_millis(self.settings.client_lag_max_ms.into());
+            let ids: Vec<usize> = self.fanout.group_ids().collect();
+            let now = self.now;
+            for id in ids {
+                let overtaken = self.fanout.group_mut(id).unwrap().overtake(now, bytes_max, age_max);
+                for o in overtaken {
+                    let sub = subscribers.iter_mut().find(|s| s.connection_key == o.connection);
+                    sub.unwrap().handle_overtaken(now, o, &mut self.env());
+                }
+            }
+        }
+
+        /// The socket takes up to `budget` bytes (all when `None`); the client reads them.
+        fn drain(&mut self, subscriber: &mut Subscriber, client: &mut Client, budget: Option<usize>) {
+            let mut left = budget.unwrap_or(usize::MAX);
+            loop {
+                let now = self.now;
+                subscriber.poll(now, &mut self.env());
+                let mut bytes = Vec::new();
+                {
+                    let mut slices = Slices::new();
+                    subscriber.poll_transmit(now, &self.fanout, &mut slices);
+                    for slice in slices.as_slices() {
+                        bytes.extend_from_slice(slice);
+                    }
+                }
+                let n = bytes.len().min(left);
+                if n == 0 {
+                    return;
+                }
+                subscriber.handle_written(now, n, &mut self.env());
+                client.receive(&bytes[..n]);
+                left -= n;
+            }
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+        }
+    }
+
+    fn strictly_increasing(seqs: &[u64]) -> bool {
+        seqs.windows(2).all(|w| w[0] < w[1])
+    }
+
+    #[test]
+    fn equal_subscriptions_share_a_group_and_receive_identical_bytes() {
+        let mut sim = Sim::new(|_| {});
+        let (mut a, mut ca) = sim.connect(1);
+        let (mut b, mut cb) = sim.connect(2);
+        for (s, c) in [(&mut a, &mut ca), (&mut b, &mut cb)] {
+            sim.send(s, c, r#"{"action":"subscribe","params":"T.*"}"#);
+        }
+        assert_eq!(a.membership().unwrap().group, b.membership().unwrap().group);
+        sim.advance(Duration::from_millis(5)); // past the resume window
+        sim.drain(&mut a, &mut ca, None);
+        sim.drain(&mut b, &mut cb, None);
+        sim.cycle("AAPL", 3);
+        let group = sim.fanout.group(a.membership().unwrap().group).unwrap();
+        assert_eq!(group.stream.len(), 1, "one shared message for both");
+        sim.drain(&mut a, &mut ca, None);
+        assert_eq!(sim.fanout.group(b.membership().unwrap().group).unwrap().stream.len(), 1);
+        sim.drain(&mut b, &mut cb, None);
+        assert!(sim.fanout.group(a.membership().unwrap().group).unwrap().stream.is_empty());
+        assert_eq!(ca.messages.last(), cb.messages.last(), "the same bytes");
+        assert_eq!(ca.seqs(), vec![1, 2, 3], "T only: the A bar is not subscribed");
+    }
+
+    #[test]
+    fn a_resume_right_behind_a_subscribe_keeps_strict_seq_order() {
+        let mut sim = Sim::new(|_| {});
+        for _ in 0..3 {
+            sim.cycle("MSFT", 10);
+        }
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        // A live cycle lands between the two messages, and the socket is writable.
+        sim.cycle("MSFT", 10);
+        sim.drain(&mut sub, &mut client, None);
+        sim.advance(Duration::from_micros(500));
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":5}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        sim.advance(Duration::from_millis(5));
+        sim.cycle("MSFT", 10);
+        sim.drain(&mut sub, &mut client, None);
+        let seqs = client.seqs();
+        assert!(strictly_increasing(&seqs), "{seqs:?}");
+        let trades: Vec<u64> = (5..=55).filter(|s| s % 11 != 0).collect();
+        assert_eq!(seqs, trades, "every trade from 5 on, once, in order");
+        let resumed = client.statuses("resumed");
+        assert_eq!(resumed[0]["from_seq"], 5);
+        assert_eq!(resumed[0]["to_seq"], 43);
+    }
+
+    #[test]
+    fn a_replay_obeys_frame_bytes_max() {
+        let mut sim = Sim::new(|s| s.frame_bytes_max = 4_096);
+        for _ in 0..20 {
+            sim.cycle("IBM", 50);
+        }
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*,A.*"}"#);
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs().len(), 20 * 51);
+        for message in &client.messages {
+            if let Message::Text(text) = message {
+                assert!(text.len() <= 4_096, "a replay message of {} bytes", text.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_client_is_closed_with_4008_which_goes_out_when_its_socket_takes_it() {
+        let mut sim = Sim::new(|s| s.client_lag_max_bytes = 16 * 1024);
+        let (mut slow, mut client) = sim.connect(1);
+        let (mut fast, mut fast_client) = sim.connect(2);
+        sim.send(&mut slow, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.send(&mut fast, &mut fast_client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut slow, &mut client, None);
+        sim.drain(&mut slow, &mut client, Some(0));
+        for round in 0..20 {
+            sim.cycle("AAPL", 20);
+            // The slow socket takes 100 bytes once (a message is left half written).
+            sim.drain(&mut slow, &mut client, Some(if round == 0 { 100 } else { 0 }));
+            sim.drain(&mut fast, &mut fast_client, None);
+            sim.retain(&mut [&mut slow, &mut fast]);
+        }
+        assert!(slow.is_closing());
+        assert!(!fast.is_closing());
+        assert_eq!(sim.counters.slow_consumer_closes.get(), 1);
+        assert!(sim.counters.slow_consumer_dropped_events.get() > 0);
+        // The stream holds nothing for the closed client: memory is the stream's, not its.
+        let group = sim.fanout.group(fast.membership().unwrap().group).unwrap();
+        assert!(group.stream.bytes() <= 16 * 1024);
+        // Its socket takes bytes again: the rest of the half-written message, then 4008.
+        sim.drain(&mut slow, &mut client, None);
+        assert_eq!(client.close_code(), Some(4008));
+        assert_eq!(fast_client.seqs().len(), 400, "the fast client got everything");
+        // And at the close deadline it goes, whatever the client does.
+        sim.advance(Duration::from_millis(sim.settings.close_timeout_ms.into()));
+        let now = sim.now;
+        slow.handle_timeout(now, &mut sim.env());
+        assert!(slow.is_dead());
+    }
+
+    #[test]
+    fn a_client_that_lags_in_time_is_slow_too() {
+        let mut sim = Sim::new(|s| s.client_lag_max_ms = 100);
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        sim.cycle("AAPL", 1);
+        sim.advance(Duration::from_millis(50));
+        sim.retain(&mut [&mut sub]);
+        assert!(!sub.is_closing(), "50 ms behind is within the bound");
+        sim.advance(Duration::from_millis(60));
+        sim.retain(&mut [&mut sub]);
+        assert!(sub.is_closing(), "110 ms behind is past it");
+    }
+
+    #[test]
+    fn conflation_keeps_the_latest_per_channel_and_symbol_and_counts_the_rest() {
+        let mut sim = Sim::new(|s| {
+            s.client_lag_max_bytes = 8 * 1024;
+            s.slow_consumer_policy = SlowConsumerPolicy::Conflate;
+        });
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*,A.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        for ticker in ["AAPL", "MSFT"].iter().cycle().take(40) {
+            sim.cycle(ticker, 5);
+            sim.retain(&mut [&mut sub]);
+        }
+        assert_eq!(sim.counters.conflations.get(), 1);
+        let last_seq = sim.seq - 1;
+        sim.drain(&mut sub, &mut client, None);
+        let conflated = client.statuses("conflated");
+        assert_eq!(conflated.len(), 1);
+        let dropped = conflated[0]["dropped"].as_u64().unwrap();
+        let got = client.seqs();
+        assert!(strictly_increasing(&got), "{got:?}");
+        assert_eq!(got.len() as u64 + dropped, last_seq, "every event delivered or counted");
+        assert_eq!(*got.last().unwrap(), last_seq, "the latest event is there");
+        // Then it is live again.
+        sim.cycle("IBM", 2);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs().len(), got.len() + 3);
+    }
+
+    #[test]
+    fn shed_drops_trades_then_bars_announces_each_step_and_undoes_them() {
+        let mut sim = Sim::new(|s| {
+            s.client_lag_max_bytes = 8 * 1024;
+            s.shed_recover_ms = 100;
+        });
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*,A.*,HL.*"}"#);
+        sim.send(&mut sub, &mut client, r#"{"action":"options","params":{"slow_consumer":"shed"}}"#);
+        assert_eq!(sub.policy(), SlowConsumerPolicy::Shed);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        for _ in 0..20 {
+            sim.cycle("AAPL", 20);
+            sim.retain(&mut [&mut sub]);
+        }
+        assert_eq!(sub.shed_level(), 1, "trades shed first");
+        assert_eq!(sim.counters.shed_steps.get(), 1);
+        sim.drain(&mut sub, &mut client, None);
+        let shed = client.statuses("shed");
+        assert_eq!(shed[0]["channels"], serde_json::json!(["T"]));
+        assert!(shed[0]["dropped"].as_u64().unwrap() > 0);
+        let before = client.objects().len();
+        sim.cycle("AAPL", 20);
+        sim.drain(&mut sub, &mut client, None);
+        let new: Vec<_> = client.objects()[before..].to_vec();
+        assert!(new.iter().all(|o| o["ev"] == "A"), "no trades while shed: {new:?}");
+        // Caught up, and past shed_recover_ms: trades come back.
+        sim.advance(Duration::from_millis(150));
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(sub.shed_level(), 0);
+        assert_eq!(client.statuses("unshed")[0]["channels"], serde_json::json!(["T"]));
+        sim.cycle("AAPL", 2);
+        sim.drain(&mut sub, &mut client, None);
+        let seqs = client.seqs();
+        assert!(strictly_increasing(&seqs));
+        assert!(client.objects().last().unwrap()["ev"] == "A");
+        assert!(client.objects().iter().rev().nth(1).unwrap()["ev"] == "T");
+    }
+
+    #[test]
+    fn shed_closes_with_4008_when_nothing_is_left_to_shed() {
+        let mut sim = Sim::new(|s| {
+            s.client_lag_max_bytes = 8 * 1024;
+            s.slow_consumer_policy = SlowConsumerPolicy::Shed;
+        });
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        for _ in 0..20 {
+            sim.cycle("AAPL", 20);
+            sim.retain(&mut [&mut sub]);
+        }
+        assert!(sub.is_closing(), "shedding T would leave nothing");
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.close_code(), Some(4008));
+    }
+
+    #[test]
+    fn a_subscription_change_keeps_what_the_old_group_had_queued() {
+        let mut sim = Sim::new(|_| {});
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        sim.cycle("AAPL", 5);
+        // Not written yet when the client changes its filter: the five trades still come,
+        // before the status, and the new group carries on.
+        let old = sim.fanout.group(sub.membership().unwrap().group).unwrap().delivery.clone();
+        sim.send(&mut sub, &mut client, r#"{"action":"filter","params":{"min_volume":1}}"#);
+        let new = &sim.fanout.group(sub.membership().unwrap().group).unwrap().delivery;
+        assert_ne!(*new, old, "a new group for the new filter");
+        assert_eq!(sim.fanout.group_count(), 1, "the old group went with its last member");
+        sim.cycle("AAPL", 5);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11]);
+        let objects = client.objects();
+        let status = objects.iter().position(|o| o["message"] == "filter set").unwrap();
+        assert_eq!(objects[status - 1]["seq"], 5, "the status comes after what was queued");
+    }
+
+    #[test]
+    fn auth_timeout_pings_and_pong_timeout_run_on_the_given_clock() {
+        let mut sim = Sim::new(|s| {
+            s.auth_timeout_ms = 100;
+            s.ping_interval_ms = 1_000;
+            s.pong_timeout_ms = 500;
+        });
+        let config = WebSocketConfig::default();
+        let now = sim.now;
+        let mut waiting = Subscriber::new(now, 9, &sim.settings, config, Vec::new(), Vec::new());
+        waiting.start(now, None, &mut sim.env());
+        assert_eq!(waiting.poll_timeout(), now + Duration::from_millis(100));
+        sim.advance(Duration::from_millis(100));
+        let now = sim.now;
+        waiting.handle_timeout(now, &mut sim.env());
+        let mut client = Client::new();
+        sim.drain(&mut waiting, &mut client, None);
+        assert_eq!(client.statuses("auth_failed").len(), 1);
+        assert_eq!(client.close_code(), Some(1008));
+        assert_eq!(sim.counters.auth_timeouts.get(), 1);
+
+        let (mut sub, mut client) = sim.connect(1);
+        sim.advance(Duration::from_millis(1_000));
+        let now = sim.now;
+        sub.handle_timeout(now, &mut sim.env());
+        sim.drain(&mut sub, &mut client, None);
+        assert!(client.messages.iter().any(|m| matches!(m, Message::Ping(_))));
+        sim.advance(Duration::from_millis(500));
+        let now = sim.now;
+        sub.handle_timeout(now, &mut sim.env());
+        assert!(sub.is_dead(), "no pong within pong_timeout_ms");
+    }
+}
