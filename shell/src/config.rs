@@ -122,6 +122,11 @@ pub struct ServerSettings {
     /// `resume` sent right behind the subscribe (PROTOCOL.md section 2, step 5) comes first
     /// and the connection sees strict `seq` order. Default: 2,000 µs.
     pub resume_window_us: u32,
+    /// The kernel's send buffer per client socket (`SO_SNDBUF`), bounding what waits in the
+    /// kernel beyond a connection's lag: a stalled client is found by its lag, and its 4008
+    /// is not queued behind megabytes the kernel holds. 0 keeps the kernel's default and its
+    /// autotuning (better for clients far away on fast links). Default: 262,144.
+    pub client_socket_send_bytes: u32,
     /// Topics one connection may hold; one more gets an error status. Default: 10,000.
     pub subscriptions_max: u32,
     /// Event loops, each owning a shard of the connections; 0 takes what the machine's cores
@@ -165,6 +170,7 @@ impl Default for ServerSettings {
             client_writes_per_sec_max: 200_000,
             client_coalesce_bytes: 64 << 10,
             resume_window_us: 2_000,
+            client_socket_send_bytes: 256 << 10,
             subscriptions_max: 10_000,
             threads: 0,
             close_timeout_ms: 1_000,
@@ -571,6 +577,7 @@ impl Settings {
         within("server.client_coalesce_bytes", v.client_coalesce_bytes.into(), 1, 1 << 30)?;
         within("server.resume_window_us", v.resume_window_us.into(), 0, 1_000_000)?;
         within("server.subscriptions_max", v.subscriptions_max.into(), 1, 1_000_000)?;
+        within("server.client_socket_send_bytes", v.client_socket_send_bytes.into(), 0, 1 << 30)?;
         within("server.threads", v.threads.into(), 0, 1_024)?;
         within("server.close_timeout_ms", v.close_timeout_ms.into(), 1, 600_000)?;
         within("server.ping_interval_ms", v.ping_interval_ms.into(), 10, 3_600_000)?;

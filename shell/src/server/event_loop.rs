@@ -350,6 +350,11 @@ impl EventLoop {
             return; // Dropped: closes the socket.
         }
         let _ = stream.set_nodelay(true);
+        let send_bytes = self.shared.settings.client_socket_send_bytes as usize;
+        if send_bytes > 0 {
+            // Best effort: a kernel that refuses keeps its default.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_bytes);
+        }
         let entry = self.connections.vacant_entry();
         let token = Token(entry.key() + FIRST_CONNECTION);
         let interest = Interest::READABLE | Interest::WRITABLE;

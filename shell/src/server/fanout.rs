@@ -182,13 +182,20 @@ impl Fanout {
 
 /// A batch of hand-made frames (channel, ticker, price) with seqs from `first` (tests).
 #[cfg(test)]
-pub(crate) fn test_batch(first: u64, frames: &[(tickstock_engine::Channel, &str, i64)]) -> FrameBatch {
+pub(crate) fn test_batch(
+    first: u64,
+    frames: &[(tickstock_engine::Channel, &str, i64)],
+) -> FrameBatch {
     use crate::emitter::Frame;
     use tickstock_engine::{SymbolId, Ticker};
     let mut batch = FrameBatch::new(1 << 20);
     for (i, (channel, ticker, price)) in frames.iter().enumerate() {
         let seq = first + i as u64;
-        let json = format!(r#"{{"ev":"{}","sym":"{ticker}","seq":{seq},"pad":"{}"}}"#, channel.label(), "p".repeat(40));
+        let json = format!(
+            r#"{{"ev":"{}","sym":"{ticker}","seq":{seq},"pad":"{}"}}"#,
+            channel.label(),
+            "p".repeat(40)
+        );
         batch.push_raw(
             Frame {
                 seq,

@@ -979,7 +979,8 @@ mod tests {
         /// One emitter cycle of `count` trades of `ticker` (and an `A` bar of it), released
         /// at once.
         fn cycle(&mut self, ticker: &str, count: usize) {
-            let mut frames: Vec<(Channel, &str, i64)> = vec![(Channel::T, ticker, 1_000_000); count];
+            let mut frames: Vec<(Channel, &str, i64)> =
+                vec![(Channel::T, ticker, 1_000_000); count];
             frames.push((Channel::A, ticker, 1_000_000));
             let batch = test_batch(self.seq, &frames);
             self.seq += frames.len() as u64;
@@ -996,7 +997,8 @@ mod tests {
             let ids: Vec<usize> = self.fanout.group_ids().collect();
             let now = self.now;
             for id in ids {
-                let overtaken = self.fanout.group_mut(id).unwrap().overtake(now, bytes_max, age_max);
+                let overtaken =
+                    self.fanout.group_mut(id).unwrap().overtake(now, bytes_max, age_max);
                 for o in overtaken {
                     let sub = subscribers.iter_mut().find(|s| s.connection_key == o.connection);
                     sub.unwrap().handle_overtaken(now, o, &mut self.env());
@@ -1005,7 +1007,12 @@ mod tests {
         }
 
         /// The socket takes up to `budget` bytes (all when `None`); the client reads them.
-        fn drain(&mut self, subscriber: &mut Subscriber, client: &mut Client, budget: Option<usize>) {
+        fn drain(
+            &mut self,
+            subscriber: &mut Subscriber,
+            client: &mut Client,
+            budget: Option<usize>,
+        ) {
             let mut left = budget.unwrap_or(usize::MAX);
             loop {
                 let now = self.now;
@@ -1193,7 +1200,11 @@ mod tests {
         });
         let (mut sub, mut client) = sim.connect(1);
         sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*,A.*,HL.*"}"#);
-        sim.send(&mut sub, &mut client, r#"{"action":"options","params":{"slow_consumer":"shed"}}"#);
+        sim.send(
+            &mut sub,
+            &mut client,
+            r#"{"action":"options","params":{"slow_consumer":"shed"}}"#,
+        );
         assert_eq!(sub.policy(), SlowConsumerPolicy::Shed);
         sim.advance(Duration::from_millis(5));
         sim.drain(&mut sub, &mut client, None);
