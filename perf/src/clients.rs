@@ -45,8 +45,73 @@ pub struct Target {
     pub path: String,
     /// The `auth` token.
     pub token: String,
-    /// The `subscribe` params (`T.*,A.*,...`).
+    /// The `subscribe` params (`T.*,A.*,...`), unless `watchlist` is set.
     pub topics: String,
+    /// Each client on its own few symbols instead of `topics`.
+    pub watchlist: Option<Watchlist>,
+    /// Slow-consumer policies (`close`, `conflate`, `shed`) the clients choose with
+    /// `options`, in turn by client id; empty leaves the server's default.
+    pub policies: Vec<String>,
+}
+
+/// Per-client watchlists: `symbols` symbols drawn for each client (the same for the same
+/// client id on every run), each on every channel of `channels`.
+#[derive(Clone, Debug)]
+pub struct Watchlist {
+    /// Symbols per client.
+    pub symbols: usize,
+    /// Channels per symbol (`T`, `A`, `HL`...).
+    pub channels: Vec<String>,
+    /// The played source's tickers, by symbol index.
+    pub tickers: Arc<Vec<String>>,
+}
+
+/// splitmix64: a well-mixed hash of `x`, for drawing watchlists reproducibly.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Target {
+    /// Client `id`'s watchlist, as symbol indices (sorted), or `None` when it takes `topics`.
+    pub fn symbols_for(&self, id: u32) -> Option<Vec<usize>> {
+        let watchlist = self.watchlist.as_ref()?;
+        let count = watchlist.tickers.len();
+        let wanted = watchlist.symbols.min(count);
+        let mut symbols = Vec::with_capacity(wanted);
+        let mut draw = u64::from(id) << 32;
+        while symbols.len() < wanted {
+            let symbol = (mix(draw) % count as u64) as usize;
+            draw += 1;
+            if !symbols.contains(&symbol) {
+                symbols.push(symbol);
+            }
+        }
+        symbols.sort_unstable();
+        Some(symbols)
+    }
+
+    /// Client `id`'s `subscribe` params.
+    pub fn topics_for(&self, id: u32) -> String {
+        let (Some(watchlist), Some(symbols)) = (&self.watchlist, self.symbols_for(id)) else {
+            return self.topics.clone();
+        };
+        let mut topics = Vec::new();
+        for symbol in symbols {
+            for channel in &watchlist.channels {
+                topics.push(format!("{channel}.{}", watchlist.tickers[symbol]));
+            }
+        }
+        topics.join(",")
+    }
+
+    /// Client `id`'s slow-consumer policy, if it chooses one.
+    pub fn policy_for(&self, id: u32) -> Option<&str> {
+        (!self.policies.is_empty())
+            .then(|| self.policies[id as usize % self.policies.len()].as_str())
+    }
 }
 
 /// One open client connection, between connect and a reader.
@@ -73,11 +138,19 @@ impl Conn {
             .send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#)))
             .map_err(|e| fail("send auth", &e))?;
         await_status(&mut socket, |s| s == "auth_success").map_err(|e| fail("auth", &e))?;
-        let topics = serde_json::to_string(&target.topics).unwrap_or_default();
+        let topics = serde_json::to_string(&target.topics_for(id)).unwrap_or_default();
         socket
             .send(Message::text(format!(r#"{{"action":"subscribe","params":{topics}}}"#)))
             .map_err(|e| fail("send subscribe", &e))?;
         await_status(&mut socket, |s| s == "success").map_err(|e| fail("subscribe", &e))?;
+        if let Some(policy) = target.policy_for(id) {
+            let options = format!(
+                r#"{{"action":"options","params":{{"slow_consumer":{}}}}}"#,
+                serde_json::to_string(policy).unwrap_or_default()
+            );
+            socket.send(Message::text(options)).map_err(|e| fail("send options", &e))?;
+            await_status(&mut socket, |s| s == "success").map_err(|e| fail("options", &e))?;
+        }
         socket.get_mut().set_nonblocking(true).map_err(|e| fail("socket", &e))?;
         Ok(Conn { id, socket })
     }
@@ -128,6 +201,8 @@ pub struct ConnReport {
     pub order_violations: u64,
     /// Events the server said it dropped by conflation.
     pub conflated: u64,
+    /// `shed` steps the server announced, and the events it said they dropped.
+    pub shed: (u64, u64),
     /// The first unreadable message, if any.
     pub malformed: Option<String>,
     /// How it ended, if it did in this step (a close code and reason, or an error).
@@ -145,6 +220,9 @@ pub struct ConnReport {
 pub struct ReaderReport {
     /// Tick-to-client latency of the step's trades (ns).
     pub latency: Histogram<u64>,
+    /// Time the reader spent reading and checking (not waiting in epoll), ns: near the
+    /// step's length, the reader, not the server, was the limit.
+    pub busy_ns: u64,
     /// Per connection.
     pub conns: Vec<ConnReport>,
 }
@@ -227,6 +305,11 @@ impl Pool {
     /// Connections held (open as far as the pool knows).
     pub fn len(&self) -> usize {
         self.held.iter().map(Vec::len).sum()
+    }
+
+    /// The ids of the connections held.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held.iter().flatten().copied()
     }
 
     /// Whether it holds none.
@@ -322,6 +405,8 @@ struct ReaderLoop {
     latency: Histogram<u64>,
     /// The step `latency` is for.
     latency_step: u64,
+    /// Time spent working since the last report, ns.
+    busy_ns: u64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -345,6 +430,7 @@ impl ReaderLoop {
             current,
             latency: new_histogram(),
             latency_step: 0,
+            busy_ns: 0,
         }
     }
 
@@ -360,11 +446,13 @@ impl ReaderLoop {
                     return;
                 }
             }
+            let working = std::time::Instant::now();
             for event in &events {
                 if event.token() != WAKER {
                     self.read(event.token().0);
                 }
             }
+            self.busy_ns += working.elapsed().as_nanos() as u64;
             while let Ok(command) = self.inbox.try_recv() {
                 match command {
                     Command::Add(conns) => self.add(conns),
@@ -452,7 +540,7 @@ impl ReaderLoop {
         } else {
             new_histogram()
         };
-        ReaderReport { latency, conns }
+        ReaderReport { latency, conns, busy_ns: std::mem::take(&mut self.busy_ns) }
     }
 
     fn read(&mut self, slot: usize) {
@@ -573,6 +661,9 @@ fn absorb(
         Event::Status { status, dropped } => {
             if status == b"conflated" {
                 report.conflated += dropped;
+            } else if status == b"shed" {
+                report.shed.0 += 1;
+                report.shed.1 += dropped;
             }
         }
     });
@@ -580,4 +671,49 @@ fn absorb(
         report.malformed.get_or_insert(error.0);
     }
     trades
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(watchlist: Option<usize>, policies: &[&str]) -> Target {
+        let tickers: Vec<String> = (0..50).map(|i| format!("S{i}")).collect();
+        Target {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            path: "/stocks".to_owned(),
+            token: "t".to_owned(),
+            topics: "T.*".to_owned(),
+            watchlist: watchlist.map(|symbols| Watchlist {
+                symbols,
+                channels: vec!["T".to_owned(), "HL".to_owned()],
+                tickers: Arc::new(tickers),
+            }),
+            policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn watchlists_are_distinct_symbols_drawn_the_same_way_every_time() {
+        let t = target(Some(10), &[]);
+        let a = t.symbols_for(7).unwrap();
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "distinct and sorted");
+        assert_eq!(a, t.symbols_for(7).unwrap(), "reproducible");
+        assert_ne!(a, t.symbols_for(8).unwrap(), "another client, another draw");
+        let topics = t.topics_for(7);
+        assert_eq!(topics.split(',').count(), 20);
+        assert!(topics.starts_with(&format!("T.S{},HL.S{}", a[0], a[0])), "{topics}");
+        // More symbols than the source has: all of them.
+        assert_eq!(target(Some(500), &[]).symbols_for(1).unwrap().len(), 50);
+        assert_eq!(target(None, &[]).topics_for(3), "T.*");
+    }
+
+    #[test]
+    fn policies_go_round_by_client_id() {
+        let t = target(None, &["close", "conflate", "shed"]);
+        let chosen: Vec<_> = (0..4).map(|id| t.policy_for(id).unwrap()).collect();
+        assert_eq!(chosen, ["close", "conflate", "shed", "close"]);
+        assert_eq!(target(None, &[]).policy_for(0), None);
+    }
 }

@@ -28,8 +28,13 @@ pub struct Plan {
     pub budget_p99_ms: f64,
     /// Steps still run past a broken budget along each axis, to show the knee.
     pub past_knee: u32,
-    /// Topics each client subscribes to.
+    /// Topics each client subscribes to (or its watchlist, below).
     pub topics: String,
+    /// Per-client watchlists: symbols per client and the channels of each (`None`: every
+    /// client takes `topics`).
+    pub watchlist: Option<(usize, Vec<String>)>,
+    /// Slow-consumer policies the clients choose in turn (empty: the server's default).
+    pub policies: Vec<String>,
     /// The source of the played trades.
     pub source: String,
     /// Reader threads holding the clients.
@@ -99,6 +104,14 @@ pub struct Step {
     pub server_rss_mib: Option<f64>,
     /// The load generator's own CPU, cores: on a shared machine it competes with the server.
     pub loadgen_cpu_cores: f64,
+    /// The busiest reader thread's working time over the step's length (1.0: always busy).
+    pub reader_busy: f64,
+    /// Which side limited a step over budget: the server, or the load generator's readers
+    /// (then the figures understate the server).
+    pub limit: Option<String>,
+    /// Clients that shed channels (`shed` policy), and the events they were told were
+    /// dropped.
+    pub shed_clients: u64,
     /// Every expected event arrived intact, in order, on every client that stayed.
     pub valid: bool,
     /// Why not.
@@ -168,6 +181,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 const LEAD: Duration = Duration::from_millis(50);
 /// Invalid reasons listed per step; the rest are counted.
 const REASONS_LISTED: usize = 20;
+/// A reader busy this fraction of a step or more was the limit, not the server.
+const READER_SATURATED: f64 = 0.9;
 
 impl Rig {
     /// Waits for the server's upstream session.
@@ -312,7 +327,15 @@ impl Rig {
         };
         // Drain: until every client has every trade, or neither the clients nor the server
         // (events it wrote) made progress for DRAIN_QUIET, or DRAIN_MAX.
-        let expected = played.sent * self.pool.len() as u64;
+        let target = &self.target;
+        let expect = |id: u32| match target.symbols_for(id) {
+            Some(symbols) => symbols.iter().fold((0u64, 0u64), |(n, sum), &s| {
+                let (count, mix) = played.by_symbol.get(s).copied().unwrap_or_default();
+                (n + count, sum.wrapping_add(mix))
+            }),
+            None => (played.sent, played.checksum),
+        };
+        let expected: u64 = self.pool.ids().map(|id| expect(id).0).sum();
         let out_events = |server: &Server| {
             server.metrics().map_or(0.0, |m| m.get("tickstock_client_events_out_total"))
         };
@@ -350,8 +373,9 @@ impl Rig {
                 Some(format!("server metrics unavailable: {error}")),
             ),
         };
-        let mut step =
-            judge(plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed);
+        let mut step = judge(
+            plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed, &expect,
+        );
         if let Some(reason) = unmeasured {
             // Without the server's counts nothing can be checked against them.
             step.invalid_reasons = vec![reason];
@@ -368,6 +392,16 @@ impl Rig {
         step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
         step.server_rss_mib = proc_after.map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0));
         step.loadgen_cpu_cores = cores(own_before, own_after);
+        if !step.within_budget {
+            step.limit = Some(if step.reader_busy >= READER_SATURATED {
+                format!(
+                    "loadgen readers (busiest {:.0} % busy): add --reader-threads, or the figures understate the server",
+                    step.reader_busy * 100.0
+                )
+            } else {
+                format!("the server (loadgen readers at most {:.0} % busy)", step.reader_busy * 100.0)
+            });
+        }
         Ok(step)
     }
 }
@@ -400,12 +434,15 @@ fn judge(
     before: &Metrics,
     after: &Metrics,
     elapsed: f64,
+    expect: &dyn Fn(u32) -> (u64, u64),
 ) -> Step {
     let mut latency =
         Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds");
     let mut invalid = Vec::new();
     let mut breaches = Vec::new();
-    let (mut events, mut slow, mut conflated) = (0u64, 0u64, 0u64);
+    let (mut events, mut slow, mut conflated, mut shed_clients) = (0u64, 0u64, 0u64, 0u64);
+    let busy_ns = reports.iter().map(|r| r.busy_ns).max().unwrap_or(0);
+    let reader_busy = busy_ns as f64 / (elapsed * 1e9).max(1.0);
     let mut lost: Vec<(u32, String)> = Vec::new();
     let mut blocks: HashMap<u64, (u64, u64, u32)> = HashMap::new();
     let conns: Vec<_> = reports.iter().flat_map(|r| r.conns.iter()).collect();
@@ -449,23 +486,27 @@ fn judge(
             lost.push((c.id, how.clone()));
             continue;
         }
+        if c.shed.0 > 0 {
+            shed_clients += 1;
+            continue;
+        }
         if c.conflated > 0 {
             continue;
         }
-        if c.trades != played.sent {
-            let what = if c.trades < played.sent { "missing" } else { "extra" };
-            let n = c.trades.abs_diff(played.sent);
+        let (want, want_checksum) = expect(c.id);
+        if c.trades != want {
+            let what = if c.trades < want { "missing" } else { "extra" };
+            let n = c.trades.abs_diff(want);
             let got = c.k_range.map_or("none".to_owned(), |(lo, hi)| {
                 format!("ids {} to {}", lo - schedule.first, hi - schedule.first)
             });
-            note(
-                &mut invalid,
-                format!("client {}: {n} trades {what} of {} (got {got})", c.id, played.sent),
-            );
-        } else if c.checksum != played.checksum {
+            note(&mut invalid, format!("client {}: {n} trades {what} of {want} (got {got})", c.id));
+        } else if c.checksum != want_checksum {
             note(&mut invalid, format!("client {}: every trade arrived but the checksum differs (id, price or size altered)", c.id));
         }
-        for &(block, count, sum) in &c.blocks {
+        // Clients on different watchlists see different events: nothing to compare.
+        let blocks_comparable = plan.watchlist.is_none();
+        for &(block, count, sum) in c.blocks.iter().filter(|_| blocks_comparable) {
             let first = blocks.entry(block).or_insert((count, sum, c.id));
             if (first.0, first.1) != (count, sum) {
                 note(
@@ -484,7 +525,10 @@ fn judge(
         }
     }
     // A client that was there for a whole block must have reported it.
-    for c in conns.iter().filter(|c| c.closed.is_none() && c.conflated == 0) {
+    let comparable = |c: &&&crate::clients::ConnReport| {
+        plan.watchlist.is_none() && c.closed.is_none() && c.conflated == 0 && c.shed.0 == 0
+    };
+    for c in conns.iter().filter(comparable) {
         for (&block, &(_, _, by)) in &blocks {
             let covered = block >= c.covered.0 && block < c.covered.1;
             if covered && !c.blocks.iter().any(|b| b.0 == block) {
@@ -535,6 +579,9 @@ fn judge(
     if slow > 0 {
         breaches.push(format!("{slow} clients closed as slow consumers"));
     }
+    if shed_clients > 0 {
+        breaches.push(format!("{shed_clients} clients shed channels to keep up"));
+    }
     if buffer_dropped + server_conflated > 0 {
         breaches.push(format!(
             "the server dropped {buffer_dropped} events and conflated {server_conflated}"
@@ -563,6 +610,9 @@ fn judge(
         server_cpu_cores: None,
         server_rss_mib: None,
         loadgen_cpu_cores: 0.0,
+        reader_busy,
+        limit: None,
+        shed_clients,
         valid,
         invalid_reasons: invalid,
         within_budget: valid && breaches.is_empty(),
@@ -612,6 +662,8 @@ mod tests {
             budget_p99_ms: 10.0,
             past_knee: 1,
             topics: String::new(),
+            watchlist: None,
+            policies: Vec::new(),
             source: String::new(),
             reader_threads: 1,
         }
@@ -632,6 +684,9 @@ mod tests {
             server_cpu_cores: None,
             server_rss_mib: None,
             loadgen_cpu_cores: 0.0,
+            reader_busy: 0.0,
+            limit: None,
+            shed_clients: 0,
             valid: true,
             invalid_reasons: Vec::new(),
             within_budget,

@@ -90,6 +90,8 @@ pub struct Played {
     pub sent: u64,
     /// Sum of [`trade_mix`] over the sent trades: what every client must add up to.
     pub checksum: u64,
+    /// Per symbol index: trades sent and their checksum (what a watchlist must add up to).
+    pub by_symbol: Vec<(u64, u64)>,
     /// Clock reading after the last write.
     pub finished_ns: u64,
     /// How late each message left against the intended time of its first trade (ns).
@@ -251,6 +253,7 @@ impl State {
         let mut played = Played {
             sent: 0,
             checksum: 0,
+            by_symbol: vec![(0, 0); self.source.tickers().len()],
             finished_ns: 0,
             send_lag: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds"),
             messages: 0,
@@ -274,7 +277,8 @@ impl State {
             if due > next {
                 let upto = due.min(next + TRADES_PER_MESSAGE_MAX);
                 let lag = now.saturating_sub(schedule.intended_ns(next));
-                played.checksum = played.checksum.wrapping_add(self.encode(&schedule, next, upto));
+                let sum = self.encode(&schedule, next, upto, &mut played.by_symbol);
+                played.checksum = played.checksum.wrapping_add(sum);
                 // Tickers are `&str`s and the rest is ASCII: this cannot fail.
                 let text =
                     String::from_utf8(std::mem::take(&mut self.next_send)).unwrap_or_default();
@@ -298,7 +302,13 @@ impl State {
     }
 
     /// Encodes trades `[from, upto)` into `next_send`; returns their checksum.
-    fn encode(&mut self, schedule: &Schedule, from: u64, upto: u64) -> u64 {
+    fn encode(
+        &mut self,
+        schedule: &Schedule,
+        from: u64,
+        upto: u64,
+        by_symbol: &mut [(u64, u64)],
+    ) -> u64 {
         let out = &mut self.next_send;
         out.clear();
         out.push(b'[');
@@ -314,7 +324,12 @@ impl State {
                 write!(out, r#"{{"ev":"T","sym":"{ticker}","i":"{k}","x":{},"p":"#, trade.exchange);
             write_price(out, Price::from_raw(trade.price));
             let _ = write!(out, r#","s":{},"t":{t},"q":{k}}}"#, trade.size);
-            sum = sum.wrapping_add(trade_mix(k, trade.price, trade.size));
+            let mix = trade_mix(k, trade.price, trade.size);
+            sum = sum.wrapping_add(mix);
+            if let Some(entry) = by_symbol.get_mut(trade.symbol as usize) {
+                entry.0 += 1;
+                entry.1 = entry.1.wrapping_add(mix);
+            }
         }
         out.push(b']');
         sum

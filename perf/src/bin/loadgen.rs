@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use tickstock_perf::clients::{Pool, Target};
+use tickstock_perf::clients::{Pool, Target, Watchlist};
 use tickstock_perf::machine::{self, Machine};
 use tickstock_perf::report::{self, RunResult};
 use tickstock_perf::run::{self, Plan, Progress, Rig, Step};
@@ -67,6 +67,17 @@ struct Args {
     /// Topics every client subscribes to (default: everything).
     #[arg(long, default_value = "T.*,A.*,AM.*,HL.*,TR.*,SV.*,FMV.*")]
     topics: String,
+    /// Watchlists instead of --topics: each client on this many symbols of the source, drawn
+    /// per client (the same on every run), on each of --watchlist-channels.
+    #[arg(long, value_name = "SYMBOLS")]
+    watchlist: Option<usize>,
+    /// The channels of each watchlist symbol.
+    #[arg(long, value_delimiter = ',', default_value = "T,A,HL")]
+    watchlist_channels: Vec<String>,
+    /// Slow-consumer policies the clients choose with `options`, in turn by client id
+    /// (e.g. close,conflate,shed; default: the server's).
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
     /// Trades to play: synthetic, synthetic:SYMBOLS, journal:DIR or csv:FILE.
     #[arg(long, default_value = "synthetic")]
     source: SourceSpec,
@@ -135,8 +146,9 @@ impl Progress for Bar {
         } else {
             format!("over: {}", s.breaches.join("; "))
         };
+        let limit = s.limit.as_ref().map_or(String::new(), |l| format!(" (limit: {l})"));
         self.say(&format!(
-            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, server {} cores; {verdict}",
+            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, server {} cores, RSS {} MiB, readers {:.0} % busy; {verdict}{limit}",
             s.clients,
             s.rate,
             s.delivered_events_per_s,
@@ -145,6 +157,8 @@ impl Progress for Bar {
             s.latency_ms.p999,
             s.latency_ms.max,
             s.server_cpu_cores.map_or("-".to_owned(), |c| format!("{c:.2}")),
+            s.server_rss_mib.map_or("-".to_owned(), |m| format!("{m:.0}")),
+            s.reader_busy * 100.0,
         ));
     }
 
@@ -183,6 +197,8 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         budget_p99_ms: args.budget_p99_ms,
         past_knee: args.past_knee,
         topics: args.topics,
+        watchlist: args.watchlist.map(|n| (n, args.watchlist_channels.clone())),
+        policies: args.policies.clone(),
         source: format!("{:?}", args.source),
         reader_threads: args.reader_threads.max(1),
     };
@@ -213,7 +229,13 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     if machine.cores < 4 {
         eprintln!("loadgen: {} cores: the server and the load generator share them, so figures include contention (see the loadgen CPU column)", machine.cores);
     }
+    if let Some(bad) =
+        plan.policies.iter().find(|p| !["close", "conflate", "shed"].contains(&p.as_str()))
+    {
+        return Err(usage(format!("--policies: {bad:?} is not close, conflate or shed")));
+    }
     let source = Source::open(&args.source).map_err(usage)?;
+    let tickers = Arc::new(source.tickers().to_vec());
     let key = args
         .upstream_key
         .unwrap_or_else(|| format!("loadgen-{}-{started_unix_s}", std::process::id()));
@@ -255,6 +277,12 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         path: "/stocks".to_owned(),
         token: args.token,
         topics: plan.topics.clone(),
+        watchlist: plan.watchlist.as_ref().map(|(symbols, channels)| Watchlist {
+            symbols: *symbols,
+            channels: channels.clone(),
+            tickers,
+        }),
+        policies: plan.policies.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
