@@ -119,6 +119,8 @@ impl Target {
 pub struct Conn {
     id: u32,
     socket: WebSocket<TcpStream>,
+    /// Its local port (to find its receive queue in `/proc/net/tcp`).
+    port: u16,
 }
 
 impl Conn {
@@ -152,7 +154,8 @@ impl Conn {
             await_status(&mut socket, |s| s == "success").map_err(|e| fail("options", &e))?;
         }
         socket.get_mut().set_nonblocking(true).map_err(|e| fail("socket", &e))?;
-        Ok(Conn { id, socket })
+        let port = socket.get_ref().local_addr().map_or(0, |a| a.port());
+        Ok(Conn { id, socket, port })
     }
 }
 
@@ -245,6 +248,8 @@ pub struct Pool {
     next_id: u32,
     /// The step being measured, numbered, shared with the readers.
     current: Arc<RwLock<Step>>,
+    /// The clients' local ports.
+    pub ports: std::collections::HashSet<u16>,
 }
 
 /// A step as the readers see it: its number and schedule. A reader rolls a connection's
@@ -299,7 +304,7 @@ impl Pool {
             readers.push(Reader { commands, waker, thread });
         }
         let held = vec![Vec::new(); readers.len()];
-        Ok(Pool { readers, received, held, next_id: 0, current })
+        Ok(Pool { readers, received, held, next_id: 0, current, ports: Default::default() })
     }
 
     /// Connections held (open as far as the pool knows).
@@ -340,6 +345,7 @@ impl Pool {
                 self.next_id += 1;
             }
             self.held[reader].extend(batch.iter().map(|c| c.id));
+            self.ports.extend(batch.iter().map(|c| c.port));
             self.readers[reader].send(Command::Add(batch));
             progress(self.len());
         }

@@ -95,6 +95,32 @@ pub fn open_files_limit() -> Option<u64> {
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Bytes that arrived in the receive queues of the local TCP sockets bound to `ports` and
+/// were not read yet (`/proc/net/tcp` and `tcp6`, the `rx_queue` column); `None` if
+/// unreadable. For loadgen's clients this is what the server delivered and the readers have
+/// not taken: when it grows, the readers, not the server, are behind.
+pub fn unread_bytes(ports: &std::collections::HashSet<u16>) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        let sum: u64 = text.lines().skip(1).filter_map(|line| unread_of(line, ports)).sum();
+        total = Some(total.unwrap_or(0) + sum);
+    }
+    total
+}
+
+/// One `/proc/net/tcp` row's `rx_queue`, if its local port is one of `ports`.
+fn unread_of(line: &str, ports: &std::collections::HashSet<u16>) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let queues = fields.nth(2)?;
+    let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+    if !ports.contains(&port) {
+        return None;
+    }
+    u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+}
+
 /// `USER_HZ`: clock ticks per second in `/proc` CPU times (`getconf CLK_TCK`, else 100).
 pub fn clock_ticks_per_sec() -> u64 {
     output("getconf", &["CLK_TCK"]).and_then(|s| s.parse().ok()).filter(|&hz| hz > 0).unwrap_or(100)
@@ -103,6 +129,15 @@ pub fn clock_ticks_per_sec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unread_bytes_come_from_the_rx_queue_of_the_listed_ports() {
+        let row = "   1: 0100007F:9C40 0100007F:223D 01 00000000:00012000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 30 10 -1";
+        let ports: std::collections::HashSet<u16> = [0x9c40].into_iter().collect();
+        assert_eq!(unread_of(row, &ports), Some(0x12000));
+        assert_eq!(unread_of(row, &[1u16].into_iter().collect()), None);
+        assert!(unread_bytes(&ports).is_some(), "/proc/net/tcp is readable here");
+    }
 
     #[test]
     fn samples_this_process() {

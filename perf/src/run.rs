@@ -88,6 +88,10 @@ pub struct Step {
     pub achieved_rate: f64,
     /// Events of every kind delivered to all clients, per second of the step.
     pub delivered_events_per_s: f64,
+    /// Trades the clients should have received in all (each client's topics' share).
+    pub expected_trades: u64,
+    /// Trades they received (one latency sample each).
+    pub received_trades: u64,
     /// Tick-to-client latency of the step's trades, from their intended send time.
     pub latency_ms: Percentiles,
     /// How late the player's messages left (its own lag), ms.
@@ -106,6 +110,9 @@ pub struct Step {
     pub loadgen_cpu_cores: f64,
     /// The busiest reader thread's working time over the step's length (1.0: always busy).
     pub reader_busy: f64,
+    /// Bytes the server had delivered into the clients' kernel receive queues that the
+    /// readers had not read yet, when the step's last trade was sent, MiB.
+    pub client_unread_mib: Option<f64>,
     /// Which side limited a step over budget: the server, or the load generator's readers
     /// (then the figures understate the server).
     pub limit: Option<String>,
@@ -183,6 +190,9 @@ const LEAD: Duration = Duration::from_millis(50);
 const REASONS_LISTED: usize = 20;
 /// A reader busy this fraction of a step or more was the limit, not the server.
 const READER_SATURATED: f64 = 0.9;
+/// Unread bytes per client in the clients' receive queues, at the end of sending, past which
+/// the readers were behind (the server had delivered; the clients had not read).
+const CLIENT_UNREAD_BEHIND_BYTES: u64 = 256 * 1024;
 
 impl Rig {
     /// Waits for the server's upstream session.
@@ -327,6 +337,7 @@ impl Rig {
         };
         // Drain: until every client has every trade, or neither the clients nor the server
         // (events it wrote) made progress for DRAIN_QUIET, or DRAIN_MAX.
+        let unread = machine::unread_bytes(&self.pool.ports);
         let target = &self.target;
         let expect = |id: u32| match target.symbols_for(id) {
             Some(symbols) => symbols.iter().fold((0u64, 0u64), |(n, sum), &s| {
@@ -392,14 +403,26 @@ impl Rig {
         step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
         step.server_rss_mib = proc_after.map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0));
         step.loadgen_cpu_cores = cores(own_before, own_after);
+        step.client_unread_mib = unread.map(|b| b as f64 / (1024.0 * 1024.0));
         if !step.within_budget {
-            step.limit = Some(if step.reader_busy >= READER_SATURATED {
+            let unread_per_client = unread.unwrap_or(0) / u64::from(clients.max(1));
+            step.limit = Some(if unread_per_client >= CLIENT_UNREAD_BEHIND_BYTES {
                 format!(
-                    "loadgen readers (busiest {:.0} % busy): add --reader-threads, or the figures understate the server",
+                    "loadgen readers: {:.0} MiB delivered and not yet read at the clients (readers {:.0} % busy); add --reader-threads or cores, the figures understate the server",
+                    step.client_unread_mib.unwrap_or(0.0),
+                    step.reader_busy * 100.0
+                )
+            } else if step.reader_busy >= READER_SATURATED {
+                format!(
+                    "loadgen readers (busiest {:.0} % busy): the figures understate the server",
                     step.reader_busy * 100.0
                 )
             } else {
-                format!("the server (loadgen readers at most {:.0} % busy)", step.reader_busy * 100.0)
+                format!(
+                    "the server ({:.1} MiB unread at the clients, readers {:.0} % busy)",
+                    step.client_unread_mib.unwrap_or(0.0),
+                    step.reader_busy * 100.0
+                )
             });
         }
         Ok(step)
@@ -442,10 +465,13 @@ fn judge(
     let mut breaches = Vec::new();
     let (mut events, mut slow, mut conflated, mut shed_clients) = (0u64, 0u64, 0u64, 0u64);
     let busy_ns = reports.iter().map(|r| r.busy_ns).max().unwrap_or(0);
+
     let reader_busy = busy_ns as f64 / (elapsed * 1e9).max(1.0);
     let mut lost: Vec<(u32, String)> = Vec::new();
     let mut blocks: HashMap<u64, (u64, u64, u32)> = HashMap::new();
     let conns: Vec<_> = reports.iter().flat_map(|r| r.conns.iter()).collect();
+    let expected_trades: u64 = conns.iter().map(|c| expect(c.id).0).sum();
+    let received_trades: u64 = conns.iter().map(|c| c.trades).sum();
     for report in reports {
         let _ = latency.add(&report.latency);
     }
@@ -602,6 +628,8 @@ fn judge(
         sent: played.sent,
         achieved_rate,
         delivered_events_per_s: events as f64 / step_secs.max(elapsed.min(step_secs * 2.0)),
+        expected_trades,
+        received_trades,
         latency_ms,
         send_lag_p99_ms: played.send_lag.value_at_quantile(0.99) as f64 / 1e6,
         slow_consumer_closes: slow,
@@ -611,6 +639,7 @@ fn judge(
         server_rss_mib: None,
         loadgen_cpu_cores: 0.0,
         reader_busy,
+        client_unread_mib: None,
         limit: None,
         shed_clients,
         valid,
@@ -676,6 +705,8 @@ mod tests {
             sent: 0,
             achieved_rate: 0.0,
             delivered_events_per_s: 0.0,
+            expected_trades: 0,
+            received_trades: 0,
             latency_ms: Percentiles::default(),
             send_lag_p99_ms: 0.0,
             slow_consumer_closes: 0,
@@ -685,6 +716,7 @@ mod tests {
             server_rss_mib: None,
             loadgen_cpu_cores: 0.0,
             reader_busy: 0.0,
+            client_unread_mib: None,
             limit: None,
             shed_clients: 0,
             valid: true,

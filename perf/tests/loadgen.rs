@@ -132,3 +132,38 @@ fn bad_arguments_and_a_missing_server_binary_are_clear_errors() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("cannot start /nonexistent/tickstock"), "{stderr}");
 }
+
+#[test]
+fn watchlists_and_a_policy_mix_are_validated_per_client() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--clients", "12", "--rates", "1000", "--step-secs", "1.5"])
+        .args(["--warmup-secs", "0.5", "--source", "synthetic:200", "--budget-p99-ms", "250"])
+        .args(["--watchlist", "5", "--watchlist-channels", "T,A,HL"])
+        .args(["--policies", "close,conflate,shed"])
+        .arg("--tickstock")
+        .arg(tickstock())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "loadgen failed:\n{stdout}\n{stderr}");
+    let json = std::fs::read_dir(out.path())
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a result file");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("reads")).expect("JSON");
+    assert_eq!(result["valid"], true, "{result:#}");
+    assert_eq!(result["plan"]["watchlist"][0], 5);
+    let step = &result["steps"][0];
+    let sent = step["sent"].as_u64().expect("sent");
+    // Each client got only its own symbols' trades: far fewer samples than sent × clients,
+    // and every one checked against the player's per-symbol counts and checksums.
+    let samples = step["latency_ms"]["samples"].as_u64().expect("samples");
+    assert!(samples > 0 && samples < sent * 12 / 4, "{samples} of {sent} × 12");
+    assert!(step["reader_busy"].as_f64().is_some_and(|b| (0.0..=1.0).contains(&b)));
+}
