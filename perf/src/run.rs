@@ -110,8 +110,8 @@ pub struct Step {
     pub loadgen_cpu_cores: f64,
     /// The busiest reader thread's working time over the step's length (1.0: always busy).
     pub reader_busy: f64,
-    /// Bytes the server had delivered into the clients' kernel receive queues that the
-    /// readers had not read yet, when the step's last trade was sent, MiB.
+    /// The most the server had delivered into the clients' kernel receive queues that the
+    /// readers had not read yet, sampled during the step, MiB.
     pub client_unread_mib: Option<f64>,
     /// Which side limited a step over budget: the server, or the load generator's readers
     /// (then the figures understate the server).
@@ -190,8 +190,10 @@ const LEAD: Duration = Duration::from_millis(50);
 const REASONS_LISTED: usize = 20;
 /// A reader busy this fraction of a step or more was the limit, not the server.
 const READER_SATURATED: f64 = 0.9;
-/// Unread bytes per client in the clients' receive queues, at the end of sending, past which
-/// the readers were behind (the server had delivered; the clients had not read).
+/// How often the clients' receive queues are sampled during a step.
+const UNREAD_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// Unread bytes per client in the clients' receive queues, at the most during a step, past
+/// which the readers were behind (the server had delivered; the clients had not read).
 const CLIENT_UNREAD_BEHIND_BYTES: u64 = 256 * 1024;
 
 impl Rig {
@@ -320,6 +322,9 @@ impl Rig {
         self.pool.begin(schedule);
         let _ = self.player.send(Command::Play(schedule));
         let mut lost = Vec::new();
+        // The most the clients' receive queues held unread during the step (sampled).
+        let mut unread: Option<u64> = None;
+        let mut sampled = Instant::now();
         let played = loop {
             match self.reports.recv_timeout(Duration::from_millis(100)) {
                 Ok(Report::Played(played)) => break played,
@@ -328,6 +333,11 @@ impl Rig {
                     lost.push(format!("the server opened upstream session {n} mid-run"))
                 }
                 Err(_) => {
+                    if sampled.elapsed() >= UNREAD_SAMPLE_EVERY {
+                        sampled = Instant::now();
+                        let now = machine::unread_bytes(&self.pool.ports);
+                        unread = unread.max(now);
+                    }
                     progress.step_tick(started.elapsed().as_secs_f64() / secs);
                     if !self.server.running() {
                         return Err("the server under test exited".to_owned());
@@ -337,7 +347,7 @@ impl Rig {
         };
         // Drain: until every client has every trade, or neither the clients nor the server
         // (events it wrote) made progress for DRAIN_QUIET, or DRAIN_MAX.
-        let unread = machine::unread_bytes(&self.pool.ports);
+        let unread = unread.max(machine::unread_bytes(&self.pool.ports));
         let target = &self.target;
         let expect = |id: u32| match target.symbols_for(id) {
             Some(symbols) => symbols.iter().fold((0u64, 0u64), |(n, sum), &s| {

@@ -563,14 +563,12 @@ impl EventLoop {
                 return;
             }
             subscriber.poll(now, &mut env);
-            drop(env);
             let mut slices = Slices::new();
             subscriber.poll_transmit(now, &self.fanout, &mut slices);
             if slices.is_empty() {
                 return;
             }
             let result = stream.write_vectored(slices.as_slices());
-            drop(slices);
             let mut env = env!(self);
             let Some(Connection::Ws { subscriber, blocked, .. }) = self.connections.get_mut(key)
             else {

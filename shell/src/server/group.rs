@@ -10,7 +10,7 @@
 //! # Overflow
 //! The stream retains at most `client_lag_max_bytes`, and nothing older than
 //! `client_lag_max_ms` that a member still needs. Retention that must drop a message some
-//! member has not written yet overtakes that member: [`GroupStream::overtake`] hands it to
+//! member has not written yet overtakes that member: [`Group::overtake`] hands it to
 //! its slow-consumer policy (close, conflate or shed), which counts what it lost. Memory is
 //! O(stream) per group, never O(members × backlog).
 

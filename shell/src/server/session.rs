@@ -187,6 +187,9 @@ struct ClientMessage {
     action: String,
     #[serde(default)]
     params: serde_json::Value,
+    /// Protocol v1.1's snapshot on subscribe, not implemented yet: refused, not ignored.
+    #[serde(default)]
+    snapshot: bool,
 }
 
 /// The limits a session enforces.
@@ -266,6 +269,13 @@ impl Session {
                 Action::Send(status::error("authenticate first")),
                 Action::Close(CloseReason::NotAuthenticated),
             ],
+            (Phase::Active, "subscribe") if message.snapshot => {
+                let mut actions = self.subscription(&message.params, true);
+                actions.push(Action::Send(status::error(
+                    "snapshot: not supported by this server yet; subscribed without one",
+                )));
+                actions
+            }
             (Phase::Active, "subscribe") => self.subscription(&message.params, true),
             (Phase::Active, "unsubscribe") => self.subscription(&message.params, false),
             (Phase::Active, "auth") => self.client_error("already authenticated"),
@@ -602,6 +612,8 @@ mod tests {
         assert_eq!(session.subscription_count(), 4);
         let again = texts(&session.on_text(r#"{"action":"subscribe","params":"T.A"}"#, &auth, 0));
         assert!(again.contains("subscribed to: T.A"), "a topic held already is no new one");
+        let snapshot = r#"{"action":"subscribe","params":"T.B","snapshot":true}"#;
+        assert!(texts(&session.on_text(snapshot, &auth, 0)).contains("snapshot: not supported"));
     }
 
     #[test]
