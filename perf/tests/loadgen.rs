@@ -1,7 +1,7 @@
 //! A short capacity run end to end: `loadgen` starts a real `tickstock serve --feed upstream`,
 //! plays into it, holds clients, and must produce a valid, self-consistent report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The `tickstock` binary of this workspace and profile, built if needed (a test of one
@@ -136,25 +136,30 @@ fn bad_arguments_and_a_missing_server_binary_are_clear_errors() {
 #[test]
 fn watchlists_and_a_policy_mix_are_validated_per_client() {
     let out = tempfile::tempdir().expect("tempdir");
-    let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--clients", "12", "--rates", "1000", "--step-secs", "1.5"])
-        .args(["--warmup-secs", "0.5", "--source", "synthetic:200", "--budget-p99-ms", "250"])
-        .args(["--watchlist", "5", "--watchlist-channels", "T,A,HL"])
-        .args(["--policies", "close,conflate,shed"])
-        .arg("--tickstock")
-        .arg(tickstock())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "loadgen failed:\n{stdout}\n{stderr}");
-    let json = std::fs::read_dir(out.path())
-        .expect("out dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("a result file");
+    run_loadgen(
+        &[
+            "--clients",
+            "12",
+            "--rates",
+            "1000",
+            "--step-secs",
+            "1.5",
+            "--warmup-secs",
+            "0.5",
+            "--source",
+            "synthetic:200",
+            "--budget-p99-ms",
+            "250",
+            "--watchlist",
+            "5",
+            "--watchlist-channels",
+            "T,A,HL",
+            "--policies",
+            "close,conflate,shed",
+        ],
+        out.path(),
+    );
+    let json = result_file(out.path(), "json");
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).expect("reads")).expect("JSON");
     assert_eq!(result["valid"], true, "{result:#}");

@@ -128,6 +128,8 @@ pub struct EventLoop {
     holds: Vec<(Instant, usize)>,
     read_buf: Box<[u8]>,
     clock: Clock,
+    /// Reused list of group ids.
+    scratch: Vec<usize>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -213,6 +215,7 @@ impl EventLoop {
             holds: Vec::new(),
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             clock: Clock::new(),
+            scratch: Vec::new(),
             shared,
         }
     }
@@ -265,9 +268,13 @@ impl EventLoop {
                 self.fanout.handle_batch(now, &batch);
                 fanned = true;
             }
-            if fanned || now >= next_sweep {
+            if fanned {
                 self.counters().group_events.set(self.fanout.group_events);
-                self.retain(now);
+                let mut grown = std::mem::take(&mut self.scratch);
+                self.fanout.take_grown(&mut grown);
+                self.retain(now, &grown);
+                grown.clear();
+                self.scratch = grown;
             }
             let (linger, coalesce) = (self.linger.current(), self.coalesce_bytes());
             self.fanout.release_due(now, linger, coalesce, &mut released);
@@ -276,6 +283,9 @@ impl EventLoop {
             }
             self.end_holds(now);
             if now >= next_sweep {
+                // Retention by age: every group with messages, once a sweep.
+                let ids: Vec<usize> = self.fanout.group_ids().collect();
+                self.retain(now, &ids);
                 self.sweep(now);
                 next_sweep = now + Duration::from_millis(SWEEP_INTERVAL_MS);
                 self.linger.handle_writes(now, self.counters().writes.get());
@@ -591,19 +601,21 @@ impl EventLoop {
     /// Writes to every member of a group that has just released messages.
     fn write_group(&mut self, group: usize, now: Instant) {
         let Some(group) = self.fanout.group(group) else { return };
-        let members: Vec<usize> = group.members.iter().map(|(_, m)| m.connection).collect();
-        for key in members {
+        let mut members = std::mem::take(&mut self.scratch);
+        members.extend(group.members.iter().map(|(_, m)| m.connection));
+        for &key in &members {
             self.transmit(key, now);
         }
+        members.clear();
+        self.scratch = members;
     }
 
-    /// Applies every group's retention; overtaken members meet their policy.
-    fn retain(&mut self, now: Instant) {
+    /// Applies the retention of groups `ids`; overtaken members meet their policy.
+    fn retain(&mut self, now: Instant, ids: &[usize]) {
         let settings = &self.shared.settings;
         let bytes_max = settings.client_lag_max_bytes as usize;
         let age_max = Duration::from_millis(settings.client_lag_max_ms.into());
-        let ids: Vec<usize> = self.fanout.group_ids().collect();
-        for id in ids {
+        for &id in ids {
             let Some(group) = self.fanout.group_mut(id) else { continue };
             let overtaken = group.overtake(now, bytes_max, age_max);
             for o in overtaken {

@@ -38,6 +38,9 @@ pub struct Fanout {
     touched: Vec<usize>,
     /// Groups holding messages not yet released.
     held: Vec<usize>,
+    /// Groups that got messages since the last [`Fanout::take_grown`]: the only ones whose
+    /// retention by bytes can have been passed.
+    grown: Vec<usize>,
     frame_bytes_max: usize,
     /// Events appended to groups, once per group, in all.
     pub group_events: u64,
@@ -53,6 +56,7 @@ impl Fanout {
             history,
             touched: Vec::new(),
             held: Vec::new(),
+            grown: Vec::new(),
             frame_bytes_max,
             group_events: 0,
         }
@@ -131,6 +135,10 @@ impl Fanout {
             let group = &mut self.groups[id];
             group.touched = false;
             group.close_cycle(now);
+            if !group.grown {
+                group.grown = true;
+                self.grown.push(id);
+            }
             if group.is_held() && !group.listed {
                 group.listed = true;
                 self.held.push(id);
@@ -174,9 +182,21 @@ impl Fanout {
             .min()
     }
 
-    /// Group ids with retained messages (for retention checks).
+    /// Group ids with retained messages (for retention by age, checked now and then).
     pub fn group_ids(&self) -> impl Iterator<Item = usize> + '_ {
         self.groups.iter().filter(|(_, g)| !g.stream.is_empty()).map(|(id, _)| id)
+    }
+
+    /// The groups that got messages since the last call (for retention by bytes, checked
+    /// after every batch at the cost of what the batch touched, not of every group).
+    pub fn take_grown(&mut self, into: &mut Vec<usize>) {
+        for &id in &self.grown {
+            if let Some(group) = self.groups.get_mut(id) {
+                group.grown = false;
+                into.push(id);
+            }
+        }
+        self.grown.clear();
     }
 }
 

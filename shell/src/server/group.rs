@@ -277,6 +277,8 @@ pub struct Group {
     pub(super) touched: bool,
     /// Whether it is on the fan-out's list of groups holding messages.
     pub(super) listed: bool,
+    /// Whether it is on the fan-out's list of groups that got messages.
+    pub(super) grown: bool,
 }
 
 impl Group {
@@ -292,6 +294,7 @@ impl Group {
             held: None,
             touched: false,
             listed: false,
+            grown: false,
         }
     }
 
