@@ -18,40 +18,54 @@ fn tickstock() -> PathBuf {
     dir.join("tickstock")
 }
 
-#[test]
-fn a_short_sweep_reports_valid_self_consistent_results() {
-    let out = tempfile::tempdir().expect("tempdir");
+/// Runs loadgen with `args` against this workspace's `tickstock`, writing into `out`; it must
+/// succeed. Returns its standard output.
+fn run_loadgen(args: &[&str], out: &Path) -> String {
     let run = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--clients",
-            "3,1",
-            "--rates",
-            "2000,500",
-            "--step-secs",
-            "1.5",
-            "--warmup-secs",
-            "0.5",
-        ])
-        .args(["--source", "synthetic:300", "--budget-p99-ms", "250"])
+        .args(args)
         .arg("--tickstock")
         .arg(tickstock())
         .arg("--out")
-        .arg(out.path())
+        .arg(out)
         .output()
         .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "loadgen failed:\n{stdout}\n{stderr}");
-    let file = |ext: &str| {
-        std::fs::read_dir(out.path())
-            .expect("out dir")
-            .map(|e| e.expect("entry").path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == ext)
-                    && !p.to_string_lossy().ends_with("-server.toml")
-            })
-            .unwrap_or_else(|| panic!("no .{ext} in {}", out.path().display()))
-    };
+    stdout
+}
+
+/// The run's file ending in `.ext` in `out` (not the server's configuration).
+fn result_file(out: &Path, ext: &str) -> PathBuf {
+    std::fs::read_dir(out)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == ext)
+                && !p.to_string_lossy().ends_with("-server.toml")
+        })
+        .unwrap_or_else(|| panic!("no .{ext} in {}", out.display()))
+}
+
+#[test]
+fn a_short_sweep_reports_valid_self_consistent_results() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--clients",
+        "3,1",
+        "--rates",
+        "2000,500",
+        "--step-secs",
+        "1.5",
+        "--warmup-secs",
+        "0.5",
+        "--source",
+        "synthetic:300",
+        "--budget-p99-ms",
+        "250",
+    ];
+    let stdout = run_loadgen(&args, out.path());
+    let file = |ext: &str| result_file(out.path(), ext);
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(file("json")).expect("reads")).expect("JSON");
     assert_eq!(result["valid"], true, "{result:#}");
