@@ -51,8 +51,10 @@ const READ_BUDGET_CHUNKS: usize = 4;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Batches fanned out per iteration, at most.
 const FANOUT_BUDGET_BATCHES: usize = 16;
-/// Timers (auth, ping, close deadlines) are swept this often, in ms.
-const SWEEP_INTERVAL_MS: u64 = 10;
+/// Timers (auth, ping, close and expiry deadlines, retention by age) are swept this often,
+/// in ms: their precision. Each sweep visits every connection, so it is not more often (the
+/// ends of subscribe holds, which want a finer clock, have a list of their own).
+const SWEEP_INTERVAL_MS: u64 = 50;
 /// The loop wakes at least this often, in ms.
 const POLL_TIMEOUT_MS: u64 = 10;
 /// HTTP connections beyond `connections_max` that may be mid-request, at most.
@@ -130,6 +132,8 @@ pub struct EventLoop {
     clock: Clock,
     /// Reused list of group ids.
     scratch: Vec<usize>,
+    /// Wall-clock Unix seconds, read once per iteration (token expiry).
+    now_s: u64,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -159,7 +163,7 @@ macro_rules! env {
             counters: $self.shared.stats.of_loop($self.index),
             users: &$self.shared.users,
             subscriptions: &mut $self.subscriptions,
-            now_s: unix_s(),
+            now_s: $self.now_s,
         }
     };
 }
@@ -216,6 +220,7 @@ impl EventLoop {
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             clock: Clock::new(),
             scratch: Vec::new(),
+            now_s: unix_s(),
             shared,
         }
     }
@@ -242,8 +247,9 @@ impl EventLoop {
                     return;
                 }
             }
-            // The clock is read once per iteration.
+            // The clocks are read once per iteration.
             let now = Instant::now();
+            self.now_s = unix_s();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.listener_ready = true,
@@ -290,7 +296,6 @@ impl EventLoop {
                 next_sweep = now + Duration::from_millis(SWEEP_INTERVAL_MS);
                 self.linger.handle_writes(now, self.counters().writes.get());
                 self.counters().linger_us.set(self.linger.current_us().into());
-                self.counters().groups.set(self.fanout.group_count() as u64);
             }
         }
     }
@@ -545,8 +550,10 @@ impl EventLoop {
         self.after_handle(key, now);
     }
 
-    /// After a Subscriber handled something: note a hold, write, drop it if dead.
+    /// After a Subscriber handled something: note a hold, publish the groups (it may have
+    /// joined or left one), write, drop it if dead.
     fn after_handle(&mut self, key: usize, now: Instant) {
+        self.counters().groups.set(self.fanout.group_count() as u64);
         if let Some(Connection::Ws { subscriber, .. }) = self.connections.get(key) {
             if let Some(until) = subscriber.hold_until() {
                 if !self.holds.iter().any(|&(_, k)| k == key) {
@@ -691,6 +698,7 @@ impl EventLoop {
                 self.shared.ws_count.fetch_sub(1, Ordering::Relaxed);
                 self.ws_here -= 1;
                 self.counters().connections.set(self.ws_here);
+                self.counters().groups.set(self.fanout.group_count() as u64);
             }
             Connection::Gone => {}
         }

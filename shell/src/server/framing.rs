@@ -15,8 +15,9 @@ use tungstenite::protocol::frame::FrameHeader;
 
 /// The longest unmasked frame header: 2 bytes, and 8 of extended length.
 const HEADER_BYTES_MAX: usize = 10;
-/// Room reserved for a new array's first events, in bytes (it grows past this as needed).
-const ARRAY_BYTES_INITIAL: usize = 2_048;
+/// Room reserved for a new array's first events, in bytes (it grows past this as needed): a
+/// watchlist's array usually holds one or two events.
+const ARRAY_BYTES_INITIAL: usize = 512;
 
 /// One whole WebSocket message, as it goes on the wire, shared by every connection that
 /// sends it.
@@ -255,10 +256,12 @@ impl Outbox {
     }
 }
 
-/// Slices for one vectored write, at most [`Slices::CAPACITY`].
+/// Slices for one vectored write, at most [`Slices::CAPACITY`], on the stack (a write is
+/// the per-member cost of the fan-out: it allocates nothing).
 #[derive(Debug)]
 pub struct Slices<'a> {
-    slices: Vec<IoSlice<'a>>,
+    slices: [IoSlice<'a>; Slices::CAPACITY],
+    len: usize,
     /// Bytes in them.
     pub bytes: usize,
 }
@@ -271,16 +274,17 @@ impl<'a> Slices<'a> {
 
     /// No slices yet.
     pub fn new() -> Slices<'a> {
-        Slices { slices: Vec::with_capacity(Slices::CAPACITY), bytes: 0 }
+        Slices { slices: [IoSlice::new(&[]); Slices::CAPACITY], len: 0, bytes: 0 }
     }
 
     /// Adds one; false when full (it was not added).
     pub fn push(&mut self, bytes: &'a [u8]) -> bool {
-        if self.slices.len() >= Slices::CAPACITY || self.bytes >= Slices::BYTES_MAX {
+        if self.len >= Slices::CAPACITY || self.bytes >= Slices::BYTES_MAX {
             return false;
         }
         if !bytes.is_empty() {
-            self.slices.push(IoSlice::new(bytes));
+            self.slices[self.len] = IoSlice::new(bytes);
+            self.len += 1;
             self.bytes += bytes.len();
         }
         true
@@ -288,12 +292,12 @@ impl<'a> Slices<'a> {
 
     /// The slices.
     pub fn as_slices(&self) -> &[IoSlice<'a>] {
-        &self.slices
+        &self.slices[..self.len]
     }
 
     /// True when nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.slices.is_empty()
+        self.len == 0
     }
 }
 
