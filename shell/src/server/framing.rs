@@ -18,13 +18,16 @@ const HEADER_BYTES_MAX: usize = 10;
 /// Room reserved for a new array's first events, in bytes (it grows past this as needed): a
 /// watchlist's array usually holds one or two events.
 const ARRAY_BYTES_INITIAL: usize = 512;
+/// A builder keeps its buffer for the next array up to this size, in bytes (beyond it the
+/// memory goes back: ten thousand groups must not each keep their largest burst).
+const ARRAY_BYTES_KEPT: usize = 64 * 1024;
 
 /// One whole WebSocket message, as it goes on the wire, shared by every connection that
 /// sends it.
 #[derive(Clone, Debug)]
 pub struct Framed {
-    buf: Arc<Vec<u8>>,
-    start: usize,
+    /// The wire bytes: one allocation, shared.
+    buf: Arc<[u8]>,
     /// Events in it (0 for statuses and control frames).
     pub events: u32,
     /// The first and last `seq` of its events (0 when it has none).
@@ -37,34 +40,35 @@ impl Framed {
         let mut buf = Vec::with_capacity(HEADER_BYTES_MAX + text.len());
         buf.resize(HEADER_BYTES_MAX, 0);
         buf.extend_from_slice(text.as_bytes());
-        Framed::finish(buf, 0, (0, 0))
+        Framed::finish(&mut buf, 0, (0, 0))
     }
 
     /// Bytes that are already one or more whole frames (tungstenite's control frames, the
     /// upgrade response), sent as they are.
     pub fn raw(bytes: Vec<u8>) -> Framed {
-        Framed { buf: Arc::new(bytes), start: 0, events: 0, seqs: (0, 0) }
+        Framed { buf: Arc::from(bytes), events: 0, seqs: (0, 0) }
     }
 
-    /// Frames `buf[HEADER_BYTES_MAX..]` as one text message.
-    fn finish(mut buf: Vec<u8>, events: u32, seqs: (u64, u64)) -> Framed {
+    /// Frames `buf[HEADER_BYTES_MAX..]` as one text message, copied once into its shared
+    /// allocation (`buf` is the builder's, reused for the next message).
+    fn finish(buf: &mut [u8], events: u32, seqs: (u64, u64)) -> Framed {
         let payload = (buf.len() - HEADER_BYTES_MAX) as u64;
         let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
         let header_len = header.len(payload);
         let start = HEADER_BYTES_MAX - header_len;
         let mut slot = &mut buf[start..HEADER_BYTES_MAX];
         header.format(payload, &mut slot).expect("Invariant: the header fits its reserved room");
-        Framed { buf: Arc::new(buf), start, events, seqs }
+        Framed { buf: Arc::from(&buf[start..]), events, seqs }
     }
 
     /// The wire bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf
     }
 
     /// Length on the wire.
     pub fn len(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len()
     }
 
     /// True for a message of no bytes (never built; for clippy's `len` rule).
@@ -141,9 +145,12 @@ impl ArrayBuilder {
         if self.events == 0 {
             return None;
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.push(b']');
-        let framed = Framed::finish(buf, self.events, self.seqs);
+        self.buf.push(b']');
+        let framed = Framed::finish(&mut self.buf, self.events, self.seqs);
+        if self.buf.capacity() > ARRAY_BYTES_KEPT {
+            // A burst's large array: give the memory back rather than keep it per group.
+            self.buf = Vec::new();
+        }
         self.events = 0;
         Some(framed)
     }
