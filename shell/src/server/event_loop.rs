@@ -472,7 +472,7 @@ impl EventLoop {
     fn respond(&mut self, key: usize, status: &str, content_type: &str, body: &str, now: Instant) {
         self.counters().http_requests.add(1);
         let deadline = now + Duration::from_millis(self.shared.settings.close_timeout_ms.into());
-        let Some(slot) = self.connections.get_mut(key) else { return };
+        let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
         let Connection::Http { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
             return;
         };
@@ -487,7 +487,7 @@ impl EventLoop {
 
     /// Turns the connection into a WebSocket Subscriber, in place.
     fn upgrade(&mut self, key: usize, request: &http::Request, len: usize, now: Instant) {
-        let Some(slot) = self.connections.get_mut(key) else { return };
+        let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
         let Connection::Http { stream, buf, .. } = std::mem::replace(slot, Connection::Gone) else {
             return;
         };

@@ -472,12 +472,32 @@ impl Subscriber {
         }
     }
 
-    /// Leaves the group; what it had not written goes into the outbox first.
+    /// Leaves the group; what it had not written goes into the outbox first (a conflating
+    /// member's status and kept events included).
     fn stop_live(&mut self, env: &mut Env<'_>) {
+        if let Some(membership) = self.membership {
+            self.release_conflation(membership, env);
+        }
         if let Some(membership) = self.membership.take() {
             for (framed, offset) in env.fanout.leave(membership) {
                 self.outbox.push_partial(framed, offset);
             }
+        }
+    }
+
+    /// A conflating member reads its group's stream again from its end: its `conflated`
+    /// status and the latest events it kept go into the outbox.
+    fn release_conflation(&mut self, membership: Membership, env: &mut Env<'_>) {
+        let Some(group) = env.fanout.group_mut(membership.group) else { return };
+        if !group.is_conflating(membership.member) {
+            return;
+        }
+        let Some(conflation) = group.resume_streaming(membership.member) else { return };
+        env.counters.conflated_events.add(conflation.replaced);
+        env.counters.slow_consumer_dropped_events.add(conflation.replaced);
+        self.outbox.push(Framed::text(&status::conflated(conflation.dropped)));
+        for framed in conflation.release(env.fanout.frame_bytes_max()) {
+            self.outbox.push(framed);
         }
     }
 
@@ -683,15 +703,8 @@ impl Subscriber {
         let Some(membership) = self.membership else { return };
         let Some(group) = env.fanout.group_mut(membership.group) else { return };
         if group.is_conflating(membership.member) {
-            if self.policy != SlowConsumerPolicy::Conflate {
-                return;
-            }
-            let Some(conflation) = group.resume_streaming(membership.member) else { return };
-            env.counters.conflated_events.add(conflation.replaced);
-            env.counters.slow_consumer_dropped_events.add(conflation.replaced);
-            self.outbox.push(Framed::text(&status::conflated(conflation.dropped)));
-            for framed in conflation.release(env.fanout.frame_bytes_max()) {
-                self.outbox.push(framed);
+            if self.policy == SlowConsumerPolicy::Conflate {
+                self.release_conflation(membership, env);
             }
             return;
         }
@@ -1190,6 +1203,39 @@ mod tests {
         sim.cycle("IBM", 2);
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs().len(), got.len() + 3);
+    }
+
+    #[test]
+    fn a_conflating_client_that_changes_its_subscriptions_keeps_its_count_and_latest() {
+        let mut sim = Sim::new(|s| {
+            s.client_lag_max_bytes = 8 * 1024;
+            s.slow_consumer_policy = SlowConsumerPolicy::Conflate;
+        });
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        for _ in 0..20 {
+            sim.cycle("AAPL", 10);
+            sim.retain(&mut [&mut sub]);
+        }
+        assert_eq!(sim.counters.conflations.get(), 1);
+        let last = sim.seq - 2; // the last trade (the cycle's A bar is not subscribed)
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"A.*"}"#);
+        sim.drain(&mut sub, &mut client, None);
+        // The answer, then what conflation kept (its count, the latest trade), then live.
+        let objects = client.objects();
+        let answer = objects.iter().position(|o| o["message"] == "subscribed to: A.*").unwrap();
+        let conflated = objects.iter().position(|o| o["status"] == "conflated").unwrap();
+        let latest = objects.iter().position(|o| o["seq"] == last).unwrap();
+        assert!(answer < conflated && conflated < latest, "{objects:?}");
+        let dropped = objects[conflated]["dropped"].as_u64().unwrap();
+        let got = client.seqs();
+        assert!(strictly_increasing(&got));
+        assert_eq!(got.len() as u64 + dropped, 20 * 10, "every trade delivered or counted");
+        sim.cycle("AAPL", 1);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.objects().last().unwrap()["ev"], "A", "live again, with A now");
     }
 
     #[test]
