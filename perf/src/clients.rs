@@ -52,6 +52,8 @@ pub struct Target {
     /// Slow-consumer policies (`close`, `conflate`, `shed`) the clients choose with
     /// `options`, in turn by client id; empty leaves the server's default.
     pub policies: Vec<String>,
+    /// Each client socket's receive buffer (`SO_RCVBUF`), 0 for the kernel's autotuning.
+    pub receive_buffer_bytes: usize,
 }
 
 /// Per-client watchlists: `symbols` symbols drawn for each client (the same for the same
@@ -127,8 +129,19 @@ impl Conn {
     /// Connects, authenticates and subscribes, blocking, then switches to non-blocking.
     pub fn open(target: &Target, id: u32) -> Result<Conn, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("client {id}: {what}: {e}");
-        let stream = TcpStream::connect_timeout(&target.addr, CONNECT_DEADLINE)
+        let domain = socket2::Domain::for_address(target.addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .map_err(|e| fail("socket", &e))?;
+        if target.receive_buffer_bytes > 0 {
+            // Before connecting, so the window is set from the start (and autotuning is off).
+            socket
+                .set_recv_buffer_size(target.receive_buffer_bytes)
+                .map_err(|e| fail("SO_RCVBUF", &e))?;
+        }
+        socket
+            .connect_timeout(&target.addr.into(), CONNECT_DEADLINE)
             .map_err(|e| fail("connect", &e))?;
+        let stream: TcpStream = socket.into();
         stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
         stream.set_read_timeout(Some(CONNECT_DEADLINE)).map_err(|e| fail("socket", &e))?;
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
@@ -696,6 +709,7 @@ mod tests {
                 tickers: Arc::new(tickers),
             }),
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+            receive_buffer_bytes: 0,
         }
     }
 

@@ -103,6 +103,10 @@ struct Args {
     /// The clients' `auth` token.
     #[arg(long, default_value = "loadgen")]
     token: String,
+    /// Each client socket's receive buffer in bytes (`SO_RCVBUF`; 0, the default: the
+    /// kernel's autotuning), for experiments with how much the clients' kernel holds.
+    #[arg(long, default_value_t = 0)]
+    client_receive_bytes: usize,
     /// Reader threads holding the clients.
     #[arg(long, default_value_t = 1)]
     reader_threads: usize,
@@ -283,6 +287,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             tickers,
         }),
         policies: plan.policies.clone(),
+        receive_buffer_bytes: args.client_receive_bytes,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
