@@ -86,11 +86,6 @@ impl Framed {
             None => bytes,
         }
     }
-
-    /// How many other holders share these bytes (tests prove there is no copy per member).
-    pub fn holders(&self) -> usize {
-        Arc::strong_count(&self.buf)
-    }
 }
 
 /// Events appended into JSON arrays, split above `frame_bytes_max`: no message's payload is

@@ -376,14 +376,10 @@ impl Group {
         }
     }
 
-    /// Frames what this cycle appended. Returns the messages pushed (0 or more).
-    pub fn close_cycle(&mut self, now: Instant) -> bool {
-        match self.builder.finish() {
-            Some(framed) => {
-                self.push(framed, now);
-                true
-            }
-            None => false,
+    /// Frames what this cycle appended and pushes it onto the stream.
+    pub fn close_cycle(&mut self, now: Instant) {
+        if let Some(framed) = self.builder.finish() {
+            self.push(framed, now);
         }
     }
 
@@ -407,7 +403,7 @@ impl Group {
         self.stream.release();
     }
 
-    /// Messages pushed for members this cycle or held (for tests).
+    /// True while pushed messages wait for their release (the linger).
     pub fn is_held(&self) -> bool {
         self.held.is_some()
     }

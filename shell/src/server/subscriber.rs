@@ -228,11 +228,6 @@ impl Subscriber {
         }
     }
 
-    /// The protocol state.
-    pub fn session(&self) -> &Session {
-        &self.session
-    }
-
     /// Its group and member id, while it reads a group's stream.
     pub fn membership(&self) -> Option<Membership> {
         self.membership
@@ -983,6 +978,17 @@ mod tests {
             (subscriber, client)
         }
 
+        /// A connection subscribed to `topics`, past the resume window, with what it was
+        /// sent so far read.
+        fn live(&mut self, key: usize, topics: &str) -> (Subscriber, Client) {
+            let (mut sub, mut client) = self.connect(key);
+            let subscribe = format!(r#"{{"action":"subscribe","params":"{topics}"}}"#);
+            self.send(&mut sub, &mut client, &subscribe);
+            self.advance(Duration::from_millis(5));
+            self.drain(&mut sub, &mut client, None);
+            (sub, client)
+        }
+
         fn send(&mut self, subscriber: &mut Subscriber, client: &mut Client, text: &str) {
             let bytes = client.frame(text);
             let now = self.now;
@@ -1162,10 +1168,7 @@ mod tests {
     #[test]
     fn a_client_that_lags_in_time_is_slow_too() {
         let mut sim = Sim::new(|s| s.client_lag_max_ms = 100);
-        let (mut sub, mut client) = sim.connect(1);
-        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
-        sim.advance(Duration::from_millis(5));
-        sim.drain(&mut sub, &mut client, None);
+        let (mut sub, _client) = sim.live(1, "T.*");
         sim.cycle("AAPL", 1);
         sim.advance(Duration::from_millis(50));
         sim.retain(&mut [&mut sub]);
@@ -1181,10 +1184,7 @@ mod tests {
             s.client_lag_max_bytes = 8 * 1024;
             s.slow_consumer_policy = SlowConsumerPolicy::Conflate;
         });
-        let (mut sub, mut client) = sim.connect(1);
-        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*,A.*"}"#);
-        sim.advance(Duration::from_millis(5));
-        sim.drain(&mut sub, &mut client, None);
+        let (mut sub, mut client) = sim.live(1, "T.*,A.*");
         for ticker in ["AAPL", "MSFT"].iter().cycle().take(40) {
             sim.cycle(ticker, 5);
             sim.retain(&mut [&mut sub]);
@@ -1211,10 +1211,7 @@ mod tests {
             s.client_lag_max_bytes = 8 * 1024;
             s.slow_consumer_policy = SlowConsumerPolicy::Conflate;
         });
-        let (mut sub, mut client) = sim.connect(1);
-        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
-        sim.advance(Duration::from_millis(5));
-        sim.drain(&mut sub, &mut client, None);
+        let (mut sub, mut client) = sim.live(1, "T.*");
         for _ in 0..20 {
             sim.cycle("AAPL", 10);
             sim.retain(&mut [&mut sub]);
@@ -1288,10 +1285,7 @@ mod tests {
             s.client_lag_max_bytes = 8 * 1024;
             s.slow_consumer_policy = SlowConsumerPolicy::Shed;
         });
-        let (mut sub, mut client) = sim.connect(1);
-        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
-        sim.advance(Duration::from_millis(5));
-        sim.drain(&mut sub, &mut client, None);
+        let (mut sub, mut client) = sim.live(1, "T.*");
         for _ in 0..20 {
             sim.cycle("AAPL", 20);
             sim.retain(&mut [&mut sub]);
@@ -1304,10 +1298,7 @@ mod tests {
     #[test]
     fn a_subscription_change_keeps_what_the_old_group_had_queued() {
         let mut sim = Sim::new(|_| {});
-        let (mut sub, mut client) = sim.connect(1);
-        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
-        sim.advance(Duration::from_millis(5));
-        sim.drain(&mut sub, &mut client, None);
+        let (mut sub, mut client) = sim.live(1, "T.*");
         sim.cycle("AAPL", 5);
         // Not written yet when the client changes its filter: the five trades still come,
         // before the status, and the new group carries on.
