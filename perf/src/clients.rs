@@ -7,8 +7,17 @@
 //! a checksum of every event per block of `seq` numbers, so the load generator can check
 //! that all clients saw the same bars and detector events. Latency is recorded for each
 //! trade of the step: receive time minus the trade's intended send time.
+//!
+//! So that the clients cost less than the server they measure: a reader reads every
+//! connection into one buffer of its own (`wire::FrameReader`, no copy per message), and
+//! checks each distinct message once. What a message says (its events, trades, checksums,
+//! `seq` range) is a `Digest`, a pure function of its bytes and the step; a reader keeps the
+//! digests of the messages it has read by their XXH3-128, so the other members of a group,
+//! which receive the same bytes, cost a hash each. Order, latency and the per-client totals
+//! are still applied per connection.
 
 use std::net::{SocketAddr, TcpStream};
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -19,17 +28,16 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::Frame;
 use tungstenite::{Message, WebSocket};
 
 use crate::upstream::{Clock, Schedule};
-use crate::wire::{event_mix, for_each_event, trade_mix, Event};
+use crate::wire::{
+    self, event_mix, for_each_event, trade_mix, Drained, Event, FrameReader, Incoming,
+};
 
 /// `seq` numbers per block of the cross-client event checksum (`seq >> BLOCK_SHIFT`).
 pub const BLOCK_SHIFT: u32 = 12;
-/// tungstenite zero-fills this much before every read, so it stays small; a large message
-/// still reserves its whole length.
-const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Deadline for the handshake, auth and subscribe of one connection.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 const WAKER: Token = Token(usize::MAX);
@@ -120,13 +128,17 @@ impl Target {
 #[derive(Debug)]
 pub struct Conn {
     id: u32,
-    socket: WebSocket<TcpStream>,
+    socket: TcpStream,
+    frames: FrameReader,
     /// Its local port (to find its receive queue in `/proc/net/tcp`).
     port: u16,
 }
 
 impl Conn {
-    /// Connects, authenticates and subscribes, blocking, then switches to non-blocking.
+    /// Connects, authenticates, sets its policy and subscribes, blocking, then switches to
+    /// non-blocking. tungstenite does the handshake and the auth; then the connection is
+    /// read by a `FrameReader` (the server says nothing between `auth_success` and the
+    /// client's next message, so nothing tungstenite read is left behind).
     pub fn open(target: &Target, id: u32) -> Result<Conn, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("client {id}: {what}: {e}");
         let domain = socket2::Domain::for_address(target.addr);
@@ -144,58 +156,98 @@ impl Conn {
         let stream: TcpStream = socket.into();
         stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
         stream.set_read_timeout(Some(CONNECT_DEADLINE)).map_err(|e| fail("socket", &e))?;
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
         let url = format!("ws://{}{}", target.addr, target.path);
-        let (mut socket, _) = tungstenite::client::client_with_config(url, stream, Some(config))
-            .map_err(|e| fail("handshake", &e))?;
+        let (mut socket, _) =
+            tungstenite::client(url, stream).map_err(|e| fail("handshake", &e))?;
         let token = serde_json::to_string(&target.token).unwrap_or_default();
         socket
             .send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#)))
             .map_err(|e| fail("send auth", &e))?;
-        await_status(&mut socket, |s| s == "auth_success").map_err(|e| fail("auth", &e))?;
-        let topics = serde_json::to_string(&target.topics_for(id)).unwrap_or_default();
-        socket
-            .send(Message::text(format!(r#"{{"action":"subscribe","params":{topics}}}"#)))
-            .map_err(|e| fail("send subscribe", &e))?;
-        await_status(&mut socket, |s| s == "success").map_err(|e| fail("subscribe", &e))?;
+        await_auth(&mut socket).map_err(|e| fail("auth", &e))?;
+        let mut conn =
+            Conn { id, socket: socket.into_inner(), frames: FrameReader::new(), port: 0 };
+        let mut scratch = Vec::new();
         if let Some(policy) = target.policy_for(id) {
             let options = format!(
                 r#"{{"action":"options","params":{{"slow_consumer":{}}}}}"#,
                 serde_json::to_string(policy).unwrap_or_default()
             );
-            socket.send(Message::text(options)).map_err(|e| fail("send options", &e))?;
-            await_status(&mut socket, |s| s == "success").map_err(|e| fail("options", &e))?;
+            conn.ask(options, &mut scratch).map_err(|e| fail("options", &e))?;
         }
-        socket.get_mut().set_nonblocking(true).map_err(|e| fail("socket", &e))?;
-        let port = socket.get_ref().local_addr().map_or(0, |a| a.port());
-        Ok(Conn { id, socket, port })
+        let topics = serde_json::to_string(&target.topics_for(id)).unwrap_or_default();
+        conn.ask(format!(r#"{{"action":"subscribe","params":{topics}}}"#), &mut scratch)
+            .map_err(|e| fail("subscribe", &e))?;
+        conn.socket.set_nonblocking(true).map_err(|e| fail("socket", &e))?;
+        conn.port = conn.socket.local_addr().map_or(0, |a| a.port());
+        Ok(conn)
+    }
+
+    /// Sends one action and reads (blocking) until its `success` status; an error status
+    /// fails. Whatever follows the status stays for the reader.
+    fn ask(&mut self, action: String, scratch: &mut Vec<u8>) -> Result<(), String> {
+        wire::send(&mut self.socket, wire::text(action)).map_err(|e| format!("send: {e}"))?;
+        let mut answer = None;
+        while answer.is_none() {
+            let drained = self
+                .frames
+                .read(&mut self.socket, scratch, |incoming| {
+                    answer = match incoming {
+                        Incoming::Message(text) => status_in(text, |s| s == "success"),
+                        Incoming::Close(code, reason) => {
+                            Some(Err(format!("closed: {code} {reason}")))
+                        }
+                    };
+                    if answer.is_some() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            match drained {
+                Drained::WouldBlock if answer.is_none() => {
+                    return Err(format!("no answer within {CONNECT_DEADLINE:?}"))
+                }
+                Drained::Eof => return Err("the server closed the connection".into()),
+                _ => {}
+            }
+        }
+        answer.unwrap_or(Ok(()))
     }
 }
 
-/// Reads messages until a status for which `wanted` holds; an `error`-like status fails.
-fn await_status(
-    socket: &mut WebSocket<TcpStream>,
-    wanted: impl Fn(&str) -> bool,
-) -> Result<(), String> {
+/// Reads (through tungstenite) until `auth_success`; an error status fails.
+fn await_auth(socket: &mut WebSocket<TcpStream>) -> Result<(), String> {
     loop {
-        let text = match socket.read().map_err(|e| e.to_string())? {
-            Message::Text(text) => text,
+        match socket.read().map_err(|e| e.to_string())? {
+            Message::Text(text) => {
+                if let Some(answer) = status_in(text.as_bytes(), |s| s == "auth_success") {
+                    return answer;
+                }
+            }
             Message::Close(frame) => return Err(format!("closed: {frame:?}")),
-            _ => continue,
-        };
-        let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text.as_str()) else {
-            continue;
-        };
-        for item in items {
-            let status = item["status"].as_str().unwrap_or_default();
-            if wanted(status) {
-                return Ok(());
-            }
-            if matches!(status, "auth_failed" | "error" | "max_connections") {
-                return Err(format!("{status}: {}", item["message"].as_str().unwrap_or_default()));
-            }
+            _ => {}
         }
     }
+}
+
+/// `Some(Ok)` if a message holds a status for which `wanted` holds, `Some(Err)` if it holds
+/// an error-like status, `None` otherwise.
+fn status_in(text: &[u8], wanted: impl Fn(&str) -> bool) -> Option<Result<(), String>> {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(text) else {
+        return None;
+    };
+    for item in items {
+        let status = item["status"].as_str().unwrap_or_default();
+        if wanted(status) {
+            return Some(Ok(()));
+        }
+        if matches!(status, "auth_failed" | "error" | "max_connections") {
+            let message = item["message"].as_str().unwrap_or_default();
+            return Some(Err(format!("{status}: {message}")));
+        }
+    }
+    None
 }
 
 /// One connection's figures for one step.
@@ -402,6 +454,11 @@ impl Pool {
 
 struct Held {
     conn: Conn,
+    tally: Tally,
+}
+
+/// What a reader keeps of one connection's stream.
+struct Tally {
     report: ConnReport,
     last_seq: u64,
     /// The block being filled: (block, events, checksum); `None` before the first event.
@@ -426,6 +483,9 @@ struct ReaderLoop {
     latency_step: u64,
     /// Time spent working since the last report, ns.
     busy_ns: u64,
+    digests: Digests,
+    /// The buffer every connection of this reader is read into.
+    scratch: Vec<u8>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -450,6 +510,8 @@ impl ReaderLoop {
             latency: new_histogram(),
             latency_step: 0,
             busy_ns: 0,
+            digests: Digests::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -493,20 +555,22 @@ impl ReaderLoop {
     fn add(&mut self, conns: Vec<Conn>) {
         for conn in conns {
             let slot = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
-            let fd = conn.socket.get_ref().as_raw_fd();
+            let fd = conn.socket.as_raw_fd();
             let mut held = Held {
-                report: ConnReport { id: conn.id, ..Default::default() },
+                tally: Tally {
+                    report: ConnReport { id: conn.id, ..Default::default() },
+                    last_seq: 0,
+                    open: None,
+                    first_block: None,
+                    begin_open: None,
+                    step: 0,
+                },
                 conn,
-                last_seq: 0,
-                open: None,
-                first_block: None,
-                begin_open: None,
-                step: 0,
             };
             if let Err(error) =
                 self.poll.registry().register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
             {
-                held.report.closed = Some(format!("epoll: {error}"));
+                held.tally.report.closed = Some(format!("epoll: {error}"));
             }
             if slot == self.conns.len() {
                 self.conns.push(Some(held));
@@ -522,10 +586,10 @@ impl ReaderLoop {
         for slot in &mut self.conns {
             if slot.as_ref().is_some_and(|h| ids.contains(&h.conn.id)) {
                 if let Some(mut held) = slot.take() {
-                    let fd = held.conn.socket.get_ref().as_raw_fd();
+                    let fd = held.conn.socket.as_raw_fd();
                     let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    let _ = held.conn.socket.close(None);
-                    let _ = held.conn.socket.flush();
+                    // Best effort: a full socket is closed without the frame.
+                    let _ = wire::send(&mut held.conn.socket, Frame::close(None));
                 }
             }
         }
@@ -535,20 +599,19 @@ impl ReaderLoop {
         let step = self.step().number;
         let mut conns = Vec::new();
         for slot in &mut self.conns {
-            let Some(held) = slot.as_mut() else { continue };
-            roll(held, step);
+            let Some(Held { tally, .. }) = slot.as_mut() else { continue };
+            roll(tally, step);
             // Whole blocks seen in this step: from the one open at `begin` (or after the
             // first, partial one) up to, not including, the one open now.
-            let start = match held.first_block {
-                Some(first) => held.begin_open.unwrap_or(0).max(first + 1),
+            let start = match tally.first_block {
+                Some(first) => tally.begin_open.unwrap_or(0).max(first + 1),
                 None => u64::MAX,
             };
-            held.report.covered = (start, held.open.map_or(0, |o| o.0));
-            let report = std::mem::replace(
-                &mut held.report,
-                ConnReport { id: held.conn.id, ..Default::default() },
-            );
-            held.begin_open = held.open.map(|o| o.0);
+            tally.report.covered = (start, tally.open.map_or(0, |o| o.0));
+            let id = tally.report.id;
+            let report =
+                std::mem::replace(&mut tally.report, ConnReport { id, ..Default::default() });
+            tally.begin_open = tally.open.map(|o| o.0);
             if report.closed.is_some() {
                 *slot = None;
             }
@@ -563,133 +626,243 @@ impl ReaderLoop {
     }
 
     fn read(&mut self, slot: usize) {
-        let Some(Some(held)) = self.conns.get_mut(slot) else { return };
-        if held.report.closed.is_some() {
+        let Some(Some(Held { conn, tally })) = self.conns.get_mut(slot) else { return };
+        if tally.report.closed.is_some() {
             return;
         }
-        loop {
-            match held.conn.socket.read() {
-                Ok(Message::Text(text)) => {
-                    let now = self.clock.now().0;
-                    let step = *self.current.read().unwrap_or_else(PoisonError::into_inner);
-                    roll(held, step.number);
-                    if self.latency_step != step.number {
-                        (self.latency, self.latency_step) = (new_histogram(), step.number);
+        let (clock, current, received) = (&self.clock, &self.current, &self.received);
+        let (latency, latency_step, digests) =
+            (&mut self.latency, &mut self.latency_step, &mut self.digests);
+        let drained = conn.frames.read(&mut conn.socket, &mut self.scratch, |incoming| {
+            match incoming {
+                Incoming::Message(text) => {
+                    let now = clock.now().0;
+                    let step = *current.read().unwrap_or_else(PoisonError::into_inner);
+                    roll(tally, step.number);
+                    if *latency_step != step.number {
+                        (*latency, *latency_step) = (new_histogram(), step.number);
                     }
-                    let trades = absorb(
-                        held,
-                        text.as_bytes(),
-                        now,
-                        step.schedule.as_ref(),
-                        &mut self.latency,
-                    );
-                    self.received.fetch_add(trades, Ordering::Relaxed);
+                    let trades = digests.get(text, &step).apply(tally, now, latency);
+                    received.fetch_add(trades, Ordering::Relaxed);
                 }
-                Ok(Message::Close(frame)) => {
-                    let (code, reason) = frame
-                        .map_or((0, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                    held.report.slow_consumer = code == 4008;
-                    held.report.closed = Some(format!("closed by the server: {code} {reason}"));
-                }
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    break
-                }
-                Err(error) => {
-                    if held.report.closed.is_none() {
-                        held.report.closed = Some(format!("connection lost: {error}"));
-                    }
+                Incoming::Close(code, reason) => {
+                    tally.report.slow_consumer = code == 4008;
+                    tally.report.closed = Some(format!("closed by the server: {code} {reason}"));
                 }
             }
-            if held.report.closed.is_some() {
-                let fd = held.conn.socket.get_ref().as_raw_fd();
-                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                return;
+            ControlFlow::Continue(())
+        });
+        let report = &mut tally.report;
+        match drained {
+            Ok(Drained::WouldBlock | Drained::Stopped) => {}
+            Ok(Drained::Eof) => {
+                report.closed.get_or_insert_with(|| "connection lost: EOF".into());
+            }
+            Err(error) => {
+                report.closed.get_or_insert_with(|| format!("connection lost: {error}"));
             }
         }
-        // Pongs for the server's pings.
-        let _ = held.conn.socket.flush();
+        if report.closed.is_some() {
+            let fd = conn.socket.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
     }
 }
 
 /// Moves a connection's figures to step `number` if they are for an earlier one. Trades
 /// that arrived after the earlier step was reported are counted as strays of the new one.
-fn roll(held: &mut Held, number: u64) {
-    if held.step == number {
+fn roll(tally: &mut Tally, number: u64) {
+    if tally.step == number {
         return;
     }
-    let late = held.report.trades + held.report.stray;
-    let closed = held.report.closed.take();
-    let slow_consumer = held.report.slow_consumer;
-    held.report =
-        ConnReport { id: held.conn.id, stray: late, closed, slow_consumer, ..Default::default() };
-    held.begin_open = held.open.map(|o| o.0);
-    held.step = number;
+    let report = &mut tally.report;
+    let (id, late) = (report.id, report.trades + report.stray);
+    let (closed, slow_consumer) = (report.closed.take(), report.slow_consumer);
+    tally.report = ConnReport { id, stray: late, closed, slow_consumer, ..Default::default() };
+    tally.begin_open = tally.open.map(|o| o.0);
+    tally.step = number;
 }
 
-/// Takes one message into a connection's figures; returns the step trades in it.
-fn absorb(
-    held: &mut Held,
-    text: &[u8],
-    now: u64,
-    schedule: Option<&Schedule>,
-    latency: &mut Histogram<u64>,
-) -> u64 {
-    let report = &mut held.report;
-    let (last_seq, open, first_block) = (&mut held.last_seq, &mut held.open, &mut held.first_block);
-    let mut trades = 0;
-    let mut note = |seq: u64, ev: &[u8], report: &mut ConnReport| {
-        report.events += 1;
-        if seq <= *last_seq {
-            report.order_violations += 1;
-        }
-        *last_seq = seq;
-        let block = seq >> BLOCK_SHIFT;
-        match open {
-            Some((b, count, sum)) if *b == block => {
-                *count += 1;
-                *sum = sum.wrapping_add(event_mix(seq, ev));
-            }
-            _ => {
-                if let Some(done) = open.take() {
-                    if *first_block != Some(done.0) {
-                        report.blocks.push(done);
+/// Digests kept per reader (a power of two).
+const DIGEST_SLOTS: usize = 4096;
+
+/// What one message says, whoever received it and whenever: a pure function of its bytes and
+/// the step's schedule. A reader computes it once per distinct message and applies it to
+/// every connection that received the same bytes (the members of a group get identical
+/// messages), so checking a client costs a hash of what it read, not a parse.
+#[derive(Debug, Default)]
+struct Digest {
+    /// `seq` of the first and the last data event; `None` without one.
+    seqs: Option<(u64, u64)>,
+    /// Events whose `seq` was not above the one before them in the message.
+    order_violations: u64,
+    /// Data events.
+    events: u64,
+    /// The data events in runs of one block: (block, events, checksum).
+    blocks: Vec<(u64, u64, u64)>,
+    /// Trades of the step: count, checksum, lowest and highest id.
+    trades: u64,
+    checksum: u64,
+    k_range: Option<(u64, u64)>,
+    /// Each trade of the step's intended send time, ns.
+    intended_ns: Vec<u64>,
+    /// Trades from outside the step.
+    stray: u64,
+    /// Events the server said it dropped by conflation.
+    conflated: u64,
+    /// `shed` statuses and the events they said were dropped.
+    shed: (u64, u64),
+    /// Why the message could not be read.
+    malformed: Option<String>,
+}
+
+impl Digest {
+    /// Refills `self` (keeping its buffers) with what `text` says under `schedule`.
+    fn fill(&mut self, text: &[u8], schedule: Option<&Schedule>) {
+        self.seqs = None;
+        self.blocks.clear();
+        self.intended_ns.clear();
+        (self.order_violations, self.events, self.trades, self.checksum, self.stray) =
+            (0, 0, 0, 0, 0);
+        (self.k_range, self.conflated, self.shed, self.malformed) = (None, 0, (0, 0), None);
+        let note = |d: &mut Digest, seq: u64, ev: &[u8]| {
+            d.events += 1;
+            d.seqs = Some(match d.seqs {
+                Some((first, last)) => {
+                    if seq <= last {
+                        d.order_violations += 1;
                     }
+                    (first, seq)
                 }
-                first_block.get_or_insert(block);
-                *open = Some((block, 1, event_mix(seq, ev)));
-            }
-        }
-    };
-    let scanned = for_each_event(text, |event| match event {
-        Event::Trade { seq, k, price, size } => {
-            note(seq, b"T", report);
-            match schedule {
-                Some(s) if s.contains(k) => {
-                    trades += 1;
-                    report.trades += 1;
-                    report.k_range =
-                        Some(report.k_range.map_or((k, k), |(lo, hi)| (lo.min(k), hi.max(k))));
-                    report.checksum = report.checksum.wrapping_add(trade_mix(k, price, size));
-                    let _ = latency.record(now.saturating_sub(s.intended_ns(k)).max(1_000));
+                None => (seq, seq),
+            });
+            let block = seq >> BLOCK_SHIFT;
+            match d.blocks.last_mut() {
+                Some((b, count, sum)) if *b == block => {
+                    *count += 1;
+                    *sum = sum.wrapping_add(event_mix(seq, ev));
                 }
-                _ => report.stray += 1,
+                _ => d.blocks.push((block, 1, event_mix(seq, ev))),
             }
-        }
-        Event::Other { ev, seq } => note(seq, ev, report),
-        Event::Status { status, dropped } => {
-            if status == b"conflated" {
-                report.conflated += dropped;
-            } else if status == b"shed" {
-                report.shed.0 += 1;
-                report.shed.1 += dropped;
+        };
+        let mut d = std::mem::take(self);
+        let scanned = for_each_event(text, |event| match event {
+            Event::Trade { seq, k, price, size } => {
+                note(&mut d, seq, b"T");
+                match schedule {
+                    Some(s) if s.contains(k) => {
+                        d.trades += 1;
+                        d.k_range =
+                            Some(d.k_range.map_or((k, k), |(lo, hi)| (lo.min(k), hi.max(k))));
+                        d.checksum = d.checksum.wrapping_add(trade_mix(k, price, size));
+                        d.intended_ns.push(s.intended_ns(k));
+                    }
+                    _ => d.stray += 1,
+                }
             }
+            Event::Other { ev, seq } => note(&mut d, seq, ev),
+            Event::Status { status, dropped } => {
+                if status == b"conflated" {
+                    d.conflated += dropped;
+                } else if status == b"shed" {
+                    d.shed.0 += 1;
+                    d.shed.1 += dropped;
+                }
+            }
+        });
+        if let Err(error) = scanned {
+            d.malformed = Some(error.0);
         }
-    });
-    if let Err(error) = scanned {
-        report.malformed.get_or_insert(error.0);
+        *self = d;
     }
-    trades
+
+    /// Takes the message into a connection's figures, received at `now`; returns the step
+    /// trades in it.
+    fn apply(&self, tally: &mut Tally, now: u64, latency: &mut Histogram<u64>) -> u64 {
+        let report = &mut tally.report;
+        report.events += self.events;
+        report.order_violations += self.order_violations;
+        if let Some((first, last)) = self.seqs {
+            if first <= tally.last_seq {
+                report.order_violations += 1;
+            }
+            tally.last_seq = last;
+        }
+        for &(block, count, sum) in &self.blocks {
+            match &mut tally.open {
+                Some((b, events, checksum)) if *b == block => {
+                    *events += count;
+                    *checksum = checksum.wrapping_add(sum);
+                }
+                open => {
+                    if let Some(done) = open.take() {
+                        if tally.first_block != Some(done.0) {
+                            report.blocks.push(done);
+                        }
+                    }
+                    tally.first_block.get_or_insert(block);
+                    *open = Some((block, count, sum));
+                }
+            }
+        }
+        report.trades += self.trades;
+        report.checksum = report.checksum.wrapping_add(self.checksum);
+        if let Some((lo, hi)) = self.k_range {
+            report.k_range = Some(report.k_range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        }
+        report.stray += self.stray;
+        report.conflated += self.conflated;
+        report.shed.0 += self.shed.0;
+        report.shed.1 += self.shed.1;
+        if let Some(error) = &self.malformed {
+            report.malformed.get_or_insert_with(|| error.clone());
+        }
+        for &intended in &self.intended_ns {
+            let _ = latency.record(now.saturating_sub(intended).max(1_000));
+        }
+        self.trades
+    }
+}
+
+/// A reader's digests of the messages it has checked, by the XXH3-128 of their bytes, for
+/// one step (a digest depends on the step's schedule). Direct-mapped: a slot holds the last
+/// message that hashed to it, so a repeat is found while its group's members read it.
+struct Digests {
+    step: u64,
+    slots: Vec<(u128, Digest)>,
+    /// Messages digested and messages found already digested, for the report.
+    parsed: u64,
+    reused: u64,
+}
+
+impl Digests {
+    fn new() -> Digests {
+        Digests {
+            step: u64::MAX,
+            slots: (0..DIGEST_SLOTS).map(|_| (0, Digest::default())).collect(),
+            parsed: 0,
+            reused: 0,
+        }
+    }
+
+    /// The digest of `text` under `step`, computed unless this reader has it.
+    fn get(&mut self, text: &[u8], step: &Step) -> &Digest {
+        if self.step != step.number {
+            self.slots.iter_mut().for_each(|slot| slot.0 = 0);
+            self.step = step.number;
+        }
+        // 0 marks an empty slot; a message hashing to 0 is digested every time.
+        let key = xxhash_rust::xxh3::xxh3_128(text);
+        let slot = &mut self.slots[key as usize & (DIGEST_SLOTS - 1)];
+        if slot.0 == key && key != 0 {
+            self.reused += 1;
+        } else {
+            slot.1.fill(text, step.schedule.as_ref());
+            slot.0 = key;
+            self.parsed += 1;
+        }
+        &slot.1
+    }
 }
 
 #[cfg(test)]
@@ -711,6 +884,54 @@ mod tests {
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
             receive_buffer_bytes: 0,
         }
+    }
+
+    fn tally(id: u32) -> Tally {
+        Tally {
+            report: ConnReport { id, ..Default::default() },
+            last_seq: 0,
+            open: None,
+            first_block: None,
+            begin_open: None,
+            step: 1,
+        }
+    }
+
+    #[test]
+    fn a_repeated_message_is_digested_once_and_counts_the_same_for_every_receiver() {
+        let schedule = Schedule { first: 100, trades: 10, rate: 1000.0, start_ns: 1_000_000 };
+        let step = Step { number: 1, schedule: Some(schedule) };
+        let message = br#"[{"ev":"T","sym":"A","seq":5,"p":1.5,"s":10,"i":"101"},{"ev":"A","sym":"A","seq":6},{"ev":"T","sym":"B","seq":7,"p":2,"s":1,"i":"99"}]"#;
+        let (mut digests, mut latency) = (Digests::new(), new_histogram());
+        let mut tallies = [tally(0), tally(1)];
+        for tally in &mut tallies {
+            let trades = digests.get(message, &step).apply(tally, 10_000_000, &mut latency);
+            assert_eq!(trades, 1);
+        }
+        assert_eq!((digests.parsed, digests.reused), (1, 1));
+        let [a, b] = &tallies;
+        for r in [&a.report, &b.report] {
+            assert_eq!((r.trades, r.stray, r.events, r.order_violations), (1, 1, 3, 0));
+            assert_eq!(r.checksum, trade_mix(101, 1_500_000, 10));
+        }
+        assert_eq!((a.last_seq, a.open), (7, b.open));
+        assert_eq!(latency.len(), 2, "one latency per receiver");
+
+        // One altered byte is another message, read afresh, and its checksum differs.
+        let altered = String::from_utf8_lossy(message).replace("1.5", "1.6");
+        let mut c = tally(2);
+        digests.get(altered.as_bytes(), &step).apply(&mut c, 10_000_000, &mut latency);
+        assert_eq!(digests.parsed, 2);
+        assert_ne!(c.report.checksum, a.report.checksum);
+
+        // A new step has a new schedule: the same bytes are read again under it.
+        let next = Step { number: 2, schedule: Some(Schedule { first: 200, ..schedule }) };
+        let mut d = tally(3);
+        assert_eq!(digests.get(message, &next).apply(&mut d, 0, &mut latency), 0);
+        assert_eq!((d.report.trades, d.report.stray, digests.parsed), (0, 2, 3));
+        // Replaying seq 5..7 after 7 breaks the order.
+        digests.get(message, &step).apply(&mut tallies[0], 0, &mut latency);
+        assert_eq!(tallies[0].report.order_violations, 1);
     }
 
     #[test]

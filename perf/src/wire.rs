@@ -1,6 +1,14 @@
 //! The bytes both ends of the load generator agree on: prices read back as the server
-//! prints them (`tickstock_engine::encode::write_price`), the per-trade checksum, and a scanner that reads the fields it needs out of the server's
-//! event arrays without building a JSON tree (a client reads millions of events a second).
+//! prints them (`tickstock_engine::encode::write_price`), the per-trade checksum, a scanner
+//! that reads the fields it needs out of the server's event arrays without building a JSON
+//! tree, and the clients' WebSocket frame reader (a client reads millions of events a
+//! second).
+
+use std::io::{Cursor, Read, Write};
+use std::ops::ControlFlow;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use tickstock_engine::limits::PRICE_SCALE as SCALE;
 
@@ -226,6 +234,205 @@ fn excerpt(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned()
 }
 
+/// Largest server frame a client accepts: well above the server's `frame_bytes_max`.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+/// The least a read asks the socket for.
+const READ_BYTES_MIN: usize = 256 * 1024;
+
+/// What a client receives, message by message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A whole text or binary message (fragments joined).
+    Message(&'a [u8]),
+    /// A close frame: its code (0 without one) and reason.
+    Close(u16, String),
+}
+
+/// How a read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// The socket has nothing more now.
+    WouldBlock,
+    /// The callback asked to stop; what was read after that message is kept.
+    Stopped,
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+/// The client's side of server-to-client WebSocket frames, read straight from the socket
+/// into a buffer the reader thread shares between its connections.
+///
+/// tungstenite does the framing rules (`FrameHeader::parse`, and the masked frames a client
+/// sends), but its `WebSocket::read` zero-fills 16 KiB before every `read` and copies each
+/// message out: at 20 M client-events/s that was an eighth of the machine, more than the
+/// checks. Here a connection keeps only the bytes of a frame that has not arrived whole.
+/// Text is not UTF-8-checked: the scanner reads every byte of it, and a client compares
+/// each message's hash or its events with what was played.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// Read but not yet a whole frame.
+    pending: Vec<u8>,
+    /// The fragments of a message whose last frame has not arrived.
+    fragments: Vec<u8>,
+    fragmented: bool,
+    /// `pending` may hold whole frames: the callback stopped before them.
+    stopped: bool,
+    /// The payload of the last ping, to answer.
+    pong_due: Option<Vec<u8>>,
+    /// Pings answered.
+    pub pings: u64,
+}
+
+impl FrameReader {
+    /// A reader with nothing read yet.
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Reads from `stream` until it would block (or `each` breaks, or the stream ends),
+    /// calling `each` for every message and close frame. `scratch` is the reader thread's
+    /// buffer; it grows to hold the largest frame seen. Pings are answered after the reads.
+    pub fn read<S: Read + Write>(
+        &mut self,
+        stream: &mut S,
+        scratch: &mut Vec<u8>,
+        mut each: impl FnMut(Incoming<'_>) -> ControlFlow<()>,
+    ) -> std::io::Result<Drained> {
+        let outcome = loop {
+            if std::mem::take(&mut self.stopped) {
+                let kept = std::mem::take(&mut self.pending);
+                match self.frames(&kept, &mut each) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) => break Ok(Drained::Stopped),
+                    Err(e) => break Err(e),
+                }
+            }
+            let kept = self.pending.len();
+            if scratch.len() < kept + READ_BYTES_MIN {
+                scratch.resize(kept + READ_BYTES_MIN, 0);
+            }
+            scratch[..kept].copy_from_slice(&self.pending);
+            let n = match stream.read(&mut scratch[kept..]) {
+                Ok(0) => break Ok(Drained::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break Ok(Drained::WouldBlock)
+                }
+                Err(e) => break Err(e),
+            };
+            self.pending.clear();
+            match self.frames(&scratch[..kept + n], &mut each) {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => break Ok(Drained::Stopped),
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(payload) = self.pong_due.take() {
+            self.pings += 1;
+            send(stream, Frame::pong(payload))?;
+        }
+        outcome
+    }
+
+    /// Takes the whole frames of `bytes`; keeps the rest in `pending`.
+    fn frames(
+        &mut self,
+        bytes: &[u8],
+        each: &mut impl FnMut(Incoming<'_>) -> ControlFlow<()>,
+    ) -> std::io::Result<ControlFlow<()>> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let mut at = 0;
+        while at < bytes.len() {
+            let mut cursor = Cursor::new(&bytes[at..]);
+            let Some((header, length)) =
+                FrameHeader::parse(&mut cursor).map_err(|e| bad(e.to_string()))?
+            else {
+                break;
+            };
+            let start = at + cursor.position() as usize;
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            if length > FRAME_BYTES_MAX {
+                return Err(bad(format!("a {length}-byte frame (limit {FRAME_BYTES_MAX})")));
+            }
+            if bytes.len() - start < length {
+                break;
+            }
+            if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 {
+                return Err(bad("a masked or extended frame from the server".into()));
+            }
+            let payload = &bytes[start..start + length];
+            at = start + length;
+            let flow = match header.opcode {
+                OpCode::Data(Data::Continue) if !self.fragmented => {
+                    return Err(bad("a continuation frame with no message".into()))
+                }
+                OpCode::Data(Data::Text | Data::Binary) if self.fragmented => {
+                    return Err(bad("a new message inside a fragmented one".into()))
+                }
+                OpCode::Data(Data::Text | Data::Binary) if header.is_final => {
+                    each(Incoming::Message(payload))
+                }
+                OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
+                    self.fragments.extend_from_slice(payload);
+                    self.fragmented = !header.is_final;
+                    if header.is_final {
+                        let flow = each(Incoming::Message(&self.fragments));
+                        self.fragments.clear();
+                        flow
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+                OpCode::Control(Control::Ping) => {
+                    self.pong_due = Some(payload.to_vec());
+                    ControlFlow::Continue(())
+                }
+                OpCode::Control(Control::Close) => {
+                    let code = payload.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                    each(Incoming::Close(code, reason.into_owned()))
+                }
+                OpCode::Control(Control::Pong) => ControlFlow::Continue(()),
+                OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                    return Err(bad(format!("opcode {:?} from the server", header.opcode)))
+                }
+            };
+            if flow.is_break() {
+                self.pending.extend_from_slice(&bytes[at..]);
+                self.stopped = true;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        self.pending.extend_from_slice(&bytes[at..]);
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Writes one client frame (masked, as a client's must be), whole.
+pub fn send(stream: &mut impl Write, mut frame: Frame) -> std::io::Result<()> {
+    frame.header_mut().mask = Some(next_mask());
+    let mut bytes = Vec::with_capacity(frame.len());
+    frame.format(&mut bytes).map_err(std::io::Error::other)?;
+    stream.write_all(&bytes)
+}
+
+/// A client text message.
+pub fn text(text: String) -> Frame {
+    Frame::message(text, OpCode::Data(Data::Text), true)
+}
+
+/// A fresh masking key: RFC 6455 wants them unpredictable to proxies; splitmix over the
+/// clock and a counter is plenty for a load generator on its own network.
+fn next_mask() -> [u8; 4] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (mix(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed)) as u32).to_le_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +464,127 @@ mod tests {
                 Event::Status { status: b"conflated", dropped: 3 },
             ]
         );
+    }
+
+    /// A stream that hands out its bytes a few at a time, then would block.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        step: usize,
+        written: Vec<u8>,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.bytes.len() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn server_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let frame = match opcode {
+            OpCode::Control(Control::Ping) => Frame::ping(payload.to_vec()),
+            _ => Frame::message(payload.to_vec(), opcode, fin),
+        };
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).expect("formats");
+        bytes
+    }
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole_and_pings_are_answered() {
+        let big = vec![b'x'; 70_000];
+        let mut stream = Vec::new();
+        stream.extend(server_frame(OpCode::Data(Data::Text), true, b"[1]"));
+        stream.extend(server_frame(OpCode::Data(Data::Text), false, b"[2,"));
+        stream.extend(server_frame(OpCode::Control(Control::Ping), true, b"hi"));
+        stream.extend(server_frame(OpCode::Data(Data::Continue), true, b"3]"));
+        stream.extend(server_frame(OpCode::Data(Data::Binary), true, &big));
+        let mut close = Vec::new();
+        Frame::close(Some(tungstenite::protocol::CloseFrame {
+            code: 4008.into(),
+            reason: "slow consumer".into(),
+        }))
+        .format(&mut close)
+        .expect("formats");
+        stream.extend(close);
+        for step in [1, 3, 7, 1000, 1 << 20] {
+            let mut trickle = Trickle { bytes: stream.clone(), at: 0, step, written: Vec::new() };
+            let (mut reader, mut scratch, mut seen) = (FrameReader::new(), Vec::new(), Vec::new());
+            loop {
+                let drained = reader
+                    .read(&mut trickle, &mut scratch, |m| {
+                        seen.push(match m {
+                            Incoming::Message(bytes) => format!("{}", bytes.len()),
+                            Incoming::Close(code, reason) => format!("{code} {reason}"),
+                        });
+                        ControlFlow::Continue(())
+                    })
+                    .expect("reads");
+                assert_eq!(drained, Drained::WouldBlock);
+                if trickle.at == trickle.bytes.len() {
+                    break;
+                }
+            }
+            assert_eq!(seen, ["3", "5", "70000", "4008 slow consumer"], "step {step}");
+            assert_eq!(reader.pings, 1);
+            // The pong is masked and carries the ping's payload.
+            let (header, length) = FrameHeader::parse(&mut Cursor::new(&trickle.written))
+                .expect("parses")
+                .expect("whole");
+            assert_eq!((header.opcode, length), (OpCode::Control(Control::Pong), 2));
+            assert!(header.mask.is_some());
+        }
+    }
+
+    #[test]
+    fn a_stop_keeps_what_follows_and_bad_frames_are_errors() {
+        let mut stream = server_frame(OpCode::Data(Data::Text), true, b"first");
+        stream.extend(server_frame(OpCode::Data(Data::Text), true, b"second"));
+        let mut trickle = Trickle { bytes: stream, at: 0, step: 1 << 20, written: Vec::new() };
+        let (mut reader, mut scratch) = (FrameReader::new(), Vec::new());
+        let mut seen = Vec::new();
+        let mut take = |m: Incoming<'_>| {
+            seen.push(format!("{m:?}"));
+            ControlFlow::Break(())
+        };
+        assert_eq!(
+            reader.read(&mut trickle, &mut scratch, &mut take).expect("reads"),
+            Drained::Stopped
+        );
+        assert_eq!(
+            reader.read(&mut trickle, &mut scratch, &mut take).expect("reads"),
+            Drained::Stopped
+        );
+        assert_eq!(seen.len(), 2);
+        assert!(seen[1].contains("[115, 101, 99"), "{seen:?}");
+
+        let mut masked = Vec::new();
+        let mut frame = Frame::message(b"x".to_vec(), OpCode::Data(Data::Text), true);
+        frame.header_mut().mask = Some([1, 2, 3, 4]);
+        frame.format(&mut masked).expect("formats");
+        for bad in [masked, server_frame(OpCode::Data(Data::Continue), true, b"x")] {
+            let mut trickle = Trickle { bytes: bad, at: 0, step: 64, written: Vec::new() };
+            let error = FrameReader::new()
+                .read(&mut trickle, &mut scratch, |_| ControlFlow::Continue(()))
+                .expect_err("refused");
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        }
     }
 
     #[test]
