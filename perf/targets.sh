@@ -13,7 +13,7 @@ new=${2:?usage: perf/targets.sh OLD_TICKSTOCK NEW_TICKSTOCK [OUT_DIR]}
 out=${3:-perf/results/targets-$(date +%Y%m%d-%H%M%S)}
 runs=${RUNS:-3}
 cd "$(dirname "$0")/.."
-loadgen=target/release/loadgen
+loadgen=${LOADGEN:-target/release/loadgen}
 mkdir -p "$out"
 SCENARIOS=(
   "t-1000x20k|--clients 1000 --rates 20000 --topics T.*"

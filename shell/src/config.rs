@@ -3,6 +3,10 @@
 //! The file is TOML; every section and key is optional and falls back to the default given
 //! here and in `tickstock.toml` at the repository root (which a test keeps equal to
 //! [`Settings::default`]). Unknown keys are errors, so a typo never silently does nothing.
+//!
+//! A run's settings come from, highest first: the command line's flags (applied by
+//! `tickstock`), the environment (`TICKSTOCK_<SECTION>__<KEY>`, see [`Settings::resolve`]),
+//! the file, the defaults.
 //! Secrets (upstream keys, API keys, JWT secrets) are never settings here: they are read from
 //! the environment or from a file named here, and never from the command line.
 
@@ -466,9 +470,36 @@ pub enum SettingsError {
         /// The parser's message.
         message: String,
     },
+    /// A `TICKSTOCK_<SECTION>__<KEY>` variable names no setting or has a value it cannot take.
+    Env {
+        /// The variable.
+        var: String,
+        /// The parser's message.
+        message: String,
+    },
     /// A value is out of range or contradicts another.
     Invalid(String),
 }
+
+/// Prefix of the environment variables that are settings: `TICKSTOCK_SERVER__LISTEN` is
+/// `server.listen`; each further `__` goes a table deeper (`TICKSTOCK_ENGINE__TREND__BUCKET_MS`).
+/// Variables without `__` (the secrets `TICKSTOCK_UPSTREAM_KEY`, `TICKSTOCK_JWT_SECRET`) are
+/// not settings.
+pub const ENV_PREFIX: &str = "TICKSTOCK_";
+
+/// The settings that have no default value, so that `Settings::default_toml` leaves them
+/// out: (table, the key with an example value, what it does). `commented_toml` prints them
+/// as comments under their table.
+const OPTIONAL: &[(&str, &str, &str)] = &[
+    ("engine.overrides", "[engine.overrides.opening]", "thresholds for one market period (pre_market, opening, midday, closing, after_hours): any key of [engine.thresholds]"),
+    ("pipeline", "engine_core = 1", "pin the engine thread to this core id"),
+    ("synthetic", "trades_max = 1000000", "stop after this many trades"),
+    ("upstream", "key_file = \"/etc/tickstock/upstream.key\"", "read the upstream key from this file's first line instead of the variable named by key_env"),
+    ("upstream", "ca_file = \"/etc/tickstock/upstream-ca.pem\"", "extra CA certificates (PEM) to trust for a private upstream"),
+    ("server", "api_keys_file = \"/etc/tickstock/api_keys\"", "API keys, one per line: KEY [user=ID] [symbols=AAPL,MSFT]; without keys or JWTs any token is accepted, on loopback only"),
+    ("server", "jwt_algorithm = \"HS256\"", "accept JWTs: HS256 (secret in the variable named by jwt_secret_env), RS256 or ES256 (jwt_public_key_file)"),
+    ("server", "jwt_public_key_file = \"/etc/tickstock/jwt.pem\"", "PEM public key for RS256 or ES256 JWTs"),
+];
 
 impl fmt::Display for SettingsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -477,6 +508,7 @@ impl fmt::Display for SettingsError {
                 write!(f, "cannot read {}: {source}", path.display())
             }
             SettingsError::Parse { path, message } => write!(f, "{}: {message}", path.display()),
+            SettingsError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
             SettingsError::Invalid(message) => write!(f, "invalid setting: {message}"),
         }
     }
@@ -492,6 +524,77 @@ impl Settings {
         Settings::parse(&text)
             .map_err(|message| SettingsError::Parse { path: path.to_owned(), message })?
             .validated()
+    }
+
+    /// A run's settings before its flags: the defaults, overlaid by `file` (if any), overlaid
+    /// by the `TICKSTOCK_<SECTION>__<KEY>` variables of `env`. A variable's value is read as
+    /// a TOML value (`8080`, `true`, `1.5`, `["T.*", "A.*"]`, `"text"`) and, when it is not
+    /// one, as a string (`127.0.0.1:9000`); quote a string that looks like a number.
+    /// Not yet range-checked: apply the flags, then call [`Settings::validated`].
+    pub fn resolve(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+                let parse = |message| SettingsError::Parse { path: path.to_owned(), message };
+                // Parsed as settings first, for messages that name the line and the key.
+                Settings::parse(&text).map_err(parse)?;
+                text.parse::<toml::Table>().map_err(|e| parse(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
+            .collect();
+        vars.sort();
+        for (var, raw) in vars {
+            let path: Vec<String> =
+                var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+            let value = env_value(&raw);
+            let fail = |message: String| SettingsError::Env { var: var.clone(), message };
+            if path.iter().any(String::is_empty) {
+                return Err(fail("an empty section or key".to_owned()));
+            }
+            // Alone on the defaults first, so an error names this variable.
+            let mut alone = toml::Table::new();
+            insert(&mut alone, &path, value.clone()).map_err(&fail)?;
+            Settings::from_table(alone).map_err(&fail)?;
+            insert(&mut table, &path, value).map_err(&fail)?;
+        }
+        Settings::from_table(table).map_err(|message| SettingsError::Invalid(message))
+    }
+
+    fn from_table(table: toml::Table) -> Result<Settings, String> {
+        Settings::deserialize(toml::Value::Table(table)).map_err(|error| error.to_string())
+    }
+
+    /// Every setting as a TOML document, those without a default (`OPTIONAL`) included as
+    /// comments that say what they do: what `tickstock config` prints.
+    pub fn commented_toml(&self) -> String {
+        let text = toml::to_string(self).expect("Invariant: settings serialize");
+        let mut out = String::with_capacity(text.len() + 2_048);
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            out.push_str(line);
+            out.push('\n');
+            let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+                continue;
+            };
+            // This table's own keys: up to the next header.
+            let keys = lines[at + 1..].iter().take_while(|l| !l.starts_with('['));
+            let keys: Vec<&str> = keys.filter_map(|l| l.split(" = ").next()).collect();
+            for (_, example, meaning) in OPTIONAL.iter().filter(|(t, ..)| *t == table) {
+                let key = example.split(" = ").next().unwrap_or_default();
+                if !keys.contains(&key) {
+                    out.push_str(&format!("# {meaning}:\n# {example}\n"));
+                }
+            }
+        }
+        out
     }
 
     /// Parses TOML text (without the range checks of [`Settings::validated`]).
@@ -595,6 +698,28 @@ impl Settings {
     }
 }
 
+/// An environment variable's value as TOML: a TOML value if it is one, else a string.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut table) if table.len() == 1 => {
+            table.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+        }
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Sets `path` (tables, then a key) in `table` to `value`.
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (key, tables) = path.split_last().ok_or("no key")?;
+    let mut at = table;
+    for name in tables {
+        let next = at.entry(name.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        at = next.as_table_mut().ok_or_else(|| format!("{name} is a value, not a table"))?;
+    }
+    at.insert(key.clone(), value);
+    Ok(())
+}
+
 fn within(field: &str, value: u64, min: u64, max: u64) -> Result<(), SettingsError> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -640,6 +765,63 @@ mod tests {
         let idle = "[pipeline.engine_idle]\nkind = \"backoff\"\nspins = 1\nyields = 1\npark_us_min = 0\npark_us_max = 5\n";
         let error = Settings::parse(idle).unwrap().validated().unwrap_err().to_string();
         assert!(error.contains("engine_idle"), "{error}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_which_overrides_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nthreads = 3\n[synthetic]\nseed = 7\n")
+            .unwrap();
+        let vars = env(&[
+            ("TICKSTOCK_SERVER__LISTEN", "127.0.0.1:9000"),
+            ("TICKSTOCK_SYNTHETIC__TRADES_MAX", "5"),
+            ("TICKSTOCK_UPSTREAM__TOPICS", "[\"T.*\", \"A.*\"]"),
+            ("TICKSTOCK_ENGINE__TREND__BUCKET_MS", "2500"),
+            ("TICKSTOCK_SERVER__JWT_ALGORITHM", "HS256"),
+            // Secrets and strangers are not settings.
+            ("TICKSTOCK_UPSTREAM_KEY", "secret"),
+            ("HOME", "/root"),
+        ]);
+        let s = Settings::resolve(Some(&file), vars).unwrap().validated().unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:9000", "environment over file");
+        assert_eq!(s.server.threads, 3, "file over default");
+        assert_eq!(s.synthetic.seed, 7);
+        assert_eq!(s.synthetic.trades_max, Some(5));
+        assert_eq!(s.upstream.topics, ["T.*", "A.*"]);
+        assert_eq!(s.engine.trend.bucket_ms, 2500);
+        assert_eq!(s.server.jwt_algorithm.as_deref(), Some("HS256"));
+        assert_eq!(Settings::resolve(None, Vec::new()).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn a_bad_variable_is_named() {
+        for (var, value, says) in [
+            ("TICKSTOCK_SERVER__LISTN", "x", "listn"),
+            ("TICKSTOCK_SERVER__THREADS", "many", "threads"),
+            ("TICKSTOCK_NOPE__X", "1", "nope"),
+            ("TICKSTOCK_SERVER__", "1", "empty"),
+        ] {
+            let error = Settings::resolve(None, env(&[(var, value)])).unwrap_err().to_string();
+            assert!(error.contains(var) && error.contains(says), "{var}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_printed_configuration_has_every_setting_and_parses_back() {
+        let text = Settings::default().commented_toml();
+        assert_eq!(Settings::parse(&text).unwrap(), Settings::default());
+        for (_, example, _) in OPTIONAL {
+            assert!(text.contains(&format!("# {example}\n")), "{example} missing");
+        }
+        let mut set = Settings::default();
+        set.synthetic.trades_max = Some(9);
+        let text = set.commented_toml();
+        assert!(text.contains("trades_max = 9") && !text.contains("# trades_max"), "{text}");
     }
 
     #[test]

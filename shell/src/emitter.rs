@@ -310,7 +310,7 @@ pub fn run(
     }
     emitter.publish_histograms(true);
     if let Err(error) = emitter.sink.finish() {
-        eprintln!("tickstock: output failed at shutdown: {error}");
+        tracing::error!(%error, "output failed at shutdown");
     }
 }
 
@@ -388,9 +388,7 @@ fn hand_on(
         }
         Err(error) => {
             if *sink_ok {
-                eprintln!(
-                    "tickstock: output failed, frames are counted as sink_failed from now: {error}"
-                );
+                tracing::error!(%error, "output failed; frames are counted as sink_failed from now");
                 *sink_ok = false;
             }
             counts[FAILED] += frames;

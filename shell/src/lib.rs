@@ -25,6 +25,7 @@ pub mod emitter;
 pub mod feed;
 pub mod idle;
 pub mod journal;
+pub mod logging;
 pub mod pipeline;
 pub mod server;
 pub mod tracer;

@@ -1,10 +1,13 @@
 //! `tickstock`: the TickStock command. `tickstock serve` (the default) runs the synthetic
 //! market through the engine and emits its events; `record`, `replay` and `import-csv` work
-//! with the journal; `config` prints every setting with its default.
+//! with the journal; `config` prints every setting, `check-config` checks a file.
+//!
+//! Settings, highest first: flags, `TICKSTOCK_<SECTION>__<KEY>` variables, the file, the
+//! defaults (`docs/operations.md`).
 
 #![forbid(unsafe_code)]
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tickstock_engine::RejectReason;
-use tickstock_shell::config::{FeedSource, Settings};
+use tickstock_shell::config::{FeedSource, Settings, SettingsError};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
 use tickstock_shell::emitter::{JsonLinesSink, NullSink};
 use tickstock_shell::feed::journal::{JournalFeed, Pace};
@@ -21,6 +24,7 @@ use tickstock_shell::feed::synthetic::SyntheticFeed;
 use tickstock_shell::feed::upstream::parse::Garbage;
 use tickstock_shell::feed::upstream::{read_key, UpstreamFeed, UpstreamStatus, FAILURE_LABELS};
 use tickstock_shell::feed::{Feed, FeedEnd};
+use tickstock_shell::logging::{self, LogFormat};
 use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
 use tickstock_shell::server::auth::Authenticator;
 use tickstock_shell::server::{Reporting, Service};
@@ -37,9 +41,26 @@ struct Cli {
     /// Configuration file (TOML). Every setting has a default; `tickstock config` prints them.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// No status lines on stderr while running.
+    /// No status lines in the log while running.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Which log events are written: a level (error, warn, info, debug, trace) or
+    /// `tracing` directives (`info,tickstock_shell::server=debug`). Default: `RUST_LOG`,
+    /// else info.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log lines as text or as JSON objects.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// The server's listen address (`server.listen`).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The upstream feed's URL (`upstream.url`).
+    #[arg(long, global = true, value_name = "URL")]
+    upstream_url: Option<String>,
+    /// The API keys file (`server.api_keys_file`).
+    #[arg(long, global = true, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,8 +75,15 @@ enum Command {
     Replay(ReplayArgs),
     /// Write trades from a CSV file (ts,symbol,price,size) into a journal.
     ImportCsv(ImportArgs),
-    /// Print the configuration: the defaults, or the given file with defaults filled in.
+    /// Print every setting of this run (the file, the environment and the flags over the
+    /// defaults), the optional ones as comments that say what they do.
     Config,
+    /// Check a configuration file (with the environment and flags, as a run would take it)
+    /// without starting anything; exits 2 with the reason if it cannot be used.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -154,25 +182,25 @@ struct ImportArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match &cli.config {
-        Some(path) => Settings::load(path),
-        None => Settings::default().validated(),
+    if let Err(error) = logging::init(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("tickstock: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let file = match &cli.command {
+        Some(Command::CheckConfig { file }) => Some(file.as_path()),
+        _ => cli.config.as_deref(),
     };
-    let mut settings = match settings {
+    let mut settings = match settings_of(&cli, file) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("tickstock: {error}");
+            tracing::error!("{error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once.
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop));
-        if let Err(error) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("tickstock: cannot install signal handlers: {error}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(error) = watch_signals(Arc::clone(&stop)) {
+        tracing::error!(%error, "cannot install signal handlers");
+        return ExitCode::FAILURE;
     }
     let quiet = cli.quiet;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
@@ -196,7 +224,7 @@ fn main() -> ExitCode {
         }
         Command::Replay(args) => {
             if !(args.speed.is_finite() && args.speed > 0.0) {
-                eprintln!("tickstock: --speed must be a positive number, got {}", args.speed);
+                tracing::error!("--speed must be a positive number, got {}", args.speed);
                 return ExitCode::from(EXIT_CONFIG);
             }
             settings.journal.enabled = false;
@@ -206,8 +234,78 @@ fn main() -> ExitCode {
         }
         Command::ImportCsv(args) => import(&settings, &args),
         Command::Config => {
-            print!("{}", toml::to_string(&settings).expect("Invariant: settings serialize"));
+            print!("{}", settings.commented_toml());
             ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The run's settings: the defaults, the file, the environment, then the flags, checked.
+fn settings_of(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, SettingsError> {
+    let mut settings = Settings::resolve(file, std::env::vars())?;
+    if let Some(listen) = &cli.listen {
+        settings.server.listen.clone_from(listen);
+    }
+    if let Some(url) = &cli.upstream_url {
+        settings.upstream.url.clone_from(url);
+    }
+    if let Some(path) = &cli.api_keys {
+        settings.server.api_keys_file = Some(path.clone());
+    }
+    settings.validated()
+}
+
+/// SIGINT or SIGTERM raises `stop`: the threads drain and the run reports. A second one
+/// while draining exits at once, saying so. SIGHUP is logged and otherwise ignored (it
+/// used to kill the process).
+fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("tickstock-signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            let name = match signal {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            if signal == SIGHUP {
+                tracing::info!(signal = name, "nothing to reload: the settings are read at start");
+                continue;
+            }
+            // Relaxed: a polled flag.
+            if stop.swap(true, Ordering::Relaxed) {
+                tracing::error!(signal = name, "second signal while draining: exiting now");
+                report_so_far();
+                std::process::exit(1);
+            }
+            tracing::info!(signal = name, "stopping: draining the pipeline (again to force)");
+        }
+    })?;
+    Ok(())
+}
+
+/// What `report_so_far` prints: set once a run has started.
+static RUNNING: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
+
+/// The counters and latencies of a run that was forced to stop before its report.
+fn report_so_far() {
+    if let Some(observed) = RUNNING.get() {
+        let c = &observed.counters;
+        tracing::info!(
+            "so far: received {}, accepted {}, rejected {}, events {}, emitted {}, journal {} records",
+            c.received.get(),
+            c.accepted.get(),
+            c.rejected.get(),
+            c.detected.get(),
+            c.emitted.get(),
+            c.journal_records.get()
+        );
+        for line in latency_summary(&observed.histograms).lines() {
+            tracing::info!("{line}");
         }
     }
 }
@@ -223,7 +321,7 @@ fn serve_or_record(
     match make_feed(settings, feed) {
         Ok((feed, time, upstream)) => run(settings, feed, output, time, stop, quiet, upstream),
         Err(message) => {
-            eprintln!("tickstock: {message}");
+            tracing::error!("{message}");
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -276,9 +374,11 @@ fn serve(
     let service = Service::start(settings, auth, feed, time, stop, reporting, status)
         .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
     let address = service.local_addr;
-    eprintln!("tickstock: serving ws://{address}/stocks, http://{address}/health and /metrics");
+    tracing::info!(
+        "serving ws://{address}/stocks, http://{address}/health and http://{address}/metrics"
+    );
     if open {
-        eprintln!("tickstock: no credentials configured: any token is accepted (loopback only)");
+        tracing::warn!("no credentials configured: any token is accepted (loopback only)");
     }
     Ok(service)
 }
@@ -307,13 +407,14 @@ fn run(
     let upstream_line = upstream.clone();
     let status = move |counters: &Counters, histograms: &Histograms| {
         if !quiet {
-            eprintln!("{}", status_line(counters, histograms, &mut last));
+            tracing::info!("{}", status_line(counters, histograms, &mut last));
             if let Some(upstream) = &upstream_line {
-                eprintln!("{}", upstream_report(upstream));
+                tracing::info!("{}", upstream_report(upstream));
             }
         }
     };
     let observed = Observed::default();
+    let _ = RUNNING.set(observed.clone());
     let reporting = Reporting { observed: observed.clone(), upstream: upstream.clone() };
     let (result, server_counters) = match output {
         Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {
@@ -322,7 +423,7 @@ fn run(
                 (service.wait(), Some(counters))
             }
             Err(message) => {
-                eprintln!("tickstock: {message}");
+                tracing::error!("{message}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
@@ -357,19 +458,21 @@ fn run(
     let report = match result {
         Ok(report) => report,
         Err(error) => {
-            eprintln!("tickstock: {error}");
+            tracing::error!("{error}");
             return ExitCode::FAILURE;
         }
     };
     if let Some(c) = server_counters {
-        eprintln!(
+        tracing::info!(
             "server: {} accepted, {} auth ok, {} auth failed, {} messages out ({} bytes, {} events, {} writes), {} slow-consumer closes, {} client errors",
             c.total(|c| &c.accepted), c.total(|c| &c.auth_successes), c.total(|c| &c.auth_failures), c.total(|c| &c.messages_out), c.total(|c| &c.bytes_out), c.total(|c| &c.events_out), c.total(|c| &c.writes), c.total(|c| &c.slow_consumer_closes), c.total(|c| &c.client_errors)
         );
     }
-    eprintln!("{}", final_report(&report));
+    for line in final_report(&report).lines() {
+        tracing::info!("{line}");
+    }
     if let Some(upstream) = &upstream {
-        eprintln!("{}", upstream_report(upstream));
+        tracing::info!("{}", upstream_report(upstream));
     }
     if report.journal_failed {
         return ExitCode::from(EXIT_JOURNAL);
@@ -384,24 +487,27 @@ fn status_line(c: &Counters, h: &Histograms, last: &mut (u64, std::time::Instant
     let received = c.received.get();
     let rate = (received - last.0) as f64 / last.1.elapsed().as_secs_f64().max(1e-9);
     *last = (received, std::time::Instant::now());
-    let [p50, p99, _, _] = tickstock_shell::tracer::percentiles(&h.ring_to_frame_ns);
+    let latency = match tickstock_shell::tracer::percentiles(&h.ring_to_frame_ns) {
+        Some([p50, p99, _, _]) => {
+            format!(", ring->frame p50 {:.1} µs p99 {:.1} µs", p50 as f64 / 1e3, p99 as f64 / 1e3)
+        }
+        None => String::new(),
+    };
     format!(
-        "tickstock: {received} ticks ({rate:.0}/s), {} rejected, {} events, {} emitted, {} dropped, journal {} records{}, ring->frame p50 {:.1} µs p99 {:.1} µs",
+        "{received} ticks ({rate:.0}/s), {} rejected, {} events, {} emitted, {} dropped, journal {} records{}{latency}",
         c.rejected.get(),
         c.detected.get(),
         c.emitted.get(),
         c.buffer_dropped.get(),
         c.journal_records.get(),
         if c.journal_down.load(Ordering::Relaxed) { " (DOWN)" } else { "" },
-        p50 as f64 / 1e3,
-        p99 as f64 / 1e3,
     )
 }
 
 fn final_report(report: &Report) -> String {
     let c = &report.counters;
     let mut lines = vec![format!(
-        "tickstock: stopped after {:.1} s ({:?})",
+        "stopped after {:.1} s ({})",
         report.elapsed.as_secs_f64(),
         report.feed_end
     )];
@@ -498,16 +604,14 @@ fn import(settings: &Settings, args: &ImportArgs) -> ExitCode {
         match std::fs::File::open(&args.file) {
             Ok(file) => csv_import::import(io::BufReader::new(file), &options),
             Err(error) => {
-                eprintln!("tickstock: cannot open {}: {error}", args.file.display());
+                tracing::error!("cannot open {}: {error}", args.file.display());
                 return ExitCode::FAILURE;
             }
         }
     };
     match result {
         Ok(report) => {
-            let mut err = io::stderr().lock();
-            let _ = writeln!(
-                err,
+            tracing::info!(
                 "imported {} trades of {} symbols into {} segment(s); skipped {} bad rows",
                 report.imported,
                 report.symbols,
@@ -515,12 +619,12 @@ fn import(settings: &Settings, args: &ImportArgs) -> ExitCode {
                 report.skipped
             );
             for example in &report.skipped_examples {
-                let _ = writeln!(err, "  skipped {example}");
+                tracing::info!("skipped {example}");
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("tickstock: import failed, nothing written: {error}");
+            tracing::error!("import failed, nothing written: {error}");
             ExitCode::FAILURE
         }
     }

@@ -300,9 +300,7 @@ fn engine_thread(
     let pipeline = &shared.settings.pipeline;
     if let Some(core) = pipeline.engine_core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-            eprintln!(
-                "tickstock: could not pin the engine thread to core {core}; running unpinned"
-            );
+            tracing::warn!(core, "could not pin the engine thread to its core; running unpinned");
         }
     }
     let mut idler = Idler::new(pipeline.engine_idle);
@@ -427,14 +425,15 @@ fn journal_tick(tick: Tick, journal: &mut JournalOut, shared: &Shared) {
 /// `p50/p99/p99.9/max` of the three histograms, for status lines and reports.
 pub fn latency_summary(histograms: &Histograms) -> String {
     let us = |ns: u64| ns as f64 / 1_000.0;
-    let line = |name: &str, p: [u64; 4]| {
-        format!(
+    let line = |name: &str, p: Option<[u64; 4]>| match p {
+        Some(p) => format!(
             "{name} p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
             us(p[0]),
             us(p[1]),
             us(p[2]),
             us(p[3])
-        )
+        ),
+        None => format!("{name} none measured"),
     };
     [
         line("engine per tick:", percentiles(&histograms.engine_tick_ns)),

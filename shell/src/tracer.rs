@@ -171,8 +171,10 @@ impl LocalHistogram {
     }
 }
 
-/// p50, p99, p99.9 and max of a histogram, in ns.
-pub fn percentiles(histogram: &Mutex<Histogram<u64>>) -> [u64; 4] {
+/// p50, p99, p99.9 and max of a histogram, in ns; `None` when it holds nothing (an empty
+/// histogram's percentiles are not zero, they are meaningless).
+pub fn percentiles(histogram: &Mutex<Histogram<u64>>) -> Option<[u64; 4]> {
     let h = histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    [h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max()]
+    let at = |q| h.value_at_quantile(q);
+    (!h.is_empty()).then(|| [at(0.5), at(0.99), at(0.999), h.max()])
 }

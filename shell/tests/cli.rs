@@ -1,6 +1,7 @@
 //! The `tickstock` binary as a user runs it: help, the main job's output, clean shutdown on
-//! SIGTERM, a SIGKILL mid-write and recovery, bad configuration, CSV import and replay, and a
-//! disk that fills.
+//! SIGTERM (and a forced one on a second), SIGHUP, a SIGKILL mid-write and recovery, bad
+//! configuration, settings from flags and the environment, the log, CSV import and replay,
+//! and a disk that fills.
 
 use std::fs;
 use std::path::Path;
@@ -74,7 +75,7 @@ fn sigterm_drains_flushes_the_journal_and_exits_zero() {
     assert!(output.status.success(), "{stderr}");
     let records: u64 = stderr
         .lines()
-        .find_map(|line| line.strip_prefix("journal: ")?.split(' ').next()?.parse().ok())
+        .find_map(|line| line.split_once(" journal: ")?.1.split(' ').next()?.parse().ok())
         .expect("the report gives the journal's record count");
     assert!(records > 10_000, "{stderr}");
     let recovery = journal::recover(dir.path()).unwrap();
@@ -299,4 +300,190 @@ fn the_upstream_feed_needs_a_key_and_never_prints_it() {
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("upstream: not streaming") && stderr.contains("connect"), "{stderr}");
     assert!(!stderr.contains(secret) && !text(&output.stdout).contains(secret), "the key leaked");
+}
+
+/// Where `tickstock config` says the server listens, given a file, variables and flags.
+fn listen_of(file: Option<&Path>, env: Option<&str>, flag: Option<&str>) -> String {
+    let mut command = tickstock();
+    command.env_remove("TICKSTOCK_SERVER__LISTEN");
+    if let Some(file) = file {
+        command.arg("--config").arg(file);
+    }
+    if let Some(env) = env {
+        command.env("TICKSTOCK_SERVER__LISTEN", env);
+    }
+    if let Some(flag) = flag {
+        command.args(["--listen", flag]);
+    }
+    let output = command.arg("config").output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("listen = ")).expect("listen is printed");
+    line.trim_start_matches("listen = ").trim_matches('"').to_owned()
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    fs::write(&file, "[server]\nlisten = \"127.0.0.1:1111\"\n").unwrap();
+    assert_eq!(listen_of(None, None, None), "127.0.0.1:8765");
+    assert_eq!(listen_of(Some(&file), None, None), "127.0.0.1:1111");
+    assert_eq!(listen_of(Some(&file), Some("127.0.0.1:2222"), None), "127.0.0.1:2222");
+    assert_eq!(listen_of(Some(&file), Some("127.0.0.1:2222"), Some("127.0.0.1:3333")), "127.0.0.1:3333");
+    // `config` prints the optional settings too, as comments that say what they do.
+    let output = tickstock().arg("config").output().unwrap();
+    let stdout = text(&output.stdout);
+    for optional in ["# api_keys_file = ", "# jwt_algorithm = ", "# jwt_public_key_file = ",
+        "# key_file = ", "# ca_file = ", "# engine_core = ", "# trades_max = "] {
+        assert!(stdout.contains(optional), "{optional} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_config_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    fs::write(&good, "[synthetic]\nseed = 3\n").unwrap();
+    let output = tickstock().arg("check-config").arg(&good).output().unwrap();
+    assert!(output.status.success() && text(&output.stdout).contains("ok"), "{output:?}");
+    let bad = dir.path().join("bad.toml");
+    fs::write(&bad, "[server]\nconnections_max = 0\n").unwrap();
+    let output = tickstock().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("server.connections_max"), "{output:?}");
+    let output = tickstock()
+        .arg("check-config")
+        .arg(&good)
+        .env("TICKSTOCK_SYNTHETIC__SEEDS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("TICKSTOCK_SYNTHETIC__SEEDS"), "{output:?}");
+}
+
+#[test]
+fn sighup_does_not_kill_and_a_second_sigterm_forces_the_exit() {
+    let child = tickstock()
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1_000));
+    signal(&child, "HUP");
+    sleep(Duration::from_millis(300));
+    signal(&child, "TERM");
+    let output = finish(child);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "SIGHUP then SIGTERM: a clean stop\n{stderr}");
+    assert!(stderr.contains("SIGHUP") && stderr.contains("stopped after"), "{stderr}");
+
+    // stdout is a pipe nobody reads: once it is full the emitter waits on it, so the drain
+    // cannot finish and only a second signal ends the run.
+    let child = tickstock()
+        .args(["serve", "--output", "stdout"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1_500));
+    signal(&child, "TERM");
+    sleep(Duration::from_millis(500));
+    signal(&child, "TERM");
+    sleep(Duration::from_millis(300));
+    let output = finish(child);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("second signal while draining: exiting now"), "{stderr}");
+    assert!(stderr.contains("so far: received"), "the report so far\n{stderr}");
+}
+
+#[test]
+fn json_logs_have_a_timestamp_a_level_and_fields() {
+    let output = tickstock()
+        .args(["--log-format", "json", "--log-level", "debug", "serve", "--output", "none"])
+        .args(["--duration-s", "1"])
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let mut lines = 0;
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(value["timestamp"].is_string() && value["level"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 3 && stderr.contains("stopped after"), "{stderr}");
+    let output = tickstock().args(["--log-level", "loud=9=9", "config"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "a bad level is refused");
+    assert!(text(&output.stderr).contains("loud"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn the_log_tells_each_connection_and_never_a_key() {
+    use std::io::{BufRead, BufReader};
+    use tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (key, wrong) = ("sk-client-key-0123456789", "sk-wrong-token-987654321");
+    fs::write(&keys, format!("{key} user=desk1\n")).unwrap();
+    let mut child = tickstock()
+        .args(["--listen", "127.0.0.1:0", "--api-keys"])
+        .arg(&keys)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let collector = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.split_once("serving ws://") {
+                let _ = tx.send(at.1.split('/').next().unwrap_or_default().to_owned());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the server says where it is");
+    let session = |token: &str| {
+        let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/stocks")).unwrap();
+        ws.send(Message::text(format!(r#"{{"action":"auth","params":"{token}"}}"#))).unwrap();
+        ws.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+        let mut texts = String::new();
+        while let Ok(Message::Text(text)) = ws.read() {
+            texts.push_str(text.as_str());
+            if texts.contains(r#""ev":"T""#) || texts.contains("auth_failed") {
+                break;
+            }
+        }
+        let _ = ws.close(None);
+        while ws.read().is_ok() {}
+        texts
+    };
+    assert!(session(key).contains(r#""ev":"T""#));
+    assert!(session(wrong).contains("auth_failed"));
+    sleep(Duration::from_millis(300));
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let lines = collector.join().unwrap();
+    let log = lines.join("\n");
+    for (what, needle) in [
+        ("accepted", "connection accepted"),
+        ("authenticated as the key's user", "user=\"desk1\""),
+        ("auth failure", "authentication failed"),
+        ("subscribed", "subscriptions changed"),
+        ("closed with events and bytes", "connection closed"),
+    ] {
+        assert!(log.contains(needle), "no {what} line in:\n{log}");
+    }
+    let closed = lines.iter().find(|l| l.contains("connection closed") && l.contains("desk1"));
+    let closed = closed.expect("desk1's close is logged");
+    assert!(closed.contains("events=") && closed.contains("bytes="), "{closed}");
+    for line in &lines {
+        assert!(!line.contains(key) && !line.contains(wrong), "a secret in the log: {line}");
+    }
 }

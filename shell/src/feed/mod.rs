@@ -196,6 +196,16 @@ pub enum FeedEnd {
     Failed(String),
 }
 
+impl std::fmt::Display for FeedEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedEnd::Exhausted => f.write_str("the feed ran out of input"),
+            FeedEnd::Stopped => f.write_str("stopped on request"),
+            FeedEnd::Failed(why) => write!(f, "the feed failed: {why}"),
+        }
+    }
+}
+
 /// A source of ticks, run on the feed thread.
 pub trait Feed: Send {
     /// Produces inputs until exhausted, stopped or failed.

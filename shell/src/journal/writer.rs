@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +51,7 @@ pub struct WriterContext {
 
 struct Segment {
     file: File,
+    path: PathBuf,
     bytes: u64,
     /// One bit per symbol id: its `Symbol` record is in this segment.
     named: Vec<u64>,
@@ -173,6 +174,7 @@ impl Writer {
             return;
         }
         let Some(segment) = self.segment.as_mut() else { return };
+        let path = segment.path.clone();
         let result = segment.file.write_all(&self.buf).and_then(|()| {
             if fsync {
                 segment.file.sync_data()?;
@@ -195,7 +197,7 @@ impl Writer {
                     self.close_segment();
                 }
             }
-            Err(error) => self.disk_failed(&error),
+            Err(error) => self.disk_failed("cannot write", &path, &error),
         }
     }
 
@@ -215,7 +217,10 @@ impl Writer {
                 self.last_fsync = Instant::now();
                 self.publish();
             }
-            Err(error) => self.disk_failed(&error),
+            Err(error) => {
+                let path = segment.path.clone();
+                self.disk_failed("cannot fsync", &path, &error);
+            }
         }
     }
 
@@ -240,10 +245,13 @@ impl Writer {
         match opened {
             Ok(file) => {
                 let words = self.ctx.symbols.capacity().div_ceil(64);
-                self.segment =
-                    Some(Segment { file, bytes: codec::HEADER_LEN as u64, named: vec![0; words] });
+                let header = codec::HEADER_LEN as u64;
+                let named = vec![0; words];
+                self.segment = Some(Segment { file, path: path.clone(), bytes: header, named });
                 self.index += 1;
-                self.retry_at = None;
+                if self.retry_at.take().is_some() {
+                    tracing::info!(path = %path.display(), "journal: writing again");
+                }
                 // Relaxed: a status flag for readers; it orders nothing.
                 self.ctx.counters.journal_down.store(false, Ordering::Relaxed);
                 self.state().segment = Some(path);
@@ -251,7 +259,7 @@ impl Writer {
             }
             Err(error) => {
                 self.index += 1;
-                self.disk_failed(&error);
+                self.disk_failed("cannot create", &path, &error);
                 false
             }
         }
@@ -260,14 +268,23 @@ impl Writer {
     fn close_segment(&mut self) {
         if let Some(segment) = self.segment.take() {
             if let Err(error) = segment.file.sync_all() {
-                self.disk_failed(&error);
+                self.disk_failed("cannot fsync", &segment.path, &error);
             } else {
                 self.fsyncs += 1;
             }
         }
     }
 
-    fn disk_failed(&mut self, error: &io::Error) {
+    /// A write, fsync or create failed: the buffered records are counted lost, a gap is
+    /// journaled when writing resumes, and the open is retried every `RETRY_INTERVAL_MS`.
+    fn disk_failed(&mut self, what: &str, path: &Path, error: &io::Error) {
+        let message = format!("{what} {}: {error}", path.display());
+        // Logged when the journal goes down, not on every retry.
+        if self.retry_at.is_none() {
+            tracing::error!(path = %path.display(), %error, "journal: {what} the segment; retrying every {RETRY_INTERVAL_MS} ms");
+        } else {
+            tracing::debug!("journal: {message}");
+        }
         let lost = self.records_in_buf();
         self.buf.clear();
         self.segment = None;
@@ -275,7 +292,7 @@ impl Writer {
         self.retry_at = Some(Instant::now() + Duration::from_millis(RETRY_INTERVAL_MS));
         // Relaxed: a status flag for readers.
         self.ctx.counters.journal_down.store(true, Ordering::Relaxed);
-        self.state().last_error = Some(error.to_string());
+        self.state().last_error = Some(message);
         if self.ctx.settings.on_failure == JournalFailurePolicy::Shutdown {
             // Relaxed: the flag is polled; the threads that see it need nothing else from us.
             self.ctx.failed.store(true, Ordering::Relaxed);

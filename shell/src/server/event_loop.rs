@@ -243,7 +243,7 @@ impl EventLoop {
             let timeout = self.poll_timeout(next_sweep);
             if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
                 if error.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("tickstock: server poll failed: {error}");
+                    tracing::error!(%error, "server poll failed");
                     return;
                 }
             }
@@ -495,8 +495,9 @@ impl EventLoop {
         let leftover = buf[len..].to_vec();
         let upgrade = http::upgrade_response(accept_key);
         let settings = &self.shared.settings;
+        let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         let subscriber =
-            Subscriber::new(now, key, settings, self.ws_config, leftover.clone(), upgrade);
+            Subscriber::new(now, key, peer, settings, self.ws_config, leftover.clone(), upgrade);
         *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
         self.ws_here += 1;
         let open = self.shared.ws_count.fetch_add(1, Ordering::Relaxed) + 1;

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,12 @@ pub struct Subscriber {
     input_failed: bool,
     /// When the token expires (a JWT's `exp`), on the loop's clock.
     expires_at: Option<Instant>,
+    /// The client's address, for the log.
+    peer: SocketAddr,
+    /// Events and bytes written to it, for the log line when it goes.
+    sent: (u64, u64),
+    /// Why the server closed it, if it did.
+    closed_by_server: Option<CloseReason>,
 }
 
 impl Subscriber {
@@ -191,11 +198,13 @@ impl Subscriber {
     pub fn new(
         now: Instant,
         connection_key: usize,
+        peer: SocketAddr,
         settings: &ServerSettings,
         config: WebSocketConfig,
         leftover: Vec<u8>,
         upgrade: Vec<u8>,
     ) -> Subscriber {
+        tracing::info!(%peer, "connection accepted");
         let ms = |ms: u32| Duration::from_millis(ms.into());
         let limits = SessionLimits {
             errors_max: settings.client_errors_max,
@@ -225,6 +234,9 @@ impl Subscriber {
             connection_key,
             expires_at: None,
             input_failed: false,
+            peer,
+            sent: (0, 0),
+            closed_by_server: None,
         }
     }
 
@@ -383,11 +395,14 @@ impl Subscriber {
         let was_waiting = matches!(self.session.phase, Phase::AwaitingAuth { .. });
         let errors_before = self.session.errors();
         let actions = f(&mut self.session, env.auth, env.now_s);
+        let user = || self.session.identity.as_ref().map_or("", |i| i.user.as_str());
         if was_waiting && self.session.phase == Phase::Active {
             env.counters.auth_successes.add(1);
+            tracing::info!(peer = %self.peer, user = user(), "authenticated");
         }
         if actions.contains(&Action::Close(CloseReason::AuthFailed)) {
             env.counters.auth_failures.add(1);
+            tracing::warn!(peer = %self.peer, "authentication failed");
         }
         env.counters.client_errors.add(u64::from(self.session.errors() - errors_before));
         self.expires_at = self.session.identity.as_ref().and_then(|i| i.expires_at_s).map(|exp| {
@@ -395,6 +410,9 @@ impl Subscriber {
             now + Duration::from_secs((exp + 1).saturating_sub(env.now_s))
         });
         let count = self.session.subscription_count();
+        if count != self.subscriptions {
+            tracing::info!(peer = %self.peer, user = user(), topics = count, "subscriptions changed");
+        }
         *env.subscriptions = *env.subscriptions + count as u64 - self.subscriptions as u64;
         self.subscriptions = count;
         env.counters.subscriptions.set(*env.subscriptions);
@@ -518,6 +536,7 @@ impl Subscriber {
         if self.closing.is_some() {
             return;
         }
+        self.closed_by_server = Some(reason);
         self.stop_live(env);
         self.replay = None;
         let mut control = Vec::new();
@@ -754,6 +773,7 @@ impl Subscriber {
         c.bytes_out.add(n as u64);
         c.messages_out.add(written.messages);
         c.events_out.add(written.events);
+        self.sent = (self.sent.0 + written.events, self.sent.1 + n as u64);
         if self.closing.is_some() && self.outbox.is_empty() && !self.ws.can_read() {
             // Our close went out after the client's: the handshake is complete.
             self.dead = true;
@@ -828,6 +848,13 @@ impl Subscriber {
 
     /// The connection goes: leave the group, uncount the user.
     pub fn leave(&mut self, env: &mut Env<'_>) {
+        let user = self.session.identity.as_ref().map_or("", |i| i.user.as_str());
+        let (code, reason) = match self.closed_by_server {
+            Some(reason) => (reason.code(), reason.text()),
+            None => (0, "by the client or the network"),
+        };
+        let (events, bytes) = self.sent;
+        tracing::info!(peer = %self.peer, user, code, reason, events, bytes, "connection closed");
         if let Some(membership) = self.membership.take() {
             env.fanout.leave(membership);
         }
@@ -855,6 +882,9 @@ mod tests {
     //! decides how much of it the "socket" takes.
 
     use super::*;
+
+    const PEER: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 40_000));
     use crate::server::fanout::test_batch;
     use crate::server::history::History;
     use tickstock_engine::Channel;
@@ -969,7 +999,7 @@ mod tests {
         fn connect(&mut self, key: usize) -> (Subscriber, Client) {
             let config = WebSocketConfig::default();
             let mut subscriber =
-                Subscriber::new(self.now, key, &self.settings, config, Vec::new(), Vec::new());
+                Subscriber::new(self.now, key, PEER, &self.settings, config, Vec::new(), Vec::new());
             let now = self.now;
             subscriber.start(now, None, &mut self.env());
             let mut client = Client::new();
@@ -1324,7 +1354,8 @@ mod tests {
         });
         let config = WebSocketConfig::default();
         let now = sim.now;
-        let mut waiting = Subscriber::new(now, 9, &sim.settings, config, Vec::new(), Vec::new());
+        let mut waiting =
+            Subscriber::new(now, 9, PEER, &sim.settings, config, Vec::new(), Vec::new());
         waiting.start(now, None, &mut sim.env());
         assert_eq!(waiting.poll_timeout(), now + Duration::from_millis(100));
         sim.advance(Duration::from_millis(100));

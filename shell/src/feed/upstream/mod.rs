@@ -348,6 +348,7 @@ impl UpstreamFeed {
         breaker: &mut Breaker,
         started: &mut Option<Instant>,
     ) -> Result<End, Step> {
+        tracing::info!(url = %self.settings.url, "upstream: connecting");
         let mut socket = self.connect().map_err(Step::Failed)?;
         self.status.counters.connects.add(1);
         self.await_status(&mut socket, tx, &["connected"], "connected")?;
@@ -359,6 +360,7 @@ impl UpstreamFeed {
             json_string(&self.settings.topics.join(","))
         );
         send(&mut socket, subscribe)?;
+        tracing::info!(url = %self.settings.url, topics = %self.settings.topics.join(","), "upstream: streaming");
         breaker.on_success();
         *started = Some(Instant::now());
         self.set_health(true, breaker, tx.now().map_or(0, |now| now.0));
@@ -585,9 +587,21 @@ impl Feed for UpstreamFeed {
             let delay = backoff.next(&failure);
             let opened_before = breaker.opened_count;
             let now_ns = tx.now().map_or(0, |now| now.0);
+            tracing::warn!(
+                url = %self.settings.url,
+                failure = %failure,
+                retry_in_ms = delay / 1_000_000,
+                "upstream: session failed"
+            );
             breaker.on_failure(now_ns, failure);
             if breaker.opened_count > opened_before {
                 c.breaker_opened.add(1);
+                tracing::error!(
+                    url = %self.settings.url,
+                    failures = self.settings.breaker_failures,
+                    open_ms = self.settings.breaker_open_ms,
+                    "upstream: circuit breaker open"
+                );
             }
             self.set_health(false, &mut breaker, now_ns);
             if self.pause(tx, Duration::from_nanos(delay)).is_err() {
