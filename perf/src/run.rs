@@ -589,6 +589,11 @@ fn judge(
     if conns.len() < clients as usize {
         note(&mut invalid, format!("{} of {clients} clients answered", conns.len()));
     }
+    // The player numbers `q` per symbol without gaps: any gap the server saw is a loss.
+    let q_gaps = before.delta(after, "tickstock_upstream_q_gaps_total");
+    if q_gaps > 0 {
+        note(&mut invalid, format!("the server saw {q_gaps} gaps in the player's q numbers"));
+    }
     let accepted = before.delta(after, "tickstock_ticks_accepted_total");
     let rejected = before.delta(after, "tickstock_ticks_rejected_total");
     if accepted != played.sent {

@@ -125,7 +125,8 @@ impl Player {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let thread = thread::Builder::new().name("loadgen-upstream".into()).spawn(move || {
-            let mut state = State { source, clock, key, sessions: 0, next_send: Vec::new() };
+            let mut state =
+                State { source, clock, key, sessions: 0, next_send: Vec::new(), q: Vec::new() };
             state.run(&listener, &commands, &reports);
         })?;
         Ok(Player { addr, thread })
@@ -145,6 +146,9 @@ struct State {
     key: String,
     sessions: u32,
     next_send: Vec<u8>,
+    /// The last `q` sent per symbol: numbered per symbol, gapless, as an upstream's sequence
+    /// numbers are read (the server counts the gaps in them).
+    q: Vec<u64>,
 }
 
 impl State {
@@ -319,11 +323,17 @@ impl State {
                 out.push(b',');
             }
             let t = schedule.intended_ns(k) / 1_000_000;
-            let ticker = &self.source.tickers()[trade.symbol as usize];
+            let symbol = trade.symbol as usize;
+            if self.q.len() <= symbol {
+                self.q.resize(symbol + 1, 0);
+            }
+            self.q[symbol] += 1;
+            let q = self.q[symbol];
+            let ticker = &self.source.tickers()[symbol];
             let _ =
                 write!(out, r#"{{"ev":"T","sym":"{ticker}","i":"{k}","x":{},"p":"#, trade.exchange);
             write_price(out, Price::from_raw(trade.price));
-            let _ = write!(out, r#","s":{},"t":{t},"q":{k}}}"#, trade.size);
+            let _ = write!(out, r#","s":{},"t":{t},"q":{q}}}"#, trade.size);
             let mix = trade_mix(k, trade.price, trade.size);
             sum = sum.wrapping_add(mix);
             if let Some(entry) = by_symbol.get_mut(trade.symbol as usize) {

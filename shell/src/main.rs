@@ -229,7 +229,8 @@ fn main() -> ExitCode {
             }
             settings.journal.enabled = false;
             let pace = if args.max { Pace::Max } else { Pace::Speed(args.speed) };
-            let feed = Box::new(JournalFeed::new(args.journal, pace));
+            let wake = Duration::from_micros(settings.journal.replay_pace_us.into());
+            let feed = Box::new(JournalFeed::new(args.journal, pace).wake_every(wake));
             run(&settings, feed, args.output, TimeMode::Given, stop, quiet, None)
         }
         Command::ImportCsv(args) => import(&settings, &args),
@@ -569,7 +570,7 @@ fn upstream_report(status: &UpstreamStatus) -> String {
         .map(|g| format!("{} {}", g.label(), get(&c.garbage[g.index()])))
         .collect();
     format!(
-        "upstream: {}, breaker {}{}; {} connects, {} reconnects, {:.1} s disconnected, {} frames, {} ticks, {} lost by q; failures: {}; garbage: {}",
+        "upstream: {}, breaker {}{}; {} connects, {} reconnects, {:.1} s disconnected, {} frames, {} ticks, {} gaps in q; failures: {}; garbage: {}",
         if health.streaming { "streaming" } else { "not streaming" },
         if health.breaker.is_empty() { "closed" } else { health.breaker },
         health.last_failure.map(|f| format!(" (last failure: {f})")).unwrap_or_default(),
@@ -578,7 +579,7 @@ fn upstream_report(status: &UpstreamStatus) -> String {
         get(&c.disconnected_ns) as f64 / 1e9,
         get(&c.frames),
         get(&c.ticks),
-        get(&c.lost_by_q),
+        get(&c.q_gaps),
         if failures.is_empty() { "none".to_owned() } else { failures.join(", ") },
         if garbage.is_empty() { "none".to_owned() } else { garbage.join(", ") },
     )

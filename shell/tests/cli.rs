@@ -487,3 +487,44 @@ fn the_log_tells_each_connection_and_never_a_key() {
         assert!(!line.contains(key) && !line.contains(wrong), "a secret in the log: {line}");
     }
 }
+
+/// CPU seconds a running child has used (user + system), from `/proc`.
+fn cpu_seconds(child: &Child) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th of them.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn replay_at_the_recorded_pace_sleeps_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j");
+    // 10 s of event time at the synthetic default of 20,000 trades/s, recorded in virtual
+    // time (as fast as the engine goes).
+    let status = tickstock()
+        .args(["--quiet", "record", "--virtual-time", "--trades", "200000", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let child = tickstock()
+        .args(["--quiet", "replay", "--speed", "1", "--output", "none"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(1_000));
+    let before = cpu_seconds(&child);
+    sleep(Duration::from_millis(3_000));
+    let used = (cpu_seconds(&child) - before) / 3.0;
+    signal(&child, "TERM");
+    assert!(finish(child).status.success());
+    // A replay that yields between trades burns over a core here; one that sleeps until the
+    // next millisecond's trades, under a tenth. Half a core leaves room for a slow machine.
+    assert!(used < 0.5, "replay at --speed 1 used {used:.2} cores");
+}

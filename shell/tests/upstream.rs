@@ -267,7 +267,7 @@ fn a_normal_session_streams_trades_into_the_engine() {
     let c = &run.status.counters;
     assert_eq!(c.sessions.get(), 1);
     assert_eq!(c.ticks.get(), 201);
-    assert_eq!(c.lost_by_q.get(), 5, "each of 5 symbols skipped one q");
+    assert_eq!(c.q_gaps.get(), 5, "each of 5 symbols skipped one q");
     assert_eq!(run.report.counters.rejected.get(), 0);
     let health = run.status.health();
     assert!(
@@ -437,7 +437,7 @@ fn a_flood_faster_than_the_engine_is_absorbed_by_back_pressure() {
     assert_eq!(c.accepted.get(), FLOOD as u64);
     assert!(c.feed_ring_full_waits.get() > 0, "the ring filled and the feed waited");
     assert_eq!(c.buffer_dropped.get(), 0);
-    assert_eq!(run.status.counters.lost_by_q.get(), 0);
+    assert_eq!(run.status.counters.q_gaps.get(), 0);
 }
 
 #[test]

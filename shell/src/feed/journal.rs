@@ -24,28 +24,37 @@ pub enum Pace {
     Speed(f64),
 }
 
-/// Waits shorter than this are spun (yielding), longer ones slept.
-const SLEEP_THRESHOLD: Duration = Duration::from_micros(200);
+/// The longest single sleep, so a stop is seen promptly.
+const SLEEP_MAX: Duration = Duration::from_millis(50);
 
 /// A journal directory as a feed.
 #[derive(Debug)]
 pub struct JournalFeed {
     dir: PathBuf,
     pace: Pace,
+    wake_every: Duration,
     /// Gap records seen: how many records the journal says it lost.
     pub records_lost: u64,
 }
 
 impl JournalFeed {
-    /// Replays `dir` at `pace`.
+    /// Replays `dir` at `pace`, waking at most every millisecond.
     pub fn new(dir: PathBuf, pace: Pace) -> JournalFeed {
-        JournalFeed { dir, pace, records_lost: 0 }
+        JournalFeed { dir, pace, wake_every: Duration::from_millis(1), records_lost: 0 }
+    }
+
+    /// At a speed, wakes at most every `wake_every` and sends every trade due since
+    /// (`journal.replay_pace_us`): sleeping, never spinning.
+    pub fn wake_every(mut self, wake_every: Duration) -> JournalFeed {
+        self.wake_every = wake_every;
+        self
     }
 }
 
 struct Replay<'a> {
     tx: &'a mut FeedTx,
     pace: Pace,
+    wake_every: Duration,
     /// Recorded id -> id in this run, per segment (ids are per segment in the format).
     ids: Vec<Option<SymbolId>>,
     segment: u64,
@@ -107,12 +116,8 @@ impl Replay<'_> {
             if now >= due || self.tx.stopping() {
                 return;
             }
-            let left = due - now;
-            if left > SLEEP_THRESHOLD {
-                std::thread::sleep((left - SLEEP_THRESHOLD).min(Duration::from_millis(50)));
-            } else {
-                std::thread::yield_now();
-            }
+            // At least `wake_every`: the trades that fall due meanwhile go together after.
+            std::thread::sleep((due - now).max(self.wake_every).min(SLEEP_MAX));
         }
     }
 }
@@ -123,6 +128,7 @@ impl Feed for JournalFeed {
         let mut replay = Replay {
             tx,
             pace: self.pace,
+            wake_every: self.wake_every,
             ids: vec![None; capacity],
             segment: u64::MAX,
             start: None,

@@ -434,10 +434,10 @@ pub fn prometheus(
             &one(u.disconnected_ns.get() / 1_000_000_000),
         );
         metric(
-            "upstream_lost_by_q_total",
+            "upstream_q_gaps_total",
             "counter",
-            "Trades missing by the upstream's q numbers (upper bound).",
-            &one(u.lost_by_q.get()),
+            "Trades whose per-symbol q skipped numbers after the previous one (possible losses upstream).",
+            &one(u.q_gaps.get()),
         );
     }
     summary(

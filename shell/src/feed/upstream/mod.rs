@@ -11,7 +11,7 @@
 //! `auth_backoff_ms` after `auth_failed` or `max_connections`) and reconnects,
 //! re-authenticates and re-subscribes, behind a circuit breaker ([`breaker`]) that remembers
 //! why it opened. Counters in [`UpstreamStatus`] say what happened: connects, failures by
-//! kind, reconnects, time disconnected, garbage by kind, and trades lost according to the
+//! kind, reconnects, time disconnected, garbage by kind, and gaps in the
 //! upstream's per-symbol sequence numbers (`q`).
 //!
 //! The key comes from the environment or a file ([`read_key`]) and is never printed: the
@@ -114,9 +114,11 @@ pub struct UpstreamCounters {
     pub status_errors: Counter,
     /// Elements skipped as garbage, by kind ([`Garbage::ALL`]).
     pub garbage: [Counter; Garbage::ALL.len()],
-    /// Trades missing by the upstream's per-symbol `q` (an upper bound: Polygon's `q` is
-    /// increasing per symbol but not promised to be gapless).
-    pub lost_by_q: Counter,
+    /// Trades whose per-symbol `q` skipped numbers after the symbol's previous one: a
+    /// possible loss upstream, counted once per gap (Polygon's `q` increases per symbol but
+    /// is not promised to be gapless, so the size of a jump says nothing). Never more than
+    /// the trades received.
+    pub q_gaps: Counter,
 }
 
 /// Failure kinds, in counter order.
@@ -463,7 +465,7 @@ impl UpstreamFeed {
             return;
         }
         if *last != 0 && q > *last + 1 {
-            self.status.counters.lost_by_q.add(q - *last - 1);
+            self.status.counters.q_gaps.add(1);
         }
         *last = (*last).max(q);
     }
