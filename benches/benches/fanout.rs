@@ -26,7 +26,7 @@ use tickstock_engine::{Config, Engine, Event, Tick, Ticker};
 use tickstock_shell::config::ServerSettings;
 use tickstock_shell::emitter::{FrameBatch, FrameSink};
 use tickstock_shell::pipeline::Observed;
-use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::auth::Credentials;
 use tickstock_shell::server::{self, Reporting, ServerSink};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -105,7 +105,7 @@ fn setup(clients: usize) -> Fanout {
         connections_per_user_max: 100_000,
         ..ServerSettings::default()
     };
-    let auth = Authenticator::load(&settings).expect("open auth on loopback");
+    let auth = Arc::new(Credentials::load(&settings).expect("open auth on loopback"));
     let reporting = Reporting { observed: Observed::default(), upstream: None };
     let (sink, handle) =
         server::start(&settings, auth, reporting, 4 << 20).expect("the server starts");

@@ -513,7 +513,9 @@ impl fmt::Display for SettingsError {
                 write!(f, "cannot read {}: {source}", path.display())
             }
             SettingsError::Parse { path, message } => write!(f, "{}: {message}", path.display()),
-            SettingsError::Env { var, message } => write!(f, "environment variable {var}: {message}"),
+            SettingsError::Env { var, message } => {
+                write!(f, "environment variable {var}: {message}")
+            }
             SettingsError::Invalid(message) => write!(f, "invalid setting: {message}"),
         }
     }
@@ -570,7 +572,7 @@ impl Settings {
             Settings::from_table(alone).map_err(&fail)?;
             insert(&mut table, &path, value).map_err(&fail)?;
         }
-        Settings::from_table(table).map_err(|message| SettingsError::Invalid(message))
+        Settings::from_table(table).map_err(SettingsError::Invalid)
     }
 
     fn from_table(table: toml::Table) -> Result<Settings, String> {
@@ -784,8 +786,11 @@ mod tests {
     fn the_environment_overrides_the_file_which_overrides_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
-        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nthreads = 3\n[synthetic]\nseed = 7\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\nthreads = 3\n[synthetic]\nseed = 7\n",
+        )
+        .unwrap();
         let vars = env(&[
             ("TICKSTOCK_SERVER__LISTEN", "127.0.0.1:9000"),
             ("TICKSTOCK_SYNTHETIC__TRADES_MAX", "5"),

@@ -26,7 +26,7 @@ use tickstock_shell::feed::upstream::{read_key, UpstreamFeed, UpstreamStatus, FA
 use tickstock_shell::feed::{Feed, FeedEnd};
 use tickstock_shell::logging::{self, LogFormat};
 use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
-use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::auth::Credentials;
 use tickstock_shell::server::{Reporting, Service};
 use tickstock_shell::tracer::{Counters, Histograms};
 
@@ -261,8 +261,8 @@ fn settings_of(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, Se
 }
 
 /// SIGINT or SIGTERM raises `stop`: the threads drain and the run reports. A second one
-/// while draining exits at once, saying so. SIGHUP is logged and otherwise ignored (it
-/// used to kill the process).
+/// while draining exits at once, saying so. SIGHUP reloads the server's credentials (API
+/// keys, JWT key); without a server it is logged and ignored.
 fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -274,7 +274,7 @@ fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
                 _ => "SIGHUP",
             };
             if signal == SIGHUP {
-                tracing::info!(signal = name, "nothing to reload: the settings are read at start");
+                reload(name);
                 continue;
             }
             // Relaxed: a polled flag.
@@ -287,6 +287,30 @@ fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The server's credentials, once it runs: what SIGHUP reloads.
+static RELOADABLE: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
+
+/// SIGHUP: the key file and JWT key read again and swapped in; the log says what changed
+/// in counts, never a key. A file that cannot be used is refused; the old ones stay.
+fn reload(signal: &str) {
+    let Some(credentials) = RELOADABLE.get() else {
+        tracing::info!(signal, "nothing to reload: no server is running");
+        return;
+    };
+    match credentials.reload() {
+        Ok(r) => tracing::info!(
+            signal,
+            keys = r.keys,
+            added = r.added,
+            removed = r.removed,
+            "credentials reloaded; connections of removed keys are closed (1008 key revoked)"
+        ),
+        Err(error) => {
+            tracing::error!(signal, %error, "credentials not reloaded; the old ones stay")
+        }
+    }
 }
 
 /// What `report_so_far` prints: set once a run has started.
@@ -370,9 +394,10 @@ fn serve(
     reporting: Reporting,
     status: impl FnMut(&Counters, &Histograms) + Send + 'static,
 ) -> Result<Service, String> {
-    let auth = Authenticator::load(&settings.server)?;
-    let open = auth.is_open();
-    let service = Service::start(settings, auth, feed, time, stop, reporting, status)
+    let credentials = Arc::new(Credentials::load(&settings.server)?);
+    let open = credentials.current().is_open();
+    let _ = RELOADABLE.set(Arc::clone(&credentials));
+    let service = Service::start(settings, credentials, feed, time, stop, reporting, status)
         .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
     let address = service.local_addr;
     tracing::info!(
@@ -507,11 +532,8 @@ fn status_line(c: &Counters, h: &Histograms, last: &mut (u64, std::time::Instant
 
 fn final_report(report: &Report) -> String {
     let c = &report.counters;
-    let mut lines = vec![format!(
-        "stopped after {:.1} s ({})",
-        report.elapsed.as_secs_f64(),
-        report.feed_end
-    )];
+    let mut lines =
+        vec![format!("stopped after {:.1} s ({})", report.elapsed.as_secs_f64(), report.feed_end)];
     if let Some(recovery) = &report.recovery {
         lines.push(format!(
             "journal recovery: {} segments, kept {} records in the newest, truncated {} bytes{}",

@@ -330,12 +330,22 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     assert_eq!(listen_of(None, None, None), "127.0.0.1:8765");
     assert_eq!(listen_of(Some(&file), None, None), "127.0.0.1:1111");
     assert_eq!(listen_of(Some(&file), Some("127.0.0.1:2222"), None), "127.0.0.1:2222");
-    assert_eq!(listen_of(Some(&file), Some("127.0.0.1:2222"), Some("127.0.0.1:3333")), "127.0.0.1:3333");
+    assert_eq!(
+        listen_of(Some(&file), Some("127.0.0.1:2222"), Some("127.0.0.1:3333")),
+        "127.0.0.1:3333"
+    );
     // `config` prints the optional settings too, as comments that say what they do.
     let output = tickstock().arg("config").output().unwrap();
     let stdout = text(&output.stdout);
-    for optional in ["# api_keys_file = ", "# jwt_algorithm = ", "# jwt_public_key_file = ",
-        "# key_file = ", "# ca_file = ", "# engine_core = ", "# trades_max = "] {
+    for optional in [
+        "# api_keys_file = ",
+        "# jwt_algorithm = ",
+        "# jwt_public_key_file = ",
+        "# key_file = ",
+        "# ca_file = ",
+        "# engine_core = ",
+        "# trades_max = ",
+    ] {
         assert!(stdout.contains(optional), "{optional} missing from:\n{stdout}");
     }
 }
@@ -409,8 +419,8 @@ fn json_logs_have_a_timestamp_a_level_and_fields() {
     assert!(output.status.success(), "{stderr}");
     let mut lines = 0;
     for line in stderr.lines() {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(value["timestamp"].is_string() && value["level"].is_string(), "{line}");
         lines += 1;
     }
@@ -466,7 +476,12 @@ fn the_log_tells_each_connection_and_never_a_key() {
     };
     assert!(session(key).contains(r#""ev":"T""#));
     assert!(session(wrong).contains("auth_failed"));
+    // SIGHUP: the key file again, with the key replaced.
+    let added = "sk-added-key-5555555555";
+    fs::write(&keys, format!("{added} user=desk2\n")).unwrap();
+    signal(&child, "HUP");
     sleep(Duration::from_millis(300));
+    assert!(session(added).contains(r#""ev":"T""#), "the new key works without a restart");
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     let lines = collector.join().unwrap();
@@ -477,6 +492,8 @@ fn the_log_tells_each_connection_and_never_a_key() {
         ("auth failure", "authentication failed"),
         ("subscribed", "subscriptions changed"),
         ("closed with events and bytes", "connection closed"),
+        ("reloaded, in counts", "credentials reloaded"),
+        ("a removed key", "removed=1"),
     ] {
         assert!(log.contains(needle), "no {what} line in:\n{log}");
     }
@@ -484,7 +501,8 @@ fn the_log_tells_each_connection_and_never_a_key() {
     let closed = closed.expect("desk1's close is logged");
     assert!(closed.contains("events=") && closed.contains("bytes="), "{closed}");
     for line in &lines {
-        assert!(!line.contains(key) && !line.contains(wrong), "a secret in the log: {line}");
+        let secret = [key, wrong, added].into_iter().find(|s| line.contains(s));
+        assert!(secret.is_none(), "a secret in the log: {line}");
     }
 }
 

@@ -14,7 +14,7 @@ use tickstock_shell::config::Settings;
 use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
 use tickstock_shell::feed::{Feed, FeedEnd, FeedTx};
 use tickstock_shell::pipeline::{Observed, TimeMode};
-use tickstock_shell::server::auth::Authenticator;
+use tickstock_shell::server::auth::Credentials;
 use tickstock_shell::server::metrics::ServerStats;
 use tickstock_shell::server::{Reporting, Service};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -30,7 +30,9 @@ struct TestServer {
     counters: ServerStats,
     /// The synthetic market's tickers, most active first.
     tickers: Vec<String>,
-    _keys: tempfile::TempDir,
+    /// The directory of `keys.txt`, the API key file.
+    keys: tempfile::TempDir,
+    credentials: Arc<Credentials>,
 }
 
 impl Drop for TestServer {
@@ -72,13 +74,13 @@ fn start_with(
     configure(&mut settings);
     // SAFETY-free: tests in this file all set the same value.
     unsafe_env();
-    let auth = Authenticator::load(&settings.server).unwrap();
+    let credentials = Arc::new(Credentials::load(&settings.server).unwrap());
     let reporting = Reporting { observed: Observed::default(), upstream: None };
     let feed = feed(&settings);
     let stop = Arc::new(AtomicBool::new(false));
     let service = Service::start(
         &settings,
-        auth,
+        Arc::clone(&credentials),
         feed,
         TimeMode::Live,
         Arc::clone(&stop),
@@ -87,7 +89,7 @@ fn start_with(
     )
     .unwrap();
     let (addr, counters) = (service.local_addr, service.counters.clone());
-    TestServer { addr, stop, service: Some(service), counters, tickers, _keys: keys }
+    TestServer { addr, stop, service: Some(service), counters, tickers, keys, credentials }
 }
 
 fn unsafe_env() {
@@ -552,6 +554,52 @@ fn several_event_loops_share_the_connections() {
     assert_eq!(server.counters.total(|c| &c.groups), 3);
     let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(metrics.contains("tickstock_connections 9"), "{metrics}");
+}
+
+#[test]
+fn a_reload_closes_the_connections_of_removed_keys_only_and_a_bad_file_changes_nothing() {
+    let server = start(|_| {});
+    let mut alice = authed(server.addr, "k-all");
+    let mut bob = authed(server.addr, "k-limited");
+    let mut jwt_client = authed(server.addr, &jwt("carol", now_s() + 3_600, None));
+    let key_file = server.keys.path().join("keys.txt");
+    // A file that cannot be used: refused, the old keys stay, nobody is closed.
+    std::fs::write(&key_file, "k-all user=alice role=admin\n").unwrap();
+    assert!(server.credentials.reload().unwrap_err().contains("line 1"));
+    // bob's key goes, a new one comes.
+    std::fs::write(&key_file, "k-all user=alice\nk-new user=dave\n").unwrap();
+    let reloaded = server.credentials.reload().unwrap();
+    assert_eq!((reloaded.keys, reloaded.added, reloaded.removed), (2, 1, 1));
+    let revoked = loop {
+        match next_json_or_close(&mut bob) {
+            Err(code) => break code,
+            Ok(value) if value[0]["message"] == "key revoked" => {}
+            Ok(_) => {}
+        }
+    };
+    assert_eq!(revoked, Some(1008));
+    for client in [&mut alice, &mut jwt_client] {
+        client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+        assert_eq!(status_of(&next_json(client)), "success", "still connected");
+    }
+    drop(authed(server.addr, "k-new"));
+    let mut gone = connect(server.addr, None);
+    next_json(&mut gone);
+    gone.send(Message::text(r#"{"action":"auth","params":"k-limited"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut gone)), "auth_failed");
+    assert_eq!(server.counters.total(|c| &c.keys_revoked), 1);
+}
+
+/// The next text message as JSON, or the close code once the server closes.
+fn next_json_or_close(client: &mut Client) -> Result<serde_json::Value, Option<u16>> {
+    loop {
+        match client.read() {
+            Ok(Message::Text(text)) => return Ok(serde_json::from_str(text.as_str()).unwrap()),
+            Ok(Message::Close(frame)) => return Err(frame.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+    }
 }
 
 #[test]

@@ -9,9 +9,17 @@
 //! With no key file and no JWT configured, the server accepts any token, as user `local`,
 //! but only when it listens on a loopback address (the out-of-the-box `tickstock serve`); on
 //! any other address that configuration is refused at start-up.
+//!
+//! On SIGHUP the key file and the JWT key are read again ([`Credentials::reload`]); the new
+//! [`Authenticator`] is swapped in with `arc-swap`, so the event loops never wait for it, and
+//! each loop closes the connections whose key is gone (1008 `key revoked`). A file that cannot
+//! be used is refused and the old credentials stay.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -27,6 +35,9 @@ pub struct Identity {
     pub symbols: Option<Arc<HashSet<String>>>,
     /// When the token expires, Unix seconds (JWTs only).
     pub expires_at_s: Option<u64>,
+    /// Which API key admitted it: a fingerprint (a keyed hash, never the key), so a reload
+    /// can tell whether that key is still there. `None` for a JWT or the open loopback.
+    pub key: Option<u64>,
 }
 
 impl Identity {
@@ -90,6 +101,21 @@ impl Authenticator {
         Ok(Authenticator { keys, jwt, open })
     }
 
+    /// Whether a connection admitted as `identity` may stay under these credentials: its key
+    /// is still listed (or, for a JWT or the open loopback, that kind is still accepted).
+    pub fn admits(&self, identity: &Identity) -> bool {
+        match identity.key {
+            Some(fingerprint) => self.keys.values().any(|i| i.key == Some(fingerprint)),
+            None if identity.expires_at_s.is_some() => self.jwt.is_some(),
+            None => self.open,
+        }
+    }
+
+    /// API keys listed.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     /// True when any token is accepted (no credentials configured, loopback only).
     pub fn is_open(&self) -> bool {
         self.open
@@ -109,14 +135,74 @@ impl Authenticator {
                     return Err("token expired");
                 }
                 let symbols = claims.symbols.map(|list| Arc::new(list.into_iter().collect()));
-                return Ok(Identity { user: claims.sub, symbols, expires_at_s: Some(claims.exp) });
+                let expires_at_s = Some(claims.exp);
+                return Ok(Identity { user: claims.sub, symbols, expires_at_s, key: None });
             }
         }
         if self.open && !token.is_empty() {
-            return Ok(Identity { user: "local".to_owned(), symbols: None, expires_at_s: None });
+            let user = "local".to_owned();
+            return Ok(Identity { user, symbols: None, expires_at_s: None, key: None });
         }
         Err("unknown token")
     }
+}
+
+/// A key's fingerprint: SipHash under a key drawn once per process, so it can be compared
+/// across reloads but says nothing about the key outside this process.
+fn fingerprint(key: &str) -> u64 {
+    static HASHER: OnceLock<std::hash::RandomState> = OnceLock::new();
+    HASHER.get_or_init(std::hash::RandomState::new).hash_one(key)
+}
+
+/// The server's current credentials, swapped whole on reload.
+#[derive(Debug)]
+pub struct Credentials {
+    current: ArcSwap<Authenticator>,
+    settings: ServerSettings,
+}
+
+impl Credentials {
+    /// Loads them as the settings say.
+    pub fn load(settings: &ServerSettings) -> Result<Credentials, String> {
+        Ok(Credentials::new(Authenticator::load(settings)?, settings))
+    }
+
+    /// Credentials already loaded; a reload reads them as `settings` say.
+    pub fn new(auth: Authenticator, settings: &ServerSettings) -> Credentials {
+        Credentials { current: ArcSwap::from_pointee(auth), settings: settings.clone() }
+    }
+
+    /// The credentials now; never blocks.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.current.load_full()
+    }
+
+    /// Reads the key file and the JWT key again and swaps them in; a file that cannot be
+    /// used leaves the old credentials in force. Returns what changed, in counts.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let new = Authenticator::load(&self.settings)?;
+        let old = self.current.load();
+        let before: HashSet<u64> = old.keys.values().filter_map(|i| i.key).collect();
+        let after: HashSet<u64> = new.keys.values().filter_map(|i| i.key).collect();
+        let reloaded = Reloaded {
+            keys: after.len(),
+            added: after.difference(&before).count(),
+            removed: before.difference(&after).count(),
+        };
+        self.current.store(Arc::new(new));
+        Ok(reloaded)
+    }
+}
+
+/// What a reload changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// API keys listed now.
+    pub keys: usize,
+    /// Keys that were not listed before.
+    pub added: usize,
+    /// Keys no longer listed: their connections are closed.
+    pub removed: usize,
 }
 
 fn jwt_key(settings: &ServerSettings, name: &str) -> Result<(DecodingKey, Validation), String> {
@@ -163,8 +249,9 @@ pub fn parse_key_file(text: &str) -> Result<HashMap<String, Identity>, String> {
         let line = line.split('#').next().unwrap_or("").trim();
         let mut fields = line.split_whitespace();
         let Some(key) = fields.next() else { continue };
-        let mut identity =
-            Identity { user: format!("key-{}", number + 1), symbols: None, expires_at_s: None };
+        let user = format!("key-{}", number + 1);
+        let key_id = Some(fingerprint(key));
+        let mut identity = Identity { user, symbols: None, expires_at_s: None, key: key_id };
         for field in fields {
             match field.split_once('=') {
                 Some(("user", user)) if !user.is_empty() => identity.user = user.to_owned(),

@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Credentials};
 use super::fanout::Fanout;
 use super::framing::Slices;
 use super::history::History;
@@ -67,8 +67,8 @@ const _: () = assert!(FANOUT_BUDGET_BATCHES <= super::sink::BATCH_RING_CAPACITY)
 /// What every loop shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// Token checks.
-    pub auth: Authenticator,
+    /// Token checks, swapped on reload.
+    pub credentials: Arc<Credentials>,
     /// The settings.
     pub settings: ServerSettings,
     /// What `/health` and `/metrics` report on.
@@ -134,6 +134,9 @@ pub struct EventLoop {
     scratch: Vec<usize>,
     /// Wall-clock Unix seconds, read once per iteration (token expiry).
     now_s: u64,
+    /// The credentials this loop checks tokens with; compared with the current ones each
+    /// sweep.
+    auth: Arc<Authenticator>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -158,7 +161,7 @@ macro_rules! env {
     ($self:ident) => {
         Env {
             fanout: &mut $self.fanout,
-            auth: &$self.shared.auth,
+            auth: &$self.auth,
             settings: &$self.shared.settings,
             counters: $self.shared.stats.of_loop($self.index),
             users: &$self.shared.users,
@@ -221,6 +224,7 @@ impl EventLoop {
             clock: Clock::new(),
             scratch: Vec::new(),
             now_s: unix_s(),
+            auth: shared.credentials.current(),
             shared,
         }
     }
@@ -656,6 +660,7 @@ impl EventLoop {
     }
 
     fn sweep(&mut self, now: Instant) {
+        self.follow_reload(now);
         let mut due = Vec::new();
         let mut dropped = Vec::new();
         for (key, connection) in &self.connections {
@@ -680,6 +685,34 @@ impl EventLoop {
             let mut env = env!(self);
             if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
                 subscriber.handle_timeout(now, &mut env);
+            }
+            self.transmit(key, now);
+        }
+    }
+
+    /// Takes up credentials a reload swapped in, and closes the connections they no longer
+    /// admit (1008 `key revoked`).
+    fn follow_reload(&mut self, now: Instant) {
+        let current = self.shared.credentials.current();
+        if Arc::ptr_eq(&current, &self.auth) {
+            return;
+        }
+        self.auth = current;
+        let revoked: Vec<usize> = self
+            .connections
+            .iter()
+            .filter_map(|(key, connection)| match connection {
+                Connection::Ws { subscriber, .. } => subscriber
+                    .identity()
+                    .is_some_and(|identity| !self.auth.admits(identity))
+                    .then_some(key),
+                _ => None,
+            })
+            .collect();
+        for key in revoked {
+            let mut env = env!(self);
+            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
+                subscriber.revoke(now, &mut env);
             }
             self.transmit(key, now);
         }

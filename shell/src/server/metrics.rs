@@ -34,6 +34,8 @@ pub struct ServerCounters {
     pub auth_failures: Counter,
     /// Connections that did not authenticate in time.
     pub auth_timeouts: Counter,
+    /// Connections closed because a reload removed their API key.
+    pub keys_revoked: Counter,
     /// Requests that did not complete their head in time.
     pub handshake_timeouts: Counter,
     /// Subscribed topics over all connections (gauge).
@@ -273,6 +275,7 @@ pub fn prometheus(
             ("{outcome=\"success\"}".to_owned(), server.total(|c| &c.auth_successes)),
             ("{outcome=\"failure\"}".to_owned(), server.total(|c| &c.auth_failures)),
             ("{outcome=\"timeout\"}".to_owned(), server.total(|c| &c.auth_timeouts)),
+            ("{outcome=\"revoked\"}".to_owned(), server.total(|c| &c.keys_revoked)),
         ],
     );
     metric(

@@ -42,7 +42,7 @@ use std::time::Instant;
 use mio::net::TcpListener;
 use mio::Waker;
 
-use self::auth::Authenticator;
+use self::auth::Credentials;
 use self::event_loop::{EventLoop, Shared};
 use self::metrics::ServerStats;
 pub use self::service::{Reporting, Service};
@@ -91,7 +91,7 @@ pub fn loop_count(settings: &ServerSettings) -> usize {
 /// Binds the listener and starts the event loops.
 pub fn start(
     settings: &ServerSettings,
-    auth: Authenticator,
+    credentials: Arc<Credentials>,
     reporting: Reporting,
     batch_bytes: usize,
 ) -> io::Result<(ServerSink, ServerHandle)> {
@@ -102,7 +102,7 @@ pub fn start(
     let threads = loop_count(settings);
     let stats = ServerStats::new(threads);
     let shared = Arc::new(Shared {
-        auth,
+        credentials,
         settings: settings.clone(),
         reporting,
         stats: stats.clone(),

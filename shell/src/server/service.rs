@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::auth::Authenticator;
+use super::auth::Credentials;
 use super::metrics::ServerStats;
 use crate::config::Settings;
 use crate::feed::upstream::UpstreamStatus;
@@ -40,7 +40,7 @@ impl Service {
     /// `status` is called every `stats_interval_ms` from the pipeline's thread.
     pub fn start(
         settings: &Settings,
-        auth: Authenticator,
+        credentials: Arc<Credentials>,
         feed: Box<dyn Feed>,
         time: TimeMode,
         stop: Arc<AtomicBool>,
@@ -48,7 +48,8 @@ impl Service {
         status: impl FnMut(&Counters, &Histograms) + Send + 'static,
     ) -> io::Result<Service> {
         let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
-        let (sink, handle) = super::start(&settings.server, auth, reporting.clone(), batch_bytes)?;
+        let (sink, handle) =
+            super::start(&settings.server, credentials, reporting.clone(), batch_bytes)?;
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
         let settings = settings.clone();
         let runner =

@@ -17,6 +17,8 @@ pub enum CloseReason {
     TooManyErrors,
     /// A JWT expired without a refresh (1008).
     TokenExpired,
+    /// The API key it authenticated with was removed by a reload (1008).
+    KeyRevoked,
     /// The connection limit, in all or per user (1013, try again later).
     TryLater,
     /// The client could not keep up (4008, PROTOCOL.md section 5).
@@ -39,7 +41,8 @@ impl CloseReason {
             | CloseReason::AuthTimeout
             | CloseReason::NotAuthenticated
             | CloseReason::TooManyErrors
-            | CloseReason::TokenExpired => 1008,
+            | CloseReason::TokenExpired
+            | CloseReason::KeyRevoked => 1008,
             CloseReason::TryLater => 1013,
             CloseReason::SlowConsumer => 4008,
             CloseReason::TooBig => 1009,
@@ -57,6 +60,7 @@ impl CloseReason {
             CloseReason::NotAuthenticated => "not authenticated",
             CloseReason::TooManyErrors => "too many client errors",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::KeyRevoked => "key revoked",
             CloseReason::TryLater => "try again later",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::TooBig => "message too big",
@@ -79,6 +83,8 @@ pub const AUTH_FAILED: &str =
 /// A JWT expired without a refresh.
 pub const TOKEN_EXPIRED: &str =
     r#"[{"ev":"status","status":"token_expired","message":"token expired"}]"#;
+/// A reload removed the API key the connection authenticated with (before close 1008).
+pub const KEY_REVOKED: &str = r#"[{"ev":"status","status":"auth_failed","message":"key revoked"}]"#;
 /// The connection limit is reached, in all.
 pub const MAX_CONNECTIONS: &str =
     r#"[{"ev":"status","status":"max_connections","message":"too many connections"}]"#;

@@ -841,6 +841,19 @@ impl Subscriber {
         due
     }
 
+    /// Who it authenticated as, once it has.
+    pub fn identity(&self) -> Option<&crate::server::auth::Identity> {
+        self.session.identity.as_ref()
+    }
+
+    /// A reload removed the key it authenticated with: an error status, then close 1008
+    /// `key revoked`.
+    pub fn revoke(&mut self, now: Instant, env: &mut Env<'_>) {
+        env.counters.keys_revoked.add(1);
+        self.queue(Framed::text(status::KEY_REVOKED), env);
+        self.close(now, CloseReason::KeyRevoked, env);
+    }
+
     /// The server is stopping: close 1001.
     pub fn shut_down(&mut self, now: Instant, env: &mut Env<'_>) {
         self.close(now, CloseReason::GoingAway, env);
@@ -998,8 +1011,15 @@ mod tests {
 
         fn connect(&mut self, key: usize) -> (Subscriber, Client) {
             let config = WebSocketConfig::default();
-            let mut subscriber =
-                Subscriber::new(self.now, key, PEER, &self.settings, config, Vec::new(), Vec::new());
+            let mut subscriber = Subscriber::new(
+                self.now,
+                key,
+                PEER,
+                &self.settings,
+                config,
+                Vec::new(),
+                Vec::new(),
+            );
             let now = self.now;
             subscriber.start(now, None, &mut self.env());
             let mut client = Client::new();
