@@ -314,8 +314,7 @@ pub struct PipelineSettings {
     /// A feed with nothing to send still sends the clock this often, so bars close on time.
     /// Default: 1 ms.
     pub heartbeat_ms: u32,
-    /// How often threads publish their histograms and stderr gets a status line.
-    /// Default: 5,000 ms.
+    /// How often the log gets a status line. Default: 5,000 ms.
     pub stats_interval_ms: u32,
     /// What the engine does when the emitter falls behind. Default: auto.
     pub emitter_backpressure: Backpressure,

@@ -42,6 +42,9 @@ pub struct Frame {
     pub volume: u64,
     /// `TR` and `SV` strength, 1 weak to 3 strong; 0 for the others, which pass it.
     pub strength: u8,
+    /// When its trade entered the ring (`ts_recv`, Unix ns) for a `T` event, else 0: where
+    /// the server's tick-to-client latency starts.
+    pub recv_ns: u64,
     /// Byte range of its JSON object in the batch (read it with [`FrameBatch::json`]).
     pub start: u32,
     /// End of that range (exclusive).
@@ -81,6 +84,10 @@ impl FrameBatch {
         let channel = event.body.channel();
         let (seq, symbol) = (event.seq, event.symbol);
         let (price_raw, volume, strength) = filter_fields(&event.body);
+        let recv_ns = match &event.body {
+            EventBody::Trade(trade) => trade.ts_recv.0,
+            _ => 0,
+        };
         self.frames.push(Frame {
             seq,
             symbol,
@@ -89,6 +96,7 @@ impl FrameBatch {
             price_raw,
             volume,
             strength,
+            recv_ns,
             start,
             end,
         });
@@ -237,7 +245,7 @@ pub struct EmitterContext {
     /// Batch capacity in bytes.
     pub batch_bytes: usize,
     /// How often histograms are published.
-    pub stats_interval: Duration,
+    pub publish_interval: Duration,
     /// Record ring-entry-to-frame latency (live clocks only: a replay's `ts_recv` is history).
     pub measure_latency: bool,
 }
@@ -279,7 +287,7 @@ pub fn run(
         sink_ok: true,
     };
     let mut next_cycle = Instant::now();
-    let mut next_stats = Instant::now() + emitter.ctx.stats_interval;
+    let mut next_publish = Instant::now() + emitter.ctx.publish_interval;
     let mut empty_after_done = 0;
     loop {
         let cycle = emitter.ctx.cycle;
@@ -293,9 +301,9 @@ pub fn run(
         // saying it is done is in the buffer for the pulls below.
         let done = emitter.ctx.counters.engine_done.load(Ordering::Acquire);
         let pulled = emitter.cycle();
-        if Instant::now() >= next_stats {
+        if Instant::now() >= next_publish {
             emitter.publish_histograms(false);
-            next_stats = Instant::now() + emitter.ctx.stats_interval;
+            next_publish = Instant::now() + emitter.ctx.publish_interval;
         }
         if done && pulled == 0 {
             // Two empty pulls after `done`: both sets are drained (a pull may be pending).

@@ -157,7 +157,7 @@ pub fn run_observed(
         clock: shared.clock,
         cycle: Duration::from_micros(settings.pipeline.emitter_cycle_us.into()),
         batch_bytes: settings.pipeline.emitter_batch_bytes as usize,
-        stats_interval: Duration::from_millis(settings.pipeline.stats_interval_ms.into()),
+        publish_interval: Duration::from_millis(crate::tracer::HISTOGRAM_PUBLISH_MS),
         measure_latency: time == TimeMode::Live,
     };
     let idle = settings.pipeline.emitter_idle;
@@ -306,8 +306,8 @@ fn engine_thread(
     let mut idler = Idler::new(pipeline.engine_idle);
     let _ = waker_out.send(idler.waker());
     let chunk_max = pipeline.engine_chunk_max as usize;
-    let stats_interval = Duration::from_millis(pipeline.stats_interval_ms.into());
-    let mut next_stats = Instant::now() + stats_interval;
+    let publish_interval = Duration::from_millis(crate::tracer::HISTOGRAM_PUBLISH_MS);
+    let mut next_publish = Instant::now() + publish_interval;
     let mut tick_ns = LocalHistogram::default();
     loop {
         if let Some(backlog_max) = out.backlog_max {
@@ -322,9 +322,9 @@ fn engine_thread(
             if ring.is_abandoned() && ring.is_empty() {
                 break;
             }
-            if Instant::now() >= next_stats {
+            if Instant::now() >= next_publish {
                 tick_ns.publish(&shared.histograms.engine_tick_ns);
-                next_stats = Instant::now() + stats_interval;
+                next_publish = Instant::now() + publish_interval;
             }
             idler.idle(0, || !ring.is_empty());
             continue;

@@ -112,7 +112,15 @@ pub struct Histograms {
     pub emitter_cycle_ns: Mutex<Histogram<u64>>,
     /// From a trade's ring entry (its `ts_recv`) to its `T` frame being encoded.
     pub ring_to_frame_ns: Mutex<Histogram<u64>>,
+    /// From a trade's ring entry to the socket write that delivered it to a client, per
+    /// message written: its oldest trade's latency, counted once for each of its events (an
+    /// upper bound), live deliveries only (a replay is as old as it is).
+    pub tick_to_client_ns: Mutex<Histogram<u64>>,
 }
+
+/// How often threads merge their local histograms into the shared ones, in ms: what a
+/// scrape sees is at most this old.
+pub const HISTOGRAM_PUBLISH_MS: u64 = 200;
 
 /// Highest value a histogram tracks: one minute in ns; larger values are clamped to it.
 pub const HISTOGRAM_NS_MAX: u64 = 60_000_000_000;
@@ -129,6 +137,7 @@ impl Default for Histograms {
             engine_tick_ns: Mutex::new(histogram()),
             emitter_cycle_ns: Mutex::new(histogram()),
             ring_to_frame_ns: Mutex::new(histogram()),
+            tick_to_client_ns: Mutex::new(histogram()),
         }
     }
 }

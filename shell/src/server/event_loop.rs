@@ -34,6 +34,7 @@ use super::subscriber::{Env, Subscriber, Users};
 use crate::clock::Clock;
 use crate::config::ServerSettings;
 use crate::emitter::FrameBatch;
+use crate::tracer::LocalHistogram;
 
 /// The listener's token (first loop only).
 pub const LISTENER: Token = Token(0);
@@ -137,6 +138,9 @@ pub struct EventLoop {
     /// The credentials this loop checks tokens with; compared with the current ones each
     /// sweep.
     auth: Arc<Authenticator>,
+    /// Tick-to-client latency of this loop's writes, merged into the shared histogram.
+    tick_to_client: LocalHistogram,
+    next_publish: Instant,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -225,6 +229,8 @@ impl EventLoop {
             scratch: Vec::new(),
             now_s: unix_s(),
             auth: shared.credentials.current(),
+            tick_to_client: LocalHistogram::default(),
+            next_publish: now,
             shared,
         }
     }
@@ -504,6 +510,7 @@ impl EventLoop {
             Subscriber::new(now, key, peer, settings, self.ws_config, leftover.clone(), upgrade);
         *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
         self.ws_here += 1;
+        self.counters().upgrades.add(1);
         let open = self.shared.ws_count.fetch_add(1, Ordering::Relaxed) + 1;
         // Relaxed: a count compared against a limit; nothing is ordered by it.
         let over = open > self.shared.settings.connections_max as usize;
@@ -598,7 +605,13 @@ impl EventLoop {
             };
             match result {
                 Ok(0) => subscriber.handle_eof(),
-                Ok(n) => subscriber.handle_written(now, n, &mut env),
+                Ok(n) => {
+                    let delivered = subscriber.handle_written(now, n, &mut env);
+                    if delivered.events > 0 {
+                        let latency = self.clock.now().0.saturating_sub(delivered.recv_ns);
+                        self.tick_to_client.record_n(latency, delivered.events);
+                    }
+                }
                 Err(error) if would_block(&error) => {
                     *blocked = true;
                     return;
@@ -661,6 +674,11 @@ impl EventLoop {
 
     fn sweep(&mut self, now: Instant) {
         self.follow_reload(now);
+        if now >= self.next_publish {
+            let histograms = &self.shared.reporting.observed.histograms;
+            self.tick_to_client.publish(&histograms.tick_to_client_ns);
+            self.next_publish = now + Duration::from_millis(crate::tracer::HISTOGRAM_PUBLISH_MS);
+        }
         let mut due = Vec::new();
         let mut dropped = Vec::new();
         for (key, connection) in &self.connections {
@@ -739,6 +757,8 @@ impl EventLoop {
     }
 
     fn close_all(&mut self, now: Instant) {
+        let histograms = &self.shared.reporting.observed.histograms;
+        self.tick_to_client.publish_final(&histograms.tick_to_client_ns);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             let mut env = env!(self);

@@ -225,6 +225,7 @@ pub(crate) fn test_batch(
                 price_raw: *price,
                 volume: 100,
                 strength: 0,
+                recv_ns: 0,
                 start: 0,
                 end: 0,
             },

@@ -32,6 +32,9 @@ pub struct Framed {
     pub events: u32,
     /// The first and last `seq` of its events (0 when it has none).
     pub seqs: (u64, u64),
+    /// The earliest ring entry (Unix ns) of the trades in it, 0 without one: the start of
+    /// its tick-to-client latency.
+    pub recv_ns: u64,
 }
 
 impl Framed {
@@ -40,25 +43,25 @@ impl Framed {
         let mut buf = Vec::with_capacity(HEADER_BYTES_MAX + text.len());
         buf.resize(HEADER_BYTES_MAX, 0);
         buf.extend_from_slice(text.as_bytes());
-        Framed::finish(&mut buf, 0, (0, 0))
+        Framed::finish(&mut buf, 0, (0, 0), 0)
     }
 
     /// Bytes that are already one or more whole frames (tungstenite's control frames, the
     /// upgrade response), sent as they are.
     pub fn raw(bytes: Vec<u8>) -> Framed {
-        Framed { buf: Arc::from(bytes), events: 0, seqs: (0, 0) }
+        Framed { buf: Arc::from(bytes), events: 0, seqs: (0, 0), recv_ns: 0 }
     }
 
     /// Frames `buf[HEADER_BYTES_MAX..]` as one text message, copied once into its shared
     /// allocation (`buf` is the builder's, reused for the next message).
-    fn finish(buf: &mut [u8], events: u32, seqs: (u64, u64)) -> Framed {
+    fn finish(buf: &mut [u8], events: u32, seqs: (u64, u64), recv_ns: u64) -> Framed {
         let payload = (buf.len() - HEADER_BYTES_MAX) as u64;
         let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
         let header_len = header.len(payload);
         let start = HEADER_BYTES_MAX - header_len;
         let mut slot = &mut buf[start..HEADER_BYTES_MAX];
         header.format(payload, &mut slot).expect("Invariant: the header fits its reserved room");
-        Framed { buf: Arc::from(&buf[start..]), events, seqs }
+        Framed { buf: Arc::from(&buf[start..]), events, seqs, recv_ns }
     }
 
     /// The wire bytes.
@@ -95,13 +98,15 @@ pub struct ArrayBuilder {
     buf: Vec<u8>,
     events: u32,
     seqs: (u64, u64),
+    /// The earliest trade ring entry noted for the array being built (0: none).
+    recv_ns: u64,
     frame_bytes_max: usize,
 }
 
 impl ArrayBuilder {
     /// An empty builder.
     pub fn new(frame_bytes_max: usize) -> ArrayBuilder {
-        ArrayBuilder { buf: Vec::new(), events: 0, seqs: (0, 0), frame_bytes_max }
+        ArrayBuilder { buf: Vec::new(), events: 0, seqs: (0, 0), recv_ns: 0, frame_bytes_max }
     }
 
     /// True when no event waits.
@@ -135,13 +140,22 @@ impl ArrayBuilder {
         done
     }
 
+    /// The event just pushed is a trade that entered the ring at `recv_ns` (live events
+    /// only: a replay's would measure how old the replay is).
+    pub fn note_recv(&mut self, recv_ns: u64) {
+        if recv_ns > 0 && (self.recv_ns == 0 || recv_ns < self.recv_ns) {
+            self.recv_ns = recv_ns;
+        }
+    }
+
     /// Frames what waits, if anything.
     pub fn finish(&mut self) -> Option<Framed> {
         if self.events == 0 {
             return None;
         }
         self.buf.push(b']');
-        let framed = Framed::finish(&mut self.buf, self.events, self.seqs);
+        let framed = Framed::finish(&mut self.buf, self.events, self.seqs, self.recv_ns);
+        self.recv_ns = 0;
         if self.buf.capacity() > ARRAY_BYTES_KEPT {
             // A burst's large array: give the memory back rather than keep it per group.
             self.buf = Vec::new();

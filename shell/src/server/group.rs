@@ -371,7 +371,9 @@ impl Group {
         if self.streaming == 0 {
             return;
         }
-        if let Some(full) = self.builder.push(json, frame.seq) {
+        let full = self.builder.push(json, frame.seq);
+        self.builder.note_recv(frame.recv_ns);
+        if let Some(full) = full {
             self.push(full, now);
         }
     }

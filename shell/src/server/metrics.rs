@@ -2,11 +2,14 @@
 //! every stage publishes. Rendering happens on the event loop thread when asked; nothing here
 //! is on a hot path.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
+use prometheus::core::Collector;
+use prometheus::process_collector::ProcessCollector;
+use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::TextEncoder;
 use tickstock_engine::RejectReason;
 
 use crate::feed::upstream::parse::Garbage;
@@ -22,6 +25,8 @@ pub struct ServerCounters {
     pub connections: Counter,
     /// TCP connections accepted.
     pub accepted: Counter,
+    /// WebSocket upgrades.
+    pub upgrades: Counter,
     /// Upgrades refused with `max_connections`.
     pub refused_max_connections: Counter,
     /// HTTP requests answered (health, metrics, 404, 400).
@@ -165,227 +170,240 @@ fn json(text: &str) -> String {
     serde_json::to_string(text).expect("Invariant: a str serializes")
 }
 
-/// The `/metrics` body.
+/// The `/metrics` body: Prometheus text format 0.0.4, encoded by the `prometheus` crate
+/// from the counters and histograms as they are at the scrape, with the `process_*`
+/// metrics of its process collector.
 pub fn prometheus(
     observed: &Observed,
     server: &ServerStats,
     upstream: Option<&UpstreamStatus>,
 ) -> String {
-    let mut out = String::with_capacity(16 * 1024);
+    let mut out = Families::default();
     let c = &observed.counters;
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP tickstock_{name} {help}\n# TYPE tickstock_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "tickstock_{name}{labels} {value}");
-        }
-    };
-    let one = |value: u64| vec![(String::new(), value)];
-    metric(
+    let one = |value: u64| vec![(Vec::new(), value)];
+    out.add(
         "ticks_received_total",
         "counter",
         "Inputs the feed pushed into the engine ring.",
         &one(c.received.get()),
     );
-    metric("ticks_accepted_total", "counter", "Ticks the engine accepted.", &one(c.accepted.get()));
-    let rejects: Vec<(String, u64)> = RejectReason::ALL
+    out.add(
+        "ticks_accepted_total",
+        "counter",
+        "Ticks the engine accepted.",
+        &one(c.accepted.get()),
+    );
+    let rejects: Vec<(Labels, u64)> = RejectReason::ALL
         .iter()
-        .map(|r| (format!("{{reason=\"{}\"}}", r.label()), c.rejected_by[r.index()].get()))
+        .map(|r| (vec![("reason", r.label().to_owned())], c.rejected_by[r.index()].get()))
         .collect();
-    metric("ticks_rejected_total", "counter", "Ticks rejected, by reason.", &rejects);
-    metric(
+    out.add("ticks_rejected_total", "counter", "Ticks rejected, by reason.", &rejects);
+    out.add(
         "feed_ring_full_waits_total",
         "counter",
         "Times the feed waited on a full ring.",
         &one(c.feed_ring_full_waits.get()),
     );
-    metric(
+    out.add(
         "events_detected_total",
         "counter",
         "Events the engine produced.",
         &one(c.detected.get()),
     );
-    metric(
+    out.add(
         "mfbuf_buffered_total",
         "counter",
         "Events taken by the multi-frequency buffer.",
         &one(c.buffered.get()),
     );
-    metric(
+    out.add(
         "mfbuf_dropped_total",
         "counter",
         "Events a full lane refused.",
         &one(c.buffer_dropped.get()),
     );
-    metric(
+    out.add(
         "events_encoded_total",
         "counter",
         "Events encoded by the emitter.",
         &one(c.encoded.get()),
     );
-    metric(
+    out.add(
         "journal_records_total",
         "counter",
         "Records written to the journal.",
         &one(c.journal_records.get()),
     );
-    metric(
-        "journal_bytes_total",
+    out.add(
+        "journal_written_bytes_total",
         "counter",
         "Bytes written to the journal.",
         &one(c.journal_bytes.get()),
     );
-    metric(
+    out.add(
         "journal_dropped_total",
         "counter",
         "Journal records dropped.",
         &[
-            ("{cause=\"ring_full\"}".to_owned(), c.journal_ring_dropped.get()),
-            ("{cause=\"disk\"}".to_owned(), c.journal_failed.get()),
+            (vec![("cause", "ring_full".to_owned())], c.journal_ring_dropped.get()),
+            (vec![("cause", "disk".to_owned())], c.journal_failed.get()),
         ],
     );
-    metric(
+    out.add(
         "journal_down",
         "gauge",
         "1 while the journal cannot write.",
         &one(u64::from(c.journal_down.load(Ordering::Relaxed))),
     );
-    metric(
+    out.add(
         "connections",
         "gauge",
         "Open WebSocket connections.",
         &one(server.total(|c| &c.connections)),
     );
-    metric(
+    out.add(
         "connections_accepted_total",
         "counter",
-        "TCP connections accepted.",
+        "TCP connections accepted (HTTP requests and WebSocket upgrades).",
         &one(server.total(|c| &c.accepted)),
     );
-    metric(
+    out.add(
+        "websocket_upgrades_total",
+        "counter",
+        "WebSocket upgrades: client connections opened.",
+        &one(server.total(|c| &c.upgrades)),
+    );
+    out.add(
         "connections_refused_total",
         "counter",
         "Upgrades refused with max_connections.",
         &one(server.total(|c| &c.refused_max_connections)),
     );
-    metric(
+    out.add(
         "auth_total",
         "counter",
         "Authentications by outcome.",
         &[
-            ("{outcome=\"success\"}".to_owned(), server.total(|c| &c.auth_successes)),
-            ("{outcome=\"failure\"}".to_owned(), server.total(|c| &c.auth_failures)),
-            ("{outcome=\"timeout\"}".to_owned(), server.total(|c| &c.auth_timeouts)),
-            ("{outcome=\"revoked\"}".to_owned(), server.total(|c| &c.keys_revoked)),
+            (vec![("outcome", "success".to_owned())], server.total(|c| &c.auth_successes)),
+            (vec![("outcome", "failure".to_owned())], server.total(|c| &c.auth_failures)),
+            (vec![("outcome", "timeout".to_owned())], server.total(|c| &c.auth_timeouts)),
+            (vec![("outcome", "revoked".to_owned())], server.total(|c| &c.keys_revoked)),
         ],
     );
-    metric(
+    out.add(
         "subscriptions",
         "gauge",
         "Subscribed topics over all connections.",
         &one(server.total(|c| &c.subscriptions)),
     );
-    metric(
+    out.add(
         "messages_out_total",
         "counter",
         "Messages sent to clients.",
         &one(server.total(|c| &c.messages_out)),
     );
-    metric(
-        "bytes_out_total",
+    out.add(
+        "sent_bytes_total",
         "counter",
         "Bytes sent to clients.",
         &one(server.total(|c| &c.bytes_out)),
     );
-    metric(
+    out.add(
         "client_events_out_total",
         "counter",
         "Events delivered to clients.",
         &one(server.total(|c| &c.events_out)),
     );
-    metric(
+    out.add(
         "slow_consumer_closes_total",
         "counter",
         "Clients closed with 4008.",
         &one(server.total(|c| &c.slow_consumer_closes)),
     );
-    metric(
+    out.add(
         "slow_consumer_dropped_events_total",
         "counter",
         "Events slow consumers lost (unwritten at a close or shed step, or conflated away).",
         &one(server.total(|c| &c.slow_consumer_dropped_events)),
     );
-    metric(
+    out.add(
         "slow_consumer_actions_total",
         "counter",
         "What the slow-consumer policies did, by policy and action.",
         &[
             (
-                "{policy=\"any\",action=\"close\"}".to_owned(),
+                vec![("policy", "any".to_owned()), ("action", "close".to_owned())],
                 server.total(|c| &c.slow_consumer_closes),
             ),
             (
-                "{policy=\"conflate\",action=\"conflate\"}".to_owned(),
+                vec![("policy", "conflate".to_owned()), ("action", "conflate".to_owned())],
                 server.total(|c| &c.conflations),
             ),
-            ("{policy=\"shed\",action=\"shed\"}".to_owned(), server.total(|c| &c.shed_steps)),
-            ("{policy=\"shed\",action=\"unshed\"}".to_owned(), server.total(|c| &c.unshed_steps)),
+            (
+                vec![("policy", "shed".to_owned()), ("action", "shed".to_owned())],
+                server.total(|c| &c.shed_steps),
+            ),
+            (
+                vec![("policy", "shed".to_owned()), ("action", "unshed".to_owned())],
+                server.total(|c| &c.unshed_steps),
+            ),
         ],
     );
-    metric(
+    out.add(
         "conflated_events_total",
         "counter",
         "Events conflation dropped from slow clients (the `conflate` policy).",
         &one(server.total(|c| &c.conflated_events)),
     );
-    metric(
+    out.add(
         "groups",
         "gauge",
         "Groups: distinct deliveries among the connections.",
         &one(server.total(|c| &c.groups)),
     );
-    metric(
+    out.add(
         "group_events_total",
         "counter",
         "Events appended to group streams, once per group (shared by its members).",
         &one(server.total(|c| &c.group_events)),
     );
-    metric(
+    out.add(
         "socket_writes_total",
         "counter",
         "Socket write calls to clients.",
         &one(server.total(|c| &c.writes)),
     );
-    metric(
-        "linger_microseconds",
-        "gauge",
+    out.add_f64(
+        "linger_seconds",
+        MetricType::GAUGE,
         "The write linger now, summed over the event loops.",
-        &one(server.total(|c| &c.linger_us)),
+        server.total(|c| &c.linger_us) as f64 / 1e6,
     );
-    metric(
+    out.add(
         "sink_waits_total",
         "counter",
         "Batches the emitter waited to hand to the fan-out (it was behind; nothing dropped).",
         &one(server.total(|c| &c.sink_waits)),
     );
-    metric(
+    out.add(
         "client_errors_total",
         "counter",
         "Client errors answered with an error status.",
         &one(server.total(|c| &c.client_errors)),
     );
-    metric(
+    out.add(
         "protocol_closes_total",
         "counter",
         "Connections closed for oversized, non-UTF-8 or unmasked frames.",
         &one(server.total(|c| &c.protocol_closes)),
     );
-    metric(
+    out.add(
         "pong_timeouts_total",
         "counter",
         "Connections closed for not answering pings.",
         &one(server.total(|c| &c.pong_timeouts)),
     );
-    metric(
+    out.add(
         "http_requests_total",
         "counter",
         "HTTP requests answered.",
@@ -394,84 +412,183 @@ pub fn prometheus(
     if let Some(upstream) = upstream {
         let u = &upstream.counters;
         let health = upstream.health();
-        metric(
+        out.add(
             "upstream_streaming",
             "gauge",
             "1 while an upstream session streams.",
             &one(u64::from(health.streaming)),
         );
         let breaker = ["closed", "open", "half_open"]
-            .map(|state| (format!("{{state=\"{state}\"}}"), u64::from(health.breaker == state)));
-        metric(
+            .map(|state| (vec![("state", state.to_owned())], u64::from(health.breaker == state)));
+        out.add(
             "upstream_breaker",
             "gauge",
             "Circuit breaker state (the last failure is on /health).",
             &breaker,
         );
-        metric(
+        out.add(
             "upstream_reconnects_total",
             "counter",
             "Upstream reconnects.",
             &one(u.reconnects.get()),
         );
-        let failures: Vec<(String, u64)> = FAILURE_LABELS
+        let failures: Vec<(Labels, u64)> = FAILURE_LABELS
             .iter()
             .zip(&u.failures)
-            .map(|(l, n)| (format!("{{kind=\"{l}\"}}"), n.get()))
+            .map(|(l, n)| (vec![("kind", (*l).to_owned())], n.get()))
             .collect();
-        metric("upstream_failures_total", "counter", "Upstream failures by kind.", &failures);
-        let garbage: Vec<(String, u64)> = Garbage::ALL
+        out.add("upstream_failures_total", "counter", "Upstream failures by kind.", &failures);
+        let garbage: Vec<(Labels, u64)> = Garbage::ALL
             .iter()
-            .map(|g| (format!("{{kind=\"{}\"}}", g.label()), u.garbage[g.index()].get()))
+            .map(|g| (vec![("kind", g.label().to_owned())], u.garbage[g.index()].get()))
             .collect();
-        metric(
+        out.add(
             "upstream_garbage_total",
             "counter",
             "Upstream elements skipped, by kind.",
             &garbage,
         );
-        metric(
+        out.add_f64(
             "upstream_disconnected_seconds_total",
-            "counter",
+            MetricType::COUNTER,
             "Time without an upstream session.",
-            &one(u.disconnected_ns.get() / 1_000_000_000),
+            u.disconnected_ns.get() as f64 / 1e9,
         );
-        metric(
+        out.add(
             "upstream_q_gaps_total",
             "counter",
             "Trades whose per-symbol q skipped numbers after the previous one (possible losses upstream).",
             &one(u.q_gaps.get()),
         );
     }
-    summary(
-        &mut out,
+    let h = &observed.histograms;
+    out.histogram(
         "engine_tick_seconds",
         "Engine time per tick.",
-        &observed.histograms.engine_tick_ns,
+        &h.engine_tick_ns,
+        ENGINE_BUCKETS,
     );
-    summary(
-        &mut out,
+    out.histogram(
         "ring_to_frame_seconds",
-        "From ring entry to encoded frame.",
-        &observed.histograms.ring_to_frame_ns,
+        "From a trade's ring entry to its encoded frame.",
+        &h.ring_to_frame_ns,
+        LATENCY_BUCKETS,
     );
-    summary(
-        &mut out,
+    out.histogram(
+        "tick_to_client_seconds",
+        "From a trade's ring entry to the socket write that delivered it (per message: its oldest trade, once per event).",
+        &h.tick_to_client_ns,
+        LATENCY_BUCKETS,
+    );
+    out.histogram(
         "emitter_cycle_seconds",
-        "Emitter cycle.",
-        &observed.histograms.emitter_cycle_ns,
+        "Emitter cycle: pull, encode, hand-over.",
+        &h.emitter_cycle_ns,
+        CYCLE_BUCKETS,
     );
-    out
+    out.build_info();
+    let mut families = out.0;
+    families.extend(ProcessCollector::for_self().collect());
+    TextEncoder::new().encode_to_string(&families).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot encode /metrics");
+        String::new()
+    })
 }
 
-/// A latency histogram as a Prometheus summary (quantiles in seconds).
-fn summary(out: &mut String, name: &str, help: &str, histogram: &Mutex<Histogram<u64>>) {
-    let h = histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _ = writeln!(out, "# HELP tickstock_{name} {help}\n# TYPE tickstock_{name} summary");
-    for quantile in [0.5, 0.9, 0.99, 0.999] {
-        let seconds = h.value_at_quantile(quantile) as f64 / 1e9;
-        let _ = writeln!(out, "tickstock_{name}{{quantile=\"{quantile}\"}} {seconds}");
+/// Label names and values of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// Bucket bounds, seconds: engine time per tick (ns to µs).
+const ENGINE_BUCKETS: &[f64] =
+    &[1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2];
+/// Latencies from a trade's arrival (µs to s).
+const LATENCY_BUCKETS: &[f64] = &[
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// The emitter's cycle (µs to 100 ms).
+const CYCLE_BUCKETS: &[f64] =
+    &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1];
+
+/// The metric families of one scrape, every name prefixed `tickstock_`.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
+
+impl Families {
+    fn family(&mut self, name: &str, kind: MetricType, help: &str, metrics: Vec<Metric>) {
+        let mut family = MetricFamily::default();
+        family.set_name(format!("tickstock_{name}"));
+        family.set_help(help.to_owned());
+        family.set_field_type(kind);
+        family.set_metric(metrics);
+        self.0.push(family);
     }
-    let sum = h.mean() * h.len() as f64 / 1e9;
-    let _ = writeln!(out, "tickstock_{name}_sum {sum}\ntickstock_{name}_count {}", h.len());
+
+    /// A counter or gauge family of integer samples.
+    fn add(&mut self, name: &str, kind: &str, help: &str, samples: &[(Labels, u64)]) {
+        let kind = if kind == "gauge" { MetricType::GAUGE } else { MetricType::COUNTER };
+        let metrics =
+            samples.iter().map(|(labels, value)| sample(kind, labels, *value as f64)).collect();
+        self.family(name, kind, help, metrics);
+    }
+
+    /// One unlabelled sample of a fractional value (seconds).
+    fn add_f64(&mut self, name: &str, kind: MetricType, help: &str, value: f64) {
+        self.family(name, kind, help, vec![sample(kind, &Vec::new(), value)]);
+    }
+
+    /// A latency histogram (recorded in ns by HDR) as cumulative buckets in seconds.
+    fn histogram(&mut self, name: &str, help: &str, h: &Mutex<Histogram<u64>>, bounds: &[f64]) {
+        let h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let buckets = bounds
+            .iter()
+            .map(|&bound| {
+                let mut bucket = prometheus::proto::Bucket::default();
+                bucket.set_upper_bound(bound);
+                bucket.set_cumulative_count(h.count_between(0, (bound * 1e9) as u64));
+                bucket
+            })
+            .collect();
+        let mut histogram = prometheus::proto::Histogram::default();
+        histogram.set_sample_count(h.len());
+        histogram.set_sample_sum(h.mean() * h.len() as f64 / 1e9);
+        histogram.set_bucket(buckets);
+        let mut metric = Metric::default();
+        metric.set_histogram(histogram);
+        self.family(name, MetricType::HISTOGRAM, help, vec![metric]);
+    }
+
+    /// `tickstock_build_info{version,commit} 1`.
+    fn build_info(&mut self) {
+        let labels = vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("commit", env!("TICKSTOCK_COMMIT").to_owned()),
+        ];
+        let metric = sample(MetricType::GAUGE, &labels, 1.0);
+        self.family("build_info", MetricType::GAUGE, "The running build.", vec![metric]);
+    }
+}
+
+fn sample(kind: MetricType, labels: &Labels, value: f64) -> Metric {
+    let mut metric = Metric::from_label(
+        labels
+            .iter()
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name((*name).to_owned());
+                pair.set_value(value.clone());
+                pair
+            })
+            .collect(),
+    );
+    if kind == MetricType::GAUGE {
+        let mut gauge = prometheus::proto::Gauge::default();
+        gauge.set_value(value);
+        metric.set_gauge(gauge);
+    } else {
+        let mut counter = prometheus::proto::Counter::default();
+        counter.set_value(value);
+        metric.set_counter(counter);
+    }
+    metric
 }

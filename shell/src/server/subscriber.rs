@@ -135,6 +135,17 @@ struct Written {
     messages: u64,
     events: u64,
     seqs: Option<(u64, u64)>,
+    /// The earliest trade ring entry of the live messages written, and their events.
+    timed: Delivered,
+}
+
+/// What a write delivered of the live stream, for the tick-to-client histogram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The earliest ring entry (Unix ns) among the trades of the messages written; 0 for none.
+    pub recv_ns: u64,
+    /// Events in those messages.
+    pub events: u64,
 }
 
 impl Written {
@@ -144,6 +155,11 @@ impl Written {
             self.events += u64::from(framed.events);
             let first = self.seqs.map_or(framed.seqs.0, |(first, _)| first);
             self.seqs = Some((first, framed.seqs.1));
+        }
+        if framed.recv_ns > 0 {
+            let t = &mut self.timed;
+            t.recv_ns = if t.recv_ns == 0 { framed.recv_ns } else { t.recv_ns.min(framed.recv_ns) };
+            t.events += u64::from(framed.events);
         }
     }
 }
@@ -752,7 +768,7 @@ impl Subscriber {
     }
 
     /// `n` bytes of what [`Subscriber::poll_transmit`] gave were written.
-    pub fn handle_written(&mut self, now: Instant, n: usize, env: &mut Env<'_>) {
+    pub fn handle_written(&mut self, now: Instant, n: usize, env: &mut Env<'_>) -> Delivered {
         let mut written = Written::default();
         let rest = self.outbox.advance(n, |framed| written.count(framed));
         if rest > 0 {
@@ -778,6 +794,7 @@ impl Subscriber {
             // Our close went out after the client's: the handshake is complete.
             self.dead = true;
         }
+        written.timed
     }
 
     /// Timers at `now`: the auth deadline, token expiry, pings and pongs, the close deadline,

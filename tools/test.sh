@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need that cargo does not bring
+# (tools some tests run for real, never mocks), then runs every test of the workspace.
+# A test whose tool is still missing fails and says so; none is skipped.
+#
+#   tools/test.sh [cargo test arguments...]
+#
+# Installs with apt-get (as root, as on CI and these machines):
+#   - procps, util-linux: kill, mount, umount (the CLI tests signal the server and mount a
+#     small tmpfs to fill a disk);
+#   - prometheus: its promtool checks the /metrics exposition (PROMTOOL may name one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+updated=""
+apt_install() {
+  if ! have apt-get; then
+    echo "tools/test.sh: no apt-get to install $*; install it by hand" >&2
+    return 0
+  fi
+  if [ -z "$updated" ]; then
+    apt-get update -qq >/dev/null || true
+    updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+for tool in kill mount umount; do
+  if ! have "$tool"; then
+    apt_install procps util-linux
+    break
+  fi
+done
+
+if [ -z "${PROMTOOL:-}" ]; then
+  have promtool || apt_install prometheus
+  PROMTOOL=$(command -v promtool || true)
+  export PROMTOOL
+fi
+
+exec cargo test --workspace "$@"
