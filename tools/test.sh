@@ -8,7 +8,10 @@
 # Installs with apt-get (as root, as on CI and these machines):
 #   - procps, util-linux: kill, mount, umount (the CLI tests signal the server and mount a
 #     small tmpfs to fill a disk);
-#   - prometheus: its promtool checks the /metrics exposition (PROMTOOL may name one).
+#   - prometheus: its promtool checks the /metrics exposition (PROMTOOL may name one);
+#   - python3-venv if needed; then, with pip, a virtualenv in target/test-venv holding the
+#     `websockets` package, the real Python client of the TLS test (TICKSTOCK_TEST_PYTHON
+#     may name another Python that has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +40,18 @@ if [ -z "${PROMTOOL:-}" ]; then
   have promtool || apt_install prometheus
   PROMTOOL=$(command -v promtool || true)
   export PROMTOOL
+fi
+
+if [ -z "${TICKSTOCK_TEST_PYTHON:-}" ]; then
+  venv="$PWD/target/test-venv"
+  if ! "$venv/bin/python" -c 'import websockets' >/dev/null 2>&1; then
+    have python3 || apt_install python3
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check websockets
+  fi
+  TICKSTOCK_TEST_PYTHON="$venv/bin/python"
+  export TICKSTOCK_TEST_PYTHON
 fi
 
 exec cargo test --workspace "$@"

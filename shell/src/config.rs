@@ -74,6 +74,11 @@ pub struct ServerSettings {
     pub jwt_secret_env: String,
     /// PEM public key for RS256/ES256. Default: none.
     pub jwt_public_key_file: Option<PathBuf>,
+    /// The server's certificate chain (PEM). With `tls_key_file`, the port speaks TLS only:
+    /// `wss://` and `https://`. Reloaded on SIGHUP. Default: none (plain `ws://`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1). Default: none.
+    pub tls_key_file: Option<PathBuf>,
     /// Leeway on `exp`, in seconds. Default: 5.
     pub jwt_leeway_s: u64,
     /// Connections in all; one more gets `max_connections` and close 1013. Default: 10,000.
@@ -157,6 +162,8 @@ impl Default for ServerSettings {
             jwt_algorithm: None,
             jwt_secret_env: "TICKSTOCK_JWT_SECRET".to_owned(),
             jwt_public_key_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             jwt_leeway_s: 5,
             connections_max: 10_000,
             connections_per_user_max: 100,
@@ -503,6 +510,8 @@ const OPTIONAL: &[(&str, &str, &str)] = &[
     ("server", "api_keys_file = \"/etc/tickstock/api_keys\"", "API keys, one per line: KEY [user=ID] [symbols=AAPL,MSFT]; without keys or JWTs any token is accepted, on loopback only"),
     ("server", "jwt_algorithm = \"HS256\"", "accept JWTs: HS256 (secret in the variable named by jwt_secret_env), RS256 or ES256 (jwt_public_key_file)"),
     ("server", "jwt_public_key_file = \"/etc/tickstock/jwt.pem\"", "PEM public key for RS256 or ES256 JWTs"),
+    ("server", "tls_cert_file = \"/etc/tickstock/cert.pem\"", "serve wss:// and https:// on the port: the certificate chain (PEM), reloaded on SIGHUP"),
+    ("server", "tls_key_file = \"/etc/tickstock/key.pem\"", "and its private key (PEM)"),
 ];
 
 impl fmt::Display for SettingsError {
@@ -694,6 +703,12 @@ impl Settings {
         within("server.pong_timeout_ms", v.pong_timeout_ms.into(), 10, 3_600_000)?;
         within("server.history_max_events", v.history_max_events.into(), 1, 100_000_000)?;
         within("server.history_max_bytes", v.history_max_bytes, 4_096, 1 << 36)?;
+        if v.tls_cert_file.is_some() != v.tls_key_file.is_some() {
+            return Err(SettingsError::Invalid(
+                "server.tls_cert_file and server.tls_key_file go together: set both or neither"
+                    .to_owned(),
+            ));
+        }
         if let Some(algorithm) = &v.jwt_algorithm {
             if !["HS256", "RS256", "ES256"].contains(&algorithm.as_str()) {
                 return Err(SettingsError::Invalid(format!(

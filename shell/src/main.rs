@@ -305,6 +305,7 @@ fn reload(signal: &str) {
             keys = r.keys,
             added = r.added,
             removed = r.removed,
+            certificate = r.certificate,
             "credentials reloaded; connections of removed keys are closed (1008 key revoked)"
         ),
         Err(error) => {

@@ -986,3 +986,129 @@ fn backlog_drains(frame_bytes_max: Option<u32>) {
     }
     assert_eq!(received, queued);
 }
+
+/// A self-signed certificate for `localhost`, written as PEM files in `dir`; returns the
+/// certificate's DER (to trust it).
+fn write_certificate(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    cert.cert.der().clone()
+}
+
+fn tls_client_config(
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn tls_server() -> (TestServer, tempfile::TempDir, rustls::pki_types::CertificateDer<'static>) {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = write_certificate(dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let server = start(move |settings| {
+        settings.server.tls_cert_file = Some(cert);
+        settings.server.tls_key_file = Some(key);
+    });
+    (server, dir, trusted)
+}
+
+#[test]
+fn tls_serves_wss_and_https_on_one_port_and_a_bad_handshake_disturbs_no_one() {
+    let (server, _dir, trusted) = tls_server();
+    let config = tls_client_config(&trusted);
+    // wss://: auth, subscribe, events.
+    let tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let url = format!("wss://localhost:{}/stocks", server.addr.port());
+    let connector = tungstenite::Connector::Rustls(Arc::clone(&config));
+    let (mut client, _) =
+        tungstenite::client_tls_with_config(url, tcp, None, Some(connector)).unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "connected");
+    client.send(Message::text(r#"{"action":"auth","params":"k-all"}"#)).unwrap();
+    assert_eq!(status_of(&next_json(&mut client)), "auth_success");
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    // A bad handshake and a plain-text request on the TLS port, meanwhile.
+    for garbage in ["GET /health HTTP/1.1\r\n\r\n", "\x16\x03\x01\x00\x05hello"] {
+        let mut raw = std::net::TcpStream::connect(server.addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(garbage.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer);
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "plain HTTP on TLS");
+    }
+    let mut trades = 0;
+    while trades < 20 {
+        let value = next_json(&mut client);
+        trades += value.as_array().unwrap().iter().filter(|e| e["ev"] == "T").count();
+    }
+    // https:// on the same port.
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut https = rustls::StreamOwned::new(session, tcp);
+    https.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let _ = https.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("\"status\""), "{response}");
+    // The subscribed client kept streaming through all of that.
+    let value = next_json(&mut client);
+    assert!(value.as_array().unwrap().iter().any(|e| e["ev"] == "T"), "{value}");
+}
+
+/// A Python with the `websockets` package: `TICKSTOCK_TEST_PYTHON`, which `tools/test.sh`
+/// sets to the virtualenv it makes.
+fn python_with_websockets() -> String {
+    let python = std::env::var("TICKSTOCK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = std::process::Command::new(&python)
+        .args(["-c", "import websockets"])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "{python} has no `websockets` package: run tools/test.sh, which installs it in a virtualenv (or set TICKSTOCK_TEST_PYTHON)"
+    );
+    python
+}
+
+#[test]
+fn a_python_websockets_client_streams_over_wss() {
+    let python = python_with_websockets();
+    let (server, dir, _) = tls_server();
+    let script = r#"
+import asyncio, json, ssl, sys
+import websockets
+
+async def main(port, ca):
+    context = ssl.create_default_context(cafile=ca)
+    async with websockets.connect(f"wss://localhost:{port}/stocks", ssl=context) as ws:
+        assert json.loads(await ws.recv())[0]["status"] == "connected"
+        await ws.send(json.dumps({"action": "auth", "params": "k-all"}))
+        assert json.loads(await ws.recv())[0]["status"] == "auth_success"
+        await ws.send(json.dumps({"action": "subscribe", "params": "T.*"}))
+        trades = 0
+        while trades < 20:
+            trades += sum(1 for e in json.loads(await ws.recv()) if e.get("ev") == "T")
+        print("trades", trades)
+
+asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), sys.argv[2]), 20))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script, &server.addr.port().to_string()])
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && stdout.contains("trades"), "{stdout}{stderr}");
+}

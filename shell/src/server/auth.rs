@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -154,32 +154,47 @@ fn fingerprint(key: &str) -> u64 {
     HASHER.get_or_init(std::hash::RandomState::new).hash_one(key)
 }
 
-/// The server's current credentials, swapped whole on reload.
+/// The server's credentials, both ways: the tokens it accepts ([`Authenticator`]) and the
+/// certificate it presents (TLS, when configured). Swapped whole on reload.
 #[derive(Debug)]
 pub struct Credentials {
     current: ArcSwap<Authenticator>,
+    tls: ArcSwapOption<rustls::ServerConfig>,
     settings: ServerSettings,
 }
 
 impl Credentials {
     /// Loads them as the settings say.
     pub fn load(settings: &ServerSettings) -> Result<Credentials, String> {
-        Ok(Credentials::new(Authenticator::load(settings)?, settings))
+        let tls = super::transport::tls_config(settings)?;
+        let credentials = Credentials::new(Authenticator::load(settings)?, settings);
+        credentials.tls.store(tls);
+        Ok(credentials)
     }
 
-    /// Credentials already loaded; a reload reads them as `settings` say.
+    /// Token checks already loaded, no TLS; a reload reads everything as `settings` say.
     pub fn new(auth: Authenticator, settings: &ServerSettings) -> Credentials {
-        Credentials { current: ArcSwap::from_pointee(auth), settings: settings.clone() }
+        Credentials {
+            current: ArcSwap::from_pointee(auth),
+            tls: ArcSwapOption::empty(),
+            settings: settings.clone(),
+        }
     }
 
-    /// The credentials now; never blocks.
+    /// The token checks now; never blocks.
     pub fn current(&self) -> Arc<Authenticator> {
         self.current.load_full()
     }
 
-    /// Reads the key file and the JWT key again and swaps them in; a file that cannot be
-    /// used leaves the old credentials in force. Returns what changed, in counts.
+    /// The TLS configuration new connections get, if the port speaks TLS.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.load_full()
+    }
+
+    /// Reads the key file, the JWT key and the certificate again and swaps them in; if any
+    /// cannot be used, nothing changes. Returns what changed, in counts.
     pub fn reload(&self) -> Result<Reloaded, String> {
+        let tls = super::transport::tls_config(&self.settings)?;
         let new = Authenticator::load(&self.settings)?;
         let old = self.current.load();
         let before: HashSet<u64> = old.keys.values().filter_map(|i| i.key).collect();
@@ -188,8 +203,10 @@ impl Credentials {
             keys: after.len(),
             added: after.difference(&before).count(),
             removed: before.difference(&after).count(),
+            certificate: tls.is_some(),
         };
         self.current.store(Arc::new(new));
+        self.tls.store(tls);
         Ok(reloaded)
     }
 }
@@ -203,6 +220,8 @@ pub struct Reloaded {
     pub added: usize,
     /// Keys no longer listed: their connections are closed.
     pub removed: usize,
+    /// A TLS certificate was read again (new connections present it).
+    pub certificate: bool,
 }
 
 fn jwt_key(settings: &ServerSettings, name: &str) -> Result<(DecodingKey, Validation), String> {

@@ -31,6 +31,7 @@ use super::linger::Linger;
 use super::metrics::{self, ServerCounters, ServerStats};
 use super::service::Reporting;
 use super::subscriber::{Env, Subscriber, Users};
+use super::transport::Transport;
 use crate::clock::Clock;
 use crate::config::ServerSettings;
 use crate::emitter::FrameBatch;
@@ -98,11 +99,11 @@ pub struct Handoff {
 /// A connection in one of its phases.
 enum Connection {
     /// Reading the HTTP request head.
-    Http { stream: TcpStream, buf: Vec<u8>, deadline: Instant },
+    Http { stream: Transport, buf: Vec<u8>, deadline: Instant },
     /// Writing an HTTP response, then closing.
-    Respond { stream: TcpStream, out: Vec<u8>, written: usize, deadline: Instant },
+    Respond { stream: Transport, out: Vec<u8>, written: usize, deadline: Instant },
     /// A WebSocket session.
-    Ws { stream: TcpStream, subscriber: Box<Subscriber>, blocked: bool },
+    Ws { stream: Transport, subscriber: Box<Subscriber>, blocked: bool },
     /// Between phases (never seen outside one method).
     Gone,
 }
@@ -138,6 +139,8 @@ pub struct EventLoop {
     /// The credentials this loop checks tokens with; compared with the current ones each
     /// sweep.
     auth: Arc<Authenticator>,
+    /// The TLS configuration new connections get (`None`: plain); refreshed each sweep.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Tick-to-client latency of this loop's writes, merged into the shared histogram.
     tick_to_client: LocalHistogram,
     next_publish: Instant,
@@ -229,6 +232,7 @@ impl EventLoop {
             scratch: Vec::new(),
             now_s: unix_s(),
             auth: shared.credentials.current(),
+            tls: shared.credentials.tls(),
             tick_to_client: LocalHistogram::default(),
             next_publish: now,
             shared,
@@ -386,6 +390,13 @@ impl EventLoop {
         if self.poll.registry().register(&mut stream, token, interest).is_err() {
             return;
         }
+        let stream = match Transport::new(stream, self.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a TLS session; connection dropped");
+                return;
+            }
+        };
         let deadline =
             now + Duration::from_millis(self.shared.settings.handshake_timeout_ms.into());
         entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
@@ -414,6 +425,10 @@ impl EventLoop {
         let Some(Connection::Http { stream, buf, .. }) = self.connections.get_mut(key) else {
             return;
         };
+        // TLS handshake records the socket did not take last time.
+        if stream.flush_pending().is_err() {
+            return self.remove(key);
+        }
         let mut chunk = [0u8; 2_048];
         loop {
             match stream.read(&mut chunk) {
@@ -505,7 +520,7 @@ impl EventLoop {
         let leftover = buf[len..].to_vec();
         let upgrade = http::upgrade_response(accept_key);
         let settings = &self.shared.settings;
-        let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let peer = stream.tcp().peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         let subscriber =
             Subscriber::new(now, key, peer, settings, self.ws_config, leftover.clone(), upgrade);
         *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
@@ -590,6 +605,17 @@ impl EventLoop {
             }
             if *blocked {
                 return;
+            }
+            match stream.flush_pending() {
+                Ok(true) => {}
+                Ok(false) => {
+                    *blocked = true;
+                    return;
+                }
+                Err(_) => {
+                    subscriber.handle_eof();
+                    break;
+                }
             }
             subscriber.poll(now, &mut env);
             let mut slices = Slices::new();
@@ -711,6 +737,7 @@ impl EventLoop {
     /// Takes up credentials a reload swapped in, and closes the connections they no longer
     /// admit (1008 `key revoked`).
     fn follow_reload(&mut self, now: Instant) {
+        self.tls = self.shared.credentials.tls();
         let current = self.shared.credentials.current();
         if Arc::ptr_eq(&current, &self.auth) {
             return;
@@ -740,10 +767,10 @@ impl EventLoop {
         let Some(connection) = self.connections.try_remove(key) else { return };
         match connection {
             Connection::Http { mut stream, .. } | Connection::Respond { mut stream, .. } => {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.poll.registry().deregister(stream.tcp_mut());
             }
             Connection::Ws { mut stream, mut subscriber, .. } => {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.poll.registry().deregister(stream.tcp_mut());
                 let mut env = env!(self);
                 subscriber.leave(&mut env);
                 // Relaxed: as in `upgrade`.
@@ -772,7 +799,7 @@ impl EventLoop {
 }
 
 /// Writes an HTTP response; returns false once it is all written (or failed): drop then.
-fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> bool {
+fn write_out(stream: &mut Transport, out: &mut [u8], written: &mut usize) -> bool {
     while *written < out.len() {
         match stream.write(&out[*written..]) {
             Ok(0) => return false,
@@ -782,7 +809,12 @@ fn write_out(stream: &mut TcpStream, out: &mut [u8], written: &mut usize) -> boo
             Err(_) => return false,
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    match stream.flush_pending() {
+        Ok(true) => {}
+        Ok(false) => return true,
+        Err(_) => return false,
+    }
+    stream.shutdown_write();
     false
 }
 

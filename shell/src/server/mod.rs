@@ -31,6 +31,7 @@ pub mod sink;
 pub mod status;
 pub mod subscriber;
 pub mod topics;
+pub mod transport;
 
 use std::io;
 use std::net::SocketAddr;
