@@ -73,7 +73,8 @@ enum Command {
     Record(RecordArgs),
     /// Play a journal through the engine, at its pace, N times it, or flat out.
     Replay(ReplayArgs),
-    /// Write trades from a CSV file (ts,symbol,price,size) into a journal.
+    /// Write trades from a CSV file (ts,symbol,price,size[,exchange,id,conditions]) into a
+    /// journal.
     ImportCsv(ImportArgs),
     /// Print every setting of this run (the file, the environment and the flags over the
     /// defaults), the optional ones as comments that say what they do.
@@ -178,6 +179,17 @@ struct ImportArgs {
     /// Skip and count bad rows instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    /// The columns of a file without a header row, in order: ts, symbol, price, size and
+    /// optionally exchange, id, conditions (default: a header row if the first row is
+    /// column names, else ts,symbol,price,size).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// Add to a journal directory that already holds segments (refused otherwise).
+    #[arg(long)]
+    append: bool,
+    /// Round prices with more than 6 decimals (refused otherwise).
+    #[arg(long)]
+    round: bool,
 }
 
 fn main() -> ExitCode {
@@ -609,7 +621,20 @@ fn upstream_report(status: &UpstreamStatus) -> String {
 }
 
 fn import(settings: &Settings, args: &ImportArgs) -> ExitCode {
+    let columns = match &args.columns {
+        None => None,
+        Some(names) => match csv_import::Column::list(names.iter().map(String::as_str)) {
+            Ok(columns) => Some(columns),
+            Err(error) => {
+                tracing::error!("--columns: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
     let options = ImportOptions {
+        columns,
+        append: args.append,
+        round: args.round,
         journal_dir: args.journal.clone(),
         ts_unit: match args.ts_unit {
             TsUnitArg::Auto => TsUnit::Auto,

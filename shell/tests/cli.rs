@@ -208,6 +208,56 @@ fn csv_import_is_all_or_nothing_and_replays() {
     assert!(stdout.lines().any(|line| line.starts_with("{\"ev\":\"AM\"")));
 }
 
+#[test]
+fn csv_columns_by_name_or_flag_and_a_second_import_needs_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("named.csv");
+    fs::write(
+        &named,
+        "Symbol,TS,Price,Size,Exchange,ID,Conditions\nAAPL,1795530600000,187.25,100,4,T-42,\"12 37\"\nMSFT,1795530600050,410.5,20,11,77,\n",
+    )
+    .unwrap();
+    let journal_dir = dir.path().join("journal");
+    let import = |file: &Path, extra: &[&str]| {
+        tickstock()
+            .arg("import-csv")
+            .arg(file)
+            .arg("--journal")
+            .arg(&journal_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = import(&named, &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let again = import(&named, &[]);
+    assert!(!again.status.success(), "a second import into the same journal is refused");
+    assert!(text(&again.stderr).contains("--append"), "{}", text(&again.stderr));
+    // Headerless, the columns named by the flag.
+    let bare = dir.path().join("bare.csv");
+    fs::write(&bare, "1795530600100,410.75,MSFT,5,12\n").unwrap();
+    let output = import(&bare, &["--append", "--columns", "ts,price,symbol,size,exchange"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("imported 1 trades"), "{}", text(&output.stderr));
+    let replay =
+        tickstock().args(["--quiet", "replay", "--max"]).arg(&journal_dir).output().unwrap();
+    let stdout = text(&replay.stdout);
+    let trades: Vec<&str> = stdout.lines().filter(|l| l.starts_with("{\"ev\":\"T\"")).collect();
+    assert_eq!(trades.len(), 3, "{stdout}");
+    assert!(trades[0].contains("\"x\":4") && trades[0].contains("\"c\":[12,37]"), "{}", trades[0]);
+    assert!(trades[1].contains("\"x\":11") && trades[1].contains("\"i\":\"77\""), "{}", trades[1]);
+    assert!(trades[2].contains("\"x\":12") && trades[2].contains("\"p\":410.75"), "{}", trades[2]);
+    // A finer price than the engine keeps, a lower-case symbol: errors that say what to do.
+    let fine = dir.path().join("fine.csv");
+    fs::write(&fine, "ts,symbol,price,size\n1795530600200,aapl,1.5,1\n").unwrap();
+    let output = import(&fine, &["--append"]);
+    assert!(text(&output.stderr).contains("upper case"), "{}", text(&output.stderr));
+    fs::write(&fine, "ts,symbol,price,size\n1795530600200,AAPL,1.1234567,1\n").unwrap();
+    let output = import(&fine, &["--append"]);
+    assert!(text(&output.stderr).contains("--round"), "{}", text(&output.stderr));
+    assert!(import(&fine, &["--append", "--round"]).status.success());
+}
+
 /// A 256 KiB tmpfs: the journal fills it within a second. Mounting needs root, which these
 /// machines and their CI give; the test says so plainly if it is not.
 struct SmallDisk {

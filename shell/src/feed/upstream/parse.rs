@@ -197,11 +197,16 @@ impl<'de> Deserialize<'de> for TradeId {
                 Ok(TradeId(value))
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<TradeId, E> {
-                Ok(TradeId(value.parse().unwrap_or_else(|_| fnv1a(value.as_bytes()))))
+                Ok(TradeId(trade_id(value)))
             }
         }
         deserializer.deserialize_any(IdVisitor)
     }
+}
+
+/// A trade id as the engine keeps it: the number, or a hash (FNV-1a) of a non-numeric id.
+pub fn trade_id(text: &str) -> u64 {
+    text.parse().unwrap_or_else(|_| fnv1a(text.as_bytes()))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
