@@ -113,6 +113,9 @@ impl Source {
                     skip_bad: false,
                     symbols_max: u32::MAX,
                     segment_bytes_max: JournalSettings::default().segment_bytes_max,
+                    columns: None,
+                    append: false,
+                    round: false,
                 };
                 let imported = csv_import::import(input, &options)
                     .map_err(|e| format!("{}: {e}", file.display()));
