@@ -259,7 +259,10 @@ fn main() -> ExitCode {
 
 /// The run's settings: the defaults, the file, the environment, then the flags, checked.
 fn settings_of(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, SettingsError> {
-    let mut settings = Settings::resolve(file, std::env::vars())?;
+    // `vars_os`: a variable that is not UTF-8 (no setting is) must not panic the start.
+    let env = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    let mut settings = Settings::resolve(file, env)?;
     if let Some(listen) = &cli.listen {
         settings.server.listen.clone_from(listen);
     }
