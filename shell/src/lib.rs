@@ -23,6 +23,7 @@ pub mod config;
 pub mod csv_import;
 pub mod emitter;
 pub mod feed;
+pub mod fuzz_checks;
 pub mod idle;
 pub mod journal;
 pub mod logging;

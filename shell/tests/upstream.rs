@@ -185,6 +185,39 @@ struct Run {
 
 /// Runs the pipeline on the upstream feed until `done` says so (or 20 s pass).
 fn run_until(settings: &Settings, done: impl Fn(&UpstreamStatus, usize) -> bool) -> Run {
+    run_gated(settings, None, done)
+}
+
+/// A sink that holds every batch until the test opens its gate: the emitter waits in it, so
+/// the engine (with `Backpressure::Wait`) and then the feed wait behind it, on any machine.
+struct GatedSink {
+    inner: CaptureSink,
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl tickstock_shell::emitter::FrameSink for GatedSink {
+    fn emit(&mut self, batch: &tickstock_shell::emitter::FrameBatch) -> std::io::Result<()> {
+        let (lock, opened) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
+        drop(open);
+        self.inner.emit(batch)
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.inner.finish()
+    }
+}
+
+/// [`run_until`], with the sink closed until `gate` says so: `gate` is polled with the
+/// pipeline's counters and opens the sink (for good) the first time it returns true.
+fn run_gated(
+    settings: &Settings,
+    gate: Option<fn(&tickstock_shell::tracer::Counters) -> bool>,
+    done: impl Fn(&UpstreamStatus, usize) -> bool,
+) -> Run {
     let status = Arc::new(UpstreamStatus::default());
     let calendar = settings.engine.validate().unwrap().calendar();
     let feed = UpstreamFeed::new(
@@ -195,23 +228,32 @@ fn run_until(settings: &Settings, done: impl Fn(&UpstreamStatus, usize) -> bool)
         settings.engine.symbols_max,
         Arc::clone(&status),
     );
-    let sink = CaptureSink::default();
-    let frames = Arc::clone(&sink.frames);
+    let capture = CaptureSink::default();
+    let frames = Arc::clone(&capture.frames);
+    let open = Arc::new((Mutex::new(gate.is_none()), std::sync::Condvar::new()));
+    let sink = GatedSink { inner: capture, open: Arc::clone(&open) };
     let stop = Arc::new(AtomicBool::new(false));
+    let observed = pipeline::Observed::default();
+    let counters = Arc::clone(&observed.counters);
     let (settings_run, stop_run) = (settings.clone(), Arc::clone(&stop));
     let runner = thread::spawn(move || {
-        pipeline::run(
+        pipeline::run_observed(
             &settings_run,
             Box::new(feed),
             Box::new(sink),
             TimeMode::Live,
             stop_run,
             |_, _| {},
+            observed,
         )
         .unwrap()
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
+        if gate.is_some_and(|gate| gate(&counters)) {
+            *open.0.lock().unwrap() = true;
+            open.1.notify_all();
+        }
         let trades = frames
             .lock()
             .unwrap()
@@ -224,6 +266,8 @@ fn run_until(settings: &Settings, done: impl Fn(&UpstreamStatus, usize) -> bool)
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::SeqCst);
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
     let report = runner.join().unwrap();
     let frames = std::mem::take(&mut *frames.lock().unwrap());
     Run { report, frames, status }
@@ -426,13 +470,15 @@ fn a_flood_faster_than_the_engine_is_absorbed_by_back_pressure() {
     let mut settings = settings(server.port, "ws");
     settings.pipeline.ring_capacity = 1_024;
     settings.upstream.message_bytes_max = 1 << 20;
-    // Make sure the flood is faster than what is behind the ring, whatever this machine's
-    // speed: the engine waits for an emitter that pulls a small lane every 20 ms, so the
-    // ring must fill and the feed must wait, and still nothing may be lost.
+    // The back-pressure is the test's, not the machine's: the sink holds the emitter until
+    // the feed has waited on a full ring (the engine waits on a full lane behind the stuck
+    // emitter), then lets everything through; nothing may be lost on the way.
     settings.pipeline.emitter_backpressure = tickstock_shell::config::Backpressure::Wait;
-    settings.pipeline.emitter_cycle_us = 20_000;
     settings.mfbuf.per_second_capacity = 8_192;
-    let run = run_until(&settings, |status, _| status.counters.ticks.get() >= FLOOD as u64);
+    let ring_full = |c: &tickstock_shell::tracer::Counters| c.feed_ring_full_waits.get() > 0;
+    let run = run_gated(&settings, Some(ring_full), |status, _| {
+        status.counters.ticks.get() >= FLOOD as u64
+    });
     let c = &run.report.counters;
     assert_eq!(c.accepted.get(), FLOOD as u64);
     assert!(c.feed_ring_full_waits.get() > 0, "the ring filled and the feed waited");

@@ -1,0 +1,9 @@
+//! `tickstock_shell::fuzz_checks::settings_toml` on arbitrary bytes (the property is documented there;
+//! `shell/tests/fuzz_corpora.rs` replays the seeds and corpus on stable).
+//! Run: `cargo +nightly fuzz run settings_toml fuzz/seeds/settings_toml`
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tickstock_shell::fuzz_checks::settings_toml(data));

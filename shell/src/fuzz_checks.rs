@@ -1,0 +1,236 @@
+//! The properties the fuzz targets check, one function per target, so that the cargo-fuzz
+//! targets (`fuzz/`, nightly) and the corpus tests (`shell/tests/fuzz_corpora.rs`, stable,
+//! in CI) run the same code on the same bytes. Each function panics when its property
+//! fails; on any input from outside, none of the code under test may.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::{Role, WebSocketContext};
+
+use crate::config::{ServerSettings, Settings};
+use crate::server::auth::Authenticator;
+use crate::server::fanout::Fanout;
+use crate::server::framing::Slices;
+use crate::server::history::History;
+use crate::server::http;
+use crate::server::metrics::ServerCounters;
+use crate::server::session::{Session, SessionLimits};
+use crate::server::subscriber::{Env, Subscriber, Users};
+
+/// Journal segments: the decoder never reads past the end, and every record it accepts
+/// re-encodes to exactly the bytes it was decoded from.
+pub fn journal_scan(data: &[u8]) {
+    use crate::journal::codec;
+    let mut at = codec::HEADER_LEN;
+    let (end, _) = codec::scan(data, |record| {
+        let mut again = Vec::new();
+        codec::encode(&mut again, &record);
+        assert_eq!(&data[at..at + again.len()], &again[..], "a record round-trips");
+        at += again.len();
+    });
+    assert!(end <= data.len());
+}
+
+/// Upstream messages: the parser hands the callback exactly the elements it reports.
+pub fn feed_parse(data: &[u8]) {
+    let mut seen = 0;
+    let count = crate::feed::upstream::parse::parse_frame(data, &mut |_| seen += 1);
+    assert_eq!(count, seen);
+}
+
+/// The HTTP request parser and router: a complete head is no longer than its input, and
+/// routing, refusing and answering it never panic.
+pub fn http_request(data: &[u8]) {
+    match http::parse(data) {
+        http::Parse::Complete(request, len) => {
+            assert!(len <= data.len(), "a head of {len} bytes in {} bytes", data.len());
+            let _ = http::route(&request);
+            if let Some(key) = &request.websocket_key {
+                let response = http::upgrade_response(key);
+                assert!(response.starts_with(b"HTTP/1.1 101"));
+            }
+        }
+        http::Parse::Partial => assert!(data.len() < http::REQUEST_BYTES_MAX),
+        http::Parse::Bad(_) => {}
+    }
+}
+
+/// The client action parser: each line of `data` is a client message, given to a session
+/// waiting for its token and to an authenticated one. Nothing panics, and the session stays
+/// within its limits (topics, errors).
+pub fn client_actions(data: &[u8]) {
+    let settings = ServerSettings::default();
+    let auth = Authenticator::load(&settings).expect("the open loopback default loads");
+    let now = Instant::now();
+    let limits = SessionLimits {
+        errors_max: 1_000_000,
+        messages_per_sec: 1_000_000,
+        subscriptions_max: 100,
+    };
+    let mut waiting = Session::new(now, now + Duration::from_secs(5), limits);
+    let mut active = Session::new(now, now + Duration::from_secs(5), limits);
+    let _ = active.on_text(r#"{"action":"auth","params":"token"}"#, &auth, 1_700_000_000);
+    for line in String::from_utf8_lossy(data).lines() {
+        let _ = waiting.on_text(line, &auth, 1_700_000_000);
+        let _ = active.on_text(line, &auth, 1_700_000_000);
+        assert!(active.subscription_count() <= 100, "subscriptions_max holds");
+        let _ = active.delivery(0);
+    }
+}
+
+/// Client bytes through the whole protocol layer, on an in-memory stream: a Subscriber past
+/// its upgrade reads `data` in pieces (the first byte of each piece says its length),
+/// answers, times out; what it writes is always well-formed WebSocket for a client.
+pub fn ws_frames(data: &[u8]) {
+    let settings =
+        ServerSettings { client_messages_per_sec: 1_000_000, ..ServerSettings::default() };
+    let history =
+        History::new(settings.history_max_events as usize, settings.history_max_bytes as usize);
+    let mut fanout = Fanout::new(settings.frame_bytes_max as usize, history);
+    let auth = Authenticator::load(&settings).expect("the open loopback default loads");
+    let (counters, users, mut subscriptions) = (ServerCounters::default(), Users::default(), 0);
+    macro_rules! env {
+        () => {
+            Env {
+                fanout: &mut fanout,
+                auth: &auth,
+                settings: &settings,
+                counters: &counters,
+                users: &users,
+                subscriptions: &mut subscriptions,
+                now_s: 1_700_000_000,
+            }
+        };
+    }
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(settings.client_message_bytes_max as usize))
+        .max_frame_size(Some(settings.client_message_bytes_max as usize));
+    let mut now = Instant::now();
+    let peer = ([127, 0, 0, 1], 40_000).into();
+    let mut subscriber = Subscriber::new(now, 0, peer, &settings, config, Vec::new(), Vec::new());
+    subscriber.start(now, None, &mut env!());
+    let mut client = WebSocketContext::new(Role::Client, None);
+    let mut rest = data;
+    let mut client_open = true;
+    while let Some((&len, tail)) = rest.split_first() {
+        if subscriber.is_dead() {
+            break;
+        }
+        let (piece, after) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = after;
+        subscriber.handle_read(now, piece, &mut env!());
+        now += Duration::from_millis(7);
+        subscriber.handle_timeout(now, &mut env!());
+        // Write everything it has; the client codec must read it without a protocol error.
+        loop {
+            subscriber.poll(now, &mut env!());
+            let mut slices = Slices::new();
+            subscriber.poll_transmit(now, &fanout, &mut slices);
+            let bytes: Vec<u8> =
+                slices.as_slices().iter().flat_map(|s| s.iter().copied()).collect();
+            if bytes.is_empty() {
+                break;
+            }
+            let _ = subscriber.handle_written(now, bytes.len(), &mut env!());
+            if client_open {
+                client_open = read_all(&mut client, &bytes);
+            }
+        }
+    }
+    subscriber.leave(&mut env!());
+}
+
+/// Feeds server bytes to a client codec; false once the server's close frame was read.
+fn read_all(client: &mut WebSocketContext, bytes: &[u8]) -> bool {
+    let mut pipe = Pipe { input: bytes, output: Vec::new() };
+    loop {
+        match client.read(&mut pipe) {
+            Ok(tungstenite::Message::Close(_)) => return false,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return false
+            }
+            Err(error) => panic!("the server wrote what a client cannot read: {error}"),
+        }
+    }
+}
+
+struct Pipe<'a> {
+    input: &'a [u8],
+    output: Vec<u8>,
+}
+
+impl io::Read for Pipe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl io::Write for Pipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The CSV importer: a file is imported whole or not at all, and what it reports imported
+/// is what the journal holds.
+pub fn csv_import(data: &[u8]) {
+    let Ok(dir) = tempfile_dir() else { return };
+    let options = crate::csv_import::ImportOptions {
+        journal_dir: dir.clone(),
+        ts_unit: crate::csv_import::TsUnit::Auto,
+        skip_bad: data.first().is_some_and(|b| b & 1 == 1),
+        symbols_max: 64,
+        segment_bytes_max: 1 << 20,
+        columns: None,
+        append: false,
+        round: data.first().is_some_and(|b| b & 2 == 2),
+    };
+    let result = crate::csv_import::import(data, &options);
+    let mut ticks = 0u64;
+    let read = crate::journal::reader::for_each(&dir, |_, record| {
+        ticks += u64::from(matches!(record, crate::journal::codec::Record::Tick(_)));
+        true
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(report) => {
+            read.expect("an import reads back");
+            assert_eq!(ticks, report.imported, "the journal holds what was imported");
+        }
+        Err(_) => assert_eq!(ticks, 0, "a failed import leaves nothing"),
+    }
+}
+
+fn tempfile_dir() -> io::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tickstock-fuzz-csv-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The settings file: parsing and checking never panic, and settings that parse print back
+/// (`tickstock config`) to text that parses to the same settings.
+pub fn settings_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(settings) = Settings::parse(text) else { return };
+    let printed = settings.commented_toml();
+    let again = Settings::parse(&printed).expect("printed settings parse");
+    assert_eq!(again, settings, "settings survive a print and a parse");
+    let _ = settings.validated();
+}
