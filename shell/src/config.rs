@@ -152,6 +152,11 @@ pub struct ServerSettings {
     pub history_max_bytes: u64,
     /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
     pub pong_timeout_ms: u32,
+    /// Conformance mode, for WebSocket test suites (`tools/autobahn.sh`), never for clients:
+    /// `/echo` upgrades to a connection that sends every text and binary message back as it
+    /// came, with no auth and no session (`client_message_bytes_max` still bounds a message).
+    /// Default: false.
+    pub conformance_echo: bool,
 }
 
 impl Default for ServerSettings {
@@ -164,6 +169,7 @@ impl Default for ServerSettings {
             jwt_public_key_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            conformance_echo: false,
             jwt_leeway_s: 5,
             connections_max: 10_000,
             connections_per_user_max: 100,

@@ -1112,3 +1112,20 @@ asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), sys.argv[2]), 20))
         (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && stdout.contains("trades"), "{stdout}{stderr}");
 }
+
+#[test]
+fn conformance_mode_echoes_on_echo_and_is_off_by_default() {
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let plain = start(|_| {});
+    let refused = http_get(plain.addr, &format!("GET /echo HTTP/1.1\r\n{upgrade}\r\n"));
+    assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
+    let server = start(|settings| settings.server.conformance_echo = true);
+    let (mut client, _) = tungstenite::connect(format!("ws://{}/echo", server.addr)).unwrap();
+    client.send(Message::text("héllo")).unwrap();
+    assert_eq!(client.read().unwrap(), Message::text("héllo"), "no connected status, no auth");
+    client.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+    assert_eq!(client.read().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    // The protocol is unchanged on /stocks.
+    let mut stream = connect(server.addr, None);
+    assert_eq!(status_of(&next_json(&mut stream)), "connected");
+}

@@ -482,14 +482,17 @@ impl EventLoop {
                 );
                 self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now);
             }
-            http::Route::NotFound => {
+            http::Route::Echo if self.shared.settings.conformance_echo => {
+                self.upgrade(key, &request, len, now, true);
+            }
+            http::Route::NotFound | http::Route::Echo => {
                 self.respond(key, "404 Not Found", "text/plain", "not found", now);
             }
             http::Route::BadRequest(why) => {
                 self.counters().bad_requests.add(1);
                 self.respond(key, "400 Bad Request", "text/plain", why, now);
             }
-            http::Route::Stream => self.upgrade(key, &request, len, now),
+            http::Route::Stream => self.upgrade(key, &request, len, now, false),
         }
     }
 
@@ -511,7 +514,14 @@ impl EventLoop {
     }
 
     /// Turns the connection into a WebSocket Subscriber, in place.
-    fn upgrade(&mut self, key: usize, request: &http::Request, len: usize, now: Instant) {
+    fn upgrade(
+        &mut self,
+        key: usize,
+        request: &http::Request,
+        len: usize,
+        now: Instant,
+        echo: bool,
+    ) {
         let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
         let Connection::Http { stream, buf, .. } = std::mem::replace(slot, Connection::Gone) else {
             return;
@@ -534,6 +544,11 @@ impl EventLoop {
         let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) else { return };
         if over {
             subscriber.refuse(now, &mut env);
+        } else if echo {
+            subscriber.echo();
+            if !leftover.is_empty() {
+                subscriber.handle_read(now, &[], &mut env);
+            }
         } else {
             subscriber.start(now, request.bearer.as_deref(), &mut env);
             if !leftover.is_empty() {

@@ -40,10 +40,19 @@ pub struct Framed {
 impl Framed {
     /// A text message holding `text`.
     pub fn text(text: &str) -> Framed {
-        let mut buf = Vec::with_capacity(HEADER_BYTES_MAX + text.len());
+        Framed::message(Data::Text, text.as_bytes())
+    }
+
+    /// A binary message (conformance mode's echo).
+    pub fn binary(bytes: &[u8]) -> Framed {
+        Framed::message(Data::Binary, bytes)
+    }
+
+    fn message(opcode: Data, payload: &[u8]) -> Framed {
+        let mut buf = Vec::with_capacity(HEADER_BYTES_MAX + payload.len());
         buf.resize(HEADER_BYTES_MAX, 0);
-        buf.extend_from_slice(text.as_bytes());
-        Framed::finish(&mut buf, 0, (0, 0), 0)
+        buf.extend_from_slice(payload);
+        Framed::frame(&mut buf, opcode, 0, (0, 0), 0)
     }
 
     /// Bytes that are already one or more whole frames (tungstenite's control frames, the
@@ -55,8 +64,12 @@ impl Framed {
     /// Frames `buf[HEADER_BYTES_MAX..]` as one text message, copied once into its shared
     /// allocation (`buf` is the builder's, reused for the next message).
     fn finish(buf: &mut [u8], events: u32, seqs: (u64, u64), recv_ns: u64) -> Framed {
+        Framed::frame(buf, Data::Text, events, seqs, recv_ns)
+    }
+
+    fn frame(buf: &mut [u8], opcode: Data, events: u32, seqs: (u64, u64), recv_ns: u64) -> Framed {
         let payload = (buf.len() - HEADER_BYTES_MAX) as u64;
-        let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+        let header = FrameHeader { opcode: OpCode::Data(opcode), ..FrameHeader::default() };
         let header_len = header.len(payload);
         let start = HEADER_BYTES_MAX - header_len;
         let mut slot = &mut buf[start..HEADER_BYTES_MAX];

@@ -87,6 +87,8 @@ pub enum Route {
     Metrics,
     /// A WebSocket upgrade on `/stocks` or `/v1/stream`.
     Stream,
+    /// A WebSocket upgrade on `/echo` (served only in conformance mode).
+    Echo,
     /// `404`.
     NotFound,
     /// `400` and close.
@@ -113,6 +115,7 @@ pub fn route(request: &Request) -> Route {
             Route::BadRequest("this endpoint needs a WebSocket upgrade")
         }
         "/stocks" | "/v1/stream" => Route::Stream,
+        "/echo" if request.upgrade && request.websocket_key.is_some() => Route::Echo,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         _ => Route::NotFound,

@@ -206,6 +206,8 @@ pub struct Subscriber {
     sent: (u64, u64),
     /// Why the server closed it, if it did.
     closed_by_server: Option<CloseReason>,
+    /// Conformance mode: every message goes back as it came (`server.conformance_echo`).
+    echo: bool,
 }
 
 impl Subscriber {
@@ -253,6 +255,7 @@ impl Subscriber {
             peer,
             sent: (0, 0),
             closed_by_server: None,
+            echo: false,
         }
     }
 
@@ -298,6 +301,12 @@ impl Subscriber {
         }
     }
 
+    /// Conformance mode instead of the protocol: no `connected`, no auth, no session; every
+    /// text and binary message is sent back as it came.
+    pub fn echo(&mut self) {
+        self.echo = true;
+    }
+
     /// The server is full: `max_connections` and close 1013.
     pub fn refuse(&mut self, now: Instant, env: &mut Env<'_>) {
         env.counters.refused_max_connections.add(1);
@@ -339,6 +348,8 @@ impl Subscriber {
                 break;
             }
             match message {
+                Message::Text(text) if self.echo => self.queue(Framed::text(text.as_str()), env),
+                Message::Binary(bytes) if self.echo => self.queue(Framed::binary(&bytes), env),
                 Message::Text(text) => {
                     let actions = self.with_session(now, env, |session, auth, now_s| match session
                         .admit(now)
@@ -807,7 +818,7 @@ impl Subscriber {
             return;
         }
         match self.session.phase {
-            Phase::AwaitingAuth { deadline } if now >= deadline => {
+            Phase::AwaitingAuth { deadline } if now >= deadline && !self.echo => {
                 env.counters.auth_timeouts.add(1);
                 self.queue(Framed::text(AUTH_FAILED), env);
                 self.close(now, CloseReason::AuthTimeout, env);
