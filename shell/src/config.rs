@@ -409,6 +409,12 @@ pub struct JournalSettings {
     pub ring_capacity: u32,
     /// Default: continue.
     pub on_failure: JournalFailurePolicy,
+    /// With a journal that has segments, `serve` and `record` on a live feed (the runtime
+    /// clock, not `virtual_time`) first replay it through the engine at full speed (no output but the server's resume history; clients refused and
+    /// `/health` 503 `warming` meanwhile), then go live: after a restart the engine's state
+    /// and `seq` are what they would have been without it. false: start from nothing.
+    /// Default: true.
+    pub warm_start: bool,
     /// `tickstock replay` at a speed: the feed wakes at most this often and sends every
     /// trade due since, in µs (0: a wake-up per trade, which at 20,000 trades/s costs over
     /// a core). Trades keep their recorded times, so this only groups them. Default: 1,000.
@@ -425,6 +431,7 @@ impl Default for JournalSettings {
             fsync_interval_ms: 200,
             ring_capacity: 262_144,
             on_failure: JournalFailurePolicy::Continue,
+            warm_start: true,
             replay_pace_us: 1_000,
         }
     }

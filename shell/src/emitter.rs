@@ -163,6 +163,12 @@ pub trait FrameSink: Send {
     fn emit(&mut self, batch: &FrameBatch) -> io::Result<()>;
     /// The pipeline has stopped: flush.
     fn finish(&mut self) -> io::Result<()>;
+
+    /// Whether it takes a warm restart's replayed events (the server: they refill its resume
+    /// history). Other sinks emitted them before the restart and get only live events.
+    fn keeps_history(&self) -> bool {
+        false
+    }
 }
 
 /// Writes each frame as a JSON line.
@@ -334,13 +340,25 @@ impl Emitter {
                 None => std::thread::yield_now(),
             }
         };
+        // Acquire, after the pull: pairs with the engine's Release store when a warm restart's
+        // replay ends; an event pulled after that store has a `seq` at or above it.
+        let live_from = match self.sink.keeps_history() {
+            true => 0,
+            false => self.ctx.counters.live_from_seq.load(Ordering::Acquire),
+        };
         let mut count = 0;
+        let mut skipped = 0u64;
         let (batch, sink, counts) = (&mut self.batch, &mut self.sink, &mut self.counts);
         let (symbols, latency, sink_ok) =
             (&self.ctx.symbols, &mut self.latency_ns, &mut self.sink_ok);
         let (clock, measure) = (self.ctx.clock, self.ctx.measure_latency);
         pulled.for_each_in_seq(|event| {
             count += 1;
+            if event.seq < live_from {
+                // A warm restart's replay of what this sink had before the restart.
+                skipped += 1;
+                return;
+            }
             if !batch.has_room() {
                 hand_on(batch, sink.as_mut(), counts, sink_ok);
             }
@@ -353,7 +371,7 @@ impl Emitter {
         });
         drop(pulled);
         counts[PULLED] += count as u64;
-        counts[ENCODED] += count as u64;
+        counts[ENCODED] += count as u64 - skipped;
         if !batch.is_empty() {
             hand_on(batch, sink.as_mut(), counts, sink_ok);
         }

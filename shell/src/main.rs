@@ -19,7 +19,7 @@ use tickstock_engine::RejectReason;
 use tickstock_shell::config::{FeedSource, Settings, SettingsError};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
 use tickstock_shell::emitter::{JsonLinesSink, NullSink};
-use tickstock_shell::feed::journal::{JournalFeed, Pace};
+use tickstock_shell::feed::journal::{JournalFeed, Pace, WarmStart};
 use tickstock_shell::feed::synthetic::SyntheticFeed;
 use tickstock_shell::feed::upstream::parse::Garbage;
 use tickstock_shell::feed::upstream::{read_key, UpstreamFeed, UpstreamStatus, FAILURE_LABELS};
@@ -360,7 +360,10 @@ fn serve_or_record(
     quiet: bool,
 ) -> ExitCode {
     match make_feed(settings, feed) {
-        Ok((feed, time, upstream)) => run(settings, feed, output, time, stop, quiet, upstream),
+        Ok((feed, time, upstream)) => {
+            let feed = warm_start(settings, feed, time);
+            run(settings, feed, output, time, stop, quiet, upstream)
+        }
         Err(message) => {
             tracing::error!("{message}");
             ExitCode::from(EXIT_CONFIG)
@@ -369,6 +372,19 @@ fn serve_or_record(
 }
 
 type MadeFeed = (Box<dyn Feed>, TimeMode, Option<Arc<UpstreamStatus>>);
+
+/// The live feed, behind a replay of the journal when there is one to continue
+/// (`journal.warm_start`). Only for feeds on the runtime clock: a virtual-time market runs
+/// its own timeline, which would start before the journal's.
+fn warm_start(settings: &Settings, live: Box<dyn Feed>, time: TimeMode) -> Box<dyn Feed> {
+    let j = &settings.journal;
+    let has_segments = tickstock_shell::journal::segments(&j.dir).is_ok_and(|s| !s.is_empty());
+    if j.enabled && j.warm_start && has_segments && time == TimeMode::Live {
+        Box::new(WarmStart::new(j.dir.clone(), live))
+    } else {
+        live
+    }
+}
 
 /// The feed `serve` and `record` run: the synthetic market or the upstream.
 fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, String> {

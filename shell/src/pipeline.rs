@@ -108,6 +108,18 @@ pub struct Observed {
     pub journal_state: Arc<Mutex<JournalState>>,
 }
 
+/// For a feed that warms up (a warm restart), marks `observed` as warming, so that clients
+/// are refused and live-only sinks skip the replay until it is done; returns whether it
+/// does. Idempotent: a server marks it before it listens, the pipeline again at its start.
+pub fn mark_warm_up(observed: &Observed, feed: &dyn Feed) -> bool {
+    let warm = feed.warms_up();
+    if warm {
+        observed.counters.live_from_seq.store(u64::MAX, Ordering::Release);
+        observed.counters.warming.store(true, Ordering::Release);
+    }
+    warm
+}
+
 /// Runs the pipeline from `feed` to `sink` until the feed ends or `stop` is raised.
 /// `status` is called every `stats_interval_ms` from the calling thread while it runs.
 pub fn run(
@@ -133,6 +145,7 @@ pub fn run_observed(
 ) -> Result<Report, StartError> {
     let started = Instant::now();
     let engine = Engine::new(&settings.engine).map_err(|e| StartError::Config(e.to_string()))?;
+    let warm = mark_warm_up(&observed, feed.as_ref());
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         counters: Arc::clone(&observed.counters),
@@ -205,14 +218,21 @@ pub fn run_observed(
         mf_counters,
         backlog_max,
         emitter: continuous.then_some(emitter_waker),
-        journal: JournalOut { ring: journal_ring, waker: journal_waker, dropped: 0, stop_on_drop },
+        journal: JournalOut {
+            ring: journal_ring,
+            waker: journal_waker,
+            dropped: 0,
+            stop_on_drop,
+            warming: warm,
+        },
+        warm_backlog_max: u64::from(settings.mfbuf.per_second_capacity / 2),
     };
     threads.push(spawn("tickstock-engine", move || {
         engine_thread(engine, ring_rx, outputs, &engine_shared, &tx);
     })?);
     let engine_waker = waker_rx.recv().expect("Invariant: the engine sends its waker first");
 
-    let time_source = match time {
+    let live_time = match time {
         TimeMode::Live => TimeSource::Live(shared.clock),
         TimeMode::Given => TimeSource::Given,
     };
@@ -222,8 +242,16 @@ pub fn run_observed(
         let idler = Idler::new(feed_shared.settings.pipeline.feed_idle);
         let counters = Arc::clone(&feed_shared.counters);
         let stop = Arc::clone(&feed_shared.stop);
-        let mut tx =
-            FeedTx::new(ring_tx, symbol_table, engine_waker, idler, counters, stop, time_source);
+        let mut tx = FeedTx::new(
+            ring_tx,
+            symbol_table,
+            engine_waker,
+            idler,
+            counters,
+            stop,
+            live_time,
+            warm,
+        );
         let mut feed = feed;
         let end = feed.run(&mut tx);
         tx.end();
@@ -278,6 +306,9 @@ struct EngineOutputs {
     /// Woken after each batch when the emitter pulls continuously.
     emitter: Option<Waker>,
     journal: JournalOut,
+    /// The backlog bound while a warm restart replays (at full speed, it waits for the
+    /// emitter whatever `emitter_backpressure` says, so the history loses nothing).
+    warm_backlog_max: u64,
 }
 
 /// The engine's end of the journal ring.
@@ -286,6 +317,8 @@ struct JournalOut {
     waker: Option<Waker>,
     dropped: u64,
     stop_on_drop: bool,
+    /// A warm restart's replay: its ticks are in the journal already.
+    warming: bool,
 }
 
 /// The engine thread: pops chunks of inputs, runs the engine, publishes events, journals
@@ -310,7 +343,8 @@ fn engine_thread(
     let mut next_publish = Instant::now() + publish_interval;
     let mut tick_ns = LocalHistogram::default();
     loop {
-        if let Some(backlog_max) = out.backlog_max {
+        let warm_bound = out.journal.warming.then_some(out.warm_backlog_max);
+        if let Some(backlog_max) = out.backlog_max.or(warm_bound) {
             let buffered: u64 = Lane::ALL.iter().map(|&lane| out.mf_counters.buffered(lane)).sum();
             if buffered.saturating_sub(shared.counters.pulled.get()) > backlog_max {
                 idler.idle(0, || false);
@@ -389,9 +423,16 @@ fn step(engine: &mut Engine, input: &Input, journal: &mut JournalOut, shared: &S
     let drained = "Invariant: the engine's events are drained after every call";
     match *input {
         Input::Tick(tick) => {
-            if engine.handle_tick(tick.ts_recv(), &tick).is_ok() {
+            if engine.handle_tick(tick.ts_recv(), &tick).is_ok() && !journal.warming {
                 journal_tick(tick, journal, shared);
             }
+        }
+        Input::Warmed => {
+            journal.warming = false;
+            // Release: pairs with the emitter's Acquire load after a pull; every event it
+            // pulls from here on has a `seq` at or above this.
+            shared.counters.live_from_seq.store(engine.seq_next(), Ordering::Release);
+            shared.counters.warming.store(false, Ordering::Release);
         }
         Input::Clock(now) => engine.handle_clock(now).expect(drained),
         Input::Rejected { recv, reason } => {

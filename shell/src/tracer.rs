@@ -58,6 +58,12 @@ pub struct Counters {
     pub engine_done: AtomicBool,
     /// Engine clock (the largest `now` handled), Unix ns: a stall shows as it falling behind.
     pub engine_now_ns: Counter,
+    /// True during a warm restart's replay of the journal: `/health` says `warming` and the
+    /// server refuses clients.
+    pub warming: AtomicBool,
+    /// The first `seq` of live events (0 without a warm restart; `u64::MAX` until its replay
+    /// ends): sinks that do not keep history skip the replay's events.
+    pub live_from_seq: std::sync::atomic::AtomicU64,
 }
 
 /// A counter with one writer: the one counter type of every stage, the server and the

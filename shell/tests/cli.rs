@@ -596,3 +596,117 @@ fn replay_at_the_recorded_pace_sleeps_instead_of_spinning() {
     // next millisecond's trades, under a tenth. Half a core leaves room for a slow machine.
     assert!(used < 0.5, "replay at --speed 1 used {used:.2} cores");
 }
+
+/// `(seq, line)` of every event line of a JSON-lines run.
+fn events(stdout: &[u8]) -> Vec<(u64, String)> {
+    text(stdout)
+        .lines()
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some((value["seq"].as_u64()?, line.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_after_kill_9_goes_on_exactly_where_an_uninterrupted_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    // The first run journals the live market for a while and is killed mid-write.
+    let child = tickstock()
+        .args(["--quiet", "serve", "--output", "none", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(2_000));
+    signal(&child, "KILL");
+    let _ = finish(child);
+    // The restart replays that journal, then goes live on the same journal.
+    let restarted = tickstock()
+        .args(["serve", "--output", "stdout", "--duration-s", "2", "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    let stderr = text(&restarted.stderr);
+    assert!(restarted.status.success(), "{stderr}");
+    assert!(stderr.contains("warm restart: journal replayed"), "{stderr}");
+    let live = events(&restarted.stdout);
+    assert!(live.len() > 1_000, "the restarted run streams ({} events)", live.len());
+    // One uninterrupted pass over everything both runs journaled.
+    let replay = tickstock().args(["--quiet", "replay", "--max"]).arg(&journal).output().unwrap();
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    let pass: std::collections::HashMap<u64, String> = events(&replay.stdout).into_iter().collect();
+    let first = live[0].0;
+    assert!(first > 1_000, "seq goes on after the restart (first live seq {first})");
+    assert!(!pass.is_empty() && pass.contains_key(&(first - 1)), "the replayed part comes first");
+    for (seq, line) in &live {
+        assert_eq!(pass.get(seq), Some(line), "event {seq} differs from the uninterrupted pass");
+    }
+    // Nothing of the replay went to stdout again: the live events start where it ended.
+    assert!(live.windows(2).all(|w| w[1].0 > w[0].0), "in seq order, no repeat");
+    assert!(!pass.contains_key(&(live.last().unwrap().0 + 1)), "and end where the pass ends");
+}
+
+/// One HTTP request to `addr`; the whole response.
+fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(request.as_bytes());
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn health_says_warming_and_clients_wait_while_the_journal_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let status = tickstock()
+        .args(["--quiet", "record", "--virtual-time", "--trades", "600000", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = tickstock()
+        .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs where it listens").unwrap();
+        if let Some((_, rest)) = line.split_once("serving ws://") {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    let (mut warming, mut refused, mut healthy) = (false, false, false);
+    let mut answers = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !healthy && std::time::Instant::now() < deadline {
+        let health = http(&addr, "GET /health HTTP/1.1\r\n\r\n");
+        if answers.len() < 3 {
+            answers.push(health.clone());
+        }
+        if health.starts_with("HTTP/1.1 503") && health.contains("warming") {
+            warming = true;
+            let upgrade = http(&addr, "GET /stocks HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+            refused |= upgrade.starts_with("HTTP/1.1 503") && upgrade.contains("warming");
+        }
+        healthy = health.starts_with("HTTP/1.1 200");
+        sleep(Duration::from_millis(10));
+    }
+    signal(&child, "TERM");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(warming, "/health said warming while the journal replayed: {answers:?}");
+    assert!(refused, "a client was told to wait while the journal replayed");
+    assert!(healthy, "then healthy");
+    let replayed =
+        rest.iter().find(|l| l.contains("journal replayed")).expect("the replay's report");
+    assert!(replayed.contains("trades=600000") && replayed.contains("seconds="), "{replayed}");
+}

@@ -42,6 +42,9 @@ pub enum Input {
     /// The feed has ended (replay finished, `trades_max` reached, shutdown): the engine
     /// closes its open bars and stops.
     End,
+    /// A warm restart's replay of the journal is done: the engine journals what follows,
+    /// and live events start at its next `seq`.
+    Warmed,
 }
 
 /// The shutdown flag was raised while the feed was waiting on a full ring.
@@ -67,12 +70,15 @@ pub struct FeedTx {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     time: TimeSource,
+    /// Where times come from after a warm restart's replay (the run's own time source).
+    live_time: TimeSource,
     received: u64,
     full_waits: u64,
     last_sent: Timestamp,
 }
 
 impl FeedTx {
+    #[allow(clippy::too_many_arguments, reason = "the feed thread's parts, each distinct")]
     pub(crate) fn new(
         ring: rtrb::Producer<Input>,
         symbols: SymbolTable,
@@ -80,9 +86,12 @@ impl FeedTx {
         idler: Idler,
         counters: Arc<Counters>,
         stop: Arc<AtomicBool>,
-        time: TimeSource,
+        live_time: TimeSource,
+        warm_up: bool,
     ) -> FeedTx {
         let (received, full_waits, last_sent) = (0, 0, Timestamp(0));
+        // A warm restart's replay gives the journal's times; the run's own source follows.
+        let time = if warm_up { TimeSource::Given } else { live_time };
         FeedTx {
             ring,
             symbols,
@@ -91,6 +100,7 @@ impl FeedTx {
             counters,
             stop,
             time,
+            live_time,
             received,
             full_waits,
             last_sent,
@@ -119,6 +129,19 @@ impl FeedTx {
             TimeSource::Live(clock) => Some(clock.now()),
             TimeSource::Given => None,
         }
+    }
+
+    /// Ends a warm restart's replay: tells the engine, then takes times from the run's own
+    /// source (the runtime clock, for a live feed).
+    pub fn go_live(&mut self) -> Result<(), Stopped> {
+        self.push(Input::Warmed)?;
+        self.time = self.live_time;
+        Ok(())
+    }
+
+    /// Inputs sent so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Stamps (live feeds) and sends a tick.
@@ -210,4 +233,10 @@ impl std::fmt::Display for FeedEnd {
 pub trait Feed: Send {
     /// Produces inputs until exhausted, stopped or failed.
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd;
+
+    /// True for a warm restart: the feed first replays the journal (its times given), then
+    /// calls [`FeedTx::go_live`] and runs live.
+    fn warms_up(&self) -> bool {
+        false
+    }
 }

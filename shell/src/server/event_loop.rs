@@ -492,6 +492,13 @@ impl EventLoop {
                 self.counters().bad_requests.add(1);
                 self.respond(key, "400 Bad Request", "text/plain", why, now);
             }
+            // Acquire: pairs with the engine's Release store when a warm restart's replay ends.
+            http::Route::Stream
+                if self.shared.reporting.observed.counters.warming.load(Ordering::Acquire) =>
+            {
+                let why = "warming up: replaying the journal after a restart; retry shortly";
+                self.respond(key, "503 Service Unavailable", "text/plain", why, now);
+            }
             http::Route::Stream => self.upgrade(key, &request, len, now, false),
         }
     }

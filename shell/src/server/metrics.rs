@@ -115,6 +115,13 @@ pub fn unhealthy(
     now_ns: u64,
     stall_ns: u64,
 ) -> Option<String> {
+    // Acquire: pairs with the engine's Release store when the replay ends.
+    if observed.counters.warming.load(Ordering::Acquire) {
+        return Some(format!(
+            "warming: replaying the journal ({} trades so far); clients are refused until it is done",
+            observed.counters.received.get()
+        ));
+    }
     if let Some(upstream) = upstream {
         let health = upstream.health();
         if !health.streaming {

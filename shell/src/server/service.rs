@@ -48,6 +48,8 @@ impl Service {
         status: impl FnMut(&Counters, &Histograms) + Send + 'static,
     ) -> io::Result<Service> {
         let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+        // Before the port opens: a client must not slip in ahead of a warm restart's replay.
+        pipeline::mark_warm_up(&reporting.observed, feed.as_ref());
         let (sink, handle) =
             super::start(&settings.server, credentials, reporting.clone(), batch_bytes)?;
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());

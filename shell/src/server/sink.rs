@@ -110,6 +110,10 @@ impl FrameSink for ServerSink {
         Ok(())
     }
 
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
