@@ -107,6 +107,8 @@ pub enum DecodeError {
     },
     /// A symbol record whose ticker is not valid.
     BadTicker,
+    /// The reserved header byte is not 0: a format this reader does not know.
+    Reserved(u8),
     /// A segment that does not start with the journal header.
     BadHeader,
 }
@@ -121,6 +123,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownKind(kind) => write!(f, "unknown record kind {kind}"),
             DecodeError::BadLength { kind, len } => write!(f, "kind {kind} with length {len}"),
             DecodeError::BadTicker => f.write_str("symbol record with an invalid ticker"),
+            DecodeError::Reserved(byte) => write!(f, "reserved byte {byte}, not 0"),
             DecodeError::BadHeader => f.write_str("not a TickStock journal segment"),
         }
     }
@@ -205,6 +208,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     let len = usize::from(u16::from_le_bytes([bytes[0], bytes[1]]));
     let kind_byte = bytes[2];
     let kind = Kind::from_u8(kind_byte).ok_or(DecodeError::UnknownKind(kind_byte))?;
+    // A writer that sets the reserved byte means something this reader cannot know: the
+    // record is refused, never read as if it were 0 (found by the `journal_scan` fuzz target).
+    if bytes[3] != 0 {
+        return Err(DecodeError::Reserved(bytes[3]));
+    }
     let bad_length = DecodeError::BadLength { kind: kind_byte, len };
     let expected = match kind {
         Kind::Symbol if (5..=4 + 12).contains(&len) => len,
