@@ -16,7 +16,7 @@ use crate::server::history::History;
 use crate::server::http;
 use crate::server::metrics::ServerCounters;
 use crate::server::session::{Session, SessionLimits};
-use crate::server::subscriber::{Env, Subscriber, Users};
+use crate::server::subscriber::{Env, Pipe, Subscriber, Users};
 
 /// Journal segments: the decoder never reads past the end, and every record it accepts
 /// re-encodes to exactly the bytes it was decoded from.
@@ -143,7 +143,8 @@ pub fn ws_frames(data: &[u8]) {
 
 /// Feeds server bytes to a client codec; false once the server's close frame was read.
 fn read_all(client: &mut WebSocketContext, bytes: &[u8]) -> bool {
-    let mut pipe = Pipe { input: bytes, output: Vec::new() };
+    let mut written = Vec::new();
+    let mut pipe = Pipe { input: bytes, output: &mut written };
     loop {
         match client.read(&mut pipe) {
             Ok(tungstenite::Message::Close(_)) => return false,
@@ -154,34 +155,6 @@ fn read_all(client: &mut WebSocketContext, bytes: &[u8]) -> bool {
             }
             Err(error) => panic!("the server wrote what a client cannot read: {error}"),
         }
-    }
-}
-
-struct Pipe<'a> {
-    input: &'a [u8],
-    output: Vec<u8>,
-}
-
-impl io::Read for Pipe<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(self.input.len());
-        buf[..n].copy_from_slice(&self.input[..n]);
-        self.input = &self.input[n..];
-        Ok(n)
-    }
-}
-
-impl io::Write for Pipe<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

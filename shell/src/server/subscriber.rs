@@ -101,9 +101,9 @@ struct Replay {
 
 /// tungstenite's side of the codec: reads come from the bytes handed in, writes (pongs, close
 /// frames, pings) land in a buffer that becomes one outbox message.
-struct Pipe<'a> {
-    input: &'a [u8],
-    output: &'a mut Vec<u8>,
+pub(crate) struct Pipe<'a> {
+    pub(crate) input: &'a [u8],
+    pub(crate) output: &'a mut Vec<u8>,
 }
 
 impl Read for Pipe<'_> {
