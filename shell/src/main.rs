@@ -73,8 +73,8 @@ enum Command {
     Record(RecordArgs),
     /// Play a journal through the engine, at its pace, N times it, or flat out.
     Replay(ReplayArgs),
-    /// Write trades from a CSV file (ts,symbol,price,size[,exchange,id,conditions]) into a
-    /// journal.
+    /// Write trades from a CSV file (ts,symbol,price,size, optionally exchange,id,conditions)
+    /// into a journal.
     ImportCsv(ImportArgs),
     /// Print every setting of this run (the file, the environment and the flags over the
     /// defaults), the optional ones as comments that say what they do.
