@@ -342,10 +342,8 @@ impl Emitter {
         };
         // Acquire, after the pull: pairs with the engine's Release store when a warm restart's
         // replay ends; an event pulled after that store has a `seq` at or above it.
-        let live_from = match self.sink.keeps_history() {
-            true => 0,
-            false => self.ctx.counters.live_from_seq.load(Ordering::Acquire),
-        };
+        let live_seq = self.ctx.counters.live_from_seq.load(Ordering::Acquire);
+        let live_from = if self.sink.keeps_history() { 0 } else { live_seq };
         let mut count = 0;
         let mut skipped = 0u64;
         let (batch, sink, counts) = (&mut self.batch, &mut self.sink, &mut self.counts);
@@ -364,7 +362,9 @@ impl Emitter {
             }
             let ticker = symbols.ticker(event.symbol).unwrap_or_default();
             batch.push(event, ticker);
-            if let (true, EventBody::Trade(trade)) = (measure, &event.body) {
+            // A replayed trade's `ts_recv` is history, not latency.
+            if let (true, EventBody::Trade(trade)) = (measure && event.seq >= live_seq, &event.body)
+            {
                 // Ring entry to encoded frame: one clock read per trade (about 20 ns).
                 latency.record_n(clock.now().0.saturating_sub(trade.ts_recv.0), 1);
             }
