@@ -37,6 +37,8 @@ listen = "127.0.0.1:$port"
 conformance_echo = true
 # Section 9 sends messages of up to 16 MiB.
 client_message_bytes_max = 16777216
+# Echoes of those wait in the connection's own queue, bounded at twice this.
+client_lag_max_bytes = 67108864
 frame_bytes_max = 16777216
 TOML
 target/release/tickstock --config "$out/tickstock.toml" --log-level warn serve \

@@ -1129,3 +1129,52 @@ fn conformance_mode_echoes_on_echo_and_is_off_by_default() {
     let mut stream = connect(server.addr, None);
     assert_eq!(status_of(&next_json(&mut stream)), "connected");
 }
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_closed_and_others_stream_on() {
+    // Only the bound on its own queue can close it: the time bound is far away.
+    let server = start(|settings| {
+        settings.server.client_lag_max_bytes = 64 * 1024;
+        settings.server.client_lag_max_ms = 600_000;
+    });
+    // A bystander that reads all along.
+    let mut bystander = authed(server.addr, "k-all");
+    bystander.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let reading = Arc::new(AtomicBool::new(true));
+    let keep = Arc::clone(&reading);
+    let reader = thread::spawn(move || {
+        let mut trades = 0usize;
+        while keep.load(Ordering::Relaxed) {
+            let value = next_json(&mut bystander);
+            trades += value.as_array().unwrap().iter().filter(|e| e["ev"] == "T").count();
+        }
+        trades
+    });
+    // Up to 20,000 pings of 125 bytes: 2.6 MB of pongs to a client that never reads them.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4_096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut flood, _) =
+        tungstenite::client(format!("ws://{}/stocks", server.addr), stream).unwrap();
+    flood.send(Message::text(r#"{"action":"auth","params":"k-all"}"#)).unwrap();
+    for _ in 0..20_000 {
+        if flood.write(Message::Ping(vec![7u8; 125].into())).is_err() || flood.flush().is_err() {
+            break;
+        }
+    }
+    let code = loop {
+        match flood.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(code, Some(4008), "the flood is closed as a slow consumer");
+    assert_eq!(server.counters.total(|c| &c.slow_consumer_closes), 1, "and only the flood");
+    thread::sleep(Duration::from_millis(300));
+    reading.store(false, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 20, "the bystander streamed on");
+}

@@ -182,10 +182,11 @@ impl ArrayBuilder {
 /// stream moved here when order requires), written before anything of its group's stream.
 ///
 /// # Overflow
-/// Unbounded by itself: what enters is bounded by its sources (a replay is pumped only while
-/// this holds less than half of `client_lag_max_bytes`; statuses answer rate-limited client
-/// messages). A slow consumer's outbox is discarded ([`Outbox::discard`]), counted by the
-/// caller.
+/// Bounded by its Subscriber: a replay is pumped only while this holds less than half of
+/// `client_lag_max_bytes`, statuses answer rate-limited client messages, and when what the
+/// client's own messages provoke (pongs to a ping flood, echoes) passes twice
+/// `client_lag_max_bytes`, the connection is closed as a slow consumer (4008). A slow
+/// consumer's outbox is discarded ([`Outbox::discard`]), counted by the caller.
 #[derive(Debug, Default)]
 pub struct Outbox {
     items: VecDeque<Framed>,

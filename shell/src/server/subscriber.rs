@@ -378,6 +378,12 @@ impl Subscriber {
             self.input_failed = true;
             self.read_failed(now, error, env);
         }
+        // Its own queue (answers, pongs, echoes) is bounded too: a client that keeps asking
+        // (a ping flood) and does not read is a slow consumer like one that lags its group.
+        let own_max = 2 * env.settings.client_lag_max_bytes as usize;
+        if self.closing.is_none() && self.outbox.bytes() > own_max {
+            self.close_slow(now, env);
+        }
     }
 
     /// The socket reached end of file, or failed.
