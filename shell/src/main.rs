@@ -329,23 +329,16 @@ fn reload(signal: &str) {
     }
 }
 
-/// What `report_so_far` prints: set once a run has started.
-static RUNNING: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
+/// What `report_so_far` prints, and when the run started: set once a run has started.
+static RUNNING: std::sync::OnceLock<(Observed, std::time::Instant)> = std::sync::OnceLock::new();
 
-/// The counters and latencies of a run that was forced to stop before its report.
+/// The counters and latencies of a run that was forced to stop before its report: the
+/// status line over the whole run, then the latency summary.
 fn report_so_far() {
-    if let Some(observed) = RUNNING.get() {
-        let c = &observed.counters;
-        tracing::info!(
-            "so far: received {}, accepted {}, rejected {}, events {}, emitted {}, journal {} records",
-            c.received.get(),
-            c.accepted.get(),
-            c.rejected.get(),
-            c.detected.get(),
-            c.emitted.get(),
-            c.journal_records.get()
-        );
-        for line in latency_summary(&observed.histograms).lines() {
+    if let Some((observed, started)) = RUNNING.get() {
+        let (c, h) = (&observed.counters, &observed.histograms);
+        tracing::info!("so far: received {}", status_line(c, h, &mut (0, *started)));
+        for line in latency_summary(h).lines() {
             tracing::info!("{line}");
         }
     }
@@ -472,7 +465,7 @@ fn run(
         }
     };
     let observed = Observed::default();
-    let _ = RUNNING.set(observed.clone());
+    let _ = RUNNING.set((observed.clone(), std::time::Instant::now()));
     let reporting = Reporting { observed: observed.clone(), upstream: upstream.clone() };
     let (result, server_counters) = match output {
         Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {

@@ -190,13 +190,13 @@ pub fn prometheus(
     let one = |value: u64| vec![(Vec::new(), value)];
     out.add(
         "ticks_received_total",
-        "counter",
+        MetricType::COUNTER,
         "Inputs the feed pushed into the engine ring.",
         &one(c.received.get()),
     );
     out.add(
         "ticks_accepted_total",
-        "counter",
+        MetricType::COUNTER,
         "Ticks the engine accepted.",
         &one(c.accepted.get()),
     );
@@ -204,52 +204,52 @@ pub fn prometheus(
         .iter()
         .map(|r| (vec![("reason", r.label().to_owned())], c.rejected_by[r.index()].get()))
         .collect();
-    out.add("ticks_rejected_total", "counter", "Ticks rejected, by reason.", &rejects);
+    out.add("ticks_rejected_total", MetricType::COUNTER, "Ticks rejected, by reason.", &rejects);
     out.add(
         "feed_ring_full_waits_total",
-        "counter",
+        MetricType::COUNTER,
         "Times the feed waited on a full ring.",
         &one(c.feed_ring_full_waits.get()),
     );
     out.add(
         "events_detected_total",
-        "counter",
+        MetricType::COUNTER,
         "Events the engine produced.",
         &one(c.detected.get()),
     );
     out.add(
         "mfbuf_buffered_total",
-        "counter",
+        MetricType::COUNTER,
         "Events taken by the multi-frequency buffer.",
         &one(c.buffered.get()),
     );
     out.add(
         "mfbuf_dropped_total",
-        "counter",
+        MetricType::COUNTER,
         "Events a full lane refused.",
         &one(c.buffer_dropped.get()),
     );
     out.add(
         "events_encoded_total",
-        "counter",
+        MetricType::COUNTER,
         "Events encoded by the emitter.",
         &one(c.encoded.get()),
     );
     out.add(
         "journal_records_total",
-        "counter",
+        MetricType::COUNTER,
         "Records written to the journal.",
         &one(c.journal_records.get()),
     );
     out.add(
         "journal_written_bytes_total",
-        "counter",
+        MetricType::COUNTER,
         "Bytes written to the journal.",
         &one(c.journal_bytes.get()),
     );
     out.add(
         "journal_dropped_total",
-        "counter",
+        MetricType::COUNTER,
         "Journal records dropped.",
         &[
             (vec![("cause", "ring_full".to_owned())], c.journal_ring_dropped.get()),
@@ -258,37 +258,37 @@ pub fn prometheus(
     );
     out.add(
         "journal_down",
-        "gauge",
+        MetricType::GAUGE,
         "1 while the journal cannot write.",
         &one(u64::from(c.journal_down.load(Ordering::Relaxed))),
     );
     out.add(
         "connections",
-        "gauge",
+        MetricType::GAUGE,
         "Open WebSocket connections.",
         &one(server.total(|c| &c.connections)),
     );
     out.add(
         "connections_accepted_total",
-        "counter",
+        MetricType::COUNTER,
         "TCP connections accepted (HTTP requests and WebSocket upgrades).",
         &one(server.total(|c| &c.accepted)),
     );
     out.add(
         "websocket_upgrades_total",
-        "counter",
+        MetricType::COUNTER,
         "WebSocket upgrades: client connections opened.",
         &one(server.total(|c| &c.upgrades)),
     );
     out.add(
         "connections_refused_total",
-        "counter",
+        MetricType::COUNTER,
         "Upgrades refused with max_connections.",
         &one(server.total(|c| &c.refused_max_connections)),
     );
     out.add(
         "auth_total",
-        "counter",
+        MetricType::COUNTER,
         "Authentications by outcome.",
         &[
             (vec![("outcome", "success".to_owned())], server.total(|c| &c.auth_successes)),
@@ -299,43 +299,43 @@ pub fn prometheus(
     );
     out.add(
         "subscriptions",
-        "gauge",
+        MetricType::GAUGE,
         "Subscribed topics over all connections.",
         &one(server.total(|c| &c.subscriptions)),
     );
     out.add(
         "messages_out_total",
-        "counter",
+        MetricType::COUNTER,
         "Messages sent to clients.",
         &one(server.total(|c| &c.messages_out)),
     );
     out.add(
         "sent_bytes_total",
-        "counter",
+        MetricType::COUNTER,
         "Bytes sent to clients.",
         &one(server.total(|c| &c.bytes_out)),
     );
     out.add(
         "client_events_out_total",
-        "counter",
+        MetricType::COUNTER,
         "Events delivered to clients.",
         &one(server.total(|c| &c.events_out)),
     );
     out.add(
         "slow_consumer_closes_total",
-        "counter",
+        MetricType::COUNTER,
         "Clients closed with 4008.",
         &one(server.total(|c| &c.slow_consumer_closes)),
     );
     out.add(
         "slow_consumer_dropped_events_total",
-        "counter",
+        MetricType::COUNTER,
         "Events slow consumers lost (unwritten at a close or shed step, or conflated away).",
         &one(server.total(|c| &c.slow_consumer_dropped_events)),
     );
     out.add(
         "slow_consumer_actions_total",
-        "counter",
+        MetricType::COUNTER,
         "What the slow-consumer policies did, by policy and action.",
         &[
             (
@@ -358,25 +358,25 @@ pub fn prometheus(
     );
     out.add(
         "conflated_events_total",
-        "counter",
+        MetricType::COUNTER,
         "Events conflation dropped from slow clients (the `conflate` policy).",
         &one(server.total(|c| &c.conflated_events)),
     );
     out.add(
         "groups",
-        "gauge",
+        MetricType::GAUGE,
         "Groups: distinct deliveries among the connections.",
         &one(server.total(|c| &c.groups)),
     );
     out.add(
         "group_events_total",
-        "counter",
+        MetricType::COUNTER,
         "Events appended to group streams, once per group (shared by its members).",
         &one(server.total(|c| &c.group_events)),
     );
     out.add(
         "socket_writes_total",
-        "counter",
+        MetricType::COUNTER,
         "Socket write calls to clients.",
         &one(server.total(|c| &c.writes)),
     );
@@ -388,31 +388,31 @@ pub fn prometheus(
     );
     out.add(
         "sink_waits_total",
-        "counter",
+        MetricType::COUNTER,
         "Batches the emitter waited to hand to the fan-out (it was behind; nothing dropped).",
         &one(server.total(|c| &c.sink_waits)),
     );
     out.add(
         "client_errors_total",
-        "counter",
+        MetricType::COUNTER,
         "Client errors answered with an error status.",
         &one(server.total(|c| &c.client_errors)),
     );
     out.add(
         "protocol_closes_total",
-        "counter",
+        MetricType::COUNTER,
         "Connections closed for oversized, non-UTF-8 or unmasked frames.",
         &one(server.total(|c| &c.protocol_closes)),
     );
     out.add(
         "pong_timeouts_total",
-        "counter",
+        MetricType::COUNTER,
         "Connections closed for not answering pings.",
         &one(server.total(|c| &c.pong_timeouts)),
     );
     out.add(
         "http_requests_total",
-        "counter",
+        MetricType::COUNTER,
         "HTTP requests answered.",
         &one(server.total(|c| &c.http_requests)),
     );
@@ -421,7 +421,7 @@ pub fn prometheus(
         let health = upstream.health();
         out.add(
             "upstream_streaming",
-            "gauge",
+            MetricType::GAUGE,
             "1 while an upstream session streams.",
             &one(u64::from(health.streaming)),
         );
@@ -429,13 +429,13 @@ pub fn prometheus(
             .map(|state| (vec![("state", state.to_owned())], u64::from(health.breaker == state)));
         out.add(
             "upstream_breaker",
-            "gauge",
+            MetricType::GAUGE,
             "Circuit breaker state (the last failure is on /health).",
             &breaker,
         );
         out.add(
             "upstream_reconnects_total",
-            "counter",
+            MetricType::COUNTER,
             "Upstream reconnects.",
             &one(u.reconnects.get()),
         );
@@ -444,14 +444,19 @@ pub fn prometheus(
             .zip(&u.failures)
             .map(|(l, n)| (vec![("kind", (*l).to_owned())], n.get()))
             .collect();
-        out.add("upstream_failures_total", "counter", "Upstream failures by kind.", &failures);
+        out.add(
+            "upstream_failures_total",
+            MetricType::COUNTER,
+            "Upstream failures by kind.",
+            &failures,
+        );
         let garbage: Vec<(Labels, u64)> = Garbage::ALL
             .iter()
             .map(|g| (vec![("kind", g.label().to_owned())], u.garbage[g.index()].get()))
             .collect();
         out.add(
             "upstream_garbage_total",
-            "counter",
+            MetricType::COUNTER,
             "Upstream elements skipped, by kind.",
             &garbage,
         );
@@ -463,7 +468,7 @@ pub fn prometheus(
         );
         out.add(
             "upstream_q_gaps_total",
-            "counter",
+            MetricType::COUNTER,
             "Trades whose per-symbol q skipped numbers after the previous one (possible losses upstream).",
             &one(u.q_gaps.get()),
         );
@@ -532,8 +537,7 @@ impl Families {
     }
 
     /// A counter or gauge family of integer samples.
-    fn add(&mut self, name: &str, kind: &str, help: &str, samples: &[(Labels, u64)]) {
-        let kind = if kind == "gauge" { MetricType::GAUGE } else { MetricType::COUNTER };
+    fn add(&mut self, name: &str, kind: MetricType, help: &str, samples: &[(Labels, u64)]) {
         let metrics =
             samples.iter().map(|(labels, value)| sample(kind, labels, *value as f64)).collect();
         self.family(name, kind, help, metrics);
