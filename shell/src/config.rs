@@ -419,6 +419,13 @@ pub struct JournalSettings {
     /// trade due since, in µs (0: a wake-up per trade, which at 20,000 trades/s costs over
     /// a core). Trades keep their recorded times, so this only groups them. Default: 1,000.
     pub replay_pace_us: u32,
+    /// Events leave the emitter only once the journal has written (to the kernel) the
+    /// trades they come from, as LMAX's output waits for its journaller: a client never sees
+    /// an event whose trade a kill -9 could lose, so a `resume` after a warm restart finds
+    /// exactly the events it saw, under the same `seq`. The wait is the writer's wake-up and
+    /// one `write` (microseconds). A power cut can still lose up to `fsync_interval_ms`.
+    /// false: events go out as soon as they are encoded. Default: true.
+    pub emit_after_write: bool,
 }
 
 impl Default for JournalSettings {
@@ -433,6 +440,7 @@ impl Default for JournalSettings {
             on_failure: JournalFailurePolicy::Continue,
             warm_start: true,
             replay_pace_us: 1_000,
+            emit_after_write: true,
         }
     }
 }

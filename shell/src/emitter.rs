@@ -254,6 +254,9 @@ pub struct EmitterContext {
     pub publish_interval: Duration,
     /// Record ring-entry-to-frame latency (live clocks only: a replay's `ts_recv` is history).
     pub measure_latency: bool,
+    /// Hand a pulled batch on only once the journal has written every tick pushed before the
+    /// pull (`journal.emit_after_write` with a journal).
+    pub after_journal: bool,
 }
 
 struct Emitter {
@@ -265,6 +268,11 @@ struct Emitter {
     latency_ns: LocalHistogram,
     sink_ok: bool,
 }
+
+/// Spins on the journal writer's progress before parking (see `Emitter::await_journal`).
+const JOURNAL_SPINS: u32 = 256;
+/// Each park while the journal writer catches up.
+const JOURNAL_PARK: Duration = Duration::from_micros(20);
 
 const PULLED: usize = 0;
 const ENCODED: usize = 1;
@@ -340,6 +348,9 @@ impl Emitter {
                 None => std::thread::yield_now(),
             }
         };
+        if self.ctx.after_journal {
+            await_journal(&self.ctx.counters);
+        }
         // Acquire, after the pull: pairs with the engine's Release store when a warm restart's
         // replay ends; an event pulled after that store has a `seq` at or above it.
         let live_seq = self.ctx.counters.live_from_seq.load(Ordering::Acquire);
@@ -396,6 +407,26 @@ impl Emitter {
         } else {
             self.cycle_ns.publish(&h.emitter_cycle_ns);
             self.latency_ns.publish(&h.ring_to_frame_ns);
+        }
+    }
+}
+
+/// Waits until the journal writer has written every tick the engine pushed before the
+/// events just pulled were published. Acquire pairs with the engine's Release store of
+/// `journal_pushed` (made before it published the tick's events, which the pull
+/// acquired) and with the writer's of `journal_taken` (after its `write`). The writer is
+/// woken at each push and writes at once, so this is microseconds; a writer that cannot
+/// write counts the records failed and moves on, and it stops only once its ring is
+/// empty, so the wait ends.
+fn await_journal(counters: &Counters) {
+    let pushed = counters.journal_pushed.load(Ordering::Acquire);
+    let mut rounds = 0u32;
+    while counters.journal_taken.load(Ordering::Acquire) < pushed {
+        rounds += 1;
+        if rounds < JOURNAL_SPINS {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(JOURNAL_PARK);
         }
     }
 }

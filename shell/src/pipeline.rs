@@ -172,6 +172,7 @@ pub fn run_observed(
         batch_bytes: settings.pipeline.emitter_batch_bytes as usize,
         publish_interval: Duration::from_millis(crate::tracer::HISTOGRAM_PUBLISH_MS),
         measure_latency: time == TimeMode::Live,
+        after_journal: settings.journal.enabled && settings.journal.emit_after_write,
     };
     let idle = settings.pipeline.emitter_idle;
     let tx = waker_tx.clone();
@@ -221,6 +222,7 @@ pub fn run_observed(
         journal: JournalOut {
             ring: journal_ring,
             waker: journal_waker,
+            pushed: 0,
             dropped: 0,
             stop_on_drop,
             warming: warm,
@@ -315,6 +317,8 @@ struct EngineOutputs {
 struct JournalOut {
     ring: Option<rtrb::Producer<Tick>>,
     waker: Option<Waker>,
+    /// Ticks pushed into the ring.
+    pushed: u64,
     dropped: u64,
     stop_on_drop: bool,
     /// A warm restart's replay: its ticks are in the journal already.
@@ -450,6 +454,10 @@ fn step(engine: &mut Engine, input: &Input, journal: &mut JournalOut, shared: &S
 fn journal_tick(tick: Tick, journal: &mut JournalOut, shared: &Shared) {
     let Some(ring) = journal.ring.as_mut() else { return };
     if ring.push(tick).is_ok() {
+        journal.pushed += 1;
+        // Release, before the tick's events are published: an emitter that pulls them reads
+        // at least this count (see `journal_taken`).
+        shared.counters.journal_pushed.store(journal.pushed, Ordering::Release);
         if let Some(waker) = &journal.waker {
             waker.wake();
         }

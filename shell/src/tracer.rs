@@ -64,6 +64,13 @@ pub struct Counters {
     /// The first `seq` of live events (0 without a warm restart; `u64::MAX` until its replay
     /// ends): sinks that do not keep history skip the replay's events.
     pub live_from_seq: std::sync::atomic::AtomicU64,
+    /// Ticks the engine has pushed into the journal ring (stored with Release by the engine,
+    /// before the events of the tick are published).
+    pub journal_pushed: AtomicU64,
+    /// Ticks the journal writer has taken off its ring and written, or counted failed
+    /// (stored with Release after the `write`): with `journal.emit_after_write`, the emitter
+    /// hands on a pulled batch only once this reaches `journal_pushed` as read after the pull.
+    pub journal_taken: AtomicU64,
 }
 
 /// A counter with one writer: the one counter type of every stage, the server and the

@@ -84,6 +84,10 @@ pub fn run(
         ticks.clear();
         ticks.extend(chunk);
         writer.append(&ticks);
+        writer.taken += ticks.len() as u64;
+        // Release, after the write: the emitter hands on events only once their ticks are
+        // written (`journal.emit_after_write`).
+        writer.ctx.counters.journal_taken.store(writer.taken, std::sync::atomic::Ordering::Release);
         idler.idle(ticks.len(), || true);
     }
     writer.finish();
@@ -98,6 +102,8 @@ struct Writer {
     bytes: u64,
     fsyncs: u64,
     failed_records: u64,
+    /// Ticks taken off the ring and written or counted failed.
+    taken: u64,
     /// Ring drops already covered by a gap record.
     gaps_written: u64,
     last_fsync: Instant,
@@ -116,6 +122,7 @@ impl Writer {
             bytes: 0,
             fsyncs: 0,
             failed_records: 0,
+            taken: 0,
             gaps_written: 0,
             last_fsync: Instant::now(),
             retry_at: None,
