@@ -77,7 +77,7 @@ pub struct Watchlist {
 }
 
 /// splitmix64: a well-mixed hash of `x`, for drawing watchlists reproducibly.
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -217,7 +217,7 @@ impl Conn {
 }
 
 /// Reads (through tungstenite) until `auth_success`; an error status fails.
-fn await_auth(socket: &mut WebSocket<TcpStream>) -> Result<(), String> {
+pub(crate) fn await_auth(socket: &mut WebSocket<TcpStream>) -> Result<(), String> {
     loop {
         match socket.read().map_err(|e| e.to_string())? {
             Message::Text(text) => {

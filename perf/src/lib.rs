@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod disrupt;
 pub mod machine;
 pub mod report;
 pub mod run;

@@ -87,6 +87,11 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample { cpu_ticks: utime + stime, rss_bytes: rss_kib * 1024 })
 }
 
+/// How many files (sockets included) `pid` has open (`/proc/<pid>/fd`); `None` if unreadable.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// This process's soft limit on open files (`/proc/self/limits`); `None` if unreadable or
 /// unlimited.
 pub fn open_files_limit() -> Option<u64> {
@@ -149,5 +154,9 @@ mod tests {
         assert!(later.cpu_ticks >= own.cpu_ticks);
         assert_eq!(sample(u32::MAX), None);
         assert!(open_files_limit().is_some_and(|n| n > 0));
+        let fds = open_fds(std::process::id()).expect("own fds");
+        let extra = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(open_fds(std::process::id()), Some(fds + 1));
+        drop(extra);
     }
 }

@@ -32,6 +32,129 @@ pub struct RunResult {
     /// Why the run stopped before the plan was done (the server died, clients could not
     /// connect), if it did.
     pub aborted: Option<String>,
+    /// With `--repeat`: the soak's verdicts.
+    pub soak: Option<Soak>,
+}
+
+/// A repeated step read as a soak: is the server flat after its warm-up?
+#[derive(Clone, Debug, Serialize)]
+pub struct Soak {
+    /// Steps counted as warm-up (the first tenth, at least one) and left out below.
+    pub warmup_steps: usize,
+    /// Server RSS after the warm-up: least, median, most (MiB).
+    pub rss_mib: [f64; 3],
+    /// The farthest any step's RSS is from that median, percent.
+    pub rss_deviation_pct: f64,
+    /// Within `SOAK_RSS_FLAT_PCT`.
+    pub flat: bool,
+    /// Server file descriptors after the warm-up: least and most.
+    pub fds: [u64; 2],
+    /// Median fds of the last quarter of the steps less that of the first quarter after the
+    /// warm-up.
+    pub fd_growth: i64,
+    /// Growth beyond what the disruptors can hold open at once.
+    pub fd_leak: bool,
+    /// p99 per step after the warm-up: median and most (ms).
+    pub p99_ms: [f64; 2],
+    /// Events the server dropped (conflation, a full buffer), over the whole run.
+    pub dropped_events: u64,
+    /// Measured clients closed as slow consumers.
+    pub slow_consumer_closes: u64,
+    /// The disruptors over the whole run.
+    pub disruptors: crate::disrupt::Tally,
+}
+
+/// A soak's RSS is flat if every step after the warm-up is within this many percent of the
+/// median (the issue's ±5 %).
+pub const SOAK_RSS_FLAT_PCT: f64 = 5.0;
+
+fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// The soak's verdicts, for a plan that repeats its steps.
+pub fn soak(plan: &Plan, steps: &[Step]) -> Option<Soak> {
+    if plan.repeat < 2 || steps.len() < 2 {
+        return None;
+    }
+    let warmup_steps = (steps.len() / 10).max(1);
+    let after = &steps[warmup_steps..];
+    let rss: Vec<f64> = after.iter().filter_map(|s| s.server_rss_mib).collect();
+    let fds: Vec<u64> = after.iter().filter_map(|s| s.server_fds).collect();
+    let p99: Vec<f64> = after.iter().map(|s| s.latency_ms.p99).collect();
+    let rss_median = median(&rss).unwrap_or(0.0);
+    let rss_deviation_pct = rss
+        .iter()
+        .map(|r| (r - rss_median).abs() / rss_median.max(f64::MIN_POSITIVE) * 100.0)
+        .fold(0.0, f64::max);
+    let quarter = (fds.len() / 4).max(1);
+    let fd_growth = match (
+        median(&fds[..quarter.min(fds.len())]),
+        median(&fds[fds.len().saturating_sub(quarter)..]),
+    ) {
+        (Some(first), Some(last)) => last as i64 - first as i64,
+        _ => 0,
+    };
+    let disruptors = steps
+        .iter()
+        .filter_map(|s| s.disruptors)
+        .fold(crate::disrupt::Tally::default(), |sum, t| sum.plus(&t));
+    Some(Soak {
+        warmup_steps,
+        rss_mib: [
+            rss.iter().copied().fold(f64::INFINITY, f64::min),
+            rss_median,
+            rss.iter().copied().fold(0.0, f64::max),
+        ],
+        rss_deviation_pct,
+        flat: rss_deviation_pct <= SOAK_RSS_FLAT_PCT,
+        fds: [fds.iter().copied().min().unwrap_or(0), fds.iter().copied().max().unwrap_or(0)],
+        fd_growth,
+        fd_leak: fd_growth > i64::from(plan.disrupt.total()),
+        p99_ms: [median(&p99).unwrap_or(0.0), p99.iter().copied().fold(0.0, f64::max)],
+        dropped_events: steps.iter().map(|s| s.server_dropped_events).sum(),
+        slow_consumer_closes: steps.iter().map(|s| s.slow_consumer_closes).sum(),
+        disruptors,
+    })
+}
+
+/// One row per step of a soak: the figures to plot over time.
+pub fn soak_csv(result: &RunResult) -> String {
+    let mut out = String::from("step,clients,rate,events_per_s,p50_ms,p99_ms,p999_ms,max_ms,server_cpu_cores,server_rss_mib,server_fds,dropped_events,slow_closes,valid,churn_sessions,slow_sessions,slow_closed,slow_statuses,resumed,resume_too_old,resume_trades,resume_gaps,resume_repeats,disruptor_errors\n");
+    for (index, s) in result.steps.iter().enumerate() {
+        let d = s.disruptors.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{},{},{},{:.0},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            index + 1,
+            s.clients,
+            s.rate,
+            s.delivered_events_per_s,
+            s.latency_ms.p50,
+            s.latency_ms.p99,
+            s.latency_ms.p999,
+            s.latency_ms.max,
+            s.server_cpu_cores.map_or(String::new(), |c| format!("{c:.3}")),
+            s.server_rss_mib.map_or(String::new(), |r| format!("{r:.1}")),
+            s.server_fds.map_or(String::new(), |f| f.to_string()),
+            s.server_dropped_events,
+            s.slow_consumer_closes,
+            s.valid,
+            d.churn_sessions,
+            d.slow_sessions,
+            d.slow_closed,
+            d.slow_statuses,
+            d.resumed,
+            d.resume_too_old,
+            d.resume_trades,
+            d.resume_gaps,
+            d.resume_repeats,
+            d.errors,
+        );
+    }
+    out
 }
 
 /// The terminal summary.
@@ -50,7 +173,7 @@ pub fn table(result: &RunResult) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>9} {:>10} {:>12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>5} {:>6} {:>6} {:>7}  verdict",
+        "{:>7} {:>9} {:>10} {:>12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>5} {:>6} {:>6} {:>7} {:>6}  verdict",
         "clients",
         "trades/s",
         "sent/s",
@@ -63,7 +186,8 @@ pub fn table(result: &RunResult) -> String {
         "slow",
         "drops",
         "cpu",
-        "rss MiB"
+        "rss MiB",
+        "fds"
     );
     for s in &result.steps {
         let l = &s.latency_ms;
@@ -76,7 +200,7 @@ pub fn table(result: &RunResult) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:>9} {:>10.0} {:>12.0} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>5} {:>6} {:>6} {:>7}  {verdict}",
+            "{:>7} {:>9} {:>10.0} {:>12.0} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {:>8.2} {:>5} {:>6} {:>6} {:>7} {:>6}  {verdict}",
             s.clients,
             s.rate,
             s.achieved_rate,
@@ -90,6 +214,7 @@ pub fn table(result: &RunResult) -> String {
             s.server_dropped_events,
             s.server_cpu_cores.map_or("-".to_owned(), |c| format!("{c:.2}")),
             s.server_rss_mib.map_or("-".to_owned(), |r| format!("{r:.0}")),
+            s.server_fds.map_or("-".to_owned(), |f| f.to_string()),
         );
     }
     let _ = writeln!(out, "latency: ms from each trade's intended send time to its arrival at a client (coordinated omission corrected)");
@@ -105,6 +230,32 @@ pub fn table(result: &RunResult) -> String {
             out,
             "capacity: {rate} trades/s: {}",
             clients.map_or("no client count held".to_owned(), |c| format!("up to {c} clients"))
+        );
+    }
+    if let Some(soak) = &result.soak {
+        let d = &soak.disruptors;
+        let _ = writeln!(
+            out,
+            "soak: after {} warm-up steps, RSS {:.0}/{:.0}/{:.0} MiB (least/median/most), {:.1} % from the median at most: {}; fds {}-{}, growth {}: {}; p99 median {:.2} ms, worst {:.2} ms; {} events dropped, {} measured clients closed slow",
+            soak.warmup_steps,
+            soak.rss_mib[0],
+            soak.rss_mib[1],
+            soak.rss_mib[2],
+            soak.rss_deviation_pct,
+            if soak.flat { "flat" } else { "NOT FLAT" },
+            soak.fds[0],
+            soak.fds[1],
+            soak.fd_growth,
+            if soak.fd_leak { "A LEAK" } else { "no leak" },
+            soak.p99_ms[0],
+            soak.p99_ms[1],
+            soak.dropped_events,
+            soak.slow_consumer_closes,
+        );
+        let _ = writeln!(
+            out,
+            "disruptors: {} churn sessions; {} slow sessions ({} closed 4008, {} conflated/shed statuses); {} resumes honoured, {} too old, {} trades checked, {} missing, {} repeated; {} errors",
+            d.churn_sessions, d.slow_sessions, d.slow_closed, d.slow_statuses, d.resumed, d.resume_too_old, d.resume_trades, d.resume_gaps, d.resume_repeats, d.errors
         );
     }
     if let Some(reason) = &result.aborted {

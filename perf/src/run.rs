@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::clients::{Pool, ReaderReport, Target, BLOCK_SHIFT};
+use crate::disrupt::{Disruptors, Mix, Tally};
 use crate::machine::{self, ProcSample};
 use crate::server::{Metrics, Server};
 use crate::upstream::{Clock, Command, Played, Report, Schedule};
@@ -39,6 +40,10 @@ pub struct Plan {
     pub source: String,
     /// Reader threads holding the clients.
     pub reader_threads: usize,
+    /// Times each step is run (a soak: one step of a minute, sixty times).
+    pub repeat: u32,
+    /// Disruptors beside the measured clients.
+    pub disrupt: Mix,
 }
 
 /// Latency percentiles, ms.
@@ -119,6 +124,10 @@ pub struct Step {
     /// Clients that shed channels (`shed` policy), and the events they were told were
     /// dropped.
     pub shed_clients: u64,
+    /// The server's open file descriptors at the end of the step, when local.
+    pub server_fds: Option<u64>,
+    /// What the disruptors did during the step, when there are any.
+    pub disruptors: Option<Tally>,
     /// Every expected event arrived intact, in order, on every client that stayed.
     pub valid: bool,
     /// Why not.
@@ -171,6 +180,8 @@ pub struct Rig {
     pub interrupted: bool,
     /// The steps measured so far (kept when the run aborts).
     pub steps: Vec<Step>,
+    /// The disruptors, when the plan has any.
+    pub disruptors: Option<Disruptors>,
 }
 
 /// The id of the first trade; later steps continue from the last.
@@ -246,8 +257,13 @@ impl Rig {
             }
         }
         let mut index = 0;
-        for &clients in &plan.clients {
-            for &rate in &plan.rates {
+        let repeated = plan.clients.iter().flat_map(|&clients| {
+            plan.rates
+                .iter()
+                .flat_map(move |&rate| (0..plan.repeat.max(1)).map(move |_| (clients, rate)))
+        });
+        for (clients, rate) in repeated {
+            {
                 if let Some(why) = skip(&self.steps, plan, clients, rate) {
                     progress.note(&format!("skipped {clients} clients × {rate} trades/s: {why}"));
                     continue;
@@ -309,6 +325,7 @@ impl Rig {
         let trades = ((f64::from(rate) * secs).round() as u64).max(1);
         // A server too busy to answer /metrics makes the step unmeasurable, not the run.
         let before = self.server.metrics();
+        let tally_before = self.disruptors.as_ref().map(Disruptors::tally);
         let proc_before = self.server.pid.and_then(machine::sample);
         let own_before = machine::sample(std::process::id()).unwrap_or_default();
         let started = Instant::now();
@@ -412,6 +429,17 @@ impl Rig {
         step.within_budget &= step.valid;
         step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
         step.server_rss_mib = proc_after.map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0));
+        step.server_fds = self.server.pid.and_then(machine::open_fds);
+        step.disruptors =
+            self.disruptors.as_ref().zip(tally_before).map(|(d, b)| d.tally().since(&b));
+        if let Some(t) = step.disruptors.filter(|t| t.resume_gaps + t.resume_repeats > 0) {
+            step.invalid_reasons.push(format!(
+                "resuming clients: {} trades missing and {} repeated across their resumes",
+                t.resume_gaps, t.resume_repeats
+            ));
+            step.valid = false;
+            step.within_budget = false;
+        }
         step.loadgen_cpu_cores = cores(own_before, own_after);
         step.client_unread_mib = unread.map(|b| b as f64 / (1024.0 * 1024.0));
         if !step.within_budget {
@@ -606,7 +634,13 @@ fn judge(
         );
     }
     let buffer_dropped = before.delta(after, "tickstock_mfbuf_dropped_total");
-    let server_conflated = before.delta(after, "tickstock_conflated_events_total").max(conflated);
+    // Slow disruptors are conflated on purpose; then only the measured clients' own count
+    // says whether the load broke the budget.
+    let server_conflated = if plan.disrupt.slow > 0 {
+        conflated
+    } else {
+        before.delta(after, "tickstock_conflated_events_total").max(conflated)
+    };
     let sending_secs = (played.finished_ns.saturating_sub(schedule.start_ns)) as f64 / 1e9;
     let achieved_rate = played.sent as f64 / sending_secs.max(played.sent as f64 / f64::from(rate));
     let step_secs = played.sent as f64 / f64::from(rate);
@@ -652,6 +686,8 @@ fn judge(
         server_dropped_events: buffer_dropped + server_conflated,
         server_cpu_cores: None,
         server_rss_mib: None,
+        server_fds: None,
+        disruptors: None,
         loadgen_cpu_cores: 0.0,
         reader_busy,
         client_unread_mib: None,
@@ -667,7 +703,12 @@ fn judge(
 /// Reads the capacity answers off the measured steps.
 pub fn capacity(plan: &Plan, steps: &[Step]) -> Capacity {
     let held = |clients: u32, rate: u32| {
-        steps.iter().find(|s| s.clients == clients && s.rate == rate).map(|s| s.within_budget)
+        // Held only if every run of the step held (a soak repeats it).
+        steps
+            .iter()
+            .filter(|s| s.clients == clients && s.rate == rate)
+            .map(|s| s.within_budget)
+            .reduce(|a, b| a && b)
     };
     let knee = |line: &mut dyn Iterator<Item = (u32, Option<bool>)>| {
         let mut best = None;
@@ -710,6 +751,8 @@ mod tests {
             policies: Vec::new(),
             source: String::new(),
             reader_threads: 1,
+            repeat: 1,
+            disrupt: Mix::default(),
         }
     }
 
@@ -729,6 +772,8 @@ mod tests {
             server_dropped_events: 0,
             server_cpu_cores: None,
             server_rss_mib: None,
+            server_fds: None,
+            disruptors: None,
             loadgen_cpu_cores: 0.0,
             reader_busy: 0.0,
             client_unread_mib: None,

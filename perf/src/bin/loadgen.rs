@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tickstock_perf::clients::{Pool, Target, Watchlist};
+use tickstock_perf::disrupt::{Disruptors, Mix};
 use tickstock_perf::machine::{self, Machine};
 use tickstock_perf::report::{self, RunResult};
 use tickstock_perf::run::{self, Plan, Progress, Rig, Step};
@@ -110,6 +111,14 @@ struct Args {
     /// Reader threads holding the clients.
     #[arg(long, default_value_t = 1)]
     reader_threads: usize,
+    /// Runs each step this many times in a row (a soak: `--step-secs 60 --repeat 60` is an
+    /// hour in one-minute steps, with a row per minute in `-soak.csv`).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Disruptors beside the measured clients: `churn=N,slow=N,resume=N` (see
+    /// `perf/README.md`); their resumes are checked for gaps.
+    #[arg(long, default_value = "")]
+    disrupt: Mix,
     /// Directory for the result file, the HTML report and the server's log.
     #[arg(long, default_value = "perf/results")]
     out: PathBuf,
@@ -205,6 +214,8 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         policies: args.policies.clone(),
         source: format!("{:?}", args.source),
         reader_threads: args.reader_threads.max(1),
+        repeat: args.repeat.max(1),
+        disrupt: args.disrupt,
     };
     if !(plan.step_secs > 0.0 && plan.step_secs.is_finite() && args.warmup_secs >= 0.0) {
         return Err(usage(
@@ -215,7 +226,8 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         return Err(usage("--budget-p99-ms must be positive".to_owned()));
     }
     // Each client is a socket here and one in a local server, which inherits this limit.
-    let files_needed = u64::from(plan.clients.last().copied().unwrap_or(1)) + 64;
+    let files_needed =
+        u64::from(plan.clients.last().copied().unwrap_or(1)) + u64::from(plan.disrupt.total()) + 64;
     // Up to the hard limit, without privileges; what is still short is reported below.
     let _ = rlimit::increase_nofile_limit(files_needed);
     if let Some(limit) = machine::open_files_limit().filter(|&limit| limit < files_needed) {
@@ -263,7 +275,13 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             Launch::Spawn { binary, config: args.server_config.clone() }
         }
     };
-    let connections = plan.clients.last().copied().unwrap_or(1).saturating_add(16);
+    let connections = plan
+        .clients
+        .last()
+        .copied()
+        .unwrap_or(1)
+        .saturating_add(plan.disrupt.total())
+        .saturating_add(16);
     let server = Server::launch(
         &launch,
         player.addr,
@@ -284,11 +302,15 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         watchlist: plan.watchlist.as_ref().map(|(symbols, channels)| Watchlist {
             symbols: *symbols,
             channels: channels.clone(),
-            tickers,
+            tickers: Arc::clone(&tickers),
         }),
         policies: plan.policies.clone(),
         receive_buffer_bytes: args.client_receive_bytes,
     };
+    let disruptors = (plan.disrupt.total() > 0)
+        .then(|| Disruptors::start(&target, plan.disrupt, Arc::clone(&tickers)))
+        .transpose()
+        .map_err(|e| aborted(format!("disruptor threads: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal exits at once (the started server then outlives this process).
@@ -305,6 +327,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         stop,
         interrupted: false,
         steps: Vec::new(),
+        disruptors,
     };
     let bar = ProgressBar::new(1000);
     bar.set_style(
@@ -322,7 +345,10 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let outcome =
         rig.await_session().and_then(|()| rig.run(&plan, args.warmup_secs, &mut progress));
     progress.bar.finish_and_clear();
-    let Rig { server, pool, player: commands, interrupted, steps, .. } = rig;
+    let Rig { server, pool, player: commands, interrupted, steps, disruptors, .. } = rig;
+    if let Some(disruptors) = disruptors {
+        disruptors.stop();
+    }
     pool.stop();
     let _ = commands.send(Command::Stop);
     player.join();
@@ -333,6 +359,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         eprintln!("loadgen: the run stopped: {reason}; reporting the {} steps done", steps.len());
     }
     let capacity = run::capacity(&plan, &steps);
+    let soak = report::soak(&plan, &steps);
     let valid = steps.iter().all(|s| s.valid);
     if interrupted {
         eprintln!("loadgen: interrupted; reporting the {} steps done", steps.len());
@@ -348,14 +375,20 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         valid,
         interrupted,
         aborted: aborted_because.clone(),
+        soak,
     };
     let json = serde_json::to_string_pretty(&result).map_err(|e| aborted(e.to_string()))?;
     std::fs::write(file(".json"), json)
         .map_err(|e| aborted(format!("{}: {e}", file(".json").display())))?;
     std::fs::write(file(".html"), report::html(&result))
         .map_err(|e| aborted(format!("{}: {e}", file(".html").display())))?;
+    if result.soak.is_some() {
+        std::fs::write(file("-soak.csv"), report::soak_csv(&result))
+            .map_err(|e| aborted(format!("{}: {e}", file("-soak.csv").display())))?;
+    }
     print!("{}", report::table(&result));
     println!("result: {}  report: {}", file(".json").display(), file(".html").display());
+    let valid = valid && result.soak.as_ref().is_none_or(|soak| soak.flat && !soak.fd_leak);
     Ok(match (aborted_because, valid) {
         (Some(_), _) => ExitCode::from(EXIT_ABORTED),
         (None, true) => ExitCode::SUCCESS,
