@@ -19,7 +19,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,10 @@ const SLOW_READ_PAUSE: Duration = Duration::from_millis(20);
 /// A slow client that was not closed reconnects after this long anyway (a shed or conflated
 /// one would otherwise stay quiet).
 const SLOW_SESSION_MAX: Duration = Duration::from_secs(30);
-/// Socket timeouts of every disruptor.
+/// Read timeout of an established disruptor's socket (how often it looks at the time).
 const IO_TIMEOUT: Duration = Duration::from_millis(200);
+/// Connect, handshake and auth timeout.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Symbols each resuming client follows.
 const RESUME_SYMBOLS: usize = 3;
 
@@ -48,12 +50,18 @@ pub struct Mix {
     pub slow: u32,
     /// Resuming clients.
     pub resume: u32,
+    /// Connections opened at once, held, dropped at once, again and again.
+    pub burst: u32,
+    /// Clients that all drop and reconnect with `resume` at once, every `STORM_EVERY`.
+    pub storm: u32,
+    /// Hostile clients, each running the attacks in turn.
+    pub hostile: u32,
 }
 
 impl Mix {
-    /// All of them.
+    /// All of them: the connections they may hold at once.
     pub fn total(&self) -> u32 {
-        self.churn + self.slow + self.resume
+        self.churn + self.slow + self.resume + self.burst + self.storm + self.hostile
     }
 }
 
@@ -63,98 +71,106 @@ impl FromStr for Mix {
     fn from_str(text: &str) -> Result<Mix, String> {
         let mut mix = Mix::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (kind, count) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?}: want KIND=COUNT (churn, slow, resume)"))?;
+            let (kind, count) =
+                part.split_once('=').ok_or_else(|| format!("{part:?}: want KIND=COUNT"))?;
             let count: u32 = count.parse().map_err(|_| format!("{part:?}: not a count"))?;
             match kind {
                 "churn" => mix.churn = count,
                 "slow" => mix.slow = count,
                 "resume" => mix.resume = count,
-                other => return Err(format!("{other:?} is not churn, slow or resume")),
+                "burst" => mix.burst = count,
+                "storm" => mix.storm = count,
+                "hostile" => mix.hostile = count,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not churn, slow, resume, burst, storm or hostile"
+                    ))
+                }
             }
         }
         Ok(mix)
     }
 }
 
-/// What the disruptors did (over a run, or a step's difference of two of these).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Tally {
+/// Declares `Tally` (what the disruptors did, by field) and `Count` (one variant per field,
+/// the index of its atomic in `Counts`), so a field is named once.
+macro_rules! tally {
+    ($($(#[doc = $doc:literal])* $field:ident => $count:ident,)*) => {
+        /// What the disruptors did (over a run, or a step's difference of two of these).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct Tally {
+            $($(#[doc = $doc])* pub $field: u64,)*
+        }
+
+        #[derive(Clone, Copy)]
+        enum Count {
+            $($count,)*
+        }
+
+        /// Fields of a `Tally`.
+        const COUNTS: usize = [$(Count::$count),*].len();
+
+        impl Tally {
+            /// Both together.
+            pub fn plus(&self, other: &Tally) -> Tally {
+                Tally { $($field: self.$field + other.$field,)* }
+            }
+
+            /// What happened between `earlier` and `self`.
+            pub fn since(&self, earlier: &Tally) -> Tally {
+                Tally { $($field: self.$field - earlier.$field,)* }
+            }
+        }
+
+        impl Counts {
+            fn tally(&self) -> Tally {
+                // Relaxed: statistics, read between steps.
+                Tally { $($field: self.0[Count::$count as usize].load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+tally! {
     /// Churn sessions completed.
-    pub churn_sessions: u64,
+    churn_sessions => ChurnSessions,
     /// Slow sessions begun.
-    pub slow_sessions: u64,
+    slow_sessions => SlowSessions,
     /// Slow sessions the server closed as slow consumers (4008).
-    pub slow_closed: u64,
+    slow_closed => SlowClosed,
     /// `conflated` and `shed` statuses slow clients received.
-    pub slow_statuses: u64,
-    /// Resumes the server honoured (`resumed`).
-    pub resumed: u64,
+    slow_statuses => SlowStatuses,
+    /// Resumes the server honoured (`resumed`), by resuming and storming clients.
+    resumed => Resumed,
     /// Resumes it refused as too old (`resume_failed`); nothing is checked across those.
-    pub resume_too_old: u64,
-    /// Trades checked by resuming clients.
-    pub resume_trades: u64,
+    resume_too_old => ResumeTooOld,
+    /// Trades checked by resuming and storming clients.
+    resume_trades => ResumeTrades,
     /// Trades missing on a resuming client: `q` jumped (must stay 0).
-    pub resume_gaps: u64,
+    resume_gaps => ResumeGaps,
     /// Trades a resuming client got twice: `q` or `seq` went back (must stay 0).
-    pub resume_repeats: u64,
+    resume_repeats => ResumeRepeats,
+    /// Connections opened and authenticated by bursts.
+    burst_connects => BurstConnects,
+    /// Reconnect storms: every storming client dropped and resumed at once.
+    storm_rounds => StormRounds,
+    /// Hostile sessions run (slowloris, oversized, fragmented, bad UTF-8, rate-limit churn).
+    hostile_sessions => HostileSessions,
+    /// Hostile sessions the server answered otherwise than the protocol says (must stay 0;
+    /// the first few are in `Disruptors::notes`).
+    hostile_unexpected => HostileUnexpected,
     /// Sessions of any kind that failed where they should not have (connect, handshake,
     /// auth, an unreadable message).
-    pub errors: u64,
+    errors => Errors,
 }
 
-impl Tally {
-    /// Both together.
-    pub fn plus(&self, other: &Tally) -> Tally {
-        Tally {
-            churn_sessions: self.churn_sessions + other.churn_sessions,
-            slow_sessions: self.slow_sessions + other.slow_sessions,
-            slow_closed: self.slow_closed + other.slow_closed,
-            slow_statuses: self.slow_statuses + other.slow_statuses,
-            resumed: self.resumed + other.resumed,
-            resume_too_old: self.resume_too_old + other.resume_too_old,
-            resume_trades: self.resume_trades + other.resume_trades,
-            resume_gaps: self.resume_gaps + other.resume_gaps,
-            resume_repeats: self.resume_repeats + other.resume_repeats,
-            errors: self.errors + other.errors,
-        }
-    }
-
-    /// What happened between `earlier` and `self`.
-    pub fn since(&self, earlier: &Tally) -> Tally {
-        Tally {
-            churn_sessions: self.churn_sessions - earlier.churn_sessions,
-            slow_sessions: self.slow_sessions - earlier.slow_sessions,
-            slow_closed: self.slow_closed - earlier.slow_closed,
-            slow_statuses: self.slow_statuses - earlier.slow_statuses,
-            resumed: self.resumed - earlier.resumed,
-            resume_too_old: self.resume_too_old - earlier.resume_too_old,
-            resume_trades: self.resume_trades - earlier.resume_trades,
-            resume_gaps: self.resume_gaps - earlier.resume_gaps,
-            resume_repeats: self.resume_repeats - earlier.resume_repeats,
-            errors: self.errors - earlier.errors,
-        }
-    }
-}
-
-/// The shared counts, one atomic per `Tally` field.
+/// The shared counts, one atomic per `Tally` field, and the first few notes on what went
+/// wrong.
 #[derive(Debug, Default)]
-struct Counts([AtomicU64; 10]);
+struct Counts([AtomicU64; COUNTS], Mutex<Vec<String>>);
 
-#[derive(Clone, Copy)]
-enum Count {
-    ChurnSessions,
-    SlowSessions,
-    SlowClosed,
-    SlowStatuses,
-    Resumed,
-    ResumeTooOld,
-    ResumeTrades,
-    ResumeGaps,
-    ResumeRepeats,
-    Errors,
-}
+/// Notes kept on unexpected reactions.
+const NOTES_MAX: usize = 20;
 
 impl Counts {
     fn add(&self, count: Count, n: u64) {
@@ -162,19 +178,11 @@ impl Counts {
         self.0[count as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    fn tally(&self) -> Tally {
-        let get = |c: Count| self.0[c as usize].load(Ordering::Relaxed);
-        Tally {
-            churn_sessions: get(Count::ChurnSessions),
-            slow_sessions: get(Count::SlowSessions),
-            slow_closed: get(Count::SlowClosed),
-            slow_statuses: get(Count::SlowStatuses),
-            resumed: get(Count::Resumed),
-            resume_too_old: get(Count::ResumeTooOld),
-            resume_trades: get(Count::ResumeTrades),
-            resume_gaps: get(Count::ResumeGaps),
-            resume_repeats: get(Count::ResumeRepeats),
-            errors: get(Count::Errors),
+    fn note(&self, count: Count, text: String) {
+        self.add(count, 1);
+        let mut notes = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if notes.len() < NOTES_MAX {
+            notes.push(text);
         }
     }
 }
@@ -208,8 +216,13 @@ impl Ctx {
         }
     }
 
-    fn error(&self) {
-        self.counts.add(Count::Errors, 1);
+    fn error(&self, what: &str) {
+        self.counts.note(Count::Errors, what.to_owned());
+    }
+
+    /// A hostile session's reaction was not the protocol's.
+    fn unexpected(&self, attack: &str, got: String) {
+        self.counts.note(Count::HostileUnexpected, format!("{attack}: {got}"));
     }
 }
 
@@ -219,8 +232,17 @@ impl Disruptors {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let mut threads = Vec::new();
-        let kinds = [(mix.churn, "churn"), (mix.slow, "slow"), (mix.resume, "resume")];
-        for (count, kind) in kinds {
+        // (threads, clients per thread, what each thread runs)
+        let split = |n: u32, threads: u32| (threads.min(n), n.div_ceil(threads.max(1)));
+        let kinds: [(&str, (u32, u32), fn(&Ctx, u32, u32)); 6] = [
+            ("churn", (mix.churn, 1), churn),
+            ("slow", (mix.slow, 1), slow),
+            ("resume", (mix.resume, 1), resume),
+            ("burst", split(mix.burst, BURST_THREADS), burst),
+            ("storm", split(mix.storm, STORM_THREADS), storm),
+            ("hostile", (mix.hostile, 1), hostile),
+        ];
+        for (kind, (count, each), run) in kinds {
             for id in 0..count {
                 let ctx = Ctx {
                     target: target.clone(),
@@ -228,16 +250,11 @@ impl Disruptors {
                     stop: Arc::clone(&stop),
                     counts: Arc::clone(&counts),
                 };
-                let run: fn(&Ctx, u32) = match kind {
-                    "churn" => churn,
-                    "slow" => slow,
-                    _ => resume,
-                };
                 threads.push(
                     thread::Builder::new()
                         .name(format!("loadgen-{kind}-{id}"))
                         .stack_size(256 << 10)
-                        .spawn(move || run(&ctx, id))?,
+                        .spawn(move || run(&ctx, id, each))?,
                 );
             }
         }
@@ -247,6 +264,11 @@ impl Disruptors {
     /// What they did so far.
     pub fn tally(&self) -> Tally {
         self.counts.tally()
+    }
+
+    /// The first few unexpected reactions and errors, in words.
+    pub fn notes(&self) -> Vec<String> {
+        self.counts.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Stops them and closes their connections.
@@ -261,8 +283,9 @@ impl Disruptors {
 type Ws = WebSocket<TcpStream>;
 
 fn tcp(ctx: &Ctx) -> Option<TcpStream> {
-    let stream = TcpStream::connect_timeout(&ctx.target.addr, Duration::from_secs(5)).ok()?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    let stream = TcpStream::connect_timeout(&ctx.target.addr, SETUP_TIMEOUT).ok()?;
+    // Long enough for a handshake and an auth under a storm; `ready` shortens it after.
+    stream.set_read_timeout(Some(SETUP_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     stream.set_nodelay(true).ok()?;
     Some(stream)
@@ -287,6 +310,12 @@ fn session(ctx: &Ctx, topics: &str, policy: Option<&str>) -> Option<Ws> {
     }
     let topics = serde_json::to_string(topics).ok()?;
     ws.send(Message::text(format!(r#"{{"action":"subscribe","params":{topics}}}"#))).ok()?;
+    ready(ws)
+}
+
+/// Set up: reads time out soon from now on.
+fn ready(ws: Ws) -> Option<Ws> {
+    ws.get_ref().set_read_timeout(Some(IO_TIMEOUT)).ok()?;
     Some(ws)
 }
 
@@ -324,7 +353,7 @@ fn ms(seed: u64, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(lo + mix(seed) % (hi - lo).max(1))
 }
 
-fn churn(ctx: &Ctx, id: u32) {
+fn churn(ctx: &Ctx, id: u32, _: u32) {
     let mut round = u64::from(id) << 32;
     while !ctx.stopping() {
         round += 1;
@@ -368,18 +397,18 @@ fn churn(ctx: &Ctx, id: u32) {
         if ok {
             ctx.counts.add(Count::ChurnSessions, 1);
         } else if !ctx.stopping() {
-            ctx.error();
+            ctx.error(&format!("churn session {} failed", round % 5));
         }
         ctx.pause(ms(round, 100, 500));
     }
 }
 
-fn slow(ctx: &Ctx, id: u32) {
+fn slow(ctx: &Ctx, id: u32, _: u32) {
     let policies = ["close", "conflate", "shed"];
     let policy = policies[id as usize % policies.len()];
     while !ctx.stopping() {
         let Some(mut ws) = session(ctx, "T.*,A.*", Some(policy)) else {
-            ctx.error();
+            ctx.error("slow client: cannot connect");
             ctx.pause(Duration::from_secs(1));
             continue;
         };
@@ -422,6 +451,31 @@ struct Resumer {
 }
 
 impl Resumer {
+    /// `count` distinct symbols drawn from `seed`.
+    fn new(ctx: &Ctx, seed: u64, count: usize) -> Resumer {
+        let mut symbols: Vec<String> = Vec::new();
+        let mut draw = seed;
+        while symbols.len() < count.min(ctx.tickers.len().max(1)) {
+            let t = ticker(ctx, draw).to_owned();
+            draw += 1;
+            if !symbols.contains(&t) {
+                symbols.push(t);
+            }
+        }
+        let topics = symbols.iter().map(|s| format!("T.{s}")).collect::<Vec<_>>().join(",");
+        Resumer { topics, last_q: vec![None; symbols.len()], symbols, last_seq: None }
+    }
+
+    /// Connects and subscribes, then resumes from the last `seq` seen, if any.
+    fn connect(&self, ctx: &Ctx) -> Option<Ws> {
+        let mut ws = session(ctx, &self.topics, None)?;
+        if let Some(last) = self.last_seq {
+            let action = format!(r#"{{"action":"resume","params":{{"from_seq":{}}}}}"#, last + 1);
+            ws.send(Message::text(action)).ok()?;
+        }
+        Some(ws)
+    }
+
     /// Checks one message's trades; `Err` if it cannot be read.
     fn check(&mut self, ctx: &Ctx, text: &str) -> Result<(), ()> {
         let serde_json::Value::Array(items) = serde_json::from_str(text).map_err(|_| ())? else {
@@ -470,46 +524,29 @@ impl Resumer {
     }
 }
 
-fn resume(ctx: &Ctx, id: u32) {
+fn resume(ctx: &Ctx, id: u32, _: u32) {
     let seed = (u64::from(id) << 32) | 0x5e5e;
-    let mut symbols: Vec<String> = Vec::new();
-    let mut draw = seed;
-    while symbols.len() < RESUME_SYMBOLS.min(ctx.tickers.len().max(1)) {
-        let t = ticker(ctx, draw).to_owned();
-        draw += 1;
-        if !symbols.contains(&t) {
-            symbols.push(t);
-        }
-    }
-    let topics = symbols.iter().map(|s| format!("T.{s}")).collect::<Vec<_>>().join(",");
-    let mut state = Resumer { topics, last_q: vec![None; symbols.len()], symbols, last_seq: None };
+    let mut state = Resumer::new(ctx, seed, RESUME_SYMBOLS);
     let mut round = seed;
     while !ctx.stopping() {
         round += 1;
-        let Some(mut ws) = session(ctx, &state.topics.clone(), None) else {
-            ctx.error();
+        let Some(mut ws) = state.connect(ctx) else {
+            ctx.error("resuming client: cannot connect");
             ctx.pause(Duration::from_secs(1));
             continue;
         };
-        if let Some(last) = state.last_seq {
-            let action = format!(r#"{{"action":"resume","params":{{"from_seq":{}}}}}"#, last + 1);
-            if ws.send(Message::text(action)).is_err() {
-                ctx.error();
-                continue;
-            }
-        }
         let until = Instant::now() + ms(round, 2_000, 8_000);
         while !ctx.stopping() && Instant::now() < until {
             match read(&mut ws) {
                 Ok(Some(Message::Text(text))) => {
                     if state.check(ctx, text.as_str()).is_err() {
-                        ctx.error();
+                        ctx.error("resuming client: an unreadable message");
                         break;
                     }
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    ctx.error();
+                Err(code) => {
+                    ctx.error(&format!("resuming client: closed ({code:?})"));
                     break;
                 }
             }
@@ -520,6 +557,324 @@ fn resume(ctx: &Ctx, id: u32) {
     }
 }
 
+/// Threads opening a burst's connections.
+const BURST_THREADS: u32 = 4;
+/// A burst's connections are held this long, then dropped at once.
+const BURST_HOLD: Duration = Duration::from_secs(2);
+/// Between bursts.
+const BURST_PAUSE: Duration = Duration::from_secs(3);
+
+/// One thread's share (`each`) of a burst: connect and authenticate as fast as it can, hold,
+/// drop all at once, pause, again.
+fn burst(ctx: &Ctx, _: u32, each: u32) {
+    let mut held = Vec::with_capacity(each as usize);
+    while !ctx.stopping() {
+        for _ in 0..each {
+            if ctx.stopping() {
+                break;
+            }
+            match authenticated(ctx) {
+                Some(ws) => {
+                    held.push(ws);
+                    ctx.counts.add(Count::BurstConnects, 1);
+                }
+                None => ctx.error("burst: a connection failed"),
+            }
+        }
+        ctx.pause(BURST_HOLD);
+        held.clear();
+        ctx.pause(BURST_PAUSE);
+    }
+}
+
+/// Connects and authenticates (no subscription).
+fn authenticated(ctx: &Ctx) -> Option<Ws> {
+    let mut ws = handshake(ctx)?;
+    let token = serde_json::to_string(&ctx.target.token).ok()?;
+    ws.send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#))).ok()?;
+    await_auth(&mut ws).ok()?;
+    ready(ws)
+}
+
+/// Threads holding the storming clients.
+const STORM_THREADS: u32 = 4;
+/// Every this long, all storming clients drop and resume at once.
+const STORM_EVERY: Duration = Duration::from_secs(10);
+
+/// One thread's share (`each`) of the storm: clients on one symbol each, read in turn
+/// (non-blocking); at every `STORM_EVERY` boundary all drop, then all reconnect and resume.
+fn storm(ctx: &Ctx, id: u32, each: u32) {
+    let mut clients: Vec<(Resumer, Option<Ws>)> = (0..each)
+        .map(|k| (Resumer::new(ctx, (u64::from(id * each + k) << 32) | 0x5707, 1), None))
+        .collect();
+    let epoch = Instant::now();
+    let mut round = 0u64;
+    while !ctx.stopping() {
+        // All connect (or reconnect and resume), as fast as they can.
+        for (state, ws) in &mut clients {
+            *ws = state.connect(ctx).and_then(|ws| {
+                ws.get_ref().set_nonblocking(true).ok()?;
+                Some(ws)
+            });
+            if ws.is_none() {
+                ctx.error("storm: cannot reconnect");
+            }
+        }
+        if id == 0 && round > 0 {
+            ctx.counts.add(Count::StormRounds, 1);
+        }
+        round += 1;
+        let next = epoch + STORM_EVERY * round as u32;
+        while !ctx.stopping() && Instant::now() < next {
+            let mut read_any = false;
+            for (state, slot) in &mut clients {
+                let Some(ws) = slot.as_mut() else { continue };
+                match read(ws) {
+                    Ok(Some(Message::Text(text))) => {
+                        read_any = true;
+                        if state.check(ctx, text.as_str()).is_err() {
+                            ctx.error("storm: an unreadable message");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(code) => {
+                        ctx.error(&format!("storm: closed ({code:?})"));
+                        *slot = None;
+                    }
+                }
+            }
+            if !read_any {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // The storm: every connection drops at once.
+        for (_, ws) in &mut clients {
+            *ws = None;
+        }
+    }
+}
+
+/// Each hostile client runs these in turn; each checks the server's answer.
+const ATTACKS: [(&str, fn(&Ctx) -> Result<(), String>); 7] = [
+    ("slowloris on the handshake", slowloris_handshake),
+    ("slowloris on a frame", slowloris_frame),
+    ("an oversized message", oversized),
+    ("a message in 1-byte fragments", fragmented),
+    ("fragments past the message limit", fragmented_too_big),
+    ("invalid UTF-8 split across fragments", split_utf8),
+    ("subscriptions churned at the rate limit", rate_limit_churn),
+];
+
+fn hostile(ctx: &Ctx, id: u32, _: u32) {
+    let mut turn = id as usize;
+    while !ctx.stopping() {
+        let (name, attack) = ATTACKS[turn % ATTACKS.len()];
+        turn += 1;
+        match attack(ctx) {
+            Ok(()) => ctx.counts.add(Count::HostileSessions, 1),
+            Err(_) if ctx.stopping() => {}
+            Err(got) => ctx.unexpected(name, got),
+        }
+        ctx.pause(Duration::from_millis(200));
+    }
+}
+
+/// Sends a masked frame as raw bytes (so a message can be fragmented and bytes can be bad).
+fn raw(
+    ws: &mut Ws,
+    payload: &[u8],
+    opcode: tungstenite::protocol::frame::coding::OpCode,
+    fin: bool,
+) -> Result<(), String> {
+    let frame = tungstenite::protocol::frame::Frame::message(payload.to_vec(), opcode, fin);
+    crate::wire::send(ws.get_mut(), frame).map_err(|e| format!("send: {e}"))
+}
+
+fn text_op() -> tungstenite::protocol::frame::coding::OpCode {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    OpCode::Data(Data::Text)
+}
+
+fn continuation() -> tungstenite::protocol::frame::coding::OpCode {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    OpCode::Data(Data::Continue)
+}
+
+/// Reads until the server closes; its close code (`None`: dropped without one).
+fn await_close(ws: &mut Ws, within: Duration) -> Result<Option<u16>, String> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        match read(ws) {
+            Ok(_) => {}
+            Err(code) => return Ok(code.map(u16::from)),
+        }
+    }
+    Err(format!("still open after {within:?}"))
+}
+
+/// Reads until a status with `wanted` arrives; an error status or a close fails.
+fn await_status(ws: &mut Ws, wanted: &str, within: Duration) -> Result<(), String> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        match read(ws) {
+            Ok(Some(Message::Text(text))) => {
+                if text.contains(&format!(r#""status":"{wanted}""#)) {
+                    return Ok(());
+                }
+                if text.contains(r#""status":"error""#) {
+                    return Err(format!("an error status: {text}"));
+                }
+            }
+            Ok(_) => {}
+            Err(code) => return Err(format!("closed ({code:?}) before {wanted}")),
+        }
+    }
+    Err(format!("no {wanted} within {within:?}"))
+}
+
+/// The upgrade request one byte at a time, slower than the handshake timeout allows: the
+/// server must drop the connection (at `handshake_timeout_ms`, 5 s by default).
+fn slowloris_handshake(ctx: &Ctx) -> Result<(), String> {
+    let mut stream = tcp(ctx).ok_or("cannot connect")?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ctx.target.path
+    );
+    let started = Instant::now();
+    for byte in request.bytes() {
+        if ctx.stopping() {
+            return Ok(());
+        }
+        if stream.write_all(&[byte]).is_err() {
+            // Dropped: what the server should do.
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    Err(format!("the whole request went through in {:?} at a byte per 100 ms", started.elapsed()))
+}
+
+/// A frame announced and then sent a byte per 100 ms for 3 s: the server holds it (it is
+/// within every limit and costs one connection's buffer) and streams to everyone else; at
+/// the end the frame completes and is answered.
+fn slowloris_frame(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let action = br#"{"action":"unsubscribe","params":"T.NONE"}                                "#;
+    let mut bytes = Vec::new();
+    let frame = tungstenite::protocol::frame::Frame::message(action.to_vec(), text_op(), true);
+    let mut masked = frame;
+    masked.header_mut().mask = Some([1, 2, 3, 4]);
+    masked.format(&mut bytes).map_err(|e| e.to_string())?;
+    for (at, byte) in bytes.iter().enumerate() {
+        if ctx.stopping() {
+            return Ok(());
+        }
+        ws.get_mut().write_all(&[*byte]).map_err(|e| format!("dropped at byte {at}: {e}"))?;
+        thread::sleep(Duration::from_millis(3_000 / bytes.len() as u64));
+    }
+    await_status(&mut ws, "success", Duration::from_secs(5))
+}
+
+/// One byte past `client_message_bytes_max` (64 KiB by default): close 1009.
+fn oversized(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let mut message = br#"{"action":"subscribe","params":""#.to_vec();
+    message.resize(64 * 1024 + 1, b'A');
+    raw(&mut ws, &message, text_op(), true)?;
+    match await_close(&mut ws, Duration::from_secs(5))? {
+        Some(1009) => Ok(()),
+        other => Err(format!("closed with {other:?}, not 1009")),
+    }
+}
+
+/// A `subscribe` in 1-byte fragments: reassembled and answered.
+fn fragmented(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let symbol = ticker(ctx, mix(Instant::now().elapsed().as_nanos() as u64)).to_owned();
+    let message = format!(r#"{{"action":"subscribe","params":"HL.{symbol}"}}"#);
+    for (at, byte) in message.bytes().enumerate() {
+        let op = if at == 0 { text_op() } else { continuation() };
+        raw(&mut ws, &[byte], op, at + 1 == message.len())?;
+    }
+    await_status(&mut ws, "success", Duration::from_secs(5))
+}
+
+/// Fragments of 1 KiB whose sum passes the message limit: close 1009.
+fn fragmented_too_big(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let chunk = vec![b' '; 1024];
+    for at in 0..70 {
+        let op = if at == 0 { text_op() } else { continuation() };
+        if raw(&mut ws, &chunk, op, false).is_err() {
+            break;
+        }
+    }
+    match await_close(&mut ws, Duration::from_secs(5))? {
+        Some(1009) => Ok(()),
+        other => Err(format!("closed with {other:?}, not 1009")),
+    }
+}
+
+/// A valid 2-byte character split across two fragments is accepted (answered); an invalid
+/// sequence split the same way closes 1007.
+fn split_utf8(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    // "é" is C3 A9: the first fragment ends inside it.
+    raw(&mut ws, b"{\"action\":\"subscribe\",\"params\":\"HL.\xC3", text_op(), false)?;
+    raw(&mut ws, b"\xA9\"}", continuation(), true)?;
+    // Answered with an error status (no such symbol), not closed: the text was valid.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut answered = false;
+    while !answered && Instant::now() < until {
+        match read(&mut ws) {
+            Ok(Some(Message::Text(text))) => answered = text.contains(r#""ev":"status""#),
+            Ok(_) => {}
+            Err(code) => return Err(format!("valid UTF-8 across fragments closed ({code:?})")),
+        }
+    }
+    if !answered {
+        return Err("valid UTF-8 across fragments was not answered".to_owned());
+    }
+    // C3 28 is invalid.
+    raw(&mut ws, b"{\"action\":\"subscribe\",\"params\":\"HL.\xC3", text_op(), false)?;
+    raw(&mut ws, b"(\"}", continuation(), true)?;
+    match await_close(&mut ws, Duration::from_secs(5))? {
+        Some(1007) => Ok(()),
+        other => Err(format!("invalid UTF-8 closed with {other:?}, not 1007")),
+    }
+}
+
+/// Subscribe and unsubscribe alternately just under `client_messages_per_sec` (50 by
+/// default) for 2 s: every one answered `success`. Then 100 at once: past the bucket, errors,
+/// and after `client_errors_max` (10) of them, close 1008.
+fn rate_limit_churn(ctx: &Ctx) -> Result<(), String> {
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let symbol = ticker(ctx, 7).to_owned();
+    // Let the bucket fill (the auth took a token).
+    thread::sleep(Duration::from_millis(100));
+    for at in 0..80 {
+        let verb = if at % 2 == 0 { "subscribe" } else { "unsubscribe" };
+        ws.send(Message::text(format!(r#"{{"action":"{verb}","params":"SV.{symbol}"}}"#)))
+            .map_err(|e| format!("send: {e}"))?;
+        await_status(&mut ws, "success", Duration::from_secs(5))
+            .map_err(|e| format!("message {at} at 40/s: {e}"))?;
+        thread::sleep(Duration::from_millis(25));
+    }
+    for _ in 0..100 {
+        let message = format!(r#"{{"action":"subscribe","params":"SV.{symbol}"}}"#);
+        if ws.send(Message::text(message)).is_err() {
+            break;
+        }
+    }
+    match await_close(&mut ws, Duration::from_secs(5))? {
+        Some(1008) => Ok(()),
+        other => Err(format!("a flood past the rate limit closed with {other:?}, not 1008")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,7 +882,12 @@ mod tests {
     #[test]
     fn a_mix_parses_and_refuses_what_it_does_not_know() {
         let mix: Mix = "churn=20, slow=15,resume=15".parse().unwrap();
-        assert_eq!(mix, Mix { churn: 20, slow: 15, resume: 15 });
+        assert_eq!(mix, Mix { churn: 20, slow: 15, resume: 15, ..Mix::default() });
+        let storms: Mix = "burst=10000,storm=1000,hostile=7".parse().unwrap();
+        assert_eq!(
+            (storms.burst, storms.storm, storms.hostile, storms.total()),
+            (10_000, 1_000, 7, 11_007)
+        );
         assert_eq!(mix.total(), 50);
         assert!("churn".parse::<Mix>().is_err());
         assert!("fast=1".parse::<Mix>().is_err());

@@ -432,13 +432,28 @@ impl Rig {
         step.server_fds = self.server.pid.and_then(machine::open_fds);
         step.disruptors =
             self.disruptors.as_ref().zip(tally_before).map(|(d, b)| d.tally().since(&b));
-        if let Some(t) = step.disruptors.filter(|t| t.resume_gaps + t.resume_repeats > 0) {
-            step.invalid_reasons.push(format!(
-                "resuming clients: {} trades missing and {} repeated across their resumes",
-                t.resume_gaps, t.resume_repeats
-            ));
-            step.valid = false;
-            step.within_budget = false;
+        if let Some(t) = step.disruptors {
+            let mut wrong = Vec::new();
+            if t.resume_gaps + t.resume_repeats > 0 {
+                wrong.push(format!(
+                    "resuming clients: {} trades missing and {} repeated across their resumes",
+                    t.resume_gaps, t.resume_repeats
+                ));
+            }
+            if t.hostile_unexpected + t.errors > 0 {
+                let notes = self.disruptors.as_ref().map(Disruptors::notes).unwrap_or_default();
+                wrong.push(format!(
+                    "disruptors: {} unexpected answers to hostile clients, {} failed sessions (first: {})",
+                    t.hostile_unexpected,
+                    t.errors,
+                    notes.join("; ")
+                ));
+            }
+            if !wrong.is_empty() {
+                step.invalid_reasons.extend(wrong);
+                step.valid = false;
+                step.within_budget = false;
+            }
         }
         step.loadgen_cpu_cores = cores(own_before, own_after);
         step.client_unread_mib = unread.map(|b| b as f64 / (1024.0 * 1024.0));

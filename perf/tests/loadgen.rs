@@ -186,3 +186,88 @@ fn watchlists_and_a_policy_mix_are_validated_per_client() {
     assert!(samples > 0 && samples < sent * 12 / 4, "{samples} of {sent} × 12");
     assert!(step["reader_busy"].as_f64().is_some_and(|b| (0.0..=1.0).contains(&b)));
 }
+
+/// The run's result file, parsed.
+fn result_json(out: &Path) -> serde_json::Value {
+    let json = result_file(out, "json");
+    serde_json::from_str(&std::fs::read_to_string(json).expect("reads")).expect("JSON")
+}
+
+#[test]
+fn storms_and_hostile_clients_beside_measured_clients_cost_them_nothing_they_must_have() {
+    // 10,000 connects in bursts, 1,000 clients dropping and resuming at once, and hostile
+    // clients (slowloris on the handshake and on a frame, oversized and fragmented messages,
+    // invalid UTF-8 split across fragments, subscriptions churned at the rate limit), each
+    // checking the server's answer. The measured clients must get every trade, in order.
+    let out = tempfile::tempdir().expect("tempdir");
+    run_loadgen(
+        &[
+            "--clients",
+            "3",
+            "--rates",
+            "2000",
+            "--step-secs",
+            "12",
+            "--warmup-secs",
+            "0.5",
+            "--source",
+            "synthetic:500",
+            "--topics",
+            "T.*",
+            "--budget-p99-ms",
+            "100000",
+            "--disrupt",
+            "burst=10000,storm=1000,hostile=7",
+        ],
+        out.path(),
+    );
+    let result = result_json(out.path());
+    assert_eq!(result["valid"], true, "{result:#}");
+    let d = &result["steps"][0]["disruptors"];
+    let count = |name: &str| d[name].as_u64().unwrap_or(0);
+    assert!(count("burst_connects") >= 10_000, "a whole burst: {d}");
+    assert!(count("storm_rounds") >= 1 && count("resumed") >= 500, "a storm resumed: {d}");
+    assert!(count("resume_trades") > 0, "and its trades were checked: {d}");
+    assert!(count("hostile_sessions") >= 7, "every attack ran: {d}");
+    assert_eq!(count("hostile_unexpected") + count("errors") + count("resume_gaps"), 0, "{d}");
+}
+
+#[test]
+fn a_short_soak_writes_a_row_per_step_and_judges_rss_and_fds() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let stdout = run_loadgen(
+        &[
+            "--clients",
+            "2",
+            "--rates",
+            "1000",
+            "--step-secs",
+            "2",
+            "--repeat",
+            "3",
+            "--warmup-secs",
+            "0.5",
+            "--source",
+            "synthetic:200",
+            "--budget-p99-ms",
+            "100000",
+            "--disrupt",
+            "churn=2,slow=1,resume=2",
+        ],
+        out.path(),
+    );
+    assert!(stdout.contains("soak: after 1 warm-up steps"), "{stdout}");
+    let result = result_json(out.path());
+    let soak = &result["soak"];
+    assert!(soak["rss_mib"][1].as_f64().is_some_and(|m| m > 1.0), "{soak}");
+    assert!(soak["fds"][1].as_u64().is_some_and(|f| f > 2), "{soak}");
+    assert!(soak["disruptors"]["churn_sessions"].as_u64().is_some_and(|n| n > 0), "{soak}");
+    let csv = std::fs::read_dir(out.path())
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with("-soak.csv"))
+        .expect("a soak CSV");
+    let rows = std::fs::read_to_string(csv).expect("reads");
+    assert_eq!(rows.lines().count(), 4, "a header and a row per step:\n{rows}");
+    assert!(rows.lines().next().unwrap().contains("server_rss_mib,server_fds"), "{rows}");
+}
