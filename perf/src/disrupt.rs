@@ -655,8 +655,9 @@ fn storm(ctx: &Ctx, id: u32, each: u32) {
 }
 
 /// Each hostile client runs these in turn; each checks the server's answer.
-const ATTACKS: [(&str, fn(&Ctx) -> Result<(), String>); 7] = [
+const ATTACKS: [(&str, fn(&Ctx) -> Result<(), String>); 8] = [
     ("slowloris on the handshake", slowloris_handshake),
+    ("a ping flood that never reads", ping_flood),
     ("slowloris on a frame", slowloris_frame),
     ("an oversized message", oversized),
     ("a message in 1-byte fragments", fragmented),
@@ -776,6 +777,38 @@ fn slowloris_frame(ctx: &Ctx) -> Result<(), String> {
         thread::sleep(Duration::from_millis(3_000 / bytes.len() as u64));
     }
     await_status(&mut ws, "success", Duration::from_secs(5))
+}
+
+/// Pings as fast as the socket takes them, never reading the pongs: the server's queue for
+/// the connection passes twice `client_lag_max_bytes` and it is closed as a slow consumer
+/// (4008, or dropped when the close frame cannot be written).
+fn ping_flood(ctx: &Ctx) -> Result<(), String> {
+    use tungstenite::protocol::frame::coding::{Control, OpCode};
+    let mut ws = authenticated(ctx).ok_or("cannot connect")?;
+    let ping = tungstenite::protocol::frame::Frame::message(
+        vec![b'p'; 125],
+        OpCode::Control(Control::Ping),
+        true,
+    );
+    let mut bytes = Vec::new();
+    let mut masked = ping;
+    masked.header_mut().mask = Some([9, 8, 7, 6]);
+    masked.format(&mut bytes).map_err(|e| e.to_string())?;
+    let burst: Vec<u8> = bytes.iter().copied().cycle().take(bytes.len() * 1_000).collect();
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until && !ctx.stopping() {
+        if ws.get_mut().write_all(&burst).is_err() {
+            // Dropped by the server: what it should do.
+            return Ok(());
+        }
+    }
+    if ctx.stopping() {
+        return Ok(());
+    }
+    match await_close(&mut ws, Duration::from_secs(10))? {
+        Some(4008) | None => Ok(()),
+        other => Err(format!("closed with {other:?}, not 4008")),
+    }
 }
 
 /// One byte past `client_message_bytes_max` (64 KiB by default): close 1009.

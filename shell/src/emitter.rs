@@ -9,6 +9,7 @@
 //! Every pulled event is encoded and handed on; a sink that fails is counted per frame
 //! (`sink_failed`), so the emitter never loses an event silently.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -164,10 +165,11 @@ pub trait FrameSink: Send {
     /// The pipeline has stopped: flush.
     fn finish(&mut self) -> io::Result<()>;
 
-    /// Whether it takes a warm restart's replayed events (the server: they refill its resume
-    /// history). Other sinks emitted them before the restart and get only live events.
-    fn keeps_history(&self) -> bool {
-        false
+    /// How many of a warm restart's replayed events it takes: the newest this many (the
+    /// server: its resume history's `history_max_events`, which they refill). 0, for other
+    /// sinks: they emitted them before the restart and get only live events.
+    fn history_events(&self) -> usize {
+        0
     }
 }
 
@@ -261,6 +263,12 @@ pub struct EmitterContext {
 
 struct Emitter {
     ctx: EmitterContext,
+    /// During a warm restart's replay, for a sink that keeps history: the newest replayed
+    /// events, raw, at most `history_events` of them. Older ones would only be encoded to be
+    /// evicted from the history, so they are never encoded; these are, when the replay ends.
+    deferred: VecDeque<Event>,
+    /// Replayed events dropped from `deferred` unencoded.
+    deferred_dropped: u64,
     batch: FrameBatch,
     sink: Box<dyn FrameSink>,
     counts: [u64; 5],
@@ -269,7 +277,7 @@ struct Emitter {
     sink_ok: bool,
 }
 
-/// Spins on the journal writer's progress before parking (see `Emitter::await_journal`).
+/// Spins on the journal writer's progress before parking (see `await_journal`).
 const JOURNAL_SPINS: u32 = 256;
 /// Each park while the journal writer catches up.
 const JOURNAL_PARK: Duration = Duration::from_micros(20);
@@ -293,6 +301,8 @@ pub fn run(
     let batch = FrameBatch::new(ctx.batch_bytes);
     let mut emitter = Emitter {
         ctx,
+        deferred: VecDeque::new(),
+        deferred_dropped: 0,
         batch,
         sink,
         counts: [0; 5],
@@ -351,10 +361,49 @@ impl Emitter {
         if self.ctx.after_journal {
             await_journal(&self.ctx.counters);
         }
-        // Acquire, after the pull: pairs with the engine's Release store when a warm restart's
-        // replay ends; an event pulled after that store has a `seq` at or above it.
+        // Acquire, after the pull: pairs with the engine's Release stores when a warm
+        // restart's replay ends; an event pulled after them has a `seq` at or above
+        // `live_from_seq`, and one pulled while `warming` still reads true is a replayed one.
         let live_seq = self.ctx.counters.live_from_seq.load(Ordering::Acquire);
-        let live_from = if self.sink.keeps_history() { 0 } else { live_seq };
+        let history = self.sink.history_events();
+        if history > 0 && self.ctx.counters.warming.load(Ordering::Acquire) {
+            let (deferred, dropped) = (&mut self.deferred, &mut self.deferred_dropped);
+            let mut count = 0;
+            pulled.for_each_in_seq(|event| {
+                count += 1;
+                if deferred.len() == history {
+                    deferred.pop_front();
+                    *dropped += 1;
+                }
+                deferred.push_back(*event);
+            });
+            drop(pulled);
+            self.counts[PULLED] += count as u64;
+            self.ctx.counters.pulled.set(self.counts[PULLED]);
+            return count;
+        }
+        if !self.deferred.is_empty() {
+            tracing::info!(
+                kept = self.deferred.len(),
+                not_encoded = self.deferred_dropped,
+                "warm restart: the newest replayed events refill the resume history; older ones are beyond it"
+            );
+            let deferred = std::mem::take(&mut self.deferred);
+            for event in &deferred {
+                if !self.batch.has_room() {
+                    hand_on(
+                        &mut self.batch,
+                        self.sink.as_mut(),
+                        &mut self.counts,
+                        &mut self.sink_ok,
+                    );
+                }
+                let ticker = self.ctx.symbols.ticker(event.symbol).unwrap_or_default();
+                self.batch.push(event, ticker);
+            }
+            self.counts[ENCODED] += deferred.len() as u64;
+        }
+        let live_from = if history > 0 { 0 } else { live_seq };
         let mut count = 0;
         let mut skipped = 0u64;
         let (batch, sink, counts) = (&mut self.batch, &mut self.sink, &mut self.counts);

@@ -434,8 +434,10 @@ fn step(engine: &mut Engine, input: &Input, journal: &mut JournalOut, shared: &S
         Input::Warmed => {
             journal.warming = false;
             // Release: pairs with the emitter's Acquire load after a pull; every event it
-            // pulls from here on has a `seq` at or above this.
-            shared.counters.live_from_seq.store(engine.seq_next(), Ordering::Release);
+            // pulls from here on has a `seq` at or above this. 0 when the replay produced
+            // no event: nothing to skip, nothing for a history to wait for.
+            let live_from = if engine.stats().events > 0 { engine.seq_next() } else { 0 };
+            shared.counters.live_from_seq.store(live_from, Ordering::Release);
             shared.counters.warming.store(false, Ordering::Release);
         }
         Input::Clock(now) => engine.handle_clock(now).expect(drained),

@@ -61,8 +61,9 @@ pub struct Counters {
     /// True during a warm restart's replay of the journal: `/health` says `warming` and the
     /// server refuses clients.
     pub warming: AtomicBool,
-    /// The first `seq` of live events (0 without a warm restart; `u64::MAX` until its replay
-    /// ends): sinks that do not keep history skip the replay's events.
+    /// The first `seq` of live events (0 without a warm restart, or when its replay produced
+    /// no event; `u64::MAX` until its replay ends): sinks that do not keep history skip the
+    /// replay's events, and the server takes clients once its history holds them.
     pub live_from_seq: std::sync::atomic::AtomicU64,
     /// Ticks the engine has pushed into the journal ring (stored with Release by the engine,
     /// before the events of the tick are published).

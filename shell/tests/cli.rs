@@ -711,12 +711,12 @@ fn health_says_warming_and_clients_wait_while_the_journal_replays() {
     assert!(replayed.contains("trades=600000") && replayed.contains("seconds="), "{replayed}");
 }
 
+/// Log lines, as they come.
+type Log = Box<dyn Iterator<Item = String>>;
+
 /// Starts `serve` on the WebSocket output with `args` after `--config`; its address and its
-/// log lines after the one that gave it.
-fn serving(
-    config: &Path,
-    args: &[&str],
-) -> (Child, String, std::io::Lines<std::io::BufReader<std::process::ChildStderr>>) {
+/// log lines (from the first).
+fn serving(config: &Path, args: &[&str]) -> (Child, String, Log) {
     use std::io::BufRead;
     let mut child = tickstock()
         .arg("--config")
@@ -727,13 +727,15 @@ fn serving(
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut before = Vec::new();
     let addr = loop {
         let line = lines.next().expect("the server logs where it listens").unwrap();
         if let Some((_, rest)) = line.split_once("serving ws://") {
             break rest.split('/').next().unwrap().to_owned();
         }
+        before.push(line);
     };
-    (child, addr, lines)
+    (child, addr, Box::new(before.into_iter().chain(lines.map_while(Result::ok))))
 }
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
@@ -818,7 +820,7 @@ fn a_client_resuming_across_a_kill_9_misses_nothing_and_sees_nothing_twice() {
     let (after, statuses) = read_for(&mut ws, 2.0);
     drop(ws);
     signal(&child, "TERM");
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
+    let log: Vec<String> = lines.collect();
     assert!(finish(child).status.success(), "{log:?}");
     assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
     assert!(
@@ -847,4 +849,57 @@ fn a_client_resuming_across_a_kill_9_misses_nothing_and_sees_nothing_twice() {
     let got: Vec<&serde_json::Value> = after.iter().collect();
     assert_eq!(got.len(), expected.len(), "no trade missing or repeated after the resume");
     assert!(got == expected, "the trades after the resume are the uninterrupted run's");
+}
+
+#[test]
+fn a_warm_restart_encodes_only_the_replayed_events_the_resume_history_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let status = tickstock()
+        .args(["--quiet", "record", "--virtual-time", "--trades", "100000", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = dir.path().join("tickstock.toml");
+    // A slow live market, so the history holds still while the client looks.
+    fs::write(&config, "[server]\nhistory_max_events = 5000\n[synthetic]\ntrades_per_sec = 5\n")
+        .unwrap();
+    let (child, addr, mut lines) = serving(&config, &["--journal", journal.to_str().unwrap()]);
+    let kept = lines.find(|line| line.contains("refill the resume history")).expect("a report");
+    assert!(kept.contains("kept=5000"), "{kept}");
+    let not_encoded: u64 = kept
+        .split("not_encoded=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count of events not encoded");
+    assert!(not_encoded > 50_000, "the older replayed events were never encoded: {kept}");
+    // What the history holds is the newest replayed events: a resume from the start is too
+    // old, one from just after the oldest kept is honoured (each live event evicts one).
+    let mut ws = subscribed(&addr);
+    ws.send(r#"{"action":"resume","params":{"from_seq":1}}"#.into()).unwrap();
+    let (_, statuses) = read_for(&mut ws, 1.0);
+    let failed = statuses
+        .iter()
+        .find(|s| s["status"] == "resume_failed")
+        .unwrap_or_else(|| panic!("too old: {statuses:?}"));
+    let oldest = failed["oldest_seq"].as_u64().unwrap();
+    assert!(oldest > not_encoded, "the history starts after the events not encoded: {failed}");
+    let from = oldest + 500;
+    // A fresh connection subscribes and resumes back to back (PROTOCOL.md: then the order is
+    // strict); `subscribed` took `T.*`.
+    drop(ws);
+    let mut ws = subscribed(&addr);
+    ws.send(r#"{"action":"subscribe","params":"A.*,AM.*"}"#.into()).unwrap();
+    ws.send(format!(r#"{{"action":"resume","params":{{"from_seq":{from}}}}}"#).into()).unwrap();
+    let (trades, statuses) = read_for(&mut ws, 1.0);
+    assert!(statuses.iter().any(|s| s["status"] == "resumed"), "{statuses:?}");
+    let seqs: Vec<u64> = trades.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.len() > 1_000 && seqs[0] >= from, "{} events from {:?}", seqs.len(), seqs.first());
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order");
+    drop(ws);
+    signal(&child, "TERM");
+    assert!(finish(child).status.success());
 }

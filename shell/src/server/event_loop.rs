@@ -49,6 +49,11 @@ const EVENTS_CAPACITY: usize = 1_024;
 const ACCEPT_BUDGET: usize = 256;
 /// Socket reads per connection per iteration, at most; the rest wait on the ready list.
 const READ_BUDGET_CHUNKS: usize = 4;
+/// Time per iteration for reading the ready list (requests, handshakes, client messages)
+/// before the fan-out and writes; the rest waits for the next iteration, which polls without
+/// sleeping. A burst of 10,000 connects then holds a stream back by about this, not by the
+/// burst's whole handshake work.
+const READ_SLICE: Duration = Duration::from_micros(500);
 /// Bytes per socket read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Batches fanned out per iteration, at most.
@@ -119,7 +124,9 @@ pub struct EventLoop {
     next_loop: usize,
     incoming: mpsc::Receiver<std::net::TcpStream>,
     connections: Slab<Connection>,
-    /// Connections whose read budget ran out before `WouldBlock`.
+    /// Connections to read: those with events, and those whose read budget ran out before
+    /// `WouldBlock`; read in order, `READ_SLICE` per iteration (a connection may be listed
+    /// twice: the second read finds `WouldBlock`).
     ready: VecDeque<usize>,
     batches: rtrb::Consumer<Arc<FrameBatch>>,
     fanout: Fanout,
@@ -268,7 +275,7 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.listener_ready = true,
                     WAKER => {}
-                    Token(token) => self.ready_event(token - FIRST_CONNECTION, now),
+                    Token(token) => self.ready_event(token - FIRST_CONNECTION),
                 }
             }
             while let Ok(stream) = self.incoming.try_recv() {
@@ -277,9 +284,16 @@ impl EventLoop {
             if self.listener_ready {
                 self.accept(now);
             }
+            // Reads (requests, handshakes, client messages) get a slice of the iteration, the
+            // fan-out and the writes below run in every one: a burst of connects delays the
+            // streams by a slice, not by the burst. What is left waits on the ready list.
+            let slice_end = Instant::now() + READ_SLICE;
             for _ in 0..self.ready.len() {
+                if Instant::now() >= slice_end {
+                    break;
+                }
                 let Some(key) = self.ready.pop_front() else { break };
-                self.read_ws(key, now);
+                self.read_ready(key, now);
             }
             let mut fanned = false;
             for _ in 0..FANOUT_BUDGET_BATCHES {
@@ -402,21 +416,33 @@ impl EventLoop {
         entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
     }
 
-    fn ready_event(&mut self, key: usize, now: Instant) {
+    fn ready_event(&mut self, key: usize) {
         // Events for connections already removed are ignored (mio may still report them).
         match self.connections.get_mut(key) {
-            Some(Connection::Http { .. }) => self.read_request(key, now),
+            // Read in its turn on the ready list, within the iteration's read slice.
+            Some(Connection::Http { .. }) => self.ready.push_back(key),
             Some(Connection::Respond { stream, out, written, .. }) => {
                 if !write_out(stream, out, written) {
                     self.remove(key);
                 }
             }
             Some(Connection::Ws { blocked, .. }) => {
-                // Readable, writable or both: read to `WouldBlock`, and write what waits.
+                // Readable, writable or both: writable again at once (this iteration's
+                // fan-out writes to it), and read (then written what waits) in its turn.
                 *blocked = false;
-                self.read_ws(key, now);
+                self.ready.push_back(key);
             }
             Some(Connection::Gone) | None => {}
+        }
+    }
+
+    /// Reads a connection from the ready list: the request of an HTTP one, the messages of a
+    /// WebSocket one.
+    fn read_ready(&mut self, key: usize, now: Instant) {
+        match self.connections.get(key) {
+            Some(Connection::Http { .. }) => self.read_request(key, now),
+            Some(Connection::Ws { .. }) => self.read_ws(key, now),
+            _ => {}
         }
     }
 
@@ -492,15 +518,26 @@ impl EventLoop {
                 self.counters().bad_requests.add(1);
                 self.respond(key, "400 Bad Request", "text/plain", why, now);
             }
-            // Acquire: pairs with the engine's Release store when a warm restart's replay ends.
-            http::Route::Stream
-                if self.shared.reporting.observed.counters.warming.load(Ordering::Acquire) =>
-            {
+            http::Route::Stream if self.warming() => {
                 let why = "warming up: replaying the journal after a restart; retry shortly";
                 self.respond(key, "503 Service Unavailable", "text/plain", why, now);
             }
             http::Route::Stream => self.upgrade(key, &request, len, now, false),
         }
+    }
+
+    /// Whether clients must wait: a warm restart's replay is not over, or its events have not
+    /// all reached this loop's history yet (the emitter hands the newest of them on once the
+    /// engine's replay has ended), so a `resume` would not find them. Acquire: pairs with the
+    /// engine's Release stores when the replay ends.
+    fn warming(&self) -> bool {
+        let counters = &self.shared.reporting.observed.counters;
+        if counters.warming.load(Ordering::Acquire) {
+            return true;
+        }
+        let live_from = counters.live_from_seq.load(Ordering::Acquire);
+        live_from > 0
+            && self.fanout.history.newest_seq().is_none_or(|newest| newest + 1 < live_from)
     }
 
     /// Turns the connection into a response being written, in place.

@@ -126,6 +126,7 @@ pub fn start(
         .zip(&wakers)
         .map(|(ring, waker)| LoopInlet { ring, waker: Arc::clone(waker) })
         .collect();
-    let sink = ServerSink::new(inlets, batch_bytes, stats.clone());
+    let history = settings.history_max_events as usize;
+    let sink = ServerSink::new(inlets, batch_bytes, stats.clone(), history);
     Ok((sink, ServerHandle { threads: handles, shared, wakers, counters: stats, local_addr }))
 }

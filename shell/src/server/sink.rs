@@ -42,11 +42,19 @@ pub struct ServerSink {
     /// Whether the batch being handed over has waited (counted) already.
     waited: bool,
     stats: ServerStats,
+    /// Each loop's resume history holds this many events (`history_max_events`).
+    history_events: usize,
 }
 
 impl ServerSink {
-    /// A sink into `loops`, with batches of `batch_bytes`.
-    pub fn new(loops: Vec<LoopInlet>, batch_bytes: usize, stats: ServerStats) -> ServerSink {
+    /// A sink into `loops`, with batches of `batch_bytes`, whose histories hold
+    /// `history_events` events.
+    pub fn new(
+        loops: Vec<LoopInlet>,
+        batch_bytes: usize,
+        stats: ServerStats,
+        history_events: usize,
+    ) -> ServerSink {
         ServerSink {
             loops,
             pool: Vec::with_capacity(BATCH_POOL_MAX),
@@ -55,6 +63,7 @@ impl ServerSink {
             idler: Idler::new(IdleStrategy::default()),
             waited: false,
             stats,
+            history_events,
         }
     }
 
@@ -110,8 +119,8 @@ impl FrameSink for ServerSink {
         Ok(())
     }
 
-    fn keeps_history(&self) -> bool {
-        true
+    fn history_events(&self) -> usize {
+        self.history_events
     }
 
     fn finish(&mut self) -> io::Result<()> {
