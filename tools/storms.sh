@@ -7,6 +7,10 @@
 #   hostile=20    slowloris on the handshake and on a frame, a ping flood, oversized and
 #                 fragmented messages, UTF-8 split across fragments, rate-limit churn
 #
+# The storm's threads run under SCHED_IDLE (`--disruptors-idle`): on this shared machine
+# they then cost about what they would from another one, and the bystander's latency shows
+# what they make the server do.
+#
 # Runs alternate (alone, storm, alone, storm, ...), ROUNDS (default 3) of each; prints the
 # medians and the ratio. Every run must also be valid: the bystander got every trade, and
 # every storm client's answers and resumes were what the protocol says.
@@ -28,7 +32,7 @@ run() {
     local dir="$out/$1"
     rm -rf "$dir" && mkdir -p "$dir"
     target/release/loadgen --clients 1 --rates 20000 --step-secs 20 --warmup-secs 2 \
-        --topics 'T.*' --budget-p99-ms 100000 ${2:+--disrupt "$2"} --out "$dir" \
+        --topics 'T.*' --budget-p99-ms 100000 ${2:+--disrupt "$2" --disruptors-idle} --out "$dir" \
         ${TICKSTOCK:+--tickstock "$TICKSTOCK"} \
         >"$dir/stdout" 2>&1 || true
     python3 - "$dir" <<'PY'

@@ -228,7 +228,15 @@ impl Ctx {
 
 impl Disruptors {
     /// Starts `mix` disruptors against `target`; `tickers` are the played source's symbols.
-    pub fn start(target: &Target, mix: Mix, tickers: Arc<Vec<String>>) -> std::io::Result<Self> {
+    /// `idle`: their threads run under `SCHED_IDLE`, taking only CPU that nothing else
+    /// wants, so on a machine they share with the server they cost about what they would
+    /// from another machine, while what they make the server do still counts.
+    pub fn start(
+        target: &Target,
+        mix: Mix,
+        tickers: Arc<Vec<String>>,
+        idle: bool,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let mut threads = Vec::new();
@@ -254,7 +262,12 @@ impl Disruptors {
                     thread::Builder::new()
                         .name(format!("loadgen-{kind}-{id}"))
                         .stack_size(256 << 10)
-                        .spawn(move || run(&ctx, id, each))?,
+                        .spawn(move || {
+                            if idle && lowest_priority().is_err() {
+                                ctx.error("cannot lower the thread's priority (SCHED_IDLE)");
+                            }
+                            run(&ctx, id, each)
+                        })?,
                 );
             }
         }
@@ -278,6 +291,16 @@ impl Disruptors {
             let _ = thread.join();
         }
     }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`.
+fn lowest_priority() -> Result<(), thread_priority::Error> {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle)
 }
 
 type Ws = WebSocket<TcpStream>;

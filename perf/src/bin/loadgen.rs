@@ -119,6 +119,11 @@ struct Args {
     /// `perf/README.md`); their resumes are checked for gaps.
     #[arg(long, default_value = "")]
     disrupt: Mix,
+    /// Run the disruptors' threads under `SCHED_IDLE`: on a machine they share with the
+    /// server they then take only CPU nothing else wants, as if they ran elsewhere, and a
+    /// bystander's latency shows what they make the server do (`tools/storms.sh`).
+    #[arg(long)]
+    disruptors_idle: bool,
     /// Directory for the result file, the HTML report and the server's log.
     #[arg(long, default_value = "perf/results")]
     out: PathBuf,
@@ -308,7 +313,9 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         receive_buffer_bytes: args.client_receive_bytes,
     };
     let disruptors = (plan.disrupt.total() > 0)
-        .then(|| Disruptors::start(&target, plan.disrupt, Arc::clone(&tickers)))
+        .then(|| {
+            Disruptors::start(&target, plan.disrupt, Arc::clone(&tickers), args.disruptors_idle)
+        })
         .transpose()
         .map_err(|e| aborted(format!("disruptor threads: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
