@@ -625,7 +625,10 @@ impl EventLoop {
                     break;
                 }
                 Ok(n) => subscriber.handle_read(now, &self.read_buf[..n], &mut env),
-                Err(error) if would_block(&error) => break,
+                Err(error) if would_block(&error) => {
+                    subscriber.handle_drained(now);
+                    break;
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     subscriber.handle_eof();
@@ -678,7 +681,7 @@ impl EventLoop {
             }
             subscriber.poll(now, &mut env);
             let mut slices = Slices::new();
-            subscriber.poll_transmit(now, &self.fanout, &mut slices);
+            subscriber.poll_transmit(&self.fanout, &mut slices);
             if slices.is_empty() {
                 return;
             }
@@ -691,7 +694,7 @@ impl EventLoop {
             match result {
                 Ok(0) => subscriber.handle_eof(),
                 Ok(n) => {
-                    let delivered = subscriber.handle_written(now, n, &mut env);
+                    let delivered = subscriber.handle_written(n, &mut env);
                     if delivered.events > 0 {
                         let latency = self.clock.now().0.saturating_sub(delivered.recv_ns);
                         self.tick_to_client.record_n(latency, delivered.events);
@@ -752,8 +755,10 @@ impl EventLoop {
             }
             !done
         });
+        // Read before the hold ends: a `resume` sent right behind its `subscribe` is in the
+        // socket and comes first (`Subscriber::handle_drained`).
         for key in due {
-            self.transmit(key, now);
+            self.read_ws(key, now);
         }
     }
 

@@ -771,10 +771,20 @@ impl Subscriber {
         }
     }
 
+    /// The socket has been read to `WouldBlock` at `now`. A subscribe's hold on live delivery
+    /// that has run out ends here and nowhere else: whatever the client sent within the
+    /// window (the `resume` right behind its `subscribe`) is read first, however late the
+    /// server gets to the socket, so the connection sees strict `seq` order.
+    pub fn handle_drained(&mut self, now: Instant) {
+        if self.hold_until.is_some_and(|until| now >= until) {
+            self.hold_until = None;
+        }
+    }
+
     /// What to write now, in order: the outbox, then the group's released messages (unless
-    /// live delivery is held).
-    pub fn poll_transmit<'a>(&'a self, now: Instant, fanout: &'a Fanout, slices: &mut Slices<'a>) {
-        if !self.outbox.slices(slices) || self.hold_until.is_some_and(|until| now < until) {
+    /// live delivery is held: until [`Subscriber::handle_drained`] after the window).
+    pub fn poll_transmit<'a>(&'a self, fanout: &'a Fanout, slices: &mut Slices<'a>) {
+        if !self.outbox.slices(slices) || self.hold_until.is_some() {
             return;
         }
         if let Some(membership) = self.membership {
@@ -785,7 +795,7 @@ impl Subscriber {
     }
 
     /// `n` bytes of what [`Subscriber::poll_transmit`] gave were written.
-    pub fn handle_written(&mut self, now: Instant, n: usize, env: &mut Env<'_>) -> Delivered {
+    pub fn handle_written(&mut self, n: usize, env: &mut Env<'_>) -> Delivered {
         let mut written = Written::default();
         let rest = self.outbox.advance(n, |framed| written.count(framed));
         if rest > 0 {
@@ -797,9 +807,6 @@ impl Subscriber {
         }
         if let Some((first, last)) = written.seqs {
             self.live = Some((self.live.map_or(first, |(earliest, _)| earliest), last));
-        }
-        if self.hold_until.is_some_and(|until| now >= until) {
-            self.hold_until = None;
         }
         let c = env.counters;
         c.writes.add(1);
@@ -853,9 +860,6 @@ impl Subscriber {
             }
             self.ping_sent.get_or_insert(now);
             self.next_ping = now + ping_interval(env.settings);
-        }
-        if self.hold_until.is_some_and(|until| now >= until) {
-            self.hold_until = None;
         }
         self.poll(now, env);
     }
@@ -1119,11 +1123,13 @@ mod tests {
             let mut left = budget.unwrap_or(usize::MAX);
             loop {
                 let now = self.now;
+                // The socket read to `WouldBlock`: nothing more from this client.
+                subscriber.handle_drained(now);
                 subscriber.poll(now, &mut self.env());
                 let mut bytes = Vec::new();
                 {
                     let mut slices = Slices::new();
-                    subscriber.poll_transmit(now, &self.fanout, &mut slices);
+                    subscriber.poll_transmit(&self.fanout, &mut slices);
                     for slice in slices.as_slices() {
                         bytes.extend_from_slice(slice);
                     }
@@ -1132,7 +1138,7 @@ mod tests {
                 if n == 0 {
                     return;
                 }
-                subscriber.handle_written(now, n, &mut self.env());
+                subscriber.handle_written(n, &mut self.env());
                 client.receive(&bytes[..n]);
                 left -= n;
             }
@@ -1194,6 +1200,31 @@ mod tests {
         let resumed = client.statuses("resumed");
         assert_eq!(resumed[0]["from_seq"], 5);
         assert_eq!(resumed[0]["to_seq"], 43);
+    }
+
+    #[test]
+    fn a_resume_read_after_the_window_still_comes_before_live_delivery() {
+        // The server got to the socket late (a reconnect storm): the window ran out before
+        // the resume behind the subscribe was read. Live delivery waits for that read.
+        let mut sim = Sim::new(|_| {});
+        for _ in 0..3 {
+            sim.cycle("MSFT", 10);
+        }
+        let (mut sub, mut client) = sim.connect(1);
+        sim.send(&mut sub, &mut client, r#"{"action":"subscribe","params":"T.*"}"#);
+        sim.drain(&mut sub, &mut client, None);
+        sim.advance(Duration::from_millis(5));
+        sim.cycle("MSFT", 10);
+        // The fan-out writes to the member before its socket is read again: nothing live.
+        let mut slices = Slices::new();
+        sub.poll_transmit(&sim.fanout, &mut slices);
+        assert!(slices.as_slices().is_empty(), "live delivery is still held");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":5}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        let seqs = client.seqs();
+        assert!(strictly_increasing(&seqs), "{seqs:?}");
+        let trades: Vec<u64> = (5..=44).filter(|s| s % 11 != 0).collect();
+        assert_eq!(seqs, trades, "the replay, then live, every trade once");
     }
 
     #[test]
