@@ -242,7 +242,7 @@ impl Disruptors {
         let mut threads = Vec::new();
         // (threads, clients per thread, what each thread runs)
         let split = |n: u32, threads: u32| (threads.min(n), n.div_ceil(threads.max(1)));
-        let kinds: [(&str, (u32, u32), fn(&Ctx, u32, u32)); 6] = [
+        let kinds: [(&str, (u32, u32), Run); 6] = [
             ("churn", (mix.churn, 1), churn),
             ("slow", (mix.slow, 1), slow),
             ("resume", (mix.resume, 1), resume),
@@ -292,6 +292,13 @@ impl Disruptors {
         }
     }
 }
+
+/// What a disruptor thread runs: its context, its id among its kind, and how many clients it
+/// holds.
+type Run = fn(&Ctx, u32, u32);
+
+/// One hostile session: `Err` says how the server's answer differed from the protocol's.
+type Attack = fn(&Ctx) -> Result<(), String>;
 
 /// Moves the calling thread to `SCHED_IDLE`.
 fn lowest_priority() -> Result<(), thread_priority::Error> {
@@ -678,7 +685,7 @@ fn storm(ctx: &Ctx, id: u32, each: u32) {
 }
 
 /// Each hostile client runs these in turn; each checks the server's answer.
-const ATTACKS: [(&str, fn(&Ctx) -> Result<(), String>); 8] = [
+const ATTACKS: [(&str, Attack); 8] = [
     ("slowloris on the handshake", slowloris_handshake),
     ("a ping flood that never reads", ping_flood),
     ("slowloris on a frame", slowloris_frame),
