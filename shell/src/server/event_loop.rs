@@ -275,7 +275,12 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.listener_ready = true,
                     WAKER => {}
-                    Token(token) => self.ready_event(token - FIRST_CONNECTION),
+                    Token(token) => {
+                        // A hang-up or an error is found by the read.
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.ready_event(token - FIRST_CONNECTION, readable, now);
+                    }
                 }
             }
             while let Ok(stream) = self.incoming.try_recv() {
@@ -416,7 +421,7 @@ impl EventLoop {
         entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
     }
 
-    fn ready_event(&mut self, key: usize) {
+    fn ready_event(&mut self, key: usize, readable: bool, now: Instant) {
         // Events for connections already removed are ignored (mio may still report them).
         match self.connections.get_mut(key) {
             // Read in its turn on the ready list, within the iteration's read slice.
@@ -427,10 +432,16 @@ impl EventLoop {
                 }
             }
             Some(Connection::Ws { blocked, .. }) => {
-                // Readable, writable or both: writable again at once (this iteration's
-                // fan-out writes to it), and read (then written what waits) in its turn.
+                // Writable again at once (this iteration's fan-out writes to it too). With
+                // something to read, it is read (then written) in its turn on the ready list;
+                // only writable, it writes what waits now, without a read that would find
+                // nothing (at 1,000 streaming clients, a read call each per cycle).
                 *blocked = false;
-                self.ready.push_back(key);
+                if readable {
+                    self.ready.push_back(key);
+                } else {
+                    self.transmit(key, now);
+                }
             }
             Some(Connection::Gone) | None => {}
         }
