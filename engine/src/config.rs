@@ -64,6 +64,12 @@ pub struct Config {
     pub overrides: PeriodOverrides,
     /// The `seq` of the first event. Default: 1.
     pub seq_start: u64,
+    /// Emit `ACT`, the market's activity, once a second (DETECTORS.md). Default: true.
+    pub activity: bool,
+    /// `ACT`'s `level` thresholds in trades per second over the last minute, ascending:
+    /// below the first `quiet`, then `normal`, `busy`, and `extreme` at or above the last.
+    /// Default: `[100, 1000, 10000]`.
+    pub activity_levels: [f64; 3],
 }
 
 impl Default for Config {
@@ -86,6 +92,8 @@ impl Default for Config {
             thresholds: Thresholds::default(),
             overrides: PeriodOverrides::default(),
             seq_start: 1,
+            activity: true,
+            activity_levels: [100.0, 1_000.0, 10_000.0],
         }
     }
 }
@@ -119,6 +127,15 @@ impl Config {
         range("bar_close_grace_ms", self.bar_close_grace_ms as f64, 0.0, 60_000.0)?;
         range("bar_close_spread_ms", self.bar_close_spread_ms as f64, 0.0, 60_000.0)?;
         range("seq_start", self.seq_start as f64, 1.0, (u64::MAX / 2) as f64)?;
+        for level in self.activity_levels {
+            range("activity_levels", level, 0.0, 1e9)?;
+        }
+        if !self.activity_levels.is_sorted() {
+            return Err(ConfigError::Inconsistent {
+                field: "activity_levels",
+                rule: "the three levels ascend",
+            });
+        }
         let timezone: Tz = self.timezone.parse().map_err(|_| ConfigError::UnknownTimezone)?;
         let session_minutes = self.session_hours.validate()?;
         let trend = self.trend.validate()?;
@@ -149,6 +166,10 @@ impl Config {
             surge,
             periods,
             seq_start: self.seq_start,
+            // `trades_60s / 60 >= level` in integers: `trades_60s >= ceil(60 * level)`.
+            activity_trades_60s: self
+                .activity
+                .then(|| self.activity_levels.map(|level| (level * 60.0).ceil() as u64)),
         })
     }
 }
@@ -565,6 +586,8 @@ pub struct Params {
     pub(crate) surge: SurgeParams,
     pub(crate) periods: [PeriodParams; Period::COUNT],
     pub(crate) seq_start: u64,
+    /// `ACT`'s level thresholds as trades in 60 s; `None` with `activity` off.
+    pub(crate) activity_trades_60s: Option<[u64; 3]>,
 }
 
 impl Params {

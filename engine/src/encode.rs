@@ -10,7 +10,7 @@
 //! upstream sequence number goes out as `q` when the upstream sent one, and conditions `c`
 //! only when there are some. `fmv_vs_market_pct` is `null` until the symbol has traded.
 
-use crate::event::{Bar, Direction, Event, EventBody, Extreme, FairValue, HighLow};
+use crate::event::{Activity, Bar, Direction, Event, EventBody, Extreme, FairValue, HighLow};
 use crate::event::{Strength, Surge, SurgeTrigger, Trend, VwapPosition};
 use crate::limits::{EVENT_JSON_BYTES_MAX, PRICE_SCALE};
 use crate::tick::{Price, Timestamp, Trade};
@@ -38,6 +38,7 @@ pub fn encode_event(out: &mut Vec<u8>, event: &Event, ticker: &str) {
         EventBody::Trend(trend) => w.trend(trend),
         EventBody::Surge(surge) => w.surge(surge),
         EventBody::Fmv(fair_value) => w.fair_value(fair_value),
+        EventBody::Activity(activity) => w.activity(activity),
     }
     w.raw("}");
 }
@@ -208,6 +209,17 @@ impl Writer<'_> {
             None => self.raw("null"),
         }
     }
+
+    fn activity(&mut self, event: &Activity) {
+        self.key_ms("t", event.ts);
+        for (key, trades) in
+            ["trades_10s", "trades_30s", "trades_60s", "trades_300s"].into_iter().zip(event.trades)
+        {
+            self.key_uint(key, trades);
+        }
+        self.key_uint("symbols_60s", u64::from(event.symbols_60s));
+        self.key_str("level", event.level.label());
+    }
 }
 
 /// `kind` of `HL`.
@@ -255,7 +267,7 @@ pub const fn trigger_label(trigger: SurgeTrigger) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Frequency;
+    use crate::event::{ActivityLevel, Frequency};
     use crate::tick::{Qty, SymbolId};
 
     fn encode(body: EventBody, ticker: &str) -> String {
@@ -286,6 +298,20 @@ mod tests {
     }
 
     #[test]
+    fn activity_is_shaped_as_detectors_md_says() {
+        let body = EventBody::Activity(Activity {
+            ts: Timestamp(1_700_000_001_000_000_000),
+            trades: [1, 2, 3, 4],
+            symbols_60s: 2,
+            level: ActivityLevel::Quiet,
+        });
+        assert_eq!(
+            encode(body, "*"),
+            r#"{"ev":"ACT","sym":"*","seq":7,"t":1700000001000,"trades_10s":1,"trades_30s":2,"trades_60s":3,"trades_300s":4,"symbols_60s":2,"level":"quiet"}"#
+        );
+    }
+
+    #[test]
     fn prices_print_shortest_exact_decimals() {
         for (raw, text) in [
             (1, "0.000001"),
@@ -302,6 +328,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines, reason = "one literal per kind of event body")]
     fn the_widest_event_fits_the_bound_and_every_body_is_valid_json() {
         let mut trade =
             Trade::new(SymbolId(0), Timestamp(u64::MAX), Price::from_raw(i64::MAX), Qty(u64::MAX));
@@ -363,6 +390,12 @@ mod tests {
                 vs_market_pct: Some(float),
             }),
             EventBody::Fmv(FairValue { value: wide, ts: Timestamp(0), vs_market_pct: None }),
+            EventBody::Activity(Activity {
+                ts: Timestamp(u64::MAX),
+                trades: [u64::MAX; 4],
+                symbols_60s: u32::MAX,
+                level: ActivityLevel::Extreme,
+            }),
         ];
         for body in bodies {
             let text = encode(body, "ABCDEFGHIJKL");

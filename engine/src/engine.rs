@@ -3,11 +3,12 @@
 //! [`Engine`] owns all per-symbol state, sized for `symbols_max` at construction. After
 //! [`Engine::new`] nothing on the per-tick path allocates or frees: events go into an
 //! output buffer whose capacity covers the worst case of one call (every open bar closing at
-//! once, plus one tick's events), and bar-close timers into a timer wheel ([`Timers`]) that
+//! once, the `ACT` events of one clock step, plus one tick's events), and bar-close timers into a timer wheel ([`Timers`]) that
 //! holds at most one entry per symbol and frequency.
 
 use std::cmp::Reverse;
 
+use crate::activity::ActivityWindows;
 use crate::bars::{BarBuilder, BarInput, DayFigures, Placement};
 use crate::calendar::{SessionCalendar, TradingDay};
 use crate::config::{Config, Params, PeriodParams};
@@ -18,7 +19,7 @@ use crate::detect::LastEvent;
 use crate::error::{ConfigError, RejectReason, TickError};
 use crate::event::{Bar, Event, EventBody, FairValue, Frequency};
 use crate::hint::{huge_pages, huge_zeroed_vec};
-use crate::limits::{EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
+use crate::limits::{ACTIVITY_PER_CALL_MAX, EVENTS_PER_TICK_MAX, TREND_WINDOWS_COUNT};
 use crate::stats::Stats;
 use crate::tick::{Aggregate, Fmv, Price, Qty, Quote, SymbolId, Tick, Timestamp, Trade};
 use crate::timers::{Timer, Timers};
@@ -35,7 +36,7 @@ use crate::window::{Bucket, LeanBucket, Shape, Slot, Windows};
 ///    `handle_*` call refuses to run until they are drained;
 /// 3. [`Engine::handle_flush`] at a clean shutdown or the end of a replay, to close open bars.
 ///
-/// [`Engine::poll_deadline`] says when the next bar is due to close on the clock.
+/// [`Engine::poll_deadline`] says when the next bar close or `ACT` is due on the clock.
 ///
 /// # Determinism
 /// Output depends only on the sequence of calls and their arguments: the same ticks with
@@ -53,6 +54,8 @@ pub struct Engine {
     surge_ring: Vec<LeanBucket>,
     /// Bar-close timers. At most one per symbol and frequency (`BarBuilder::timer_armed`).
     timers: Timers,
+    /// `ACT`'s windows; `None` with `activity` off.
+    activity: Option<Box<ActivityWindows>>,
     out: Output,
     /// Engine clock: the largest `now` passed in so far.
     now_ns: u64,
@@ -176,8 +179,14 @@ impl Engine {
             trend_ring,
             surge_ring,
             timers: Timers::new(params.symbols_max, close_horizon(&params)),
+            activity: params.activity_trades_60s.map(|levels| {
+                let delay_ns = params.bar_close_grace_ns + params.bar_close_spread_ns;
+                Box::new(ActivityWindows::new(params.symbols_max, levels, delay_ns))
+            }),
             out: Output {
-                events: Vec::with_capacity(2 * symbols_max + EVENTS_PER_TICK_MAX),
+                events: Vec::with_capacity(
+                    2 * symbols_max + EVENTS_PER_TICK_MAX + ACTIVITY_PER_CALL_MAX,
+                ),
                 seq_next: params.seq_start,
             },
             now_ns: 0,
@@ -287,9 +296,14 @@ impl Engine {
         self.out.events.drain(..)
     }
 
-    /// When the next bar is due to close on the clock, if any is open.
+    /// When the next bar is due to close on the clock, or the next `ACT` is due, if either.
     pub fn poll_deadline(&self) -> Option<Timestamp> {
-        self.timers.earliest_due().map(Timestamp)
+        let activity = self.activity.as_ref().and_then(|a| a.due_ns());
+        let due = match (self.timers.earliest_due(), activity) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        due.map(Timestamp)
     }
 
     fn ensure_drained(&self) -> Result<(), TickError> {
@@ -299,18 +313,28 @@ impl Engine {
         }
     }
 
+    /// Moves the clock to `now_ns`: bar closes and `ACT` events due by then, in due order
+    /// (an `ACT` after the bars due at the same instant).
     fn advance_clock(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
         loop {
-            let symbols = &self.symbols;
-            // A timer's slot is reached about a millisecond before it is due: start loading
-            // the bar it will close (or find has moved on).
-            let reached = |timer: Timer| {
-                let builder = &symbols[timer.symbol as usize].bars[timer.frequency.index()];
-                crate::hint::prefetch_bytes((builder as *const BarBuilder).cast(), 1);
-            };
-            let Some(timer) = self.timers.pop_due(self.now_ns, reached) else { break };
-            self.fire_timer(timer, true);
+            let activity_due = self.activity.as_ref().and_then(|a| a.due_ns());
+            let activity_due = activity_due.filter(|&due| due <= self.now_ns);
+            let limit = activity_due.unwrap_or(self.now_ns);
+            loop {
+                let symbols = &self.symbols;
+                // A timer's slot is reached about a millisecond before it is due: start
+                // loading the bar it will close (or find has moved on).
+                let reached = |timer: Timer| {
+                    let builder = &symbols[timer.symbol as usize].bars[timer.frequency.index()];
+                    crate::hint::prefetch_bytes((builder as *const BarBuilder).cast(), 1);
+                };
+                let Some(timer) = self.timers.pop_due(limit, reached) else { break };
+                self.fire_timer(timer, true);
+            }
+            let (Some(_), Some(activity)) = (activity_due, self.activity.as_mut()) else { break };
+            let event = activity.take(&mut self.stats, self.now_ns);
+            self.out.push(&mut self.stats, SymbolId::MARKET, EventBody::Activity(event));
         }
     }
 
@@ -408,6 +432,9 @@ impl Engine {
         self.check_time(trade.ts_event)?;
         self.check_sequence(index, trade.ts_event, trade.price)?;
         self.stats.trades_accepted += 1;
+        if let Some(activity) = self.activity.as_mut() {
+            activity.record(&mut self.stats, self.now_ns, trade.ts_event.0, trade.symbol);
+        }
         let bar = BarInput::trade(trade.ts_event.0, trade.price.raw(), trade.size.0);
         let forward = Forward::Trade(*trade);
         let ingest =

@@ -32,9 +32,26 @@ pub enum EventBody {
     Surge(Surge),
     /// `FMV`: a fair market value, passed through.
     Fmv(FairValue),
+    /// `ACT`: market-wide activity, once a second, on [`SymbolId::MARKET`].
+    Activity(Activity),
 }
 
 impl EventBody {
+    /// The event's own time: `t` (a trade's event time, a detector event's triggering trade,
+    /// an `FMV`'s, an `ACT`'s boundary), or a bar's start `s`. What `resume` by time
+    /// (`from_t`) starts from.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            EventBody::Trade(trade) => trade.ts_event,
+            EventBody::Bar(bar) => bar.start,
+            EventBody::HighLow(event) => event.ts,
+            EventBody::Trend(event) => event.ts,
+            EventBody::Surge(event) => event.ts,
+            EventBody::Fmv(event) => event.ts,
+            EventBody::Activity(event) => event.ts,
+        }
+    }
+
     /// The channel of PROTOCOL.md this event goes out on.
     pub fn channel(&self) -> Channel {
         match self {
@@ -47,6 +64,7 @@ impl EventBody {
             EventBody::Trend(_) => Channel::Tr,
             EventBody::Surge(_) => Channel::Sv,
             EventBody::Fmv(_) => Channel::Fmv,
+            EventBody::Activity(_) => Channel::Act,
         }
     }
 }
@@ -69,12 +87,22 @@ pub enum Channel {
     Sv,
     /// `FMV`: fair market values.
     Fmv,
+    /// `ACT`: market-wide activity (topic `ACT.*` only).
+    Act,
 }
 
 impl Channel {
     /// Every channel, in index order.
-    pub const ALL: [Channel; 7] =
-        [Channel::T, Channel::A, Channel::Am, Channel::Hl, Channel::Tr, Channel::Sv, Channel::Fmv];
+    pub const ALL: [Channel; 8] = [
+        Channel::T,
+        Channel::A,
+        Channel::Am,
+        Channel::Hl,
+        Channel::Tr,
+        Channel::Sv,
+        Channel::Fmv,
+        Channel::Act,
+    ];
     /// How many channels there are.
     pub const COUNT: usize = Channel::ALL.len();
 
@@ -93,6 +121,7 @@ impl Channel {
             Channel::Tr => "TR",
             Channel::Sv => "SV",
             Channel::Fmv => "FMV",
+            Channel::Act => "ACT",
         }
     }
 
@@ -275,4 +304,51 @@ pub struct FairValue {
     pub ts: Timestamp,
     /// `fmv_vs_market_pct`: against the symbol's last trade; `None` before any trade.
     pub vs_market_pct: Option<f64>,
+}
+
+/// `ACT`: the market's activity at a UTC second boundary (DETECTORS.md, `ACT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    /// `t`: the boundary; the windows end here (exclusive).
+    pub ts: Timestamp,
+    /// `trades_10s`, `trades_30s`, `trades_60s`, `trades_300s`: accepted trades of every
+    /// symbol with `t` in the trailing window ([`ACTIVITY_WINDOWS_S`]).
+    pub trades: [u64; 4],
+    /// `symbols_60s`: distinct symbols with a trade in the trailing 60 s.
+    pub symbols_60s: u32,
+    /// `level`: `trades_60s / 60` against `activity_levels`.
+    pub level: ActivityLevel,
+}
+
+/// The trailing windows of [`Activity::trades`], in seconds.
+pub const ACTIVITY_WINDOWS_S: [u64; 4] = [10, 30, 60, 300];
+
+/// `level` of an `ACT` event: where the last minute's trades per second stand against
+/// `activity_levels`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ActivityLevel {
+    /// Below the first level.
+    Quiet,
+    /// At or above the first.
+    Normal,
+    /// At or above the second.
+    Busy,
+    /// At or above the third.
+    Extreme,
+}
+
+impl ActivityLevel {
+    /// Every level, lowest first.
+    pub const ALL: [ActivityLevel; 4] =
+        [ActivityLevel::Quiet, ActivityLevel::Normal, ActivityLevel::Busy, ActivityLevel::Extreme];
+
+    /// The name on the wire.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ActivityLevel::Quiet => "quiet",
+            ActivityLevel::Normal => "normal",
+            ActivityLevel::Busy => "busy",
+            ActivityLevel::Extreme => "extreme",
+        }
+    }
 }

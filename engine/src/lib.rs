@@ -41,6 +41,7 @@ pub mod stats;
 pub mod symbol;
 pub mod tick;
 
+mod activity;
 mod bars;
 mod detect;
 mod engine;
@@ -58,8 +59,8 @@ pub use config::{
 pub use engine::Engine;
 pub use error::{ConfigError, RejectReason, TickError};
 pub use event::{
-    Bar, Channel, Direction, Event, EventBody, Extreme, FairValue, Frequency, HighLow, Strength,
-    Surge, SurgeTrigger, Trend, VwapPosition,
+    Activity, ActivityLevel, Bar, Channel, Direction, Event, EventBody, Extreme, FairValue,
+    Frequency, HighLow, Strength, Surge, SurgeTrigger, Trend, VwapPosition, ACTIVITY_WINDOWS_S,
 };
 pub use stats::Stats;
 pub use symbol::{SymbolNames, SymbolTable, Ticker};

@@ -27,6 +27,24 @@ pub const CONDITIONS_MAX: usize = 10;
 /// Events one tick can produce: a closed `A`, a closed `AM`, the `T` itself, `HL`, `TR`, `SV`.
 pub const EVENTS_PER_TICK_MAX: usize = 6;
 
+/// How far after the next `ACT` boundary a trade may be dated and still be counted by
+/// `ACT`, in seconds (`max_future_ms` is 5 s by default; a trade further ahead is counted
+/// as uncounted in the engine's stats).
+pub const ACTIVITY_AHEAD_S: u64 = 64;
+
+/// Slots of `ACT`'s ring of per-second trade counts: the 300 s window plus
+/// [`ACTIVITY_AHEAD_S`], rounded up to a power of two.
+pub const ACTIVITY_COUNT_SLOTS: usize = 512;
+
+/// Slots of `ACT`'s ring of per-second symbol bitmaps: the 60 s window plus
+/// [`ACTIVITY_AHEAD_S`], rounded up to a power of two. One bitmap is `symbols_max` bits.
+pub const ACTIVITY_SEEN_SLOTS: usize = 128;
+
+/// Most `ACT` events one clock step emits: every boundary whose 300 s window can still hold
+/// a counted trade (the trailing 300 s and [`ACTIVITY_AHEAD_S`] of the newest), plus the
+/// newest due boundary after a silence (`engine/src/activity.rs`).
+pub const ACTIVITY_PER_CALL_MAX: usize = 300 + ACTIVITY_AHEAD_S as usize + 2;
+
 /// Number of high/low significance bands (DETECTORS.md table: <1, <5, <25, <100, >=100).
 pub const HL_BANDS_COUNT: usize = 5;
 

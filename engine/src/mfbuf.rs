@@ -27,7 +27,7 @@ use crate::sync::{Arc, AtomicU64, Ordering};
 /// The lanes, in the order of [`Lane::index`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
-    /// `T`, `A`, `HL`, `TR`, `SV`.
+    /// `T`, `A`, `HL`, `TR`, `SV`, `ACT`.
     PerSecond,
     /// `AM`.
     PerMinute,

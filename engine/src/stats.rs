@@ -34,6 +34,12 @@ pub struct Stats {
     pub trend_events: u64,
     /// `SV` events.
     pub surge_events: u64,
+    /// `ACT` events.
+    pub activity_events: u64,
+    /// `ACT` boundaries skipped after a silence of over 300 s (all their windows empty).
+    pub activity_skipped: u64,
+    /// Accepted trades dated too far ahead of the next `ACT` boundary to be counted by it.
+    pub activity_uncounted: u64,
     /// Events of every kind handed out by [`crate::Engine::poll_events`] or waiting there.
     pub events: u64,
 }

@@ -25,6 +25,13 @@ pub struct Ticker {
 }
 
 impl Ticker {
+    /// `*`, the ticker of [`SymbolId::MARKET`] (never valid from outside: `new` refuses it).
+    pub const MARKET: Ticker = {
+        let mut bytes = [0; SYMBOL_LEN_MAX];
+        bytes[0] = b'*';
+        Ticker { bytes, len: 1 }
+    };
+
     /// Validates `text` as a ticker.
     pub fn new(text: &str) -> Result<Ticker, RejectReason> {
         let raw = text.as_bytes();
@@ -68,11 +75,17 @@ pub struct SymbolNames {
 impl SymbolNames {
     /// The ticker of `id`, once interned.
     pub fn ticker(&self, id: SymbolId) -> Option<Ticker> {
+        if id == SymbolId::MARKET {
+            return Some(Ticker::MARKET);
+        }
         self.slots.get(id.index())?.get().copied()
     }
 
     /// The ticker text of `id`, once interned.
     pub fn name(&self, id: SymbolId) -> Option<&str> {
+        if id == SymbolId::MARKET {
+            return Some("*");
+        }
         self.slots.get(id.index())?.get().map(Ticker::as_str)
     }
 

@@ -113,6 +113,10 @@ impl Timestamp {
 pub struct SymbolId(pub u32);
 
 impl SymbolId {
+    /// The whole market: the symbol of market-wide events (`ACT`), `*` on the wire. No
+    /// ticker is ever interned under it (ids stay below `symbols_max`).
+    pub const MARKET: SymbolId = SymbolId(u32::MAX);
+
     /// The id as an array index.
     pub const fn index(self) -> usize {
         self.0 as usize

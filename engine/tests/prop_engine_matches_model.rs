@@ -54,6 +54,8 @@ fn fast_config() -> Config {
     config.thresholds.surge_cooldown_ms = 3_000;
     config.thresholds.surge_price_pct = 0.3;
     config.thresholds.trend_direction_score = 0.2;
+    // A few trades a second: every `ACT` level is reached.
+    config.activity_levels = [0.5, 1.5, 3.0];
     config
 }
 
@@ -180,7 +182,7 @@ fn generator_exercises_every_detector() {
         model.flush();
         seen.extend(model.events.iter().map(|e| e.body.channel().label()));
     }
-    for channel in ["T", "A", "AM", "HL", "TR", "SV"] {
+    for channel in ["T", "A", "AM", "HL", "TR", "SV", "ACT"] {
         assert!(seen.contains(channel), "no {channel} event in the generated runs: {seen:?}");
     }
 }

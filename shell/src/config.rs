@@ -68,6 +68,9 @@ pub struct ServerSettings {
     /// API keys, one per line (`KEY [user=ID] [symbols=AAPL,MSFT]`; `#` comments and blank
     /// lines ignored). Default: none.
     pub api_keys_file: Option<PathBuf>,
+    /// Named universes for `CHANNEL.@NAME` topics, one per line (`NAME: SYM,SYM,...`; `#`
+    /// comments), reloaded on SIGHUP. Default: none.
+    pub universes_file: Option<PathBuf>,
     /// JWT algorithm: `HS256`, `RS256` or `ES256`; none disables JWTs. Default: none.
     pub jwt_algorithm: Option<String>,
     /// Environment variable holding the HS256 secret. Default: `TICKSTOCK_JWT_SECRET`.
@@ -164,6 +167,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: "127.0.0.1:8765".to_owned(),
             api_keys_file: None,
+            universes_file: None,
             jwt_algorithm: None,
             jwt_secret_env: "TICKSTOCK_JWT_SECRET".to_owned(),
             jwt_public_key_file: None,
@@ -529,6 +533,7 @@ const OPTIONAL: &[(&str, &str, &str)] = &[
     ("upstream", "key_file = \"/etc/tickstock/upstream.key\"", "read the upstream key from this file's first line instead of the variable named by key_env"),
     ("upstream", "ca_file = \"/etc/tickstock/upstream-ca.pem\"", "extra CA certificates (PEM) to trust for a private upstream"),
     ("server", "api_keys_file = \"/etc/tickstock/api_keys\"", "API keys, one per line: KEY [user=ID] [symbols=AAPL,MSFT]; without keys or JWTs any token is accepted, on loopback only"),
+    ("server", "universes_file = \"/etc/tickstock/universes\"", "named universes for CHANNEL.@NAME topics, one per line: NAME: SYM,SYM,...; reloaded on SIGHUP"),
     ("server", "jwt_algorithm = \"HS256\"", "accept JWTs: HS256 (secret in the variable named by jwt_secret_env), RS256 or ES256 (jwt_public_key_file)"),
     ("server", "jwt_public_key_file = \"/etc/tickstock/jwt.pem\"", "PEM public key for RS256 or ES256 JWTs"),
     ("server", "tls_cert_file = \"/etc/tickstock/cert.pem\"", "serve wss:// and https:// on the port: the certificate chain (PEM), reloaded on SIGHUP"),

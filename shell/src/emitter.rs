@@ -46,6 +46,8 @@ pub struct Frame {
     /// When its trade entered the ring (`ts_recv`, Unix ns) for a `T` event, else 0: where
     /// the server's tick-to-client latency starts.
     pub recv_ns: u64,
+    /// The event's own time, Unix ms (`EventBody::time`): what `resume` by time seeks.
+    pub t_ms: u64,
     /// Byte range of its JSON object in the batch (read it with [`FrameBatch::json`]).
     pub start: u32,
     /// End of that range (exclusive).
@@ -98,6 +100,7 @@ impl FrameBatch {
             volume,
             strength,
             recv_ns,
+            t_ms: event.body.time().as_millis(),
             start,
             end,
         });
@@ -155,6 +158,7 @@ fn filter_fields(body: &EventBody) -> (i64, u64, u8) {
         EventBody::Trend(event) => (0, u64::MAX, strength(event.strength)),
         EventBody::Surge(event) => (0, u64::MAX, strength(event.strength)),
         EventBody::Fmv(event) => (event.value.raw(), u64::MAX, 0),
+        EventBody::Activity(_) => (0, u64::MAX, 0),
     }
 }
 

@@ -4,6 +4,7 @@
 //! fails; on any input from outside, none of the code under test may.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::{Role, WebSocketContext};
@@ -17,6 +18,12 @@ use crate::server::http;
 use crate::server::metrics::ServerCounters;
 use crate::server::session::{Session, SessionLimits};
 use crate::server::subscriber::{Env, Pipe, Subscriber, Users};
+use crate::server::universes::Universes;
+
+/// The universes the fuzzed sessions know (`@U`, `@V` topics parse; others are unknown).
+fn fuzz_universes() -> Arc<Universes> {
+    Arc::new(Universes::parse("U: AAPL,MSFT\nV: IBM\n").expect("a valid universe file"))
+}
 
 /// Journal segments: the decoder never reads past the end, and every record it accepts
 /// re-encodes to exactly the bytes it was decoded from.
@@ -70,6 +77,7 @@ pub fn client_actions(data: &[u8]) {
     };
     let mut waiting = Session::new(now, now + Duration::from_secs(5), limits);
     let mut active = Session::new(now, now + Duration::from_secs(5), limits);
+    active.set_universes(&fuzz_universes());
     let _ = active.on_text(r#"{"action":"auth","params":"token"}"#, &auth, 1_700_000_000);
     for line in String::from_utf8_lossy(data).lines() {
         let _ = waiting.on_text(line, &auth, 1_700_000_000);
@@ -90,6 +98,7 @@ pub fn ws_frames(data: &[u8]) {
     let mut fanout = Fanout::new(settings.frame_bytes_max as usize, history);
     let auth = Authenticator::load(&settings).expect("the open loopback default loads");
     let (counters, users, mut subscriptions) = (ServerCounters::default(), Users::default(), 0);
+    let universes = fuzz_universes();
     macro_rules! env {
         () => {
             Env {
@@ -100,6 +109,7 @@ pub fn ws_frames(data: &[u8]) {
                 users: &users,
                 subscriptions: &mut subscriptions,
                 now_s: 1_700_000_000,
+                universes: &universes,
             }
         };
     }

@@ -27,6 +27,7 @@ use tickstock_shell::feed::{Feed, FeedEnd};
 use tickstock_shell::logging::{self, LogFormat};
 use tickstock_shell::pipeline::{self, latency_summary, Observed, Report, TimeMode};
 use tickstock_shell::server::auth::Credentials;
+use tickstock_shell::server::universes::UniverseFile;
 use tickstock_shell::server::{Reporting, Service};
 use tickstock_shell::tracer::{Counters, Histograms};
 
@@ -277,7 +278,7 @@ fn settings_of(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, Se
 
 /// SIGINT or SIGTERM raises `stop`: the threads drain and the run reports. A second one
 /// while draining exits at once, saying so. SIGHUP reloads the server's credentials (API
-/// keys, JWT key); without a server it is logged and ignored.
+/// keys, JWT key, certificate) and universes; without a server it is logged and ignored.
 fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -307,6 +308,9 @@ fn watch_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
 /// The server's credentials, once it runs: what SIGHUP reloads.
 static RELOADABLE: std::sync::OnceLock<Arc<Credentials>> = std::sync::OnceLock::new();
 
+/// The server's universes, once it runs: SIGHUP reloads them too.
+static UNIVERSES: std::sync::OnceLock<Arc<UniverseFile>> = std::sync::OnceLock::new();
+
 /// SIGHUP: the key file and JWT key read again and swapped in; the log says what changed
 /// in counts, never a key. A file that cannot be used is refused; the old ones stay.
 fn reload(signal: &str) {
@@ -314,6 +318,18 @@ fn reload(signal: &str) {
         tracing::info!(signal, "nothing to reload: no server is running");
         return;
     };
+    if let Some(universes) = UNIVERSES.get() {
+        match universes.reload() {
+            Ok(count) => tracing::info!(
+                signal,
+                universes = count,
+                "universes reloaded; subscriptions to them follow"
+            ),
+            Err(error) => {
+                tracing::error!(signal, %error, "universes not reloaded; the old ones stay")
+            }
+        }
+    }
     match credentials.reload() {
         Ok(r) => tracing::info!(
             signal,
@@ -422,8 +438,11 @@ fn serve(
     let credentials = Arc::new(Credentials::load(&settings.server)?);
     let open = credentials.current().is_open();
     let _ = RELOADABLE.set(Arc::clone(&credentials));
+    // Read here first for a clear error of its own (the server reads it as it starts).
+    UniverseFile::load(&settings.server)?;
     let service = Service::start(settings, credentials, feed, time, stop, reporting, status)
         .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
+    let _ = UNIVERSES.set(Arc::clone(&service.universes));
     let address = service.local_addr;
     tracing::info!(
         "serving ws://{address}/stocks, http://{address}/health and http://{address}/metrics"

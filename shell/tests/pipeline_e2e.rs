@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tickstock_engine::encode::encode_event;
 use tickstock_engine::limits::EVENT_JSON_BYTES_MAX;
-use tickstock_engine::{Engine, Tick};
+use tickstock_engine::{Engine, SymbolId, Tick};
 use tickstock_shell::feed::journal::{JournalFeed, Pace};
 use tickstock_shell::feed::synthetic::{Market, SyntheticFeed};
 use tickstock_shell::feed::FeedEnd;
@@ -23,7 +23,11 @@ fn direct(settings: &tickstock_shell::config::Settings) -> Vec<(u64, String)> {
     let encode = |engine: &mut Engine, out: &mut Vec<(u64, String)>| {
         for event in engine.poll_events() {
             let mut bytes = Vec::with_capacity(EVENT_JSON_BYTES_MAX);
-            encode_event(&mut bytes, &event, &tickers[event.symbol.index()]);
+            let ticker = match event.symbol {
+                SymbolId::MARKET => "*",
+                symbol => &tickers[symbol.index()],
+            };
+            encode_event(&mut bytes, &event, ticker);
             out.push((event.seq, String::from_utf8(bytes).unwrap()));
         }
     };
@@ -47,9 +51,14 @@ fn pipeline_output_equals_the_engine_core_run_directly() {
     assert!(matches!(report.feed_end, FeedEnd::Exhausted), "{:?}", report.feed_end);
     let expected = direct(&settings);
     assert!(expected.len() > 200_000, "the market produces bars and detector events too");
-    for channel in
-        ["\"ev\":\"A\"", "\"ev\":\"AM\"", "\"ev\":\"HL\"", "\"ev\":\"TR\"", "\"ev\":\"SV\""]
-    {
+    for channel in [
+        "\"ev\":\"A\"",
+        "\"ev\":\"AM\"",
+        "\"ev\":\"HL\"",
+        "\"ev\":\"TR\"",
+        "\"ev\":\"SV\"",
+        "\"ev\":\"ACT\"",
+    ] {
         assert!(expected.iter().any(|(_, json)| json.contains(channel)), "no {channel} event");
     }
     assert_eq!(frames.len(), expected.len());

@@ -16,6 +16,7 @@ use tickstock_shell::feed::{Feed, FeedEnd, FeedTx};
 use tickstock_shell::pipeline::{Observed, TimeMode};
 use tickstock_shell::server::auth::Credentials;
 use tickstock_shell::server::metrics::ServerStats;
+use tickstock_shell::server::universes::UniverseFile;
 use tickstock_shell::server::{Reporting, Service};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
@@ -33,6 +34,7 @@ struct TestServer {
     /// The directory of `keys.txt`, the API key file.
     keys: tempfile::TempDir,
     credentials: Arc<Credentials>,
+    universes: Arc<UniverseFile>,
 }
 
 impl Drop for TestServer {
@@ -89,7 +91,17 @@ fn start_with(
     )
     .unwrap();
     let (addr, counters) = (service.local_addr, service.counters.clone());
-    TestServer { addr, stop, service: Some(service), counters, tickers, keys, credentials }
+    let universes = Arc::clone(&service.universes);
+    TestServer {
+        addr,
+        stop,
+        service: Some(service),
+        counters,
+        tickers,
+        keys,
+        credentials,
+        universes,
+    }
 }
 
 fn unsafe_env() {
@@ -315,6 +327,163 @@ fn auth_subscribe_and_receive_batched_arrays_in_seq_order() {
     }
     assert!(unsubscribed);
     assert!(server.counters.total(|c| &c.events_out) >= 500);
+}
+
+#[test]
+fn act_arrives_once_a_second_on_the_market_symbol_even_for_a_limited_user() {
+    let server = start(|_| {});
+    let mut client = authed(server.addr, "k-limited");
+    client.send(Message::text(r#"{"action":"subscribe","params":"ACT.*,ACT.IBM"}"#)).unwrap();
+    let statuses = next_json(&mut client);
+    assert_eq!(statuses[0]["message"], "subscribed to: ACT.*", "{statuses}");
+    assert!(statuses[1]["message"].as_str().unwrap().contains("market-wide"), "{statuses}");
+    let mut acts = Vec::new();
+    let started = Instant::now();
+    while acts.len() < 3 && started.elapsed() < Duration::from_secs(15) {
+        for event in next_json(&mut client).as_array().unwrap().clone() {
+            assert_eq!(event["ev"], "ACT", "{event}");
+            acts.push(event);
+        }
+    }
+    assert!(acts.len() >= 3, "three ACT within 15 s: {acts:?}");
+    for pair in acts.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert_eq!(b["t"].as_u64().unwrap(), a["t"].as_u64().unwrap() + 1_000, "{a} {b}");
+        assert!(b["seq"].as_u64().unwrap() > a["seq"].as_u64().unwrap(), "{a} {b}");
+    }
+    let last = acts.last().unwrap();
+    assert_eq!(last["sym"], "*");
+    assert_eq!(last["t"].as_u64().unwrap() % 1_000, 0, "on a UTC second boundary");
+    // The synthetic feed sends 2,000 trades/s over 20 symbols.
+    let per_10s = last["trades_10s"].as_u64().unwrap();
+    assert!((500..=30_000).contains(&per_10s), "{last}");
+    assert!(last["trades_30s"].as_u64().unwrap() >= per_10s, "{last}");
+    assert_eq!(last["symbols_60s"], 20, "{last}");
+    let per_sec = last["trades_60s"].as_u64().unwrap() as f64 / 60.0;
+    let level = match per_sec {
+        x if x >= 10_000.0 => "extreme",
+        x if x >= 1_000.0 => "busy",
+        x if x >= 100.0 => "normal",
+        _ => "quiet",
+    };
+    assert_eq!(last["level"], level, "the default activity_levels: {last}");
+}
+
+#[test]
+fn a_snapshot_on_subscribe_sends_each_symbols_latest_bar_then_live_after_to_seq() {
+    let server = start(|_| {});
+    // Let a few seconds of bars pass, so that every symbol has one.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut client = authed(server.addr, "k-limited");
+    let subscribe = r#"{"action":"subscribe","params":"A.*","snapshot":true}"#;
+    client.send(Message::text(subscribe)).unwrap();
+    assert_eq!(next_json(&mut client)[0]["message"], "subscribed to: A.*");
+    let mut snapshot = Vec::new();
+    let status = loop {
+        let array = next_json(&mut client);
+        let objects = array.as_array().unwrap();
+        snapshot.extend(objects.iter().filter(|o| o["ev"] == "A").cloned());
+        if let Some(status) = objects.iter().find(|o| o["ev"] == "status") {
+            break status.clone();
+        }
+    };
+    assert_eq!(status["status"], "snapshot", "{status}");
+    let syms: Vec<&str> = snapshot.iter().map(|e| e["sym"].as_str().unwrap()).collect();
+    let mut wanted = vec![server.tickers[0].as_str(), server.tickers[1].as_str()];
+    wanted.sort_unstable();
+    let mut sorted = syms.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, wanted, "one bar per entitled symbol, none of the others");
+    assert_eq!(status["count"].as_u64(), Some(snapshot.len() as u64));
+    let seqs: Vec<u64> = snapshot.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order: {seqs:?}");
+    let to_seq = status["to_seq"].as_u64().unwrap();
+    assert!(seqs.iter().all(|&seq| seq <= to_seq));
+    // Live from there: each symbol's next bar, after to_seq, its `s` one second on at most.
+    let mut next_start = std::collections::HashMap::new();
+    for event in &snapshot {
+        next_start.insert(event["sym"].as_str().unwrap().to_owned(), event["e"].as_u64().unwrap());
+    }
+    let mut live = 0;
+    while live < 4 {
+        for event in next_json(&mut client).as_array().unwrap() {
+            assert!(event["seq"].as_u64().unwrap() > to_seq, "{event}");
+            let sym = event["sym"].as_str().unwrap();
+            let start = event["s"].as_u64().unwrap();
+            // No second is missed between the snapshot's bar and the first live one (the
+            // synthetic market trades every symbol every second).
+            if let Some(expected) = next_start.remove(sym) {
+                assert_eq!(start, expected, "{sym}: the bar after the snapshot's");
+            }
+            live += 1;
+        }
+    }
+}
+
+#[test]
+fn universes_are_listed_subscribed_and_followed_across_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("universes.txt");
+    let server = start(|settings| {
+        let tickers = Market::new(&settings.synthetic).tickers().to_vec();
+        let text = format!("# test\nPAIR: {}, {}\nONE: {}\n", tickers[0], tickers[1], tickers[2]);
+        std::fs::write(&file, text).unwrap();
+        settings.server.universes_file = Some(file.clone());
+    });
+    let (a, b, c) = (&server.tickers[0], &server.tickers[1], &server.tickers[2]);
+    let listed = http_get(server.addr, "GET /v1/universes HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(listed.starts_with("HTTP/1.1 200") && listed.contains("application/json"), "{listed}");
+    let body: serde_json::Value =
+        serde_json::from_str(listed.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["universes"][1]["name"], "PAIR", "{body}");
+    let mut pair: Vec<&str> = body["universes"][1]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    pair.sort_unstable();
+    let mut wanted = vec![a.as_str(), b.as_str()];
+    wanted.sort_unstable();
+    assert_eq!(pair, wanted);
+
+    let mut client = authed(server.addr, "k-all");
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.@PAIR,T.@NOPE"}"#)).unwrap();
+    let statuses = next_json(&mut client);
+    assert_eq!(statuses[0]["message"], "subscribed to: T.@PAIR", "{statuses}");
+    assert!(statuses[1]["message"].as_str().unwrap().contains("unknown universe"), "{statuses}");
+    let symbols_of = |client: &mut Client, count: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut events = 0;
+        while events < count {
+            for event in next_json(client).as_array().unwrap() {
+                if event["ev"] == "T" {
+                    seen.insert(event["sym"].as_str().unwrap().to_owned());
+                    events += 1;
+                }
+            }
+        }
+        seen
+    };
+    let seen = symbols_of(&mut client, 300);
+    assert_eq!(seen, [a.clone(), b.clone()].into_iter().collect(), "only the universe's");
+
+    // The operator moves PAIR to the third symbol; the live subscription follows.
+    std::fs::write(&file, format!("PAIR: {c}\nONE: {c}\n")).unwrap();
+    assert_eq!(server.universes.reload(), Ok(2));
+    // What was written before the swap drains first; then only the new list.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = symbols_of(&mut client, 20);
+        if seen == [c.clone()].into_iter().collect() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {seen:?} after the reload");
+    }
+    // A file that cannot be used changes nothing.
+    std::fs::write(&file, "PAIR AAPL\n").unwrap();
+    assert!(server.universes.reload().unwrap_err().contains("line 1"));
+    assert_eq!(symbols_of(&mut client, 50), [c.clone()].into_iter().collect());
 }
 
 #[test]

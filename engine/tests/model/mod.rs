@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, TimeZone, Timelike};
 use chrono_tz::Tz;
 use tickstock_engine::{
-    Bar, Config, Direction, Event, EventBody, Extreme, Frequency, HighLow, Period, Price, Qty,
-    RejectReason, Strength, Surge, SurgeMode, SurgeTrigger, SymbolId, Timestamp, Trade, Trend,
-    VwapPosition,
+    Activity, ActivityLevel, Bar, Config, Direction, Event, EventBody, Extreme, Frequency, HighLow,
+    Period, Price, Qty, RejectReason, Strength, Surge, SurgeMode, SurgeTrigger, SymbolId,
+    Timestamp, Trade, Trend, VwapPosition,
 };
 
 const MS: u64 = 1_000_000;
@@ -60,6 +60,10 @@ pub struct Model {
     now: u64,
     seq: u64,
     syms: BTreeMap<u32, Sym>,
+    /// `ACT`: the next boundary (s; 0 before the first accepted trade) and every counted
+    /// accepted trade as (second of `t`, symbol).
+    act_next: u64,
+    act_trades: Vec<(u64, u32)>,
     pub events: Vec<Event>,
     pub rejects: Vec<RejectReason>,
 }
@@ -76,6 +80,8 @@ impl Model {
             now: 0,
             seq: config.seq_start,
             syms: BTreeMap::new(),
+            act_next: 0,
+            act_trades: Vec::new(),
             events: Vec::new(),
             rejects: Vec::new(),
         }
@@ -119,16 +125,70 @@ impl Model {
 
     pub fn clock(&mut self, now: u64) {
         self.now = self.now.max(now);
-        let mut due: Vec<(u64, u32, Frequency)> = self
-            .open_bars()
-            .into_iter()
-            .map(|(end, sym, f)| (self.close_due(end, sym), sym, f))
-            .filter(|&(due, ..)| due <= self.now)
-            .collect();
-        due.sort();
-        for (_, sym, f) in due {
-            self.close_bar(sym, f);
+        loop {
+            let act_due = self.act_due().filter(|&due| due <= self.now);
+            let limit = act_due.unwrap_or(self.now);
+            let mut due: Vec<(u64, u32, Frequency)> = self
+                .open_bars()
+                .into_iter()
+                .map(|(end, sym, f)| (self.close_due(end, sym), sym, f))
+                .filter(|&(due, ..)| due <= limit)
+                .collect();
+            due.sort();
+            for (_, sym, f) in due {
+                self.close_bar(sym, f);
+            }
+            if act_due.is_none() {
+                break;
+            }
+            self.activity();
         }
+    }
+
+    /// DETECTORS.md's `ACT` of boundary `B` is due after that second's bars: at
+    /// `B + bar_close_grace + bar_close_spread` (docs/detectors.md).
+    fn act_delay(&self) -> u64 {
+        (self.config.bar_close_grace_ms + self.config.bar_close_spread_ms) * MS
+    }
+
+    fn act_due(&self) -> Option<u64> {
+        (self.config.activity && self.act_next > 0)
+            .then(|| self.act_next * 1_000 * MS + self.act_delay())
+    }
+
+    /// Emits the next boundary's `ACT`, counting by scanning every counted trade; after a
+    /// clock jump, boundaries whose windows are all empty are skipped up to the newest due.
+    fn activity(&mut self) {
+        let last = (self.now - self.act_delay()) / (1_000 * MS);
+        let newest = self.act_trades.iter().map(|t| t.0).max().unwrap_or(0);
+        if self.act_next < last && newest + 300 < self.act_next {
+            self.act_next = last;
+        }
+        let b = self.act_next;
+        let in_window =
+            |w: u64| self.act_trades.iter().filter(move |t| t.0 >= b.saturating_sub(w) && t.0 < b);
+        let trades = [10, 30, 60, 300].map(|w| in_window(w).count() as u64);
+        let symbols: std::collections::BTreeSet<u32> = in_window(60).map(|t| t.1).collect();
+        let level = match self
+            .config
+            .activity_levels
+            .iter()
+            .filter(|&&level| trades[2] as f64 / 60.0 >= level)
+            .count()
+        {
+            0 => ActivityLevel::Quiet,
+            1 => ActivityLevel::Normal,
+            2 => ActivityLevel::Busy,
+            _ => ActivityLevel::Extreme,
+        };
+        let body = Activity {
+            ts: Timestamp(b * 1_000 * MS),
+            trades,
+            symbols_60s: symbols.len() as u32,
+            level,
+        };
+        self.emit(u32::MAX, EventBody::Activity(body));
+        self.act_next = b + 1;
     }
 
     /// DETECTORS.md's `end + bar_close_grace_ms`, plus the symbol's stagger: its id times
@@ -196,6 +256,13 @@ impl Model {
         }
         let id = trade.symbol.0;
         let (t, price, size) = (trade.ts_event.0, trade.price.raw(), trade.size.0);
+        if self.act_next == 0 {
+            self.act_next = self.now / (1_000 * MS) + 1;
+        }
+        // A trade dated 64 s or more after the next boundary is not counted (docs).
+        if t / (1_000 * MS) < self.act_next + 64 {
+            self.act_trades.push((t / (1_000 * MS), id));
+        }
         let sym = self.syms.entry(id).or_default();
         let t_det = if sym.history.is_empty() { t } else { t.max(sym.newest) };
         let (day, period) = self.day_period(t_det);

@@ -32,6 +32,7 @@ use super::metrics::{self, ServerCounters, ServerStats};
 use super::service::Reporting;
 use super::subscriber::{Env, Subscriber, Users};
 use super::transport::Transport;
+use super::universes::{UniverseFile, Universes};
 use crate::clock::Clock;
 use crate::config::ServerSettings;
 use crate::emitter::FrameBatch;
@@ -76,6 +77,8 @@ const _: () = assert!(FANOUT_BUDGET_BATCHES <= super::sink::BATCH_RING_CAPACITY)
 pub struct Shared {
     /// Token checks, swapped on reload.
     pub credentials: Arc<Credentials>,
+    /// The universes, swapped on reload.
+    pub universes: Arc<UniverseFile>,
     /// The settings.
     pub settings: ServerSettings,
     /// What `/health` and `/metrics` report on.
@@ -148,6 +151,9 @@ pub struct EventLoop {
     auth: Arc<Authenticator>,
     /// The TLS configuration new connections get (`None`: plain); refreshed each sweep.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The universes this loop's subscriptions expand; compared with the current ones each
+    /// sweep.
+    universes: Arc<Universes>,
     /// Tick-to-client latency of this loop's writes, merged into the shared histogram.
     tick_to_client: LocalHistogram,
     next_publish: Instant,
@@ -181,6 +187,7 @@ macro_rules! env {
             users: &$self.shared.users,
             subscriptions: &mut $self.subscriptions,
             now_s: $self.now_s,
+            universes: &$self.universes,
         }
     };
 }
@@ -240,6 +247,7 @@ impl EventLoop {
             now_s: unix_s(),
             auth: shared.credentials.current(),
             tls: shared.credentials.tls(),
+            universes: shared.universes.current(),
             tick_to_client: LocalHistogram::default(),
             next_publish: now,
             shared,
@@ -518,6 +526,10 @@ impl EventLoop {
                     self.shared.reporting.upstream.as_deref(),
                 );
                 self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now);
+            }
+            http::Route::Universes => {
+                let body = self.universes.to_json();
+                self.respond(key, "200 OK", "application/json", &body, now);
             }
             http::Route::Echo if self.shared.settings.conformance_echo => {
                 self.upgrade(key, &request, len, now, true);
@@ -812,6 +824,7 @@ impl EventLoop {
     /// Takes up credentials a reload swapped in, and closes the connections they no longer
     /// admit (1008 `key revoked`).
     fn follow_reload(&mut self, now: Instant) {
+        self.follow_universes(now);
         self.tls = self.shared.credentials.tls();
         let current = self.shared.credentials.current();
         if Arc::ptr_eq(&current, &self.auth) {
@@ -833,6 +846,24 @@ impl EventLoop {
             let mut env = env!(self);
             if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
                 subscriber.revoke(now, &mut env);
+            }
+            self.transmit(key, now);
+        }
+    }
+
+    /// Takes up universes a reload swapped in: every connection with a universe topic
+    /// follows its new list.
+    fn follow_universes(&mut self, now: Instant) {
+        let current = self.shared.universes.current();
+        if Arc::ptr_eq(&current, &self.universes) {
+            return;
+        }
+        self.universes = current;
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let mut env = env!(self);
+            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
+                subscriber.handle_universes(now, &mut env);
             }
             self.transmit(key, now);
         }

@@ -1,5 +1,5 @@
-//! The fan-out of one event loop: its groups, the topic index over them, and the retained
-//! history that `resume` replays from. Sans-IO: batches and time in, shared messages out.
+//! The fan-out of one event loop: its groups, the topic index over them, the retained
+//! history that `resume` replays from and the snapshot table `snapshot` starts from. Sans-IO: batches and time in, shared messages out.
 //!
 //! Each batch is appended to the history, then each frame is routed through the topic index
 //! to the groups that want it (their entitlement and filter checked once per group, not per
@@ -14,6 +14,7 @@ use slab::Slab;
 use super::group::Group;
 use super::history::History;
 use super::session::Delivery;
+use super::snapshot::SnapshotTable;
 use super::topics::TopicIndex;
 use crate::emitter::FrameBatch;
 
@@ -34,6 +35,8 @@ pub struct Fanout {
     index: TopicIndex,
     /// What `resume` replays from.
     pub history: History,
+    /// What a `subscribe` with `snapshot` starts from.
+    pub latest: SnapshotTable,
     /// Groups touched by the batch being routed.
     touched: Vec<usize>,
     /// Groups holding messages not yet released.
@@ -54,6 +57,7 @@ impl Fanout {
             by_delivery: HashMap::new(),
             index: TopicIndex::default(),
             history,
+            latest: SnapshotTable::default(),
             touched: Vec::new(),
             held: Vec::new(),
             grown: Vec::new(),
@@ -116,6 +120,7 @@ impl Fanout {
     pub fn handle_batch(&mut self, now: Instant, batch: &FrameBatch) {
         // History first: a resume that starts after this batch finds it there.
         self.history.append(batch);
+        self.latest.update(batch);
         for frame in batch.frames() {
             let (all, symbol) = self.index.groups(frame.channel, &frame.ticker);
             for &id in all.iter().chain(symbol) {
@@ -226,6 +231,8 @@ pub(crate) fn test_batch(
                 volume: 100,
                 strength: 0,
                 recv_ns: 0,
+                // One second apart, from 1 s: `resume` by time can be tested in seconds.
+                t_ms: 1_000 * seq,
                 start: 0,
                 end: 0,
             },

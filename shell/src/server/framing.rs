@@ -35,6 +35,9 @@ pub struct Framed {
     /// The earliest ring entry (Unix ns) of the trades in it, 0 without one: the start of
     /// its tick-to-client latency.
     pub recv_ns: u64,
+    /// A snapshot's events (older than the live stream): a `resume` does not take them back,
+    /// since its replay does not cover them ([`Outbox::retract_events`]).
+    pub pinned: bool,
 }
 
 impl Framed {
@@ -58,7 +61,7 @@ impl Framed {
     /// Bytes that are already one or more whole frames (tungstenite's control frames, the
     /// upgrade response), sent as they are.
     pub fn raw(bytes: Vec<u8>) -> Framed {
-        Framed { buf: Arc::from(bytes), events: 0, seqs: (0, 0), recv_ns: 0 }
+        Framed { buf: Arc::from(bytes), events: 0, seqs: (0, 0), recv_ns: 0, pinned: false }
     }
 
     /// Frames `buf[HEADER_BYTES_MAX..]` as one text message, copied once into its shared
@@ -74,7 +77,13 @@ impl Framed {
         let start = HEADER_BYTES_MAX - header_len;
         let mut slot = &mut buf[start..HEADER_BYTES_MAX];
         header.format(payload, &mut slot).expect("Invariant: the header fits its reserved room");
-        Framed { buf: Arc::from(&buf[start..]), events, seqs, recv_ns }
+        Framed { buf: Arc::from(&buf[start..]), events, seqs, recv_ns, pinned: false }
+    }
+
+    /// The same message, marked as a snapshot's ([`Framed::pinned`]).
+    pub fn into_pinned(mut self) -> Framed {
+        self.pinned = true;
+        self
     }
 
     /// The wire bytes.
@@ -263,10 +272,10 @@ impl Outbox {
         self.retain_begun(|_| false)
     }
 
-    /// Drops the data messages not yet begun (keeps statuses and control frames); returns
-    /// the events dropped.
+    /// Drops the live data messages not yet begun (keeps statuses, control frames and
+    /// snapshots, which are [`Framed::pinned`]); returns the events dropped.
     pub fn retract_events(&mut self) -> u64 {
-        self.retain_begun(|item| item.events == 0)
+        self.retain_begun(|item| item.events == 0 || item.pinned)
     }
 
     fn retain_begun(&mut self, keep: impl Fn(&Framed) -> bool) -> u64 {

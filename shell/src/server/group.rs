@@ -349,7 +349,7 @@ impl Group {
     /// Whether a frame routed here by its topic passes the entitlement and the filter.
     pub fn accepts(&self, frame: &Frame) -> bool {
         let entitled = !self.delivery.topics[frame.channel.index()].all
-            || self.delivery.entitled.as_ref().is_none_or(|e| e.contains(&frame.ticker));
+            || self.delivery.entitled_to(&frame.ticker);
         entitled
             && self.delivery.filter.passes(
                 frame.channel,

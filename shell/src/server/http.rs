@@ -83,6 +83,8 @@ pub fn parse(buf: &[u8]) -> Parse {
 pub enum Route {
     /// `GET /health`.
     Health,
+    /// `GET /v1/universes`.
+    Universes,
     /// `GET /metrics`.
     Metrics,
     /// A WebSocket upgrade on `/stocks` or `/v1/stream`.
@@ -118,6 +120,7 @@ pub fn route(request: &Request) -> Route {
         "/echo" if request.upgrade && request.websocket_key.is_some() => Route::Echo,
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
+        "/v1/universes" => Route::Universes,
         _ => Route::NotFound,
     }
 }
@@ -167,6 +170,8 @@ mod tests {
         );
         assert_eq!(route(&request("GET /health HTTP/1.1\r\n\r\n")), Route::Health);
         assert_eq!(route(&request("GET /metrics HTTP/1.1\r\n\r\n")), Route::Metrics);
+        let universes = request("GET /v1/universes HTTP/1.1\r\n\r\n");
+        assert_eq!(route(&universes), Route::Universes);
         assert_eq!(route(&request("GET / HTTP/1.1\r\n\r\n")), Route::NotFound);
         assert_eq!(route(&request("POST /health HTTP/1.1\r\n\r\n")), Route::NotFound);
         assert!(

@@ -68,6 +68,8 @@ pub struct ServerCounters {
     pub conflations: Counter,
     /// Events dropped by conflation.
     pub conflated_events: Counter,
+    /// Events sent in snapshots (`subscribe` with `snapshot`).
+    pub snapshot_events: Counter,
     /// `shed` steps taken (a channel stopped for a lagging client).
     pub shed_steps: Counter,
     /// `unshed` steps (a channel given back to a client that caught up).
@@ -361,6 +363,12 @@ pub fn prometheus(
         MetricType::COUNTER,
         "Events conflation dropped from slow clients (the `conflate` policy).",
         &one(server.total(|c| &c.conflated_events)),
+    );
+    out.add(
+        "snapshot_events_total",
+        MetricType::COUNTER,
+        "Events sent in snapshots on subscribe (the latest of each channel and symbol).",
+        &one(server.total(|c| &c.snapshot_events)),
     );
     out.add(
         "groups",

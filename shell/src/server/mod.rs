@@ -28,10 +28,12 @@ pub mod metrics;
 pub mod service;
 pub mod session;
 pub mod sink;
+pub mod snapshot;
 pub mod status;
 pub mod subscriber;
 pub mod topics;
 pub mod transport;
+pub mod universes;
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,6 +51,7 @@ use self::metrics::ServerStats;
 pub use self::service::{Reporting, Service};
 pub use self::sink::{LoopInlet, ServerSink, BATCH_RING_CAPACITY};
 use self::subscriber::Users;
+use self::universes::UniverseFile;
 use crate::config::ServerSettings;
 
 /// A running server.
@@ -61,6 +64,8 @@ pub struct ServerHandle {
     pub counters: ServerStats,
     /// The address it listens on.
     pub local_addr: SocketAddr,
+    /// The universes, for SIGHUP's reload.
+    pub universes: Arc<UniverseFile>,
 }
 
 impl ServerHandle {
@@ -102,8 +107,10 @@ pub fn start(
     let local_addr = listener.local_addr()?;
     let threads = loop_count(settings);
     let stats = ServerStats::new(threads);
+    let universes = Arc::new(UniverseFile::load(settings).map_err(io::Error::other)?);
     let shared = Arc::new(Shared {
         credentials,
+        universes: Arc::clone(&universes),
         settings: settings.clone(),
         reporting,
         stats: stats.clone(),
@@ -128,5 +135,7 @@ pub fn start(
         .collect();
     let history = settings.history_max_events as usize;
     let sink = ServerSink::new(inlets, batch_bytes, stats.clone(), history);
-    Ok((sink, ServerHandle { threads: handles, shared, wakers, counters: stats, local_addr }))
+    let handle =
+        ServerHandle { threads: handles, shared, wakers, counters: stats, local_addr, universes };
+    Ok((sink, handle))
 }

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use super::auth::Credentials;
 use super::metrics::ServerStats;
+use super::universes::UniverseFile;
 use crate::config::Settings;
 use crate::feed::upstream::UpstreamStatus;
 use crate::feed::Feed;
@@ -31,6 +32,8 @@ pub struct Service {
     pub local_addr: SocketAddr,
     /// The server's counters, per event loop.
     pub counters: ServerStats,
+    /// The universes (SIGHUP reloads them).
+    pub universes: Arc<UniverseFile>,
     runner: JoinHandle<Result<Report, StartError>>,
 }
 
@@ -53,6 +56,7 @@ impl Service {
         let (sink, handle) =
             super::start(&settings.server, credentials, reporting.clone(), batch_bytes)?;
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
+        let universes = Arc::clone(&handle.universes);
         let settings = settings.clone();
         let runner =
             std::thread::Builder::new().name("tickstock-main".to_owned()).spawn(move || {
@@ -63,7 +67,7 @@ impl Service {
                 handle.stop();
                 report
             })?;
-        Ok(Service { local_addr, counters, runner })
+        Ok(Service { local_addr, counters, universes, runner })
     }
 
     /// Waits until the pipeline has ended and the server has stopped.

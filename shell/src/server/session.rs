@@ -5,6 +5,7 @@
 //! sockets.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use tickstock_engine::{Channel, Ticker};
 
 use super::auth::{Authenticator, Identity};
 use super::status::{self, CloseReason, AUTH_FAILED, AUTH_SUCCESS};
+use super::universes::Universes;
 use crate::config::SlowConsumerPolicy;
 
 /// Where a connection is in PROTOCOL.md section 2.
@@ -38,10 +40,22 @@ pub enum Action {
     Send(String),
     /// Send a close frame for this reason, then drop the connection.
     Close(CloseReason),
-    /// Replay the retained history from this `seq` (PROTOCOL.md section 2, step 5).
-    Resume(u64),
+    /// Replay the retained history from here (PROTOCOL.md section 2, step 5).
+    Resume(ResumeFrom),
     /// The client chose its slow-consumer policy (`options`, PROTOCOL.md section 5).
     Policy(SlowConsumerPolicy),
+    /// Send the snapshot of the topics a `subscribe` with `"snapshot":true` added
+    /// (PROTOCOL.md section 2, step 3), per channel.
+    Snapshot(Box<[Topics; Channel::COUNT]>),
+}
+
+/// Where a `resume` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// `from_seq`: this `seq`.
+    Seq(u64),
+    /// `from_t`: the first event whose time is at or after this Unix ms.
+    Time(u64),
 }
 
 /// One channel's topics: `*`, or a set of symbols.
@@ -51,11 +65,22 @@ pub struct Topics {
     pub all: bool,
     /// `CHANNEL.SYMBOL` topics.
     pub symbols: BTreeSet<Ticker>,
+    /// `CHANNEL.@NAME` topics (a subscription's; a [`Delivery`] holds their symbols instead).
+    pub universes: BTreeSet<String>,
 }
 
 impl Topics {
     fn is_empty(&self) -> bool {
-        !self.all && self.symbols.is_empty()
+        !self.all && self.symbols.is_empty() && self.universes.is_empty()
+    }
+
+    /// The symbols its symbol and universe topics name.
+    fn covered(&self, universes: &Universes) -> BTreeSet<Ticker> {
+        let mut covered = self.symbols.clone();
+        for name in &self.universes {
+            covered.extend(universes.get(name).into_iter().flatten().copied());
+        }
+        covered
     }
 }
 
@@ -79,15 +104,25 @@ impl Delivery {
         self.topics.iter().all(Topics::is_empty)
     }
 
+    /// Whether a `*` topic carries `ticker`: the entitled symbols, and for everyone the
+    /// market-wide `*` of `ACT` (it carries no symbol's data).
+    pub fn entitled_to(&self, ticker: &Ticker) -> bool {
+        *ticker == Ticker::MARKET || self.entitled.as_ref().is_none_or(|e| e.contains(ticker))
+    }
+
     /// Whether a retained event goes out under this delivery (what a replay sends).
     pub fn wants(&self, entry: &super::history::Entry) -> bool {
-        let topics = &self.topics[entry.channel.index()];
-        let topic = if topics.all {
-            self.entitled.as_ref().is_none_or(|e| e.contains(&entry.ticker))
-        } else {
-            topics.symbols.contains(&entry.ticker)
-        };
-        topic && self.filter.passes(entry.channel, entry.price_raw, entry.volume, entry.strength)
+        let fields = (entry.price_raw, entry.volume, entry.strength);
+        self.carries(entry.channel, &entry.ticker, fields)
+    }
+
+    /// Whether an event of `channel` for `ticker`, with the filter fields `(price_raw,
+    /// volume, strength)` (see `Frame`), goes out under this delivery.
+    pub fn carries(&self, channel: Channel, ticker: &Ticker, fields: (i64, u64, u8)) -> bool {
+        let topics = &self.topics[channel.index()];
+        let topic =
+            if topics.all { self.entitled_to(ticker) } else { topics.symbols.contains(ticker) };
+        topic && self.filter.passes(channel, fields.0, fields.1, fields.2)
     }
 }
 
@@ -177,6 +212,8 @@ pub struct Session {
     errors: u32,
     errors_max: u32,
     subscriptions_max: usize,
+    /// The universes `@NAME` topics name (the loop's current ones, set by its Subscriber).
+    universes: Arc<Universes>,
     /// Token bucket of client messages: tokens left and when it was last refilled.
     bucket: (f64, Instant),
     rate_per_sec: f64,
@@ -187,7 +224,7 @@ struct ClientMessage {
     action: String,
     #[serde(default)]
     params: serde_json::Value,
-    /// Protocol v1.1's snapshot on subscribe, not implemented yet: refused, not ignored.
+    /// A `subscribe` that first sends the latest event of each new topic.
     #[serde(default)]
     snapshot: bool,
 }
@@ -215,6 +252,7 @@ impl Session {
             errors: 0,
             errors_max: limits.errors_max,
             subscriptions_max: limits.subscriptions_max as usize,
+            universes: Arc::default(),
             bucket: (rate_per_sec, now),
             rate_per_sec,
         }
@@ -233,6 +271,16 @@ impl Session {
             self.bucket = (tokens, now);
             Err(self.client_error("rate limit exceeded: too many messages per second"))
         }
+    }
+
+    /// Takes up the universes now in force; true when that changes what this connection
+    /// receives (it holds a universe topic), so its delivery must be followed.
+    pub fn set_universes(&mut self, universes: &Arc<Universes>) -> bool {
+        if Arc::ptr_eq(&self.universes, universes) {
+            return false;
+        }
+        self.universes = Arc::clone(universes);
+        self.subscriptions.iter().any(|topics| !topics.universes.is_empty())
     }
 
     /// Authenticates with a token from the upgrade's `Authorization: Bearer` header.
@@ -270,10 +318,11 @@ impl Session {
                 Action::Close(CloseReason::NotAuthenticated),
             ],
             (Phase::Active, "subscribe") if message.snapshot => {
+                let before = self.subscriptions.clone();
                 let mut actions = self.subscription(&message.params, true);
-                actions.push(Action::Send(status::error(
-                    "snapshot: not supported by this server yet; subscribed without one",
-                )));
+                if !actions.iter().any(|action| matches!(action, Action::Close(_))) {
+                    actions.push(Action::Snapshot(Box::new(self.added_since(&before))));
+                }
                 actions
             }
             (Phase::Active, "subscribe") => self.subscription(&message.params, true),
@@ -288,9 +337,13 @@ impl Session {
                 Err(why) => self.client_error(&format!("filter refused, the old one stays: {why}")),
             },
             (Phase::Active, "resume") => {
-                match message.params.get("from_seq").and_then(serde_json::Value::as_u64) {
-                    Some(from_seq) => vec![Action::Resume(from_seq)],
-                    None => self.client_error("resume: want params {\"from_seq\": N}"),
+                let field = |key: &str| message.params.get(key).map(serde_json::Value::as_u64);
+                match (field("from_seq"), field("from_t")) {
+                    (Some(Some(from_seq)), None) => vec![Action::Resume(ResumeFrom::Seq(from_seq))],
+                    (None, Some(Some(from_t))) => vec![Action::Resume(ResumeFrom::Time(from_t))],
+                    _ => self.client_error(
+                        "resume: want params {\"from_seq\": N} or {\"from_t\": UNIX_MS}",
+                    ),
                 }
             }
             (Phase::Active, "options") => self.options(&message.params),
@@ -358,6 +411,25 @@ impl Session {
         actions
     }
 
+    /// The topics subscribed now that `before` did not cover: a new `*`, or symbols new to a
+    /// channel without `*`.
+    fn added_since(&self, before: &[Topics; Channel::COUNT]) -> [Topics; Channel::COUNT] {
+        let mut added: [Topics; Channel::COUNT] = Default::default();
+        for channel in Channel::ALL {
+            let (now, was) = (&self.subscriptions[channel.index()], &before[channel.index()]);
+            let into = &mut added[channel.index()];
+            if was.all {
+                continue;
+            }
+            into.all = now.all;
+            if !now.all {
+                let before = was.covered(&self.universes);
+                into.symbols = now.covered(&self.universes).difference(&before).copied().collect();
+            }
+        }
+        added
+    }
+
     fn subscription(&mut self, params: &serde_json::Value, subscribe: bool) -> Vec<Action> {
         let Some(list) = params.as_str() else {
             return self.client_error("params: want a comma-separated list of topics");
@@ -386,6 +458,24 @@ impl Session {
         let channel = Channel::parse(channel).ok_or("unknown channel")?;
         let held = self.subscription_count();
         let limit = self.subscriptions_max;
+        if channel == Channel::Act && symbol != "*" {
+            return Err("ACT is market-wide: its only topic is ACT.*".to_owned());
+        }
+        if let Some(name) = symbol.strip_prefix('@') {
+            if subscribe && self.universes.get(name).is_none() {
+                return Err(format!("unknown universe {name:?} (GET /v1/universes lists them)"));
+            }
+            let entry = &mut self.subscriptions[channel.index()];
+            if subscribe && !entry.universes.contains(name) && held >= limit {
+                return Err(format!("subscriptions_max ({limit}) reached"));
+            }
+            if subscribe {
+                entry.universes.insert(name.to_owned());
+            } else {
+                entry.universes.remove(name);
+            }
+            return Ok(());
+        }
         let entry = &mut self.subscriptions[channel.index()];
         if symbol == "*" {
             if subscribe && !entry.all && held >= limit {
@@ -394,6 +484,7 @@ impl Session {
             entry.all = subscribe;
             if !subscribe {
                 entry.symbols.clear();
+                entry.universes.clear();
             }
             return Ok(());
         }
@@ -429,11 +520,11 @@ impl Session {
             let target = &mut delivery.topics[channel.index()];
             target.all = topics.all;
             if !topics.all {
+                // A universe delivers its entitled symbols, like `*`.
                 target.symbols = topics
-                    .symbols
-                    .iter()
+                    .covered(&self.universes)
+                    .into_iter()
                     .filter(|t| identity.entitled(t.as_str()))
-                    .copied()
                     .collect();
             }
         }
@@ -453,7 +544,8 @@ impl Session {
 
     /// Subscribed topics in all.
     pub fn subscription_count(&self) -> usize {
-        self.subscriptions.iter().map(|s| usize::from(s.all) + s.symbols.len()).sum()
+        let count = |s: &Topics| usize::from(s.all) + s.symbols.len() + s.universes.len();
+        self.subscriptions.iter().map(count).sum()
     }
 }
 
@@ -485,9 +577,28 @@ mod tests {
     fn wants(session: &Session, channel: Channel, symbol: &str) -> bool {
         let delivery = session.delivery(0);
         let topics = &delivery.topics[channel.index()];
-        let ticker = Ticker::new(symbol).unwrap();
-        (topics.all && delivery.entitled.as_ref().is_none_or(|e| e.contains(&ticker)))
-            || topics.symbols.contains(&ticker)
+        let ticker = if symbol == "*" { Ticker::MARKET } else { Ticker::new(symbol).unwrap() };
+        (topics.all && delivery.entitled_to(&ticker)) || topics.symbols.contains(&ticker)
+    }
+
+    #[test]
+    fn act_is_market_wide_and_reaches_users_entitled_to_a_few_symbols() {
+        let auth = keys();
+        let mut session = fresh();
+        session.on_text(r#"{"action":"auth","params":"k1"}"#, &auth, 0);
+        let actions =
+            session.on_text(r#"{"action":"subscribe","params":"ACT.*,ACT.AAPL"}"#, &auth, 0);
+        let text = texts(&actions);
+        assert!(text.contains("subscribed to: ACT.*"), "{text}");
+        assert!(text.contains("ACT.AAPL: ACT is market-wide"), "{text}");
+        assert_eq!(session.errors(), 0, "a refused topic is an answer, not a client error");
+        assert!(wants(&session, Channel::Act, "*"), "alice is entitled to AAPL and MSFT only");
+        let set = r#"{"action":"filter","params":{"kinds":["HL"]}}"#;
+        session.on_text(set, &auth, 0);
+        let delivery = session.delivery(0);
+        assert!(!delivery.filter.passes(Channel::Act, 0, u64::MAX, 0), "kinds without ACT");
+        session.on_text(r#"{"action":"filter","params":{"kinds":["ACT"]}}"#, &auth, 0);
+        assert!(session.delivery(0).filter.passes(Channel::Act, 0, u64::MAX, 0));
     }
 
     #[test]
@@ -612,8 +723,25 @@ mod tests {
         assert_eq!(session.subscription_count(), 4);
         let again = texts(&session.on_text(r#"{"action":"subscribe","params":"T.A"}"#, &auth, 0));
         assert!(again.contains("subscribed to: T.A"), "a topic held already is no new one");
-        let snapshot = r#"{"action":"subscribe","params":"T.B","snapshot":true}"#;
-        assert!(texts(&session.on_text(snapshot, &auth, 0)).contains("snapshot: not supported"));
+    }
+
+    #[test]
+    fn a_snapshot_subscribe_names_only_the_topics_it_adds() {
+        let auth = keys();
+        let mut session = fresh();
+        session.on_text(r#"{"action":"auth","params":"k2"}"#, &auth, 0);
+        session.on_text(r#"{"action":"subscribe","params":"T.A,AM.*"}"#, &auth, 0);
+        let snapshot =
+            r#"{"action":"subscribe","params":"T.A,T.B,AM.C,A.*,HL.X,XX.Y","snapshot":true}"#;
+        let actions = session.on_text(snapshot, &auth, 0);
+        let Some(Action::Snapshot(added)) = actions.last() else { panic!("{actions:?}") };
+        let b = Ticker::new("B").unwrap();
+        assert_eq!(added[Channel::T.index()].symbols, [b].into_iter().collect());
+        assert!(!added[Channel::T.index()].all);
+        assert!(added[Channel::Am.index()].is_empty(), "AM.* covered AM.C already");
+        assert!(added[Channel::A.index()].all);
+        assert_eq!(added[Channel::Hl.index()].symbols.len(), 1);
+        assert!(texts(&actions).contains("XX.Y: unknown channel"));
     }
 
     #[test]

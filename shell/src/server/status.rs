@@ -112,9 +112,18 @@ pub fn success(message: &str) -> String {
     array(&[("success", message)])
 }
 
-/// The end of a replay.
-pub fn resumed(from_seq: u64, to_seq: u64) -> String {
-    format!(r#"[{{"ev":"status","status":"resumed","from_seq":{from_seq},"to_seq":{to_seq}}}]"#)
+/// A resume finished: the first `seq` it looked at (and the `from_t` it was asked by), and
+/// the last `seq` it sent.
+pub fn resumed(from_seq: u64, from_t: Option<u64>, to_seq: u64) -> String {
+    let by_time = from_t.map(|t| format!(r#","from_t":{t}"#)).unwrap_or_default();
+    format!(
+        r#"[{{"ev":"status","status":"resumed","from_seq":{from_seq}{by_time},"to_seq":{to_seq}}}]"#
+    )
+}
+
+/// A snapshot was sent: `count` events, and live delivery goes on after `to_seq`.
+pub fn snapshot(count: usize, to_seq: u64) -> String {
+    format!(r#"[{{"ev":"status","status":"snapshot","count":{count},"to_seq":{to_seq}}}]"#)
 }
 
 /// A resume from before the retained history.
@@ -157,7 +166,8 @@ mod tests {
             MAX_CONNECTIONS_USER.to_owned(),
             error("a \"quoted\" word"),
             success("ok"),
-            resumed(1, 2),
+            resumed(1, None, 2),
+            resumed(1, Some(1_700_000_000_000), 2),
             resume_failed(3),
             conflated(4),
             shed("shed", &[Channel::T, Channel::A], 5),

@@ -22,9 +22,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tickstock_engine::{Channel, Ticker};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
@@ -34,8 +35,11 @@ use super::fanout::{Fanout, Membership};
 use super::framing::{ArrayBuilder, Framed, Outbox, Slices};
 use super::group::Overtaken;
 use super::metrics::ServerCounters;
-use super::session::{Action, Delivery, Phase, Session, SessionLimits, SHED_ORDER};
+use super::session::SHED_ORDER;
+use super::session::{Action, Delivery, Phase, ResumeFrom, Session, SessionLimits, Topics};
+use super::snapshot::Latest;
 use super::status::{self, CloseReason, AUTH_FAILED, CONNECTED, MAX_CONNECTIONS};
+use super::universes::Universes;
 use crate::config::{ServerSettings, SlowConsumerPolicy};
 
 /// Authenticated connections per user, over every event loop (the control plane only: it is
@@ -86,12 +90,16 @@ pub struct Env<'a> {
     pub subscriptions: &'a mut u64,
     /// Wall-clock Unix seconds (token expiry).
     pub now_s: u64,
+    /// The universes in force (swapped on reload).
+    pub universes: &'a Arc<Universes>,
 }
 
 /// A resume being sent.
 #[derive(Clone, Copy, Debug)]
 struct Replay {
     from_seq: u64,
+    /// `from_t`, when the resume was by time (the `resumed` status names it).
+    from_t: Option<u64>,
     /// The next `seq` to look at.
     next_seq: u64,
     /// Already sent live before the resume began: not sent again.
@@ -181,6 +189,9 @@ pub struct Subscriber {
     /// When the last shed or unshed step was taken.
     shed_at: Instant,
     replay: Option<Replay>,
+    /// The `seq`s of the snapshot events sent, ascending, that the history may still hold: a
+    /// replay does not send them again.
+    snapshot_sent: Vec<u64>,
     /// The first and last `seq` written live.
     live: Option<(u64, u64)>,
     /// Live delivery waits until then after a subscribe (`resume_window_us`).
@@ -241,6 +252,7 @@ impl Subscriber {
             shed: 0,
             shed_at: now,
             replay: None,
+            snapshot_sent: Vec::new(),
             live: None,
             hold_until: None,
             next_ping: now + ms(settings.ping_interval_ms),
@@ -319,6 +331,7 @@ impl Subscriber {
         if self.input_failed {
             return;
         }
+        self.handle_universes(now, env);
         let mut control = Vec::new();
         let mut messages = Vec::new();
         let mut failure = None;
@@ -461,8 +474,9 @@ impl Subscriber {
                     self.close(now, reason, env);
                     return;
                 }
-                Action::Resume(from_seq) => self.resume(now, from_seq, env),
+                Action::Resume(from) => self.resume(now, from, env),
                 Action::Policy(policy) => self.set_policy(now, policy, env),
+                Action::Snapshot(added) => self.snapshot(&added, env),
             }
         }
         self.admit_user(now, env);
@@ -580,10 +594,83 @@ impl Subscriber {
         self.closing = Some(now + close_timeout(env.settings));
     }
 
+    /// `subscribe` with `snapshot`: the latest event of every (channel, symbol) the added
+    /// topics cover, under this connection's entitlement, filter and shed channels, in `seq`
+    /// order, then the `snapshot` status with the stream's newest `seq`; live delivery of the
+    /// new topics starts after it (the group is joined at its end), so nothing is missed and
+    /// nothing comes twice. At most `client_lag_max_bytes` of events: a bigger snapshot is
+    /// refused with an error status (the subscription stands).
+    fn snapshot(&mut self, added: &[Topics; Channel::COUNT], env: &mut Env<'_>) {
+        if self.replay.is_some() {
+            let refused = "snapshot: not sent while a resume is being sent; subscribed without one";
+            self.queue(Framed::text(&status::error(refused)), env);
+            return;
+        }
+        let delivery = self.session.delivery(self.shed);
+        let table = &env.fanout.latest;
+        let mut chosen: Vec<(u64, &[u8])> = Vec::new();
+        for channel in Channel::ALL {
+            let topics = &added[channel.index()];
+            let candidates: Vec<(&Ticker, &Latest)> = if topics.all {
+                table.channel(channel).collect()
+            } else {
+                let found = topics.symbols.iter().filter_map(|t| Some((t, table.get(channel, t)?)));
+                found.collect()
+            };
+            for (ticker, latest) in candidates {
+                let fields = (latest.price_raw, latest.volume, latest.strength);
+                if delivery.carries(channel, ticker, fields) {
+                    chosen.push((latest.seq, latest.json.as_slice()));
+                }
+            }
+        }
+        let bytes: usize = chosen.iter().map(|(_, json)| json.len() + 1).sum();
+        let bytes_max = env.settings.client_lag_max_bytes as usize;
+        if bytes > bytes_max {
+            let refused = format!(
+                "snapshot: {bytes} bytes, over client_lag_max_bytes ({bytes_max}); subscribed \
+                 without one (ask for fewer topics at a time)"
+            );
+            self.queue(Framed::text(&status::error(&refused)), env);
+            return;
+        }
+        chosen.sort_unstable_by_key(|&(seq, _)| seq);
+        let mut builder = ArrayBuilder::new(env.fanout.frame_bytes_max());
+        let mut messages = Vec::new();
+        for &(seq, json) in &chosen {
+            messages.extend(builder.push(json, seq));
+        }
+        messages.extend(builder.finish());
+        let oldest = env.fanout.history.oldest_seq().unwrap_or(0);
+        let to_seq = env.fanout.history.newest_seq().unwrap_or(0);
+        self.snapshot_sent.retain(|&seq| seq >= oldest);
+        self.snapshot_sent.extend(chosen.iter().map(|&(seq, _)| seq).filter(|&s| s >= oldest));
+        self.snapshot_sent.sort_unstable();
+        self.snapshot_sent.dedup();
+        let count = chosen.len();
+        env.counters.snapshot_events.add(count as u64);
+        for framed in messages {
+            self.queue(framed.into_pinned(), env);
+        }
+        self.queue(Framed::text(&status::snapshot(count, to_seq)), env);
+    }
+
     /// `resume` from `from_seq`: live events not yet written are taken back (the replay
     /// covers them), then the retained history is replayed and live delivery continues.
-    fn resume(&mut self, now: Instant, from_seq: u64, env: &mut Env<'_>) {
+    /// `from_t` starts at the first retained event at or after that time; it fails like a
+    /// `from_seq` does when an event the history no longer holds may have been after it.
+    fn resume(&mut self, now: Instant, from: ResumeFrom, env: &mut Env<'_>) {
         let history = &env.fanout.history;
+        let (from_seq, from_t) = match from {
+            ResumeFrom::Seq(from_seq) => (from_seq, None),
+            ResumeFrom::Time(from_t) => match history.seq_at_time(from_t) {
+                Ok(from_seq) => (from_seq, Some(from_t)),
+                Err(oldest) => {
+                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
+                    return;
+                }
+            },
+        };
         if let Some(oldest) = history.oldest_seq().filter(|&oldest| from_seq < oldest) {
             self.queue(Framed::text(&status::resume_failed(oldest)), env);
             return;
@@ -601,7 +688,7 @@ impl Subscriber {
             skip = Some((first.min(begun.seqs.0), last.max(begun.seqs.1)));
         }
         self.hold_until = None;
-        self.replay = Some(Replay { from_seq, next_seq: from_seq, skip, last_sent: None });
+        self.replay = Some(Replay { from_seq, from_t, next_seq: from_seq, skip, last_sent: None });
         self.pump_replay(now, env);
     }
 
@@ -626,7 +713,8 @@ impl Subscriber {
             }
             examined = Some(entry.seq);
             let skipped =
-                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&entry.seq));
+                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&entry.seq))
+                    || self.snapshot_sent.binary_search(&entry.seq).is_ok();
             if skipped || !self.delivery.wants(entry) {
                 continue;
             }
@@ -650,7 +738,8 @@ impl Subscriber {
             }
             _ => {
                 let to_seq = replay.last_sent.unwrap_or(replay.from_seq.saturating_sub(1));
-                self.outbox.push(Framed::text(&status::resumed(replay.from_seq, to_seq)));
+                let resumed = status::resumed(replay.from_seq, replay.from_t, to_seq);
+                self.outbox.push(Framed::text(&resumed));
                 if let Some(newest) = newest {
                     // Live again from the next batch on: everything up to here was replayed.
                     self.live = Some((self.live.map_or(newest + 1, |(first, _)| first), newest));
@@ -884,6 +973,15 @@ impl Subscriber {
         self.session.identity.as_ref()
     }
 
+    /// Takes up the universes in force (`env.universes`); after a reload that changed them,
+    /// a connection with a universe topic follows: it leaves its group and joins the one of
+    /// its new delivery, at its end, with nothing lost of the symbols it keeps.
+    pub fn handle_universes(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.session.set_universes(env.universes) && self.closing.is_none() {
+            self.regroup(now, env);
+        }
+    }
+
     /// A reload removed the key it authenticated with: an error status, then close 1008
     /// `key revoked`.
     pub fn revoke(&mut self, now: Instant, env: &mut Env<'_>) {
@@ -949,6 +1047,7 @@ mod tests {
         subscriptions: u64,
         now: Instant,
         seq: u64,
+        universes: Arc<Universes>,
     }
 
     /// A client's codec and what it has received.
@@ -1032,6 +1131,7 @@ mod tests {
                 subscriptions: 0,
                 now: Instant::now(),
                 seq: 1,
+                universes: Arc::default(),
             }
         }
 
@@ -1044,6 +1144,7 @@ mod tests {
                 users: &self.users,
                 subscriptions: &mut self.subscriptions,
                 now_s: 1_700_000_000,
+                universes: &self.universes,
             }
         }
 
@@ -1174,6 +1275,122 @@ mod tests {
         assert!(sim.fanout.group(a.membership().unwrap().group).unwrap().stream.is_empty());
         assert_eq!(ca.messages.last(), cb.messages.last(), "the same bytes");
         assert_eq!(ca.seqs(), vec![1, 2, 3], "T only: the A bar is not subscribed");
+    }
+
+    #[test]
+    fn a_snapshot_sends_the_latest_of_each_new_topic_then_live_and_a_resume_skips_it() {
+        let mut sim = Sim::new(|_| {});
+        sim.cycle("AAPL", 3); // T 1..=3, A 4
+        sim.cycle("MSFT", 2); // T 5, 6, A 7
+        sim.cycle("AAPL", 1); // T 8, A 9
+        let (mut sub, mut client) = sim.live(1, "HL.IBM");
+        let subscribe = r#"{"action":"subscribe","params":"A.*,T.AAPL,AM.*","snapshot":true}"#;
+        sim.send(&mut sub, &mut client, subscribe);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [7, 8, 9], "A of MSFT and AAPL, T of AAPL, in seq order");
+        let status = &client.statuses("snapshot")[0];
+        assert_eq!((status["count"].as_u64(), status["to_seq"].as_u64()), (Some(3), Some(9)));
+        let last = client.objects().len();
+        assert_eq!(client.objects()[last - 1]["status"], "snapshot", "the status after them");
+        sim.cycle("MSFT", 1); // T 10 (not wanted), A 11
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [7, 8, 9, 11], "live after to_seq: no gap, no duplicate");
+        // A resume sends what the snapshot and live did not: T 1..=3 and A 4 of AAPL.
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [7, 8, 9, 11, 1, 2, 3, 4]);
+        assert_eq!(client.statuses("resumed").len(), 1);
+        // A topic covered already adds nothing: an empty snapshot.
+        sim.send(&mut sub, &mut client, subscribe);
+        sim.drain(&mut sub, &mut client, None);
+        let statuses = client.statuses("snapshot");
+        assert_eq!(statuses[1]["count"], 0, "{statuses:?}");
+        assert_eq!(sim.counters.snapshot_events.get(), 3);
+    }
+
+    #[test]
+    fn a_resume_by_time_starts_at_the_first_event_at_or_after_it() {
+        let mut sim = Sim::new(|_| {});
+        sim.cycle("AAPL", 3); // test events: `seq` N at N seconds, T 1..=3, A 4
+        sim.cycle("AAPL", 3); // T 5..=7, A 8
+        let (mut sub, mut client) = sim.live(1, "T.AAPL");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_t":4500}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [5, 6, 7], "from 5 s: T 5..=7 (the A bar is not subscribed)");
+        let resumed = &client.statuses("resumed")[0];
+        assert_eq!(resumed["from_seq"], 5);
+        assert_eq!(resumed["from_t"], 4500);
+        assert_eq!(resumed["to_seq"], 7);
+        sim.cycle("AAPL", 1);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [5, 6, 7, 9], "then live");
+        let bad = r#"{"action":"resume","params":{"from_t":"today"}}"#;
+        sim.send(&mut sub, &mut client, bad);
+        sim.drain(&mut sub, &mut client, None);
+        let errors = client.statuses("error");
+        assert!(errors[0]["message"].as_str().unwrap().contains("from_t"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_resume_by_time_before_what_the_history_lost_fails_with_the_oldest_seq() {
+        let mut sim = Sim::new(|s| s.history_max_events = 4);
+        sim.cycle("AAPL", 3);
+        sim.cycle("AAPL", 3); // 1..=4 evicted: 5..=8 retained
+        let (mut sub, mut client) = sim.live(1, "T.AAPL");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_t":1000}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.statuses("resume_failed")[0]["oldest_seq"], 5);
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_t":4001}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [5, 6, 7], "nothing lost was at or after 4.001 s");
+    }
+
+    #[test]
+    fn a_universe_delivers_its_symbols_and_a_reload_moves_live_subscriptions() {
+        let mut sim = Sim::new(|_| {});
+        sim.universes = Arc::new(Universes::parse("PAIR: AAPL,MSFT\n").unwrap());
+        let (mut sub, mut client) = sim.connect(1);
+        let subscribe = r#"{"action":"subscribe","params":"T.@PAIR,T.@NONE,A.IBM"}"#;
+        sim.send(&mut sub, &mut client, subscribe);
+        sim.advance(Duration::from_millis(5));
+        sim.drain(&mut sub, &mut client, None);
+        let errors = client.statuses("error");
+        assert!(errors[0]["message"].as_str().unwrap().contains("unknown universe"));
+        sim.cycle("AAPL", 1); // T 1, A 2
+        sim.cycle("IBM", 1); // T 3, A 4
+        sim.cycle("MSFT", 1); // T 5, A 6
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [1, 4, 5]);
+        // The operator drops MSFT and adds IBM: the subscription follows at once.
+        sim.universes = Arc::new(Universes::parse("PAIR: AAPL,IBM\n").unwrap());
+        let now = sim.now;
+        sub.handle_universes(now, &mut sim.env());
+        sim.cycle("MSFT", 1); // T 7, A 8
+        sim.cycle("IBM", 1); // T 9, A 10
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [1, 4, 5, 9, 10]);
+        let unsubscribe = r#"{"action":"unsubscribe","params":"T.@PAIR"}"#;
+        sim.send(&mut sub, &mut client, unsubscribe);
+        sim.cycle("AAPL", 1); // T 11, A 12
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [1, 4, 5, 9, 10], "unsubscribed");
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_lag_bound_is_refused_and_the_subscription_stands() {
+        let mut sim = Sim::new(|s| s.client_lag_max_bytes = 150);
+        sim.cycle("AAPL", 1);
+        sim.cycle("MSFT", 1);
+        let (mut sub, mut client) = sim.live(1, "HL.IBM");
+        let subscribe = r#"{"action":"subscribe","params":"T.*,A.*","snapshot":true}"#;
+        sim.send(&mut sub, &mut client, subscribe);
+        sim.drain(&mut sub, &mut client, None);
+        let errors = client.statuses("error");
+        assert!(errors[0]["message"].as_str().unwrap().contains("over client_lag_max_bytes"));
+        assert!(client.seqs().is_empty() && client.statuses("snapshot").is_empty());
+        sim.cycle("IBM", 1);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [5, 6], "subscribed all the same");
     }
 
     #[test]
