@@ -10,8 +10,10 @@
 #     small tmpfs to fill a disk);
 #   - prometheus: its promtool checks the /metrics exposition (PROMTOOL may name one);
 #   - python3-venv if needed; then, with pip, a virtualenv in target/test-venv holding the
-#     `websockets` package, the real Python client of the TLS test (TICKSTOCK_TEST_PYTHON
-#     may name another Python that has it).
+#     `websockets` package (the real Python client of the TLS test and of
+#     examples/python_websockets.py) and the official `massive` client
+#     (examples/python_massive.py); TICKSTOCK_TEST_PYTHON may name another Python that has
+#     both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +46,11 @@ fi
 
 if [ -z "${TICKSTOCK_TEST_PYTHON:-}" ]; then
   venv="$PWD/target/test-venv"
-  if ! "$venv/bin/python" -c 'import websockets' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import websockets, massive' >/dev/null 2>&1; then
     have python3 || apt_install python3
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check websockets
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check websockets massive
   fi
   TICKSTOCK_TEST_PYTHON="$venv/bin/python"
   export TICKSTOCK_TEST_PYTHON

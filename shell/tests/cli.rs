@@ -916,3 +916,63 @@ fn a_warm_restart_encodes_only_the_replayed_events_the_resume_history_keeps() {
     signal(&child, "TERM");
     assert!(finish(child).status.success());
 }
+
+/// The test Python (tools/test.sh's virtualenv, or `TICKSTOCK_TEST_PYTHON`), which must have
+/// `module`: a missing one fails with what to do, never skips.
+fn python_with(module: &str) -> String {
+    let python = std::env::var("TICKSTOCK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "{python} has no `{module}` package: run tools/test.sh, which installs it in a \
+         virtualenv (or set TICKSTOCK_TEST_PYTHON)"
+    );
+    python
+}
+
+/// Runs `examples/NAME` with `args` under `python`, with a deadline; its output.
+fn run_example(python: &str, name: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    let mut child = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name} ran past 60 s: {:?}", child.wait_with_output().map(|o| text(&o.stdout)));
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{name} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn the_python_examples_run_against_the_real_server_as_a_user_runs_them() {
+    let websockets = python_with("websockets");
+    let massive = python_with("massive");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tickstock.toml");
+    fs::write(&config, "").unwrap();
+    let (mut child, addr, _log) = serving(&config, &[]);
+    let url = format!("ws://{addr}/stocks");
+    let out = run_example(&websockets, "python_websockets.py", &["--url", &url, "--trades", "200"]);
+    assert!(out.contains("status snapshot"), "the snapshot came first:\n{out}");
+    assert!(out.contains("resumed from"), "and the resume after the reconnect:\n{out}");
+    assert!(out.contains("T  AAPL"), "the busiest synthetic symbol is AAPL:\n{out}");
+    assert!(out.contains("ok: "), "{out}");
+    let out = run_example(&massive, "python_massive.py", &["--server", &addr, "--trades", "50"]);
+    assert!(out.contains("trade AAPL") && out.contains("ok: "), "{out}");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}

@@ -1,7 +1,9 @@
 //! The built-in synthetic market, the default feed: runs with no keys and no network.
 //!
 //! What it generates, all from one seed:
-//! - `symbols` tickers (2-5 letters, unique) whose prices start across a band mix like a real
+//! - `symbols` tickers, unique: the most active 40 named after well-known stocks (`AAPL`,
+//!   `MSFT`, `NVDA`, ... [`FAMILIAR_TICKERS`]), the rest random (1-5 letters), whose prices
+//!   start across a band mix like a real
 //!   listing: 20 % penny stocks ($0.50-5), 30 % small caps ($5-20), 30 % mid ($20-100) and
 //!   20 % large caps ($100-1,000), log-uniform within each band.
 //! - A geometric random walk per symbol: each trade moves the price by `exp(sigma * z)`,
@@ -167,7 +169,36 @@ impl Market {
     }
 }
 
+/// The most active symbols get these well-known names, so that `T.AAPL` delivers out of
+/// the box; prices and activity stay synthetic (the names are borrowed, nothing else).
+pub const FAMILIAR_TICKERS: [&str; 40] = [
+    "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AVGO", "JPM", "V", "LLY", "UNH",
+    "XOM", "MA", "COST", "HD", "PG", "JNJ", "NFLX", "WMT", "BAC", "ABBV", "CRM", "KO", "ORCL",
+    "CVX", "AMD", "MRK", "PEP", "ADBE", "TMO", "CSCO", "ACN", "MCD", "LIN", "ABT", "WFC", "INTC",
+    "QCOM", "DIS",
+];
+
+/// `count` unique tickers: the [`FAMILIAR_TICKERS`] first, then random ones (drawn exactly
+/// as if there were none, so the rest of the market is the same for a seed either way).
 fn unique_tickers(rng: &mut fastrand::Rng, count: usize) -> Vec<String> {
+    let mut tickers = random_tickers(rng, count);
+    let familiar = &FAMILIAR_TICKERS[..count.min(FAMILIAR_TICKERS.len())];
+    let mut displaced: Vec<String> = Vec::with_capacity(familiar.len());
+    for (slot, name) in tickers.iter_mut().zip(familiar) {
+        displaced.push(std::mem::replace(slot, (*name).to_owned()));
+    }
+    // A random name further on that is now familiar takes a displaced one instead (those
+    // are unique, and none of them is further on).
+    let mut spare = displaced.into_iter().filter(|t| !familiar.contains(&t.as_str()));
+    for ticker in tickers.iter_mut().skip(familiar.len()) {
+        if familiar.contains(&ticker.as_str()) {
+            *ticker = spare.next().expect("as many displaced names as familiar ones");
+        }
+    }
+    tickers
+}
+
+fn random_tickers(rng: &mut fastrand::Rng, count: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::with_capacity(count);
     let mut tickers = Vec::with_capacity(count);
     while tickers.len() < count {
@@ -332,6 +363,20 @@ mod tests {
         }
         let mut c = Market::new(&settings(4));
         assert_ne!(a.next_trade(), c.next_trade());
+    }
+
+    #[test]
+    fn the_most_active_names_are_familiar_and_every_name_is_unique() {
+        for (seed, symbols) in [(1, 3), (7, 40), (2, 500), (9, 20_000)] {
+            let settings = SyntheticSettings { symbols, ..settings(seed) };
+            let tickers = Market::new(&settings).tickers().to_vec();
+            assert_eq!(tickers.len(), symbols as usize);
+            let familiar = FAMILIAR_TICKERS.len().min(symbols as usize);
+            assert_eq!(tickers[..familiar], FAMILIAR_TICKERS[..familiar]);
+            let unique: std::collections::HashSet<&String> = tickers.iter().collect();
+            assert_eq!(unique.len(), tickers.len(), "seed {seed}");
+            assert!(tickers.iter().all(|t| tickstock_engine::Ticker::new(t).is_ok()));
+        }
     }
 
     #[test]

@@ -1300,11 +1300,19 @@ mod tests {
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs(), [7, 8, 9, 11, 1, 2, 3, 4]);
         assert_eq!(client.statuses("resumed").len(), 1);
+        // A symbol with no event yet: nothing for it, and its first event comes live.
+        let ibm = r#"{"action":"subscribe","params":"T.IBM","snapshot":true}"#;
+        sim.send(&mut sub, &mut client, ibm);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.statuses("snapshot")[1]["count"], 0);
+        sim.cycle("IBM", 1); // T 12, A 13
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [7, 8, 9, 11, 1, 2, 3, 4, 12, 13]);
         // A topic covered already adds nothing: an empty snapshot.
         sim.send(&mut sub, &mut client, subscribe);
         sim.drain(&mut sub, &mut client, None);
         let statuses = client.statuses("snapshot");
-        assert_eq!(statuses[1]["count"], 0, "{statuses:?}");
+        assert_eq!(statuses[2]["count"], 0, "{statuses:?}");
         assert_eq!(sim.counters.snapshot_events.get(), 3);
     }
 
@@ -1324,6 +1332,17 @@ mod tests {
         sim.cycle("AAPL", 1);
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs(), [5, 6, 7, 9], "then live");
+        // A time after now replays nothing and goes on live.
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_t":99000}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        let resumed = &client.statuses("resumed")[1];
+        assert_eq!(
+            (resumed["from_seq"].as_u64(), resumed["to_seq"].as_u64()),
+            (Some(11), Some(10))
+        );
+        sim.cycle("AAPL", 1);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), [5, 6, 7, 9, 11]);
         let bad = r#"{"action":"resume","params":{"from_t":"today"}}"#;
         sim.send(&mut sub, &mut client, bad);
         sim.drain(&mut sub, &mut client, None);
