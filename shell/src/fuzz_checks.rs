@@ -11,6 +11,7 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use crate::config::{ServerSettings, Settings};
 use crate::server::auth::Authenticator;
+use crate::server::deflate;
 use crate::server::fanout::Fanout;
 use crate::server::framing::Slices;
 use crate::server::history::History;
@@ -54,7 +55,8 @@ pub fn http_request(data: &[u8]) {
             assert!(len <= data.len(), "a head of {len} bytes in {} bytes", data.len());
             let _ = http::route(&request);
             if let Some(key) = &request.websocket_key {
-                let response = http::upgrade_response(key);
+                let deflate = request.extensions.as_deref().is_some_and(deflate::accepts);
+                let response = http::upgrade_response(key, deflate);
                 assert!(response.starts_with(b"HTTP/1.1 101"));
             }
         }
@@ -220,4 +222,28 @@ pub fn settings_toml(data: &[u8]) {
     let again = Settings::parse(&printed).expect("printed settings parse");
     assert_eq!(again, settings, "settings survive a print and a parse");
     let _ = settings.validated();
+}
+
+/// The permessage-deflate inflater in front of tungstenite: client bytes in pieces (the first
+/// byte of each says its length). Nothing panics; every error is one of the two close
+/// reasons; each inflated message it hands on is within the limit; and tungstenite, reading
+/// what it hands on, never sees a frame with RSV1 set that it would not have seen anyway.
+pub fn inflate(data: &[u8]) {
+    const LIMIT: usize = 64 * 1024;
+    let mut inflater = deflate::Inflater::new(LIMIT);
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (piece, after) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = after;
+        let before = out.len();
+        match inflater.handle_read(piece, &mut out) {
+            Ok(()) => assert!(out.len() - before <= piece.len() + LIMIT + 14, "bounded output"),
+            Err(deflate::InflateError::TooBig | deflate::InflateError::Protocol) => return,
+        }
+    }
+    let mut server = WebSocketContext::new(Role::Server, None);
+    let mut written = Vec::new();
+    let mut pipe = Pipe { input: &out, output: &mut written };
+    while server.read(&mut pipe).is_ok() {}
 }

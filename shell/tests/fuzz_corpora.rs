@@ -52,6 +52,11 @@ fn ws_frames() {
 }
 
 #[test]
+fn inflate() {
+    replay("inflate", fuzz_checks::inflate);
+}
+
+#[test]
 fn csv_import() {
     replay("csv_import", fuzz_checks::csv_import);
 }

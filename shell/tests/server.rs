@@ -1297,6 +1297,52 @@ asyncio.run(asyncio.wait_for(main(int(sys.argv[1]), sys.argv[2]), 20))
 }
 
 #[test]
+fn permessage_deflate_with_a_real_client_and_a_deflate_bomb_gets_1009() {
+    let python = python_with_websockets();
+    let server = start(|_| {});
+    // `websockets` offers permessage-deflate by default and compresses what it sends.
+    let script = r#"
+import asyncio, json, sys
+import websockets
+
+async def main(port):
+    async with websockets.connect(f"ws://127.0.0.1:{port}/stocks") as ws:
+        names = [type(e).__name__ for e in ws.protocol.extensions]
+        assert any("Deflate" in n for n in names), names
+        assert json.loads(await ws.recv())[0]["status"] == "connected"
+        await ws.send(json.dumps({"action": "auth", "params": "k-all"}))
+        assert json.loads(await ws.recv())[0]["status"] == "auth_success"
+        await ws.send(json.dumps({"action": "subscribe", "params": "T.*"}))
+        trades = 0
+        while trades < 200:
+            trades += sum(1 for e in json.loads(await ws.recv()) if e.get("ev") == "T")
+        print("trades", trades, "extensions", names)
+        # 10 MB of one character: about 10 KB compressed, far over the 64 KiB limit inflated.
+        await ws.send(json.dumps({"action": "subscribe", "params": "T" * 10_000_000}))
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            print("closed", closed.rcvd.code if closed.rcvd else None)
+
+asyncio.run(asyncio.wait_for(main(int(sys.argv[1])), 30))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script, &server.addr.port().to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("trades"), "compressed stream read: {stdout}{stderr}");
+    assert!(stdout.contains("closed 1009"), "the bomb: {stdout}{stderr}");
+    // The server is fine: another client streams.
+    let mut client = authed(server.addr, "k-all");
+    client.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    assert_eq!(next_json(&mut client)[0]["status"], "success");
+}
+
+#[test]
 fn conformance_mode_echoes_on_echo_and_is_off_by_default() {
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let plain = start(|_| {});

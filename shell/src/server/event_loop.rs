@@ -23,6 +23,7 @@ use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
 use super::auth::{Authenticator, Credentials};
+use super::deflate;
 use super::fanout::Fanout;
 use super::framing::Slices;
 use super::history::History;
@@ -34,7 +35,7 @@ use super::subscriber::{Env, Subscriber, Users};
 use super::transport::Transport;
 use super::universes::{UniverseFile, Universes};
 use crate::clock::Clock;
-use crate::config::ServerSettings;
+use crate::config::{CompressionMode, ServerSettings};
 use crate::emitter::FrameBatch;
 use crate::tracer::LocalHistogram;
 
@@ -235,7 +236,8 @@ impl EventLoop {
             connections: Slab::new(),
             ready: VecDeque::new(),
             batches: parts.batches,
-            fanout: Fanout::new(settings.frame_bytes_max as usize, history),
+            fanout: Fanout::new(settings.frame_bytes_max as usize, history)
+                .with_compression_min_bytes(settings.compression_min_bytes as usize),
             linger: Linger::new(now, settings.client_linger_us, settings.client_writes_per_sec_max),
             ws_config,
             subscriptions: 0,
@@ -595,11 +597,19 @@ impl EventLoop {
         };
         let accept_key = request.websocket_key.as_deref().unwrap_or_default();
         let leftover = buf[len..].to_vec();
-        let upgrade = http::upgrade_response(accept_key);
         let settings = &self.shared.settings;
+        let deflate = settings.compression == CompressionMode::Deflate
+            && request.extensions.as_deref().is_some_and(deflate::accepts);
+        let upgrade = http::upgrade_response(accept_key, deflate);
         let peer = stream.tcp().peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        let subscriber =
-            Subscriber::new(now, key, peer, settings, self.ws_config, leftover.clone(), upgrade);
+        // With deflate, even the bytes that came with the head go through the inflater.
+        let handed = if deflate { Vec::new() } else { leftover.clone() };
+        let mut subscriber =
+            Subscriber::new(now, key, peer, settings, self.ws_config, handed, upgrade);
+        if deflate {
+            subscriber.enable_deflate(settings.client_message_bytes_max as usize);
+        }
+        let early: &[u8] = if deflate { &leftover } else { &[] };
         *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
         self.ws_here += 1;
         self.counters().upgrades.add(1);
@@ -614,13 +624,13 @@ impl EventLoop {
         } else if echo {
             subscriber.echo();
             if !leftover.is_empty() {
-                subscriber.handle_read(now, &[], &mut env);
+                subscriber.handle_read(now, early, &mut env);
             }
         } else {
             subscriber.start(now, request.bearer.as_deref(), &mut env);
             if !leftover.is_empty() {
                 // Bytes that came with the request head: the first client frames.
-                subscriber.handle_read(now, &[], &mut env);
+                subscriber.handle_read(now, early, &mut env);
             }
         }
         self.after_handle(key, now);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::deflate::Compressor;
 use super::group::Group;
 use super::history::History;
 use super::session::Delivery;
@@ -37,6 +38,8 @@ pub struct Fanout {
     pub history: History,
     /// What a `subscribe` with `snapshot` starts from.
     pub latest: SnapshotTable,
+    /// Deflates the messages of compressed groups.
+    compressor: Compressor,
     /// Groups touched by the batch being routed.
     touched: Vec<usize>,
     /// Groups holding messages not yet released.
@@ -58,12 +61,20 @@ impl Fanout {
             index: TopicIndex::default(),
             history,
             latest: SnapshotTable::default(),
+            compressor: Compressor::default(),
             touched: Vec::new(),
             held: Vec::new(),
             grown: Vec::new(),
             frame_bytes_max,
             group_events: 0,
         }
+    }
+
+    /// Compresses messages of `min_bytes` and more for compressed groups
+    /// (`server.compression_min_bytes`).
+    pub fn with_compression_min_bytes(mut self, min_bytes: usize) -> Fanout {
+        self.compressor = Compressor::new(flate2::Compression::fast(), min_bytes);
+        self
     }
 
     /// The largest message payload.
@@ -128,7 +139,7 @@ impl Fanout {
                 if !group.accepts(frame) {
                     continue;
                 }
-                group.append(frame, batch.json(frame), now);
+                group.append(frame, batch.json(frame), now, &mut self.compressor);
                 self.group_events += 1;
                 if !group.touched {
                     group.touched = true;
@@ -139,7 +150,7 @@ impl Fanout {
         for id in self.touched.drain(..) {
             let group = &mut self.groups[id];
             group.touched = false;
-            group.close_cycle(now);
+            group.close_cycle(now, &mut self.compressor);
             if !group.grown {
                 group.grown = true;
                 self.grown.push(id);

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use super::deflate::Compressor;
+
 /// The longest unmasked frame header: 2 bytes, and 8 of extended length.
 const HEADER_BYTES_MAX: usize = 10;
 /// Room reserved for a new array's first events, in bytes (it grows past this as needed): a
@@ -71,8 +73,31 @@ impl Framed {
     }
 
     fn frame(buf: &mut [u8], opcode: Data, events: u32, seqs: (u64, u64), recv_ns: u64) -> Framed {
+        Framed::frame_rsv1(buf, opcode, false, events, seqs, recv_ns)
+    }
+
+    /// This text message compressed (RFC 7692): the payload deflated as a message of its
+    /// own, RSV1 set; the same events, `seq`s and latency start.
+    pub fn deflated(&self, compressor: &mut Compressor) -> Framed {
+        let payload = self.payload();
+        let mut buf = Vec::with_capacity(HEADER_BYTES_MAX + payload.len() / 2 + 64);
+        buf.resize(HEADER_BYTES_MAX, 0);
+        compressor.deflate(payload, &mut buf);
+        let framed =
+            Framed::frame_rsv1(&mut buf, Data::Text, true, self.events, self.seqs, self.recv_ns);
+        Framed { pinned: self.pinned, ..framed }
+    }
+
+    fn frame_rsv1(
+        buf: &mut [u8],
+        opcode: Data,
+        rsv1: bool,
+        events: u32,
+        seqs: (u64, u64),
+        recv_ns: u64,
+    ) -> Framed {
         let payload = (buf.len() - HEADER_BYTES_MAX) as u64;
-        let header = FrameHeader { opcode: OpCode::Data(opcode), ..FrameHeader::default() };
+        let header = FrameHeader { opcode: OpCode::Data(opcode), rsv1, ..FrameHeader::default() };
         let header_len = header.len(payload);
         let start = HEADER_BYTES_MAX - header_len;
         let mut slot = &mut buf[start..HEADER_BYTES_MAX];

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tickstock_engine::{Channel, Ticker};
 
+use super::deflate::Compressor;
 use super::framing::{ArrayBuilder, Framed, Slices};
 use super::session::Delivery;
 use crate::emitter::Frame;
@@ -359,8 +360,15 @@ impl Group {
             )
     }
 
-    /// Appends one event for this cycle.
-    pub fn append(&mut self, frame: &Frame, json: &[u8], now: Instant) {
+    /// Appends one event for this cycle (a compressed group's messages are deflated by
+    /// `compressor`, once for every member).
+    pub fn append(
+        &mut self,
+        frame: &Frame,
+        json: &[u8],
+        now: Instant,
+        compressor: &mut Compressor,
+    ) {
         if self.conflating > 0 {
             for (_, member) in &mut self.members {
                 if let Position::Conflating(conflation) = &mut member.position {
@@ -374,18 +382,20 @@ impl Group {
         let full = self.builder.push(json, frame.seq);
         self.builder.note_recv(frame.recv_ns);
         if let Some(full) = full {
-            self.push(full, now);
+            self.push(full, now, compressor);
         }
     }
 
     /// Frames what this cycle appended and pushes it onto the stream.
-    pub fn close_cycle(&mut self, now: Instant) {
+    pub fn close_cycle(&mut self, now: Instant, compressor: &mut Compressor) {
         if let Some(framed) = self.builder.finish() {
-            self.push(framed, now);
+            self.push(framed, now, compressor);
         }
     }
 
-    fn push(&mut self, framed: Framed, now: Instant) {
+    fn push(&mut self, framed: Framed, now: Instant, compressor: &mut Compressor) {
+        let compress = self.delivery.deflate && compressor.wants(framed.payload().len());
+        let framed = if compress { framed.deflated(compressor) } else { framed };
         let len = framed.len();
         self.stream.push(framed, now, self.streaming);
         let (since, bytes) = self.held.unwrap_or((now, 0));
@@ -533,13 +543,41 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_group_deflates_its_messages_once_and_leaves_small_ones_alone() {
+        let now = Instant::now();
+        let delivery = Delivery { deflate: true, ..Delivery::default() };
+        let mut group = Group::new(delivery, 1 << 20);
+        let member = group.join(10);
+        let mut compressor = Compressor::default();
+        let (big, small) = (framed(20, 80), framed(1, 80));
+        let (big_len, small_len) = (big.len(), small.len());
+        group.push(big, now, &mut compressor);
+        group.push(small, now, &mut compressor);
+        group.release();
+        let mut slices = Slices::new();
+        group.stream.slices(0, 0, &mut slices);
+        let wire: Vec<u8> = slices.as_slices().iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(wire[0], 0xc1, "FIN, RSV1 and text: compressed");
+        let compressed_len = wire.len() - small_len;
+        assert!(compressed_len < big_len / 4, "{compressed_len} of {big_len} bytes");
+        assert_eq!(wire[compressed_len], 0x81, "the small one as it was");
+        let payload = &wire[2..compressed_len];
+        let mut inflate = flate2::Decompress::new(false);
+        let mut out = Vec::with_capacity(1 << 16);
+        let tail = [payload, &[0, 0, 0xff, 0xff]].concat();
+        inflate.decompress_vec(&tail, &mut out, flate2::FlushDecompress::Sync).unwrap();
+        assert_eq!(out, framed(20, 80).payload(), "inflates to the array");
+        assert_eq!(group.advance(member, wire.len(), |_| {}), 0);
+    }
+
+    #[test]
     fn a_message_is_freed_when_its_last_reader_has_written_it() {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let (a, b) = (group.join(10), group.join(11));
         let message = framed(3, 100);
         let len = message.len();
-        group.push(message, now);
+        group.push(message, now, &mut Compressor::default());
         group.release();
         assert_eq!(group.stream.len(), 1);
         let mut done = 0;
@@ -561,9 +599,9 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let a = group.join(1);
-        group.push(framed(1, 10), now);
+        group.push(framed(1, 10), now, &mut Compressor::default());
         let b = group.join(2);
-        group.push(framed(1, 10), now);
+        group.push(framed(1, 10), now, &mut Compressor::default());
         group.release();
         let first = group.stream.entries[0].framed.len();
         group.advance(a, first, |_| {});
@@ -580,7 +618,7 @@ mod tests {
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let (fast, slow) = (group.join(1), group.join(2));
         for _ in 0..10 {
-            group.push(framed(2, 100), now);
+            group.push(framed(2, 100), now, &mut Compressor::default());
         }
         group.release();
         let one = group.stream.entries[0].framed.len();
@@ -604,7 +642,7 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let member = group.join(1);
-        group.push(framed(1, 10), now);
+        group.push(framed(1, 10), now, &mut Compressor::default());
         group.release();
         assert!(group
             .overtake(now + Duration::from_millis(10), 1 << 20, Duration::from_secs(1))
@@ -622,7 +660,7 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let member = group.join(1);
-        group.push(framed(1, 10), now);
+        group.push(framed(1, 10), now, &mut Compressor::default());
         let linger = Duration::from_millis(5);
         assert_eq!(group.release_due(linger, 1 << 20), Some(now + linger));
         assert!(!group.has_released(member), "held");

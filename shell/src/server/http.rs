@@ -21,6 +21,8 @@ pub struct Request {
     pub websocket_key: Option<String>,
     /// The token of `Authorization: Bearer <token>`.
     pub bearer: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` value, comma-joined (the offers).
+    pub extensions: Option<String>,
 }
 
 /// Parsing progress.
@@ -63,6 +65,13 @@ pub fn parse(buf: &[u8]) -> Parse {
             let bearer = header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(|token| token.trim().to_owned());
+            let offers: Vec<&str> = request
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok())
+                .collect();
+            let extensions = (!offers.is_empty()).then(|| offers.join(", "));
             Parse::Complete(
                 Request {
                     method: request.method.unwrap_or("").to_owned(),
@@ -71,6 +80,7 @@ pub fn parse(buf: &[u8]) -> Parse {
                     upgrade,
                     websocket_key: header("sec-websocket-key").map(str::to_owned),
                     bearer,
+                    extensions,
                 },
                 len,
             )
@@ -134,10 +144,16 @@ pub fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The `101 Switching Protocols` answer to a WebSocket upgrade.
-pub fn upgrade_response(websocket_key: &str) -> Vec<u8> {
+/// The `101 Switching Protocols` answer to a WebSocket upgrade, accepting
+/// permessage-deflate when `deflate`.
+pub fn upgrade_response(websocket_key: &str, deflate: bool) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(websocket_key.as_bytes());
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+    let extension = if deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", super::deflate::RESPONSE)
+    } else {
+        String::new()
+    };
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extension}\r\n")
         .into_bytes()
 }
 
@@ -190,7 +206,18 @@ mod tests {
 
     #[test]
     fn upgrade_accept_key_is_rfc6455() {
-        let response = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let response =
+            String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", false)).unwrap();
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(!response.contains("Extensions"));
+        let response =
+            String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", true)).unwrap();
+        assert!(response.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n"
+        ));
+        let offered = request(&format!(
+            "GET /stocks HTTP/1.1\r\n{UPGRADE}Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        ));
+        assert_eq!(offered.extensions.as_deref(), Some("x-foo, permessage-deflate"));
     }
 }

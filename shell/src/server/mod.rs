@@ -17,6 +17,7 @@
 //! and what it loses is counted. See [`group`] and [`sink`] for the two bounded queues.
 
 pub mod auth;
+pub mod deflate;
 pub mod event_loop;
 pub mod fanout;
 pub mod framing;

@@ -96,6 +96,8 @@ pub struct Delivery {
     /// The symbols a `*` topic is limited to; `None` when every symbol is entitled or no
     /// channel has a `*` topic.
     pub entitled: Option<BTreeSet<Ticker>>,
+    /// The connection negotiated permessage-deflate: its group's messages are compressed.
+    pub deflate: bool,
 }
 
 impl Delivery {
@@ -214,6 +216,8 @@ pub struct Session {
     subscriptions_max: usize,
     /// The universes `@NAME` topics name (the loop's current ones, set by its Subscriber).
     universes: Arc<Universes>,
+    /// The connection negotiated permessage-deflate (its deliveries say so).
+    deflate: bool,
     /// Token bucket of client messages: tokens left and when it was last refilled.
     bucket: (f64, Instant),
     rate_per_sec: f64,
@@ -253,6 +257,7 @@ impl Session {
             errors_max: limits.errors_max,
             subscriptions_max: limits.subscriptions_max as usize,
             universes: Arc::default(),
+            deflate: false,
             bucket: (rate_per_sec, now),
             rate_per_sec,
         }
@@ -271,6 +276,11 @@ impl Session {
             self.bucket = (tokens, now);
             Err(self.client_error("rate limit exceeded: too many messages per second"))
         }
+    }
+
+    /// The connection negotiated permessage-deflate: what it receives live is compressed.
+    pub fn set_deflate(&mut self, deflate: bool) {
+        self.deflate = deflate;
     }
 
     /// Takes up the universes now in force; true when that changes what this connection
@@ -508,7 +518,8 @@ impl Session {
     /// its topics narrowed to its entitlement, its filter, and the entitlement `*` topics
     /// need. Empty until authenticated.
     pub fn delivery(&self, shed: usize) -> Delivery {
-        let mut delivery = Delivery { filter: self.filter.clone(), ..Delivery::default() };
+        let mut delivery =
+            Delivery { filter: self.filter.clone(), deflate: self.deflate, ..Delivery::default() };
         let Some(identity) = self.identity.as_ref().filter(|_| self.phase == Phase::Active) else {
             return delivery;
         };

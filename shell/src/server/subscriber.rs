@@ -31,6 +31,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::Message;
 
 use super::auth::Authenticator;
+use super::deflate::{InflateError, Inflater};
 use super::fanout::{Fanout, Membership};
 use super::framing::{ArrayBuilder, Framed, Outbox, Slices};
 use super::group::Overtaken;
@@ -219,6 +220,9 @@ pub struct Subscriber {
     closed_by_server: Option<CloseReason>,
     /// Conformance mode: every message goes back as it came (`server.conformance_echo`).
     echo: bool,
+    /// permessage-deflate was negotiated: compressed client messages are inflated here,
+    /// before tungstenite reads them.
+    inflater: Option<Inflater>,
 }
 
 impl Subscriber {
@@ -268,7 +272,15 @@ impl Subscriber {
             sent: (0, 0),
             closed_by_server: None,
             echo: false,
+            inflater: None,
         }
+    }
+
+    /// The upgrade accepted permessage-deflate: client messages may come compressed (at most
+    /// `limit` bytes inflated) and what it receives live comes compressed.
+    pub fn enable_deflate(&mut self, limit: usize) {
+        self.inflater = Some(Inflater::new(limit));
+        self.session.set_deflate(true);
     }
 
     /// Its group and member id, while it reads a group's stream.
@@ -332,6 +344,25 @@ impl Subscriber {
             return;
         }
         self.handle_universes(now, env);
+        let inflated;
+        let bytes = match self.inflater.as_mut() {
+            None => bytes,
+            Some(inflater) => {
+                let mut out = Vec::with_capacity(bytes.len());
+                if let Err(error) = inflater.handle_read(bytes, &mut out) {
+                    self.input_failed = true;
+                    let reason = match error {
+                        InflateError::TooBig => CloseReason::TooBig,
+                        InflateError::Protocol => CloseReason::Protocol,
+                    };
+                    env.counters.protocol_closes.add(1);
+                    self.close(now, reason, env);
+                    return;
+                }
+                inflated = out;
+                &inflated[..]
+            }
+        };
         let mut control = Vec::new();
         let mut messages = Vec::new();
         let mut failure = None;
