@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite against `tickstock serve` in conformance mode (`server.conformance_echo`:
 # `/echo` sends every message back, no auth, no session; docs/conformance.md). Runs the
-# fuzzingclient over the sections given (default: 1-7, 9, 10), writes the HTML/JSON reports
+# fuzzingclient over the sections given (default: 1-7, 9, 10, and 12-13 for
+# permessage-deflate), writes the HTML/JSON reports
 # to target/autobahn/reports and prints the summary that docs/conformance.md keeps.
 #
 #   tools/autobahn.sh [CASES...]      e.g. tools/autobahn.sh '1.*' '2.*'
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=('1.*' '2.*' '3.*' '4.*' '5.*' '6.*' '7.*' '9.*' '10.*')
+[ ${#cases[@]} -eq 0 ] && cases=('1.*' '2.*' '3.*' '4.*' '5.*' '6.*' '7.*' '9.*' '10.*' '12.*' '13.*')
 
 venv=$root/target/autobahn-venv
 if [ ! -x "$venv/bin/wstest" ]; then

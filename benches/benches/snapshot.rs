@@ -125,6 +125,7 @@ fn snapshot(c: &mut Criterion) {
                 subscriptions: &mut subscriptions,
                 now_s: 1_700_000_000,
                 universes: &universes,
+                event_log: None,
             }
         };
     }

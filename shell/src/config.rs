@@ -171,6 +171,22 @@ pub struct ServerSettings {
     pub history_max_events: u32,
     /// Bytes of JSON retained for `resume`. Default: 256 MiB.
     pub history_max_bytes: u64,
+    /// The event log: every emitted event on disk in this directory, so that a `resume`
+    /// older than the memory history is served from it. Default: none (off).
+    pub event_log_dir: Option<PathBuf>,
+    /// An event log segment is closed and a new one started past this size. Default: 256 MiB.
+    pub event_log_segment_bytes_max: u64,
+    /// The emitter → event log writer ring, in bytes; a batch that does not fit is not
+    /// logged (counted, and a resume across the hole is refused). Default: 64 MiB.
+    pub event_log_ring_bytes: u32,
+    /// Event log segments older than this are deleted. Default: 1 day.
+    pub event_log_retain_days: u32,
+    /// The event log is fsynced this often (it is handed to the kernel every 10 ms).
+    /// Default: 1,000 ms.
+    pub event_log_fsync_interval_ms: u32,
+    /// A resume from the event log reads at most this much per turn of the event loop.
+    /// Default: 256 KiB.
+    pub event_log_read_slice_bytes: u32,
     /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
     pub pong_timeout_ms: u32,
     /// Conformance mode, for WebSocket test suites (`tools/autobahn.sh`), never for clients:
@@ -218,6 +234,12 @@ impl Default for ServerSettings {
             ping_interval_ms: 15_000,
             history_max_events: 1_000_000,
             history_max_bytes: 256 << 20,
+            event_log_dir: None,
+            event_log_segment_bytes_max: 256 << 20,
+            event_log_ring_bytes: 64 << 20,
+            event_log_retain_days: 1,
+            event_log_fsync_interval_ms: 1_000,
+            event_log_read_slice_bytes: 256 << 10,
             pong_timeout_ms: 30_000,
         }
     }
@@ -554,6 +576,7 @@ const OPTIONAL: &[(&str, &str, &str)] = &[
     ("upstream", "ca_file = \"/etc/tickstock/upstream-ca.pem\"", "extra CA certificates (PEM) to trust for a private upstream"),
     ("server", "api_keys_file = \"/etc/tickstock/api_keys\"", "API keys, one per line: KEY [user=ID] [symbols=AAPL,MSFT]; without keys or JWTs any token is accepted, on loopback only"),
     ("server", "universes_file = \"/etc/tickstock/universes\"", "named universes for CHANNEL.@NAME topics, one per line: NAME: SYM,SYM,...; reloaded on SIGHUP"),
+    ("server", "event_log_dir = \"/var/lib/tickstock/events\"", "keep every emitted event on disk here, so a resume older than the memory history is served from it"),
     ("server", "jwt_algorithm = \"HS256\"", "accept JWTs: HS256 (secret in the variable named by jwt_secret_env), RS256 or ES256 (jwt_public_key_file)"),
     ("server", "jwt_public_key_file = \"/etc/tickstock/jwt.pem\"", "PEM public key for RS256 or ES256 JWTs"),
     ("server", "tls_cert_file = \"/etc/tickstock/cert.pem\"", "serve wss:// and https:// on the port: the certificate chain (PEM), reloaded on SIGHUP"),
@@ -749,6 +772,26 @@ impl Settings {
         within("server.pong_timeout_ms", v.pong_timeout_ms.into(), 10, 3_600_000)?;
         within("server.history_max_events", v.history_max_events.into(), 1, 100_000_000)?;
         within("server.history_max_bytes", v.history_max_bytes, 4_096, 1 << 36)?;
+        within(
+            "server.event_log_segment_bytes_max",
+            v.event_log_segment_bytes_max,
+            4_096,
+            1 << 40,
+        )?;
+        within("server.event_log_ring_bytes", v.event_log_ring_bytes.into(), 1 << 16, 1 << 31)?;
+        within("server.event_log_retain_days", v.event_log_retain_days.into(), 1, 3_650)?;
+        within(
+            "server.event_log_fsync_interval_ms",
+            v.event_log_fsync_interval_ms.into(),
+            1,
+            3_600_000,
+        )?;
+        within(
+            "server.event_log_read_slice_bytes",
+            v.event_log_read_slice_bytes.into(),
+            4_096,
+            1 << 30,
+        )?;
         if v.tls_cert_file.is_some() != v.tls_key_file.is_some() {
             return Err(SettingsError::Invalid(
                 "server.tls_cert_file and server.tls_key_file go together: set both or neither"

@@ -112,6 +112,7 @@ pub fn ws_frames(data: &[u8]) {
                 subscriptions: &mut subscriptions,
                 now_s: 1_700_000_000,
                 universes: &universes,
+                event_log: None,
             }
         };
     }

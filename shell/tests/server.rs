@@ -487,6 +487,90 @@ fn universes_are_listed_subscribed_and_followed_across_a_reload() {
 }
 
 #[test]
+fn a_resume_older_than_the_history_crosses_from_the_event_log_to_memory_to_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("events");
+    let server = start(|settings| {
+        settings.server.event_log_dir = Some(log_dir.clone());
+        // A small memory history: within a second the resume must come from disk.
+        settings.server.history_max_events = 2_000;
+    });
+    // The `T` seqs of whole messages, until one holds an event `until` stops at.
+    let trades = |client: &mut Client, until: &mut dyn FnMut(&serde_json::Value) -> bool| {
+        let mut seqs = Vec::new();
+        loop {
+            let mut stop = false;
+            for event in next_json(client).as_array().unwrap() {
+                if event["ev"] == "T" {
+                    seqs.push(event["seq"].as_u64().unwrap());
+                }
+                stop |= until(event);
+            }
+            if stop {
+                return seqs;
+            }
+        }
+    };
+    // A bystander on `T.*` all along: the truth.
+    let mut all = authed(server.addr, "k-all");
+    all.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let mut away = authed(server.addr, "k-all");
+    away.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let mut count = 0;
+    let before = trades(&mut away, &mut |e| {
+        count += usize::from(e["ev"] == "T");
+        count >= 500
+    });
+    let last_seen = *before.last().unwrap();
+    drop(away);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut back = authed(server.addr, "k-all");
+    back.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let resume = format!(r#"{{"action":"resume","params":{{"from_seq":{}}}}}"#, last_seen + 1);
+    back.send(Message::text(resume)).unwrap();
+    let mut resumed = None;
+    let replayed = trades(&mut back, &mut |e| {
+        if e["status"] == "resumed" || e["status"] == "resume_failed" {
+            resumed = Some(e.clone());
+        }
+        resumed.is_some()
+    });
+    let resumed = resumed.unwrap();
+    assert_eq!(resumed["status"], "resumed", "{resumed}");
+    let mut live_count = 0;
+    let live = trades(&mut back, &mut |e| {
+        live_count += usize::from(e["ev"] == "T");
+        live_count >= 300
+    });
+    let got: Vec<u64> = replayed.iter().chain(&live).copied().collect();
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "strict seq order, no duplicate");
+    assert!(got[0] > last_seen);
+    // The bystander saw every trade: the resumed client has exactly those after last_seen.
+    let end = *got.last().unwrap();
+    let mut truth = Vec::new();
+    while truth.last().is_none_or(|&s| s < end) {
+        truth.extend(trades(&mut all, &mut |_| true));
+    }
+    let truth: Vec<u64> = truth.into_iter().filter(|&s| s > last_seen && s <= end).collect();
+    assert_eq!(got, truth, "no gap across disk, memory and live");
+    assert!(replayed.len() > 4_000, "most of it came from disk: {} replayed", replayed.len());
+    // Older than the log itself: refused with the oldest it has.
+    let mut old = authed(server.addr, "k-all");
+    old.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    old.send(Message::text(r#"{"action":"resume","params":{"from_seq":0}}"#)).unwrap();
+    let mut failed = None;
+    trades(&mut old, &mut |e| {
+        if e["status"] == "resume_failed" {
+            failed = Some(e["oldest_seq"].as_u64());
+        }
+        failed.is_some()
+    });
+    assert_eq!(failed, Some(Some(1)));
+    let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(sample(&metrics, "tickstock_event_log_events_total{outcome=\"written\"}") > 5_000.0);
+}
+
+#[test]
 fn bad_tokens_missing_auth_and_early_actions_close_with_1008() {
     let server = start(|s| s.server.auth_timeout_ms = 300);
     let mut client = connect(server.addr, None);

@@ -543,7 +543,7 @@ fn health_and_metrics_show_the_breaker_and_why_it_opened() {
     assert_eq!(value["status"], "unhealthy");
     assert_eq!(value["feed"]["breaker"], "open");
     assert!(value["feed"]["last_failure"].as_str().unwrap().contains("auth_failed"));
-    let text = metrics::prometheus(&observed, &counters, Some(&run.status));
+    let text = metrics::prometheus(&observed, &counters, Some(&run.status), None);
     assert!(text.contains("tickstock_upstream_breaker{state=\"open\"} 1"), "{text}");
     assert!(text.contains("tickstock_upstream_failures_total{kind=\"auth_failed\"}"));
 }

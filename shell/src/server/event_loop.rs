@@ -24,6 +24,7 @@ use tungstenite::protocol::WebSocketConfig;
 
 use super::auth::{Authenticator, Credentials};
 use super::deflate;
+use super::event_log::{EventLogCounters, EventLogReader};
 use super::fanout::Fanout;
 use super::framing::Slices;
 use super::history::History;
@@ -80,6 +81,8 @@ pub struct Shared {
     pub credentials: Arc<Credentials>,
     /// The universes, swapped on reload.
     pub universes: Arc<UniverseFile>,
+    /// The event log's reader and counters, when there is one.
+    pub event_log: Option<(EventLogReader, Arc<EventLogCounters>)>,
     /// The settings.
     pub settings: ServerSettings,
     /// What `/health` and `/metrics` report on.
@@ -189,6 +192,7 @@ macro_rules! env {
             subscriptions: &mut $self.subscriptions,
             now_s: $self.now_s,
             universes: &$self.universes,
+            event_log: $self.shared.event_log.as_ref().map(|(reader, _)| reader),
         }
     };
 }
@@ -526,6 +530,7 @@ impl EventLoop {
                     &self.shared.reporting.observed,
                     &self.shared.stats,
                     self.shared.reporting.upstream.as_deref(),
+                    self.shared.event_log.as_ref().map(|(_, counters)| counters.as_ref()),
                 );
                 self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now);
             }

@@ -12,6 +12,7 @@ use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::TextEncoder;
 use tickstock_engine::RejectReason;
 
+use super::event_log::EventLogCounters;
 use crate::feed::upstream::parse::Garbage;
 use crate::feed::upstream::{UpstreamStatus, FAILURE_LABELS};
 use crate::pipeline::Observed;
@@ -186,6 +187,7 @@ pub fn prometheus(
     observed: &Observed,
     server: &ServerStats,
     upstream: Option<&UpstreamStatus>,
+    event_log: Option<&EventLogCounters>,
 ) -> String {
     let mut out = Families::default();
     let c = &observed.counters;
@@ -506,6 +508,31 @@ pub fn prometheus(
         &h.emitter_cycle_ns,
         CYCLE_BUCKETS,
     );
+    if let Some(log) = event_log {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        out.add(
+            "event_log_events_total",
+            MetricType::COUNTER,
+            "Events the event log wrote, dropped (its ring full: a hole), or skipped (had them).",
+            &[
+                (vec![("outcome", "written".to_owned())], get(&log.written)),
+                (vec![("outcome", "dropped".to_owned())], get(&log.dropped)),
+                (vec![("outcome", "duplicate".to_owned())], get(&log.duplicates)),
+            ],
+        );
+        out.add(
+            "event_log_truncated_bytes_total",
+            MetricType::COUNTER,
+            "Bytes of a torn or corrupt tail the event log truncated at start.",
+            &one(get(&log.truncated_bytes)),
+        );
+        out.add(
+            "event_log_write_errors_total",
+            MetricType::COUNTER,
+            "Event log writes or fsyncs that failed.",
+            &one(get(&log.write_errors)),
+        );
+    }
     out.build_info();
     let mut families = out.0;
     families.extend(ProcessCollector::for_self().collect());

@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod deflate;
+pub mod event_log;
 pub mod event_loop;
 pub mod fanout;
 pub mod framing;
@@ -41,12 +42,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::Waker;
 
 use self::auth::Credentials;
+use self::event_log::{EventLog, EventLogSettings};
 use self::event_loop::{EventLoop, Shared};
 use self::metrics::ServerStats;
 pub use self::service::{Reporting, Service};
@@ -67,6 +69,8 @@ pub struct ServerHandle {
     pub local_addr: SocketAddr,
     /// The universes, for SIGHUP's reload.
     pub universes: Arc<UniverseFile>,
+    /// The event log's writer, stopped (drained, fsynced) after the loops.
+    event_log: Option<EventLog>,
 }
 
 impl ServerHandle {
@@ -80,6 +84,7 @@ impl ServerHandle {
         for thread in self.threads {
             let _ = thread.join();
         }
+        drop(self.event_log);
     }
 }
 
@@ -109,9 +114,27 @@ pub fn start(
     let threads = loop_count(settings);
     let stats = ServerStats::new(threads);
     let universes = Arc::new(UniverseFile::load(settings).map_err(io::Error::other)?);
+    let (event_log, event_log_inlet) = match &settings.event_log_dir {
+        Some(dir) => {
+            let log_settings = EventLogSettings {
+                dir: dir.clone(),
+                segment_bytes_max: settings.event_log_segment_bytes_max,
+                ring_bytes: settings.event_log_ring_bytes as usize,
+                retain_days: settings.event_log_retain_days,
+                fsync_interval: Duration::from_millis(settings.event_log_fsync_interval_ms.into()),
+                read_slice_bytes: settings.event_log_read_slice_bytes as usize,
+            };
+            let (log, inlet) = EventLog::start(&log_settings).map_err(|e| {
+                io::Error::other(format!("server.event_log_dir {}: {e}", dir.display()))
+            })?;
+            (Some(log), Some(inlet))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         credentials,
         universes: Arc::clone(&universes),
+        event_log: event_log.as_ref().map(|log| (log.reader.clone(), Arc::clone(&log.counters))),
         settings: settings.clone(),
         reporting,
         stats: stats.clone(),
@@ -135,8 +158,16 @@ pub fn start(
         .map(|(ring, waker)| LoopInlet { ring, waker: Arc::clone(waker) })
         .collect();
     let history = settings.history_max_events as usize;
-    let sink = ServerSink::new(inlets, batch_bytes, stats.clone(), history);
-    let handle =
-        ServerHandle { threads: handles, shared, wakers, counters: stats, local_addr, universes };
+    let mut sink = ServerSink::new(inlets, batch_bytes, stats.clone(), history);
+    sink.set_event_log(event_log_inlet);
+    let handle = ServerHandle {
+        threads: handles,
+        shared,
+        wakers,
+        counters: stats,
+        local_addr,
+        universes,
+        event_log,
+    };
     Ok((sink, handle))
 }

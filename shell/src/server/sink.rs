@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use mio::Waker;
 
+use super::event_log::EventLogInlet;
 use super::metrics::ServerStats;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::idle::{IdleStrategy, Idler};
@@ -44,6 +45,8 @@ pub struct ServerSink {
     stats: ServerStats,
     /// Each loop's resume history holds this many events (`history_max_events`).
     history_events: usize,
+    /// The event log's inlet, when there is one: every batch is logged first.
+    event_log: Option<EventLogInlet>,
 }
 
 impl ServerSink {
@@ -64,7 +67,13 @@ impl ServerSink {
             waited: false,
             stats,
             history_events,
+            event_log: None,
         }
+    }
+
+    /// Logs every batch into the event log (`server.event_log_dir`).
+    pub fn set_event_log(&mut self, inlet: Option<EventLogInlet>) {
+        self.event_log = inlet;
     }
 
     /// A batch no one else holds, taken out of the pool (allocated while the pool is small).
@@ -98,6 +107,9 @@ impl ServerSink {
 impl FrameSink for ServerSink {
     fn emit(&mut self, batch: &FrameBatch) -> io::Result<()> {
         self.waited = false;
+        if let Some(log) = self.event_log.as_mut() {
+            log.append(batch);
+        }
         let mut shared = self.free_batch()?;
         Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);
         self.pool.push(Arc::clone(&shared));

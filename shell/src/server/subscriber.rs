@@ -32,6 +32,7 @@ use tungstenite::Message;
 
 use super::auth::Authenticator;
 use super::deflate::{InflateError, Inflater};
+use super::event_log::{EventLogReader, LogCursor, ReadError};
 use super::fanout::{Fanout, Membership};
 use super::framing::{ArrayBuilder, Framed, Outbox, Slices};
 use super::group::Overtaken;
@@ -93,6 +94,8 @@ pub struct Env<'a> {
     pub now_s: u64,
     /// The universes in force (swapped on reload).
     pub universes: &'a Arc<Universes>,
+    /// The event log, when there is one: a resume older than the history reads it.
+    pub event_log: Option<&'a EventLogReader>,
 }
 
 /// A resume being sent.
@@ -190,6 +193,8 @@ pub struct Subscriber {
     /// When the last shed or unshed step was taken.
     shed_at: Instant,
     replay: Option<Replay>,
+    /// Where the replay reads the event log, while what it needs is older than the history.
+    disk: Option<Box<LogCursor>>,
     /// The `seq`s of the snapshot events sent, ascending, that the history may still hold: a
     /// replay does not send them again.
     snapshot_sent: Vec<u64>,
@@ -256,6 +261,7 @@ impl Subscriber {
             shed: 0,
             shed_at: now,
             replay: None,
+            disk: None,
             snapshot_sent: Vec::new(),
             live: None,
             hold_until: None,
@@ -702,9 +708,26 @@ impl Subscriber {
                 }
             },
         };
+        self.disk = None;
         if let Some(oldest) = history.oldest_seq().filter(|&oldest| from_seq < oldest) {
-            self.queue(Framed::text(&status::resume_failed(oldest)), env);
-            return;
+            // Older than the memory history: from the event log, if it has it.
+            match env.event_log.map(|log| log.open_at(from_seq)) {
+                Some(Ok(cursor)) => self.disk = Some(Box::new(cursor)),
+                Some(Err(ReadError::TooOld(on_disk))) => {
+                    let oldest = oldest.min(on_disk);
+                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
+                    return;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(peer = %self.peer, ?error, from_seq, "event log: a resume cannot read it");
+                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
+                    return;
+                }
+                None => {
+                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
+                    return;
+                }
+            }
         }
         if let Some(membership) = self.membership.take() {
             let mut left = env.fanout.leave(membership).into_iter();
@@ -726,6 +749,9 @@ impl Subscriber {
     /// Sends more of the replay while the outbox has room; finishes it with `resumed` once it
     /// has caught up with the history's newest event, and goes live.
     fn pump_replay(&mut self, now: Instant, env: &mut Env<'_>) {
+        if self.disk.is_some() && !self.pump_disk(env) {
+            return;
+        }
         let Some(mut replay) = self.replay else { return };
         let history = &env.fanout.history;
         if history.oldest_seq().is_some_and(|oldest| replay.next_seq < oldest) {
@@ -777,6 +803,67 @@ impl Subscriber {
                 }
                 self.replay = None;
                 self.start_live(env);
+            }
+        }
+    }
+
+    /// The part of a replay older than the memory history, from the event log: one slice
+    /// per turn while the outbox has room. True once the rest is in the history (the memory
+    /// replay goes on from there); false while there is more on disk, or when the log
+    /// cannot give it (`resume_failed` with the history's oldest, and live delivery).
+    fn pump_disk(&mut self, env: &mut Env<'_>) -> bool {
+        let (Some(mut replay), Some(cursor)) = (self.replay, self.disk.as_mut()) else {
+            self.disk = None;
+            return true;
+        };
+        let history = &env.fanout.history;
+        let memory_from = history.oldest_seq().unwrap_or(u64::MAX);
+        let room = env.settings.client_lag_max_bytes as usize / 2;
+        if replay.next_seq >= memory_from {
+            self.disk = None;
+            return true;
+        }
+        if self.outbox.bytes() >= room {
+            return false;
+        }
+        let mut builder = ArrayBuilder::new(env.fanout.frame_bytes_max());
+        let mut messages = Vec::new();
+        let delivery = &self.delivery;
+        let read = cursor.read_slice(|record| {
+            if record.seq >= memory_from {
+                return false; // the history has it from here
+            }
+            let skipped =
+                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&record.seq));
+            let fields = (record.price_raw, record.volume, record.strength);
+            if !skipped && delivery.carries(record.channel, &record.ticker, fields) {
+                messages.extend(builder.push(record.json, record.seq));
+                replay.last_sent = Some(record.seq);
+            }
+            true
+        });
+        messages.extend(builder.finish());
+        for framed in messages {
+            self.outbox.push(framed);
+        }
+        let next = cursor.next_seq();
+        replay.next_seq = replay.next_seq.max(next);
+        self.replay = Some(replay);
+        match read {
+            Ok(_) if replay.next_seq >= memory_from => {
+                self.disk = None;
+                true
+            }
+            Ok(taken) if taken > 0 => false,
+            Ok(_) | Err(_) => {
+                // The log ends (or is damaged, or has a hole) before the history begins.
+                tracing::warn!(peer = %self.peer, at = replay.next_seq, ?read, memory_from,
+                    "event log: a resume cannot be served without a gap");
+                self.disk = None;
+                self.replay = None;
+                self.outbox.push(Framed::text(&status::resume_failed(memory_from)));
+                self.start_live(env);
+                false
             }
         }
     }
@@ -1079,6 +1166,7 @@ mod tests {
         now: Instant,
         seq: u64,
         universes: Arc<Universes>,
+        event_log: Option<EventLogReader>,
     }
 
     /// A client's codec and what it has received.
@@ -1163,6 +1251,7 @@ mod tests {
                 now: Instant::now(),
                 seq: 1,
                 universes: Arc::default(),
+                event_log: None,
             }
         }
 
@@ -1176,6 +1265,7 @@ mod tests {
                 subscriptions: &mut self.subscriptions,
                 now_s: 1_700_000_000,
                 universes: &self.universes,
+                event_log: self.event_log.as_ref(),
             }
         }
 
