@@ -55,8 +55,8 @@ pub fn http_request(data: &[u8]) {
             assert!(len <= data.len(), "a head of {len} bytes in {} bytes", data.len());
             let _ = http::route(&request);
             if let Some(key) = &request.websocket_key {
-                let deflate = request.extensions.as_deref().is_some_and(deflate::accepts);
-                let response = http::upgrade_response(key, deflate);
+                let accepted = request.extensions.as_deref().and_then(deflate::negotiate);
+                let response = http::upgrade_response(key, accepted);
                 assert!(response.starts_with(b"HTTP/1.1 101"));
             }
         }

@@ -15,35 +15,67 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-/// What the server answers an accepted offer with (`Sec-WebSocket-Extensions`).
+/// What the server answers an accepted offer with (`Sec-WebSocket-Extensions`), without a
+/// window size.
 pub const RESPONSE: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// An accepted offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The server's LZ77 window, in bits (9 to 15): 15 unless the client asked for less.
+    pub window_bits: u8,
+    /// The client asked for `server_max_window_bits`: the response names the window.
+    pub window_asked: bool,
+}
+
+impl Accepted {
+    /// The `Sec-WebSocket-Extensions` value of the response.
+    pub fn response(&self) -> String {
+        if self.window_asked {
+            format!("{RESPONSE}; server_max_window_bits={}", self.window_bits)
+        } else {
+            RESPONSE.to_owned()
+        }
+    }
+}
 
 /// The tail a sync flush ends with, removed from each message (RFC 7692 section 7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Whether the client's `Sec-WebSocket-Extensions` offers (all its values, comma-joined)
-/// hold a `permessage-deflate` the server can accept: any parameters, except a
-/// `server_max_window_bits` below 15 (the pure-Rust deflate always uses a 32 KiB window).
-pub fn accepts(offers: &str) -> bool {
-    offers.split(',').any(|offer| {
+/// The first of the client's `Sec-WebSocket-Extensions` offers (all its values,
+/// comma-joined) that the server can accept: a `permessage-deflate` with known, well-formed
+/// parameters, and a `server_max_window_bits` of 9 to 15 if any (raw deflate has no 8-bit
+/// window: an offer of 8 is declined).
+pub fn negotiate(offers: &str) -> Option<Accepted> {
+    offers.split(',').find_map(|offer| {
         let mut parts = offer.split(';').map(str::trim);
         if !parts.next().is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate")) {
-            return false;
+            return None;
         }
-        parts.all(|param| {
+        let mut accepted = Accepted { window_bits: 15, window_asked: false };
+        for param in parts {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
             let value = value.trim().trim_matches('"');
+            let bits = value.parse::<u8>().ok();
             match name.trim().to_ascii_lowercase().as_str() {
-                "server_no_context_takeover" | "client_no_context_takeover" => value.is_empty(),
-                "client_max_window_bits" => {
-                    value.is_empty() || value.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b))
+                "server_no_context_takeover" | "client_no_context_takeover" if value.is_empty() => {
                 }
-                "server_max_window_bits" => value == "15",
-                _ => false,
+                "client_max_window_bits"
+                    if value.is_empty() || bits.is_some_and(|b| (8..=15).contains(&b)) => {}
+                "server_max_window_bits" if bits.is_some_and(|b| (9..=15).contains(&b)) => {
+                    accepted = Accepted { window_bits: bits?, window_asked: true };
+                }
+                _ => return None,
             }
-        })
+        }
+        Some(accepted)
     })
+}
+
+/// Whether the client's offers hold one the server can accept.
+pub fn accepts(offers: &str) -> bool {
+    negotiate(offers).is_some()
 }
 
 /// `server.compression_min_bytes` by default: a message smaller than this goes
@@ -51,13 +83,48 @@ pub fn accepts(offers: &str) -> bool {
 /// `docs/performance.md`).
 pub const COMPRESSION_MIN_BYTES_DEFAULT: u32 = 512;
 
-/// Compresses messages one at a time (no context kept between them). One per event loop:
-/// its state is large (hundreds of KiB), and a message is compressed once for all the
-/// members of its group.
+/// Compressors by window size, made as first needed (most servers only ever use 15).
+pub struct Compressors {
+    by_bits: [Option<Box<Compressor>>; 7],
+    min_bytes: usize,
+}
+
+impl std::fmt::Debug for Compressors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compressors").field("min_bytes", &self.min_bytes).finish_non_exhaustive()
+    }
+}
+
+impl Default for Compressors {
+    fn default() -> Compressors {
+        Compressors::new(COMPRESSION_MIN_BYTES_DEFAULT as usize)
+    }
+}
+
+impl Compressors {
+    /// None yet; messages of `min_bytes` and more are worth compressing.
+    pub fn new(min_bytes: usize) -> Compressors {
+        Compressors { by_bits: Default::default(), min_bytes }
+    }
+
+    /// Whether a message with a payload of `len` bytes is worth compressing.
+    pub fn wants(&self, len: usize) -> bool {
+        len >= self.min_bytes
+    }
+
+    /// The compressor of a `window_bits` window (9 to 15; others get 15).
+    pub fn get(&mut self, window_bits: u8) -> &mut Compressor {
+        let bits = if (9..=15).contains(&window_bits) { window_bits } else { 15 };
+        self.by_bits[usize::from(bits - 9)]
+            .get_or_insert_with(|| Box::new(Compressor::new(Compression::fast(), bits)))
+    }
+}
+
+/// Compresses messages one at a time (no context kept between them). One per event loop
+/// and window size ([`Compressors`]): its state is large (hundreds of KiB), and a message
+/// is compressed once for all the members of its group.
 pub struct Compressor {
     compress: Compress,
-    /// Messages with a smaller payload stay uncompressed.
-    min_bytes: usize,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -68,19 +135,14 @@ impl std::fmt::Debug for Compressor {
 
 impl Default for Compressor {
     fn default() -> Compressor {
-        Compressor::new(Compression::fast(), COMPRESSION_MIN_BYTES_DEFAULT as usize)
+        Compressor::new(Compression::fast(), 15)
     }
 }
 
 impl Compressor {
-    /// A compressor at `level` of messages of `min_bytes` and more.
-    pub fn new(level: Compression, min_bytes: usize) -> Compressor {
-        Compressor { compress: Compress::new(level, false), min_bytes }
-    }
-
-    /// Whether a message with a payload of `len` bytes is worth compressing.
-    pub fn wants(&self, len: usize) -> bool {
-        len >= self.min_bytes
+    /// A compressor at `level` with a window of `window_bits` (9 to 15).
+    pub fn new(level: Compression, window_bits: u8) -> Compressor {
+        Compressor { compress: Compress::new_with_window_bits(level, false, window_bits) }
     }
 
     /// Appends `payload` deflated, as one message of its own, to `out`.
@@ -380,18 +442,38 @@ mod tests {
     }
 
     #[test]
-    fn offers_are_accepted_unless_they_ask_for_a_smaller_server_window() {
-        assert!(accepts("permessage-deflate"));
-        assert!(accepts("permessage-deflate; client_max_window_bits"));
+    fn offers_are_accepted_with_the_window_asked_for_and_the_response_names_it() {
+        let plain = Accepted { window_bits: 15, window_asked: false };
+        assert_eq!(negotiate("permessage-deflate"), Some(plain));
+        assert_eq!(negotiate("permessage-deflate; client_max_window_bits"), Some(plain));
         assert!(accepts("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=12"));
         assert!(accepts(
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         ));
-        assert!(accepts("permessage-deflate; server_max_window_bits=10, permessage-deflate"));
-        assert!(!accepts("permessage-deflate; server_max_window_bits=10"));
+        let nine = negotiate("permessage-deflate; server_max_window_bits=9").unwrap();
+        assert_eq!(nine, Accepted { window_bits: 9, window_asked: true });
+        assert_eq!(
+            nine.response(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
+        );
+        assert_eq!(plain.response(), RESPONSE);
+        let eight = "permessage-deflate; server_max_window_bits=8, permessage-deflate";
+        assert_eq!(negotiate(eight), Some(plain), "8 bits declined, the next offer taken");
+        assert!(!accepts("permessage-deflate; server_max_window_bits=8"));
         assert!(!accepts("permessage-deflate; unknown_param"));
         assert!(!accepts("x-webkit-deflate-frame"));
         assert!(!accepts(""));
+    }
+
+    #[test]
+    fn a_smaller_window_compresses_and_inflates_back() {
+        let text = "a window of 512 bytes, then the same words again ".repeat(40);
+        let mut out = Vec::new();
+        Compressors::default().get(9).deflate(text.as_bytes(), &mut out);
+        let mut inflater = Inflater::new(1 << 16);
+        let mut wire = Vec::new();
+        inflater.handle_read(&client_frame(0xc1, &out), &mut wire).unwrap();
+        assert_eq!(server_reads(&wire), [text]);
     }
 
     #[test]
@@ -433,7 +515,7 @@ mod tests {
     #[test]
     fn a_deflate_bomb_is_too_big_and_garbage_is_a_protocol_error() {
         let mut bomb = Vec::new();
-        Compressor::new(Compression::best(), 0).deflate(&vec![b' '; 10 << 20], &mut bomb);
+        Compressor::new(Compression::best(), 15).deflate(&vec![b' '; 10 << 20], &mut bomb);
         assert!(bomb.len() < 64 * 1024, "10 MiB of spaces deflate to {} bytes", bomb.len());
         let mut out = Vec::new();
         let result = Inflater::new(64 * 1024).handle_read(&client_frame(0xc1, &bomb), &mut out);

@@ -603,16 +603,21 @@ impl EventLoop {
         let accept_key = request.websocket_key.as_deref().unwrap_or_default();
         let leftover = buf[len..].to_vec();
         let settings = &self.shared.settings;
-        let deflate = settings.compression == CompressionMode::Deflate
-            && request.extensions.as_deref().is_some_and(deflate::accepts);
-        let upgrade = http::upgrade_response(accept_key, deflate);
+        let accepted = request
+            .extensions
+            .as_deref()
+            .filter(|_| settings.compression == CompressionMode::Deflate)
+            .and_then(deflate::negotiate);
+        let deflate = accepted.is_some();
+        let upgrade = http::upgrade_response(accept_key, accepted);
         let peer = stream.tcp().peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         // With deflate, even the bytes that came with the head go through the inflater.
         let handed = if deflate { Vec::new() } else { leftover.clone() };
         let mut subscriber =
             Subscriber::new(now, key, peer, settings, self.ws_config, handed, upgrade);
-        if deflate {
-            subscriber.enable_deflate(settings.client_message_bytes_max as usize);
+        if let Some(accepted) = accepted {
+            let limit = settings.client_message_bytes_max as usize;
+            subscriber.enable_deflate(limit, accepted.window_bits);
         }
         let early: &[u8] = if deflate { &leftover } else { &[] };
         *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::deflate::Compressor;
+use super::deflate::Compressors;
 use super::group::Group;
 use super::history::History;
 use super::session::Delivery;
@@ -39,7 +39,7 @@ pub struct Fanout {
     /// What a `subscribe` with `snapshot` starts from.
     pub latest: SnapshotTable,
     /// Deflates the messages of compressed groups.
-    compressor: Compressor,
+    compressor: Compressors,
     /// Groups touched by the batch being routed.
     touched: Vec<usize>,
     /// Groups holding messages not yet released.
@@ -61,7 +61,7 @@ impl Fanout {
             index: TopicIndex::default(),
             history,
             latest: SnapshotTable::default(),
-            compressor: Compressor::default(),
+            compressor: Compressors::default(),
             touched: Vec::new(),
             held: Vec::new(),
             grown: Vec::new(),
@@ -73,7 +73,7 @@ impl Fanout {
     /// Compresses messages of `min_bytes` and more for compressed groups
     /// (`server.compression_min_bytes`).
     pub fn with_compression_min_bytes(mut self, min_bytes: usize) -> Fanout {
-        self.compressor = Compressor::new(flate2::Compression::fast(), min_bytes);
+        self.compressor = Compressors::new(min_bytes);
         self
     }
 

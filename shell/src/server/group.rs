@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tickstock_engine::{Channel, Ticker};
 
-use super::deflate::Compressor;
+use super::deflate::Compressors;
 use super::framing::{ArrayBuilder, Framed, Slices};
 use super::session::Delivery;
 use crate::emitter::Frame;
@@ -367,7 +367,7 @@ impl Group {
         frame: &Frame,
         json: &[u8],
         now: Instant,
-        compressor: &mut Compressor,
+        compressor: &mut Compressors,
     ) {
         if self.conflating > 0 {
             for (_, member) in &mut self.members {
@@ -387,15 +387,16 @@ impl Group {
     }
 
     /// Frames what this cycle appended and pushes it onto the stream.
-    pub fn close_cycle(&mut self, now: Instant, compressor: &mut Compressor) {
+    pub fn close_cycle(&mut self, now: Instant, compressor: &mut Compressors) {
         if let Some(framed) = self.builder.finish() {
             self.push(framed, now, compressor);
         }
     }
 
-    fn push(&mut self, framed: Framed, now: Instant, compressor: &mut Compressor) {
-        let compress = self.delivery.deflate && compressor.wants(framed.payload().len());
-        let framed = if compress { framed.deflated(compressor) } else { framed };
+    fn push(&mut self, framed: Framed, now: Instant, compressor: &mut Compressors) {
+        let bits = self.delivery.deflate;
+        let compress = bits > 0 && compressor.wants(framed.payload().len());
+        let framed = if compress { framed.deflated(compressor.get(bits)) } else { framed };
         let len = framed.len();
         self.stream.push(framed, now, self.streaming);
         let (since, bytes) = self.held.unwrap_or((now, 0));
@@ -545,10 +546,10 @@ mod tests {
     #[test]
     fn a_compressed_group_deflates_its_messages_once_and_leaves_small_ones_alone() {
         let now = Instant::now();
-        let delivery = Delivery { deflate: true, ..Delivery::default() };
+        let delivery = Delivery { deflate: 15, ..Delivery::default() };
         let mut group = Group::new(delivery, 1 << 20);
         let member = group.join(10);
-        let mut compressor = Compressor::default();
+        let mut compressor = Compressors::default();
         let (big, small) = (framed(20, 80), framed(1, 80));
         let (big_len, small_len) = (big.len(), small.len());
         group.push(big, now, &mut compressor);
@@ -577,7 +578,7 @@ mod tests {
         let (a, b) = (group.join(10), group.join(11));
         let message = framed(3, 100);
         let len = message.len();
-        group.push(message, now, &mut Compressor::default());
+        group.push(message, now, &mut Compressors::default());
         group.release();
         assert_eq!(group.stream.len(), 1);
         let mut done = 0;
@@ -599,9 +600,9 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let a = group.join(1);
-        group.push(framed(1, 10), now, &mut Compressor::default());
+        group.push(framed(1, 10), now, &mut Compressors::default());
         let b = group.join(2);
-        group.push(framed(1, 10), now, &mut Compressor::default());
+        group.push(framed(1, 10), now, &mut Compressors::default());
         group.release();
         let first = group.stream.entries[0].framed.len();
         group.advance(a, first, |_| {});
@@ -618,7 +619,7 @@ mod tests {
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let (fast, slow) = (group.join(1), group.join(2));
         for _ in 0..10 {
-            group.push(framed(2, 100), now, &mut Compressor::default());
+            group.push(framed(2, 100), now, &mut Compressors::default());
         }
         group.release();
         let one = group.stream.entries[0].framed.len();
@@ -642,7 +643,7 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let member = group.join(1);
-        group.push(framed(1, 10), now, &mut Compressor::default());
+        group.push(framed(1, 10), now, &mut Compressors::default());
         group.release();
         assert!(group
             .overtake(now + Duration::from_millis(10), 1 << 20, Duration::from_secs(1))
@@ -660,7 +661,7 @@ mod tests {
         let now = Instant::now();
         let mut group = Group::new(Delivery::default(), 1 << 20);
         let member = group.join(1);
-        group.push(framed(1, 10), now, &mut Compressor::default());
+        group.push(framed(1, 10), now, &mut Compressors::default());
         let linger = Duration::from_millis(5);
         assert_eq!(group.release_due(linger, 1 << 20), Some(now + linger));
         assert!(!group.has_released(member), "held");

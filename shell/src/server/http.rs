@@ -145,13 +145,12 @@ pub fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade, accepting
-/// permessage-deflate when `deflate`.
-pub fn upgrade_response(websocket_key: &str, deflate: bool) -> Vec<u8> {
+/// permessage-deflate as `deflate` says.
+pub fn upgrade_response(websocket_key: &str, deflate: Option<super::deflate::Accepted>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(websocket_key.as_bytes());
-    let extension = if deflate {
-        format!("Sec-WebSocket-Extensions: {}\r\n", super::deflate::RESPONSE)
-    } else {
-        String::new()
+    let extension = match deflate {
+        Some(accepted) => format!("Sec-WebSocket-Extensions: {}\r\n", accepted.response()),
+        None => String::new(),
     };
     format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extension}\r\n")
         .into_bytes()
@@ -207,11 +206,14 @@ mod tests {
     #[test]
     fn upgrade_accept_key_is_rfc6455() {
         let response =
-            String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", false)).unwrap();
+            String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         assert!(!response.contains("Extensions"));
-        let response =
-            String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", true)).unwrap();
+        let response = String::from_utf8(upgrade_response(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            crate::server::deflate::negotiate("permessage-deflate"),
+        ))
+        .unwrap();
         assert!(response.contains(
             "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n"
         ));

@@ -96,8 +96,9 @@ pub struct Delivery {
     /// The symbols a `*` topic is limited to; `None` when every symbol is entitled or no
     /// channel has a `*` topic.
     pub entitled: Option<BTreeSet<Ticker>>,
-    /// The connection negotiated permessage-deflate: its group's messages are compressed.
-    pub deflate: bool,
+    /// The connection negotiated permessage-deflate with this window (bits, 9 to 15; 0:
+    /// not compressed): its group's messages are compressed so.
+    pub deflate: u8,
 }
 
 impl Delivery {
@@ -216,8 +217,8 @@ pub struct Session {
     subscriptions_max: usize,
     /// The universes `@NAME` topics name (the loop's current ones, set by its Subscriber).
     universes: Arc<Universes>,
-    /// The connection negotiated permessage-deflate (its deliveries say so).
-    deflate: bool,
+    /// The window of the permessage-deflate it negotiated, 0 for none (its deliveries say so).
+    deflate: u8,
     /// Token bucket of client messages: tokens left and when it was last refilled.
     bucket: (f64, Instant),
     rate_per_sec: f64,
@@ -257,7 +258,7 @@ impl Session {
             errors_max: limits.errors_max,
             subscriptions_max: limits.subscriptions_max as usize,
             universes: Arc::default(),
-            deflate: false,
+            deflate: 0,
             bucket: (rate_per_sec, now),
             rate_per_sec,
         }
@@ -279,8 +280,8 @@ impl Session {
     }
 
     /// The connection negotiated permessage-deflate: what it receives live is compressed.
-    pub fn set_deflate(&mut self, deflate: bool) {
-        self.deflate = deflate;
+    pub fn set_deflate(&mut self, window_bits: u8) {
+        self.deflate = window_bits;
     }
 
     /// Takes up the universes now in force; true when that changes what this connection

@@ -282,11 +282,12 @@ impl Subscriber {
         }
     }
 
-    /// The upgrade accepted permessage-deflate: client messages may come compressed (at most
-    /// `limit` bytes inflated) and what it receives live comes compressed.
-    pub fn enable_deflate(&mut self, limit: usize) {
+    /// The upgrade accepted permessage-deflate with a `window_bits` server window: client
+    /// messages may come compressed (at most `limit` bytes inflated) and what it receives
+    /// live comes compressed.
+    pub fn enable_deflate(&mut self, limit: usize, window_bits: u8) {
         self.inflater = Some(Inflater::new(limit));
-        self.session.set_deflate(true);
+        self.session.set_deflate(window_bits);
     }
 
     /// Its group and member id, while it reads a group's stream.
