@@ -862,13 +862,7 @@ impl EventLoop {
                 _ => None,
             })
             .collect();
-        for key in revoked {
-            let mut env = env!(self);
-            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
-                subscriber.revoke(now, &mut env);
-            }
-            self.transmit(key, now);
-        }
+        self.apply_to(revoked, now, |subscriber, env| subscriber.revoke(now, env));
     }
 
     /// Takes up universes a reload swapped in: every connection with a universe topic
@@ -880,10 +874,21 @@ impl EventLoop {
         }
         self.universes = current;
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        self.apply_to(keys, now, |subscriber, env| subscriber.handle_universes(now, env));
+    }
+
+    /// Calls `apply` on the Subscriber of each of `keys` (those that are WebSocket
+    /// connections), and writes what it queued.
+    fn apply_to(
+        &mut self,
+        keys: Vec<usize>,
+        now: Instant,
+        mut apply: impl FnMut(&mut Subscriber, &mut Env<'_>),
+    ) {
         for key in keys {
             let mut env = env!(self);
             if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
-                subscriber.handle_universes(now, &mut env);
+                apply(subscriber, &mut env);
             }
             self.transmit(key, now);
         }
@@ -913,12 +918,8 @@ impl EventLoop {
         let histograms = &self.shared.reporting.observed.histograms;
         self.tick_to_client.publish_final(&histograms.tick_to_client_ns);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        self.apply_to(keys.clone(), now, |subscriber, env| subscriber.shut_down(now, env));
         for key in keys {
-            let mut env = env!(self);
-            if let Some(Connection::Ws { subscriber, .. }) = self.connections.get_mut(key) {
-                subscriber.shut_down(now, &mut env);
-            }
-            self.transmit(key, now);
             self.remove(key);
         }
     }
