@@ -516,8 +516,11 @@ fn a_resume_older_than_the_history_crosses_from_the_event_log_to_memory_to_live(
     all.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
     let mut away = authed(server.addr, "k-all");
     away.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
-    let mut count = 0;
+    let (mut count, mut t_of_last_seen) = (0, 0);
     let before = trades(&mut away, &mut |e| {
+        if e["ev"] == "T" {
+            t_of_last_seen = e["t"].as_u64().unwrap();
+        }
         count += usize::from(e["ev"] == "T");
         count >= 500
     });
@@ -566,6 +569,23 @@ fn a_resume_older_than_the_history_crosses_from_the_event_log_to_memory_to_live(
         failed.is_some()
     });
     assert_eq!(failed, Some(Some(1)));
+    // By time, older than memory: the log's index finds it (`test` dates are the market's).
+    let mut by_time = authed(server.addr, "k-all");
+    by_time.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
+    let early = format!(r#"{{"action":"resume","params":{{"from_t":{}}}}}"#, t_of_last_seen);
+    by_time.send(Message::text(early)).unwrap();
+    let mut answer = None;
+    let replayed_by_time = trades(&mut by_time, &mut |e| {
+        if e["status"] == "resumed" || e["status"] == "resume_failed" {
+            answer = Some(e.clone());
+        }
+        answer.is_some()
+    });
+    let answer = answer.unwrap();
+    assert_eq!(answer["status"], "resumed", "{answer}");
+    let from = answer["from_seq"].as_u64().unwrap();
+    assert!(from <= last_seen && from + 2_000 > last_seen, "{answer} against {last_seen}");
+    assert!(replayed_by_time.len() > 4_000, "from disk: {}", replayed_by_time.len());
     let metrics = http_get(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(sample(&metrics, "tickstock_event_log_events_total{outcome=\"written\"}") > 5_000.0);
 }

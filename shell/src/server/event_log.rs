@@ -482,6 +482,46 @@ pub enum ReadError {
 }
 
 impl EventLogReader {
+    /// The `seq` of the first logged event whose time is at or after `t_ms` (by the running
+    /// maximum of event time, as the memory history does); one past the newest when none is.
+    /// `TooOld` when the log's oldest event is already at or after it (what came before the
+    /// log began is unknown).
+    pub fn seq_at_time(&self, t_ms: u64) -> Result<u64, ReadError> {
+        let all = segments(&self.dir).map_err(|_| ReadError::Io)?;
+        let Some(&(oldest, _)) = all.first() else { return Err(ReadError::TooOld(u64::MAX)) };
+        // The last index entry before the first one at or after `t_ms`, over all segments.
+        let mut start: Option<(u64, u64)> = None; // (seq, t_max)
+        'segments: for (_, path) in &all {
+            for (seq, t_max, _) in read_index(&path.with_extension("idx")) {
+                if t_max >= t_ms {
+                    break 'segments;
+                }
+                start = Some((seq, t_max));
+            }
+        }
+        let Some((seq, mut t_max)) = start else { return Err(ReadError::TooOld(oldest)) };
+        let mut cursor = self.open_at(seq)?;
+        let mut found = None;
+        let mut last = seq;
+        loop {
+            let taken = cursor.read_slice(|record| {
+                t_max = t_max.max(record.t_ms);
+                last = record.seq;
+                if t_max >= t_ms {
+                    found = Some(record.seq);
+                    return false;
+                }
+                true
+            })?;
+            if let Some(seq) = found {
+                return Ok(seq);
+            }
+            if taken == 0 {
+                return Ok(last + 1);
+            }
+        }
+    }
+
     /// A cursor at the first logged event with `seq >= from_seq`.
     pub fn open_at(&self, from_seq: u64) -> Result<LogCursor, ReadError> {
         let all = segments(&self.dir).map_err(|_| ReadError::Io)?;
@@ -674,6 +714,18 @@ mod tests {
         let counters = log(&settings, 990, 30);
         assert_eq!(counters.duplicates.load(Ordering::Relaxed), 11);
         assert_eq!(read_all(&reader, 995).unwrap(), (995..=1_019).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_time_is_found_through_the_index_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path(), 20_000);
+        log(&settings, 1, 3_000); // `test_batch` dates seq N at N seconds
+        let reader = reader(&settings);
+        assert_eq!(reader.seq_at_time(1_500_500), Ok(1_501));
+        assert_eq!(reader.seq_at_time(2_999_000), Ok(2_999));
+        assert_eq!(reader.seq_at_time(9_000_000), Ok(3_001), "after the end: live from the next");
+        assert_eq!(reader.seq_at_time(500), Err(ReadError::TooOld(1)), "before the log began");
     }
 
     #[test]

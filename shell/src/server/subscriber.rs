@@ -701,13 +701,21 @@ impl Subscriber {
         let history = &env.fanout.history;
         let (from_seq, from_t) = match from {
             ResumeFrom::Seq(from_seq) => (from_seq, None),
-            ResumeFrom::Time(from_t) => match history.seq_at_time(from_t) {
-                Ok(from_seq) => (from_seq, Some(from_t)),
-                Err(oldest) => {
-                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
-                    return;
+            ResumeFrom::Time(from_t) => {
+                // Memory first; older than it, the event log's time index.
+                let on_disk = |oldest| match env.event_log.map(|log| log.seq_at_time(from_t)) {
+                    Some(Ok(seq)) => Ok(seq),
+                    Some(Err(ReadError::TooOld(on_disk))) => Err(on_disk.min(oldest)),
+                    _ => Err(oldest),
+                };
+                match history.seq_at_time(from_t).or_else(on_disk) {
+                    Ok(from_seq) => (from_seq, Some(from_t)),
+                    Err(oldest) => {
+                        self.queue(Framed::text(&status::resume_failed(oldest)), env);
+                        return;
+                    }
                 }
-            },
+            }
         };
         self.disk = None;
         if let Some(oldest) = history.oldest_seq().filter(|&oldest| from_seq < oldest) {
