@@ -98,6 +98,10 @@ pub struct Env<'a> {
     pub event_log: Option<&'a EventLogReader>,
 }
 
+/// The most snapshot `seq`s a connection remembers so that a replay does not send them
+/// again (with an event log a replay can reach back a day; older ones may come twice).
+const SNAPSHOT_SENT_MAX: usize = 1 << 20;
+
 /// A resume being sent.
 #[derive(Clone, Copy, Debug)]
 struct Replay {
@@ -681,10 +685,15 @@ impl Subscriber {
         messages.extend(builder.finish());
         let oldest = env.fanout.history.oldest_seq().unwrap_or(0);
         let to_seq = env.fanout.history.newest_seq().unwrap_or(0);
+        // What a replay could send again: what the history holds, or with an event log
+        // anything (kept to the newest SNAPSHOT_SENT_MAX).
+        let oldest = if env.event_log.is_some() { 0 } else { oldest };
         self.snapshot_sent.retain(|&seq| seq >= oldest);
         self.snapshot_sent.extend(chosen.iter().map(|&(seq, _)| seq).filter(|&s| s >= oldest));
         self.snapshot_sent.sort_unstable();
         self.snapshot_sent.dedup();
+        let over = self.snapshot_sent.len().saturating_sub(SNAPSHOT_SENT_MAX);
+        self.snapshot_sent.drain(..over);
         let count = chosen.len();
         env.counters.snapshot_events.add(count as u64);
         for framed in messages {
@@ -837,13 +846,14 @@ impl Subscriber {
         }
         let mut builder = ArrayBuilder::new(env.fanout.frame_bytes_max());
         let mut messages = Vec::new();
-        let delivery = &self.delivery;
+        let (delivery, snapshot_sent) = (&self.delivery, &self.snapshot_sent);
         let read = cursor.read_slice(|record| {
             if record.seq >= memory_from {
                 return false; // the history has it from here
             }
             let skipped =
-                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&record.seq));
+                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&record.seq))
+                    || snapshot_sent.binary_search(&record.seq).is_ok();
             let fields = (record.price_raw, record.volume, record.strength);
             if !skipped && delivery.carries(record.channel, &record.ticker, fields) {
                 messages.extend(builder.push(record.json, record.seq));
