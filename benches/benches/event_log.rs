@@ -33,7 +33,7 @@ fn write_log(settings: &EventLogSettings, events: u64) -> EventLogReader {
     let tickers: Vec<Ticker> =
         market.tickers().iter().map(|t| Ticker::new(t).expect("a valid ticker")).collect();
     let mut engine = Engine::new(&Config::default()).expect("default config is valid");
-    let (log, mut inlet) = EventLog::start(settings).expect("the log starts");
+    let (log, mut inlet) = EventLog::start(settings, false).expect("the log starts");
     let mut batch = FrameBatch::new(1 << 20);
     let mut written = 0;
     while written < events {

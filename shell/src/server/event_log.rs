@@ -210,9 +210,33 @@ impl Drop for EventLog {
 
 impl EventLog {
     /// Recovers the directory (a torn tail truncated, reported) and starts the writer;
-    /// returns it and the inlet for the sink.
-    pub fn start(settings: &EventLogSettings) -> io::Result<(EventLog, EventLogInlet)> {
+    /// returns it and the inlet for the sink. `continues`: the engine carries on the `seq`s
+    /// of the run that wrote the log (a warm restart). Otherwise `seq` starts again, and a
+    /// log already there belongs to another numbering: it is moved aside, whole, into
+    /// `previous-<unix seconds>/` in the directory, and said so.
+    pub fn start(
+        settings: &EventLogSettings,
+        continues: bool,
+    ) -> io::Result<(EventLog, EventLogInlet)> {
         fs::create_dir_all(&settings.dir)?;
+        let old = segments(&settings.dir)?;
+        if !continues && !old.is_empty() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = settings.dir.join(format!("previous-{stamp}"));
+            fs::create_dir_all(&aside)?;
+            for (_, path) in &old {
+                for file in [path.clone(), path.with_extension("idx")] {
+                    if let Some(name) = file.file_name().filter(|_| file.exists()) {
+                        fs::rename(&file, aside.join(name))?;
+                    }
+                }
+            }
+            tracing::warn!(moved_to = %aside.display(), segments = old.len(),
+                "event log: a start without a warm restart numbers events from seq_start again; \
+                 the previous run's log is kept aside, not served");
+        }
         let counters = Arc::new(EventLogCounters::default());
         let mut writer = Writer::recover(settings, Arc::clone(&counters))?;
         let (producer, mut consumer) = rtrb::RingBuffer::new(settings.ring_bytes);
@@ -673,7 +697,7 @@ mod tests {
 
     /// Logs events `first..first + count` (T of AAPL), in batches of 10, and stops the writer.
     fn log(settings: &EventLogSettings, first: u64, count: u64) -> Arc<EventLogCounters> {
-        let (log, mut inlet) = EventLog::start(settings).unwrap();
+        let (log, mut inlet) = EventLog::start(settings, true).unwrap();
         for start in (first..first + count).step_by(10) {
             let n = (first + count - start).min(10) as usize;
             inlet.append(&test_batch(start, &vec![(Channel::T, "AAPL", 1_000_000); n]));
@@ -714,6 +738,25 @@ mod tests {
         let counters = log(&settings, 990, 30);
         assert_eq!(counters.duplicates.load(Ordering::Relaxed), 11);
         assert_eq!(read_all(&reader, 995).unwrap(), (995..=1_019).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cold_start_moves_the_previous_numbering_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path(), 20_000);
+        log(&settings, 1, 100);
+        let (log, mut inlet) = EventLog::start(&settings, false).unwrap();
+        inlet.append(&test_batch(1, &[(Channel::T, "MSFT", 1_000_000); 5]));
+        drop(log);
+        let read = read_all(&reader(&settings), 1).unwrap();
+        assert_eq!(read, [1, 2, 3, 4, 5], "the new run's events, not skipped as duplicates");
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("previous-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(segments(&aside[0].path()).unwrap().len() == 1, "the old log, whole");
     }
 
     #[test]

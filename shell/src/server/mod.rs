@@ -124,7 +124,9 @@ pub fn start(
                 fsync_interval: Duration::from_millis(settings.event_log_fsync_interval_ms.into()),
                 read_slice_bytes: settings.event_log_read_slice_bytes as usize,
             };
-            let (log, inlet) = EventLog::start(&log_settings).map_err(|e| {
+            // A warm restart carries on the numbering of the log it finds.
+            let continues = reporting.observed.counters.warming.load(Ordering::Acquire);
+            let (log, inlet) = EventLog::start(&log_settings, continues).map_err(|e| {
                 io::Error::other(format!("server.event_log_dir {}: {e}", dir.display()))
             })?;
             (Some(log), Some(inlet))
