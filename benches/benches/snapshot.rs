@@ -20,12 +20,8 @@ use tickstock_engine::{Bar, Channel, Event, EventBody, Frequency, Price, Qty, Sy
 use tickstock_engine::{Ticker, Timestamp};
 use tickstock_shell::config::ServerSettings;
 use tickstock_shell::emitter::{Frame, FrameBatch};
-use tickstock_shell::server::auth::Authenticator;
-use tickstock_shell::server::fanout::Fanout;
 use tickstock_shell::server::framing::Slices;
-use tickstock_shell::server::history::History;
-use tickstock_shell::server::metrics::ServerCounters;
-use tickstock_shell::server::subscriber::{Env, Subscriber, Users};
+use tickstock_shell::server::subscriber::{Env, Standalone, Subscriber};
 use tickstock_shell::server::universes::Universes;
 use tungstenite::protocol::{Role, WebSocketContext};
 use tungstenite::Message;
@@ -106,27 +102,13 @@ fn client_frame(client: &mut WebSocketContext, text: &str) -> Vec<u8> {
 fn snapshot(c: &mut Criterion) {
     let settings =
         ServerSettings { client_messages_per_sec: 1_000_000_000, ..ServerSettings::default() };
-    let history =
-        History::new(settings.history_max_events as usize, settings.history_max_bytes as usize);
-    let mut fanout = Fanout::new(settings.frame_bytes_max as usize, history);
-    let auth = Authenticator::load(&settings).expect("the open loopback default");
-    let (counters, users, mut subscriptions) = (ServerCounters::default(), Users::default(), 0);
-    let universes = Arc::new(Universes::default());
+    let mut world = Standalone::new(settings.clone(), Arc::new(Universes::default()))
+        .expect("the open default");
     let now = Instant::now();
-    fanout.handle_batch(now, &bars());
+    world.fanout.handle_batch(now, &bars());
     macro_rules! env {
         () => {
-            Env {
-                fanout: &mut fanout,
-                auth: &auth,
-                settings: &settings,
-                counters: &counters,
-                users: &users,
-                subscriptions: &mut subscriptions,
-                now_s: 1_700_000_000,
-                universes: &universes,
-                event_log: None,
-            }
+            world.env()
         };
     }
     let config = tungstenite::protocol::WebSocketConfig::default();

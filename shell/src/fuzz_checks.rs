@@ -12,13 +12,10 @@ use tungstenite::protocol::{Role, WebSocketContext};
 use crate::config::{ServerSettings, Settings};
 use crate::server::auth::Authenticator;
 use crate::server::deflate;
-use crate::server::fanout::Fanout;
 use crate::server::framing::Slices;
-use crate::server::history::History;
 use crate::server::http;
-use crate::server::metrics::ServerCounters;
 use crate::server::session::{Session, SessionLimits};
-use crate::server::subscriber::{Env, Pipe, Subscriber, Users};
+use crate::server::subscriber::{Pipe, Standalone, Subscriber};
 use crate::server::universes::Universes;
 
 /// The universes the fuzzed sessions know (`@U`, `@V` topics parse; others are unknown).
@@ -95,25 +92,11 @@ pub fn client_actions(data: &[u8]) {
 pub fn ws_frames(data: &[u8]) {
     let settings =
         ServerSettings { client_messages_per_sec: 1_000_000, ..ServerSettings::default() };
-    let history =
-        History::new(settings.history_max_events as usize, settings.history_max_bytes as usize);
-    let mut fanout = Fanout::new(settings.frame_bytes_max as usize, history);
-    let auth = Authenticator::load(&settings).expect("the open loopback default loads");
-    let (counters, users, mut subscriptions) = (ServerCounters::default(), Users::default(), 0);
-    let universes = fuzz_universes();
+    let mut world = Standalone::new(settings.clone(), fuzz_universes())
+        .expect("the open loopback default loads");
     macro_rules! env {
         () => {
-            Env {
-                fanout: &mut fanout,
-                auth: &auth,
-                settings: &settings,
-                counters: &counters,
-                users: &users,
-                subscriptions: &mut subscriptions,
-                now_s: 1_700_000_000,
-                universes: &universes,
-                event_log: None,
-            }
+            world.env()
         };
     }
     let config = tungstenite::protocol::WebSocketConfig::default()
@@ -141,7 +124,7 @@ pub fn ws_frames(data: &[u8]) {
         loop {
             subscriber.poll(now, &mut env!());
             let mut slices = Slices::new();
-            subscriber.poll_transmit(&fanout, &mut slices);
+            subscriber.poll_transmit(&world.fanout, &mut slices);
             let bytes: Vec<u8> =
                 slices.as_slices().iter().flat_map(|s| s.iter().copied()).collect();
             if bytes.is_empty() {

@@ -98,6 +98,61 @@ pub struct Env<'a> {
     pub event_log: Option<&'a EventLogReader>,
 }
 
+/// A Subscriber's world without an event loop: its own fan-out (with an empty history),
+/// token checks from `settings` (the open loopback default if it names no keys), counters
+/// and universes. What fuzzing and benches drive a Subscriber with.
+#[derive(Debug)]
+pub struct Standalone {
+    /// The fan-out.
+    pub fanout: Fanout,
+    /// Token checks.
+    pub auth: Authenticator,
+    /// The settings.
+    pub settings: ServerSettings,
+    /// Counters.
+    pub counters: ServerCounters,
+    /// Connections per user.
+    pub users: Users,
+    /// Subscribed topics in all.
+    pub subscriptions: u64,
+    /// The universes.
+    pub universes: Arc<Universes>,
+}
+
+impl Standalone {
+    /// A world for `settings`; an error when its keys cannot be loaded.
+    pub fn new(settings: ServerSettings, universes: Arc<Universes>) -> Result<Standalone, String> {
+        let history = super::history::History::new(
+            settings.history_max_events as usize,
+            settings.history_max_bytes as usize,
+        );
+        Ok(Standalone {
+            fanout: Fanout::new(settings.frame_bytes_max as usize, history),
+            auth: Authenticator::load(&settings)?,
+            settings,
+            counters: ServerCounters::default(),
+            users: Users::default(),
+            subscriptions: 0,
+            universes,
+        })
+    }
+
+    /// What a Subscriber's calls take.
+    pub fn env(&mut self) -> Env<'_> {
+        Env {
+            fanout: &mut self.fanout,
+            auth: &self.auth,
+            settings: &self.settings,
+            counters: &self.counters,
+            users: &self.users,
+            subscriptions: &mut self.subscriptions,
+            now_s: 1_700_000_000,
+            universes: &self.universes,
+            event_log: None,
+        }
+    }
+}
+
 /// The most snapshot `seq`s a connection remembers so that a replay does not send them
 /// again (with an event log a replay can reach back a day; older ones may come twice).
 const SNAPSHOT_SENT_MAX: usize = 1 << 20;
@@ -1172,20 +1227,26 @@ mod tests {
     const PEER: SocketAddr =
         SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 40_000));
     use crate::server::fanout::test_batch;
-    use crate::server::history::History;
     use tickstock_engine::Channel;
 
+    /// A Standalone world on simulated time, with a `seq` counter for test batches.
     struct Sim {
-        fanout: Fanout,
-        auth: Authenticator,
-        settings: ServerSettings,
-        counters: ServerCounters,
-        users: Users,
-        subscriptions: u64,
+        world: Standalone,
         now: Instant,
         seq: u64,
-        universes: Arc<Universes>,
-        event_log: Option<EventLogReader>,
+    }
+
+    impl std::ops::Deref for Sim {
+        type Target = Standalone;
+        fn deref(&self) -> &Standalone {
+            &self.world
+        }
+    }
+
+    impl std::ops::DerefMut for Sim {
+        fn deref_mut(&mut self) -> &mut Standalone {
+            &mut self.world
+        }
     }
 
     /// A client's codec and what it has received.
@@ -1254,38 +1315,12 @@ mod tests {
         fn new(configure: impl FnOnce(&mut ServerSettings)) -> Sim {
             let mut settings = ServerSettings::default();
             configure(&mut settings);
-            Sim {
-                fanout: Fanout::new(
-                    settings.frame_bytes_max as usize,
-                    History::new(
-                        settings.history_max_events as usize,
-                        settings.history_max_bytes as usize,
-                    ),
-                ),
-                auth: Authenticator::load(&settings).unwrap(),
-                settings,
-                counters: ServerCounters::default(),
-                users: Users::default(),
-                subscriptions: 0,
-                now: Instant::now(),
-                seq: 1,
-                universes: Arc::default(),
-                event_log: None,
-            }
+            let world = Standalone::new(settings, Arc::default()).unwrap();
+            Sim { world, now: Instant::now(), seq: 1 }
         }
 
         fn env(&mut self) -> Env<'_> {
-            Env {
-                fanout: &mut self.fanout,
-                auth: &self.auth,
-                settings: &self.settings,
-                counters: &self.counters,
-                users: &self.users,
-                subscriptions: &mut self.subscriptions,
-                now_s: 1_700_000_000,
-                universes: &self.universes,
-                event_log: self.event_log.as_ref(),
-            }
+            self.world.env()
         }
 
         fn connect(&mut self, key: usize) -> (Subscriber, Client) {
