@@ -3,8 +3,8 @@
 //! [`Engine`] owns all per-symbol state, sized for `symbols_max` at construction. After
 //! [`Engine::new`] nothing on the per-tick path allocates or frees: events go into an
 //! output buffer whose capacity covers the worst case of one call (every open bar closing at
-//! once, the `ACT` events of one clock step, plus one tick's events), and bar-close timers into a timer wheel ([`Timers`]) that
-//! holds at most one entry per symbol and frequency.
+//! once, the `ACT` events of one clock step, plus one tick's events), and bar-close timers
+//! into a timer wheel ([`Timers`]) that holds at most one entry per symbol and frequency.
 
 use std::cmp::Reverse;
 
@@ -299,11 +299,7 @@ impl Engine {
     /// When the next bar is due to close on the clock, or the next `ACT` is due, if either.
     pub fn poll_deadline(&self) -> Option<Timestamp> {
         let activity = self.activity.as_ref().and_then(|a| a.due_ns());
-        let due = match (self.timers.earliest_due(), activity) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        due.map(Timestamp)
+        [self.timers.earliest_due(), activity].into_iter().flatten().min().map(Timestamp)
     }
 
     fn ensure_drained(&self) -> Result<(), TickError> {

@@ -338,10 +338,6 @@ pub enum ActivityLevel {
 }
 
 impl ActivityLevel {
-    /// Every level, lowest first.
-    pub const ALL: [ActivityLevel; 4] =
-        [ActivityLevel::Quiet, ActivityLevel::Normal, ActivityLevel::Busy, ActivityLevel::Extreme];
-
     /// The name on the wire.
     pub const fn label(self) -> &'static str {
         match self {

@@ -73,11 +73,6 @@ pub fn negotiate(offers: &str) -> Option<Accepted> {
     })
 }
 
-/// Whether the client's offers hold one the server can accept.
-pub fn accepts(offers: &str) -> bool {
-    negotiate(offers).is_some()
-}
-
 /// `server.compression_min_bytes` by default: a message smaller than this goes
 /// uncompressed (a one-trade array of 90 bytes saves nothing and costs 3.4 us to deflate;
 /// `docs/performance.md`).
@@ -377,6 +372,10 @@ fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accepts(offers: &str) -> bool {
+        negotiate(offers).is_some()
+    }
 
     /// A client's frame: `first` byte (FIN, RSV1, opcode), masked with a key, `payload`.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {

@@ -127,6 +127,14 @@ fn encode(out: &mut Vec<u8>, batch: &FrameBatch, frame: &crate::emitter::Frame) 
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The length, `seq` and time of the record at the start of `bytes`, unchecked: for the
+/// writer, whose records the inlet has just encoded (their CRC is checked when read).
+fn peek(bytes: &[u8]) -> Option<(usize, u64, u64)> {
+    let word = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    Some((8 + len, word(8)?, word(16)?)).filter(|&(total, ..)| total <= bytes.len())
+}
+
 /// Decodes the record at the start of `bytes`; its length with it.
 pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), Decode> {
     let word = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
@@ -397,40 +405,40 @@ impl Writer {
     /// Writes whole records (as the inlet encoded them), skipping `seq`s already written.
     fn write_records(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let Ok((record, len)) = decode(bytes) else {
-                // The inlet writes whole, valid records: anything else is a bug here.
+            let Some((len, seq, t_ms)) = peek(bytes) else {
+                // The inlet writes whole records: anything else is a bug here.
                 debug_assert!(false, "Invariant: the ring holds whole records");
                 return;
             };
             let raw = &bytes[..len];
             bytes = &bytes[len..];
-            if record.seq <= self.last_seq {
+            if seq <= self.last_seq {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if self.last_seq > 0 && record.seq != self.last_seq + 1 {
+            if self.last_seq > 0 && seq != self.last_seq + 1 {
                 tracing::warn!(
                     from = self.last_seq + 1,
-                    to = record.seq - 1,
+                    to = seq - 1,
                     "event log: a hole (events dropped or not logged)"
                 );
             }
-            if let Err(error) = self.write_one(&record, raw) {
+            if let Err(error) = self.write_one(seq, t_ms, raw) {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, seq = record.seq, "event log: write failed");
+                tracing::error!(%error, seq, "event log: write failed");
                 self.segment = None; // a fresh segment next time
                 continue;
             }
-            self.last_seq = record.seq;
+            self.last_seq = seq;
             self.counters.written.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn write_one(&mut self, record: &Record<'_>, raw: &[u8]) -> io::Result<()> {
+    fn write_one(&mut self, seq: u64, t_ms: u64, raw: &[u8]) -> io::Result<()> {
         let full = self.segment.as_ref().is_some_and(|s| s.2 >= self.settings.segment_bytes_max);
         if full || self.segment.is_none() {
             self.flush(true);
-            let path = segment_path(&self.settings.dir, record.seq);
+            let path = segment_path(&self.settings.dir, seq);
             let mut file = BufWriter::new(File::create(&path)?);
             file.write_all(MAGIC)?;
             let idx = BufWriter::new(File::create(path.with_extension("idx"))?);
@@ -439,10 +447,10 @@ impl Writer {
                 self.retire_old()?;
             }
         }
-        self.t_max_ms = self.t_max_ms.max(record.t_ms);
+        self.t_max_ms = self.t_max_ms.max(t_ms);
         let (file, idx, size, records) = self.segment.as_mut().expect("Invariant: opened above");
         if records.is_multiple_of(INDEX_EVERY) {
-            write_index(idx, record.seq, self.t_max_ms, *size)?;
+            write_index(idx, seq, self.t_max_ms, *size)?;
         }
         file.write_all(raw)?;
         *size += raw.len() as u64;

@@ -1,5 +1,6 @@
 //! The fan-out of one event loop: its groups, the topic index over them, the retained
-//! history that `resume` replays from and the snapshot table `snapshot` starts from. Sans-IO: batches and time in, shared messages out.
+//! history that `resume` replays from and the snapshot table `snapshot` starts from.
+//! Sans-IO: batches and time in, shared messages out.
 //!
 //! Each batch is appended to the history, then each frame is routed through the topic index
 //! to the groups that want it (their entitlement and filter checked once per group, not per
@@ -38,8 +39,8 @@ pub struct Fanout {
     pub history: History,
     /// What a `subscribe` with `snapshot` starts from.
     pub latest: SnapshotTable,
-    /// Deflates the messages of compressed groups.
-    compressor: Compressors,
+    /// Deflate the messages of compressed groups.
+    compressors: Compressors,
     /// Groups touched by the batch being routed.
     touched: Vec<usize>,
     /// Groups holding messages not yet released.
@@ -61,7 +62,7 @@ impl Fanout {
             index: TopicIndex::default(),
             history,
             latest: SnapshotTable::default(),
-            compressor: Compressors::default(),
+            compressors: Compressors::default(),
             touched: Vec::new(),
             held: Vec::new(),
             grown: Vec::new(),
@@ -73,7 +74,7 @@ impl Fanout {
     /// Compresses messages of `min_bytes` and more for compressed groups
     /// (`server.compression_min_bytes`).
     pub fn with_compression_min_bytes(mut self, min_bytes: usize) -> Fanout {
-        self.compressor = Compressors::new(min_bytes);
+        self.compressors = Compressors::new(min_bytes);
         self
     }
 
@@ -139,7 +140,7 @@ impl Fanout {
                 if !group.accepts(frame) {
                     continue;
                 }
-                group.append(frame, batch.json(frame), now, &mut self.compressor);
+                group.append(frame, batch.json(frame), now, &mut self.compressors);
                 self.group_events += 1;
                 if !group.touched {
                     group.touched = true;
@@ -150,7 +151,7 @@ impl Fanout {
         for id in self.touched.drain(..) {
             let group = &mut self.groups[id];
             group.touched = false;
-            group.close_cycle(now, &mut self.compressor);
+            group.close_cycle(now, &mut self.compressors);
             if !group.grown {
                 group.grown = true;
                 self.grown.push(id);

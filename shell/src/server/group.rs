@@ -361,13 +361,13 @@ impl Group {
     }
 
     /// Appends one event for this cycle (a compressed group's messages are deflated by
-    /// `compressor`, once for every member).
+    /// `compressors`, once for every member).
     pub fn append(
         &mut self,
         frame: &Frame,
         json: &[u8],
         now: Instant,
-        compressor: &mut Compressors,
+        compressors: &mut Compressors,
     ) {
         if self.conflating > 0 {
             for (_, member) in &mut self.members {
@@ -382,21 +382,21 @@ impl Group {
         let full = self.builder.push(json, frame.seq);
         self.builder.note_recv(frame.recv_ns);
         if let Some(full) = full {
-            self.push(full, now, compressor);
+            self.push(full, now, compressors);
         }
     }
 
     /// Frames what this cycle appended and pushes it onto the stream.
-    pub fn close_cycle(&mut self, now: Instant, compressor: &mut Compressors) {
+    pub fn close_cycle(&mut self, now: Instant, compressors: &mut Compressors) {
         if let Some(framed) = self.builder.finish() {
-            self.push(framed, now, compressor);
+            self.push(framed, now, compressors);
         }
     }
 
-    fn push(&mut self, framed: Framed, now: Instant, compressor: &mut Compressors) {
+    fn push(&mut self, framed: Framed, now: Instant, compressors: &mut Compressors) {
         let bits = self.delivery.deflate;
-        let compress = bits > 0 && compressor.wants(framed.payload().len());
-        let framed = if compress { framed.deflated(compressor.get(bits)) } else { framed };
+        let compress = bits > 0 && compressors.wants(framed.payload().len());
+        let framed = if compress { framed.deflated(compressors.get(bits)) } else { framed };
         let len = framed.len();
         self.stream.push(framed, now, self.streaming);
         let (since, bytes) = self.held.unwrap_or((now, 0));

@@ -68,16 +68,6 @@ impl SnapshotTable {
     pub fn channel(&self, channel: Channel) -> impl Iterator<Item = (&Ticker, &Latest)> {
         self.by_channel[channel.index()].iter()
     }
-
-    /// Entries in all.
-    pub fn len(&self) -> usize {
-        self.by_channel.iter().map(HashMap::len).sum()
-    }
-
-    /// True when no event has passed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -110,7 +100,7 @@ mod tests {
         }
         let mut table = SnapshotTable::default();
         table.update(&batch);
-        assert_eq!(table.len(), 2);
+        assert_eq!(Channel::ALL.iter().map(|&c| table.channel(c).count()).sum::<usize>(), 2);
         let latest = table.get(Channel::T, &aapl).unwrap();
         assert_eq!((latest.seq, latest.json.as_slice()), (3, &br#"{"seq":3}"#[..]));
         assert_eq!(table.get(Channel::A, &aapl).unwrap().seq, 2);

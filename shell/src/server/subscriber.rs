@@ -170,6 +170,15 @@ struct Replay {
     last_sent: Option<u64>,
 }
 
+impl Replay {
+    /// Whether the replay leaves out the retained event `seq`: the connection has it
+    /// already, live or from a snapshot (`snapshot_sent`, ascending).
+    fn skips(&self, seq: u64, snapshot_sent: &[u64]) -> bool {
+        self.skip.is_some_and(|(first, last)| (first..=last).contains(&seq))
+            || snapshot_sent.binary_search(&seq).is_ok()
+    }
+}
+
 /// tungstenite's side of the codec: reads come from the bytes handed in, writes (pongs, close
 /// frames, pings) land in a buffer that becomes one outbox message.
 pub(crate) struct Pipe<'a> {
@@ -421,8 +430,7 @@ impl Subscriber {
                         InflateError::TooBig => CloseReason::TooBig,
                         InflateError::Protocol => CloseReason::Protocol,
                     };
-                    env.counters.protocol_closes.add(1);
-                    self.close(now, reason, env);
+                    self.protocol_close(now, reason, env);
                     return;
                 }
                 inflated = out;
@@ -524,6 +532,11 @@ impl Subscriber {
                 return;
             }
         };
+        self.protocol_close(now, reason, env);
+    }
+
+    /// The client broke the protocol: counted, and closed with `reason`.
+    fn protocol_close(&mut self, now: Instant, reason: CloseReason, env: &mut Env<'_>) {
         env.counters.protocol_closes.add(1);
         self.close(now, reason, env);
     }
@@ -786,17 +799,16 @@ impl Subscriber {
             // Older than the memory history: from the event log, if it has it.
             match env.event_log.map(|log| log.open_at(from_seq)) {
                 Some(Ok(cursor)) => self.disk = Some(Box::new(cursor)),
-                Some(Err(ReadError::TooOld(on_disk))) => {
-                    let oldest = oldest.min(on_disk);
-                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
-                    return;
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(peer = %self.peer, ?error, from_seq, "event log: a resume cannot read it");
-                    self.queue(Framed::text(&status::resume_failed(oldest)), env);
-                    return;
-                }
-                None => {
+                failed => {
+                    let oldest = match failed {
+                        Some(Err(ReadError::TooOld(on_disk))) => oldest.min(on_disk),
+                        Some(Err(error)) => {
+                            tracing::warn!(peer = %self.peer, ?error, from_seq,
+                                "event log: a resume cannot read it");
+                            oldest
+                        }
+                        _ => oldest,
+                    };
                     self.queue(Framed::text(&status::resume_failed(oldest)), env);
                     return;
                 }
@@ -842,9 +854,7 @@ impl Subscriber {
                 break;
             }
             examined = Some(entry.seq);
-            let skipped =
-                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&entry.seq))
-                    || self.snapshot_sent.binary_search(&entry.seq).is_ok();
+            let skipped = replay.skips(entry.seq, &self.snapshot_sent);
             if skipped || !self.delivery.wants(entry) {
                 continue;
             }
@@ -906,9 +916,7 @@ impl Subscriber {
             if record.seq >= memory_from {
                 return false; // the history has it from here
             }
-            let skipped =
-                replay.skip.is_some_and(|(first, last)| (first..=last).contains(&record.seq))
-                    || snapshot_sent.binary_search(&record.seq).is_ok();
+            let skipped = replay.skips(record.seq, snapshot_sent);
             let fields = (record.price_raw, record.volume, record.strength);
             if !skipped && delivery.carries(record.channel, &record.ticker, fields) {
                 messages.extend(builder.push(record.json, record.seq));
