@@ -12,8 +12,11 @@
 #   - python3-venv if needed; then, with pip, a virtualenv in target/test-venv holding the
 #     `websockets` package (the real Python client of the TLS test and of
 #     examples/python_websockets.py) and the official `massive` client
-#     (examples/python_massive.py); TICKSTOCK_TEST_PYTHON may name another Python that has
-#     both.
+#     (examples/python_massive.py), and `playwright`, which drives the browser of the
+#     dashboard test (tools/dashboard_check.py; it downloads no browser);
+#     TICKSTOCK_TEST_PYTHON may name another Python that has all three;
+#   - chromium: Debian's, the real headless browser of the dashboard test
+#     (TICKSTOCK_TEST_CHROMIUM may name another).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,13 +47,19 @@ if [ -z "${PROMTOOL:-}" ]; then
   export PROMTOOL
 fi
 
+if [ -z "${TICKSTOCK_TEST_CHROMIUM:-}" ]; then
+  [ -x /usr/bin/chromium ] || apt_install chromium
+  TICKSTOCK_TEST_CHROMIUM=/usr/bin/chromium
+  export TICKSTOCK_TEST_CHROMIUM
+fi
+
 if [ -z "${TICKSTOCK_TEST_PYTHON:-}" ]; then
   venv="$PWD/target/test-venv"
-  if ! "$venv/bin/python" -c 'import websockets, massive' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import websockets, massive, playwright' >/dev/null 2>&1; then
     have python3 || apt_install python3
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check websockets massive
+    "$venv/bin/pip" install -q --disable-pip-version-check websockets massive playwright
   fi
   TICKSTOCK_TEST_PYTHON="$venv/bin/python"
   export TICKSTOCK_TEST_PYTHON

@@ -106,7 +106,7 @@ fn setup(clients: usize) -> Fanout {
         ..ServerSettings::default()
     };
     let auth = Arc::new(Credentials::load(&settings).expect("open auth on loopback"));
-    let reporting = Reporting { observed: Observed::default(), upstream: None };
+    let reporting = Reporting { observed: Observed::default(), upstream: None, feed: "synthetic" };
     let (sink, handle) =
         server::start(&settings, auth, reporting, 4 << 20).expect("the server starts");
     let addr = handle.local_addr;

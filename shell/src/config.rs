@@ -194,6 +194,9 @@ pub struct ServerSettings {
     /// came, with no auth and no session (`client_message_bytes_max` still bounds a message).
     /// Default: false.
     pub conformance_echo: bool,
+    /// Serve the dashboard, a live web page of the market and the server, at `/` (it is a
+    /// client like any other: it authenticates over the stream). Default: true.
+    pub dashboard: bool,
 }
 
 impl Default for ServerSettings {
@@ -208,6 +211,7 @@ impl Default for ServerSettings {
             tls_cert_file: None,
             tls_key_file: None,
             conformance_echo: false,
+            dashboard: true,
             jwt_leeway_s: 5,
             connections_max: 10_000,
             connections_per_user_max: 100,

@@ -485,7 +485,8 @@ fn run(
     };
     let observed = Observed::default();
     let _ = RUNNING.set((observed.clone(), std::time::Instant::now()));
-    let reporting = Reporting { observed: observed.clone(), upstream: upstream.clone() };
+    let reporting =
+        Reporting { observed: observed.clone(), upstream: upstream.clone(), feed: feed.name() };
     let (result, server_counters) = match output {
         Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {
             Ok(service) => {

@@ -935,7 +935,13 @@ fn python_with(module: &str) -> String {
 
 /// Runs `examples/NAME` with `args` under `python`, with a deadline; its output.
 fn run_example(python: &str, name: &str, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    run_script(python, &format!("examples/{name}"), args, 60)
+}
+
+/// Runs the script at `path` (from the workspace root) with `args` under `python`, for at
+/// most `deadline_s`; its output, after it succeeded.
+fn run_script(python: &str, path: &str, args: &[&str], deadline_s: u64) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
     let mut child = Command::new(python)
         .arg(&script)
         .args(args)
@@ -943,18 +949,87 @@ fn run_example(python: &str, name: &str, args: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(deadline_s);
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{name} ran past 60 s: {:?}", child.wait_with_output().map(|o| text(&o.stdout)));
+            let output = child.wait_with_output().map(|o| (text(&o.stdout), text(&o.stderr)));
+            panic!("{path} ran past {deadline_s} s: {output:?}");
         }
         sleep(Duration::from_millis(100));
     }
     let output = child.wait_with_output().unwrap();
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "{name} failed:\n{stdout}\n{stderr}");
+    assert!(output.status.success(), "{path} failed:\n{stdout}\n{stderr}");
     stdout
+}
+
+/// The Chromium the dashboard test drives: `TICKSTOCK_TEST_CHROMIUM`, else Debian's
+/// `/usr/bin/chromium`. A missing one fails with what to do, never skips.
+fn chromium() -> String {
+    let chromium =
+        std::env::var("TICKSTOCK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let found = Command::new(&chromium)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        found,
+        "no Chromium at {chromium}: run tools/test.sh, which installs Debian's `chromium` \
+         (or set TICKSTOCK_TEST_CHROMIUM)"
+    );
+    chromium
+}
+
+/// `tools/dashboard_check.py` against the dashboard at `addr`: what it measured, after every
+/// check passed.
+fn dashboard_check(python: &str, chromium: &str, addr: &str, more: &[&str]) -> serde_json::Value {
+    let url = format!("http://{addr}/");
+    let args = [&["--url", url.as_str(), "--chromium", chromium], more].concat();
+    let out = run_script(python, "tools/dashboard_check.py", &args, 240);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(report["ok"], true, "{report}");
+    report["measured"].clone()
+}
+
+#[test]
+fn the_dashboard_works_in_a_real_headless_chromium() {
+    let python = python_with("playwright");
+    let chromium = chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tickstock.toml");
+    fs::write(&config, "").unwrap();
+    // On loopback with no keys, the page connects at once.
+    let (child, addr, _log) = serving(&config, &[]);
+    let measured = dashboard_check(&python, &chromium, &addr, &[]);
+    assert!(measured.get("asked_for_key").is_none(), "{measured}");
+    assert_eq!(measured["websockets"], serde_json::json!([format!("ws://{addr}/stocks")]));
+    assert!(measured["feed"].as_str().unwrap().contains("Synthetic market"), "{measured}");
+    assert!(measured["chart_bars_1s"].as_u64().unwrap() >= 2, "{measured}");
+    signal(&child, "TERM");
+    assert!(finish(child).status.success());
+
+    // With keys, the page asks for one, keeps it in sessionStorage and never in a URL.
+    let keys = dir.path().join("api_keys");
+    fs::write(&keys, "dashboard-key-7f3a user=desk\n").unwrap();
+    let with_keys = format!("[server]\napi_keys_file = {:?}\n", keys.display().to_string());
+    fs::write(&config, with_keys).unwrap();
+    let (child, addr, _log) = serving(&config, &[]);
+    let measured = dashboard_check(&python, &chromium, &addr, &["--key", "dashboard-key-7f3a"]);
+    assert!(measured["asked_for_key"].as_f64().is_some(), "{measured}");
+    signal(&child, "TERM");
+    assert!(finish(child).status.success());
+
+    // `server.dashboard = false`: the page is not served, the stream still is.
+    fs::write(&config, "[server]\ndashboard = false\n").unwrap();
+    let (child, addr, _log) = serving(&config, &[]);
+    for path in ["/", "/dashboard.js"] {
+        let answer = http(&addr, &format!("GET {path} HTTP/1.1\r\n\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+    }
+    assert!(http(&addr, "GET /health HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    signal(&child, "TERM");
+    assert!(finish(child).status.success());
 }
 
 #[test]

@@ -67,6 +67,10 @@ struct MeasuredFeed {
 }
 
 impl Feed for MeasuredFeed {
+    fn name(&self) -> &'static str {
+        "measured synthetic"
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let ids: Vec<_> = self.market.tickers().iter().map(|t| tx.intern(t).unwrap()).collect();
         self.market.set_ids(&ids);

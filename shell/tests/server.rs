@@ -77,7 +77,7 @@ fn start_with(
     // SAFETY-free: tests in this file all set the same value.
     unsafe_env();
     let credentials = Arc::new(Credentials::load(&settings.server).unwrap());
-    let reporting = Reporting { observed: Observed::default(), upstream: None };
+    let reporting = Reporting { observed: Observed::default(), upstream: None, feed: "synthetic" };
     let feed = feed(&settings);
     let stop = Arc::new(AtomicBool::new(false));
     let service = Service::start(
@@ -1195,6 +1195,10 @@ struct BurstThenQuiet {
 }
 
 impl Feed for BurstThenQuiet {
+    fn name(&self) -> &'static str {
+        "burst then quiet"
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let Ok(symbol) = tx.intern("BURST") else { return FeedEnd::Failed("intern".to_owned()) };
         for id in 1..=self.trades {

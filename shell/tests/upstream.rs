@@ -538,7 +538,12 @@ fn health_and_metrics_show_the_breaker_and_why_it_opened() {
         metrics::unhealthy(&observed, Some(&run.status), 0, u64::MAX).expect("the feed is down");
     assert!(problem.contains("feed down") && problem.contains("auth_failed"), "{problem}");
     let counters = metrics::ServerStats::new(1);
-    let health = metrics::health(&observed, &counters, Some(&run.status), 1, Some(&problem));
+    let reporting = tickstock_shell::server::Reporting {
+        observed: observed.clone(),
+        upstream: Some(Arc::clone(&run.status)),
+        feed: "upstream",
+    };
+    let health = metrics::health(&reporting, &counters, 1, Some(&problem));
     let value: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(value["status"], "unhealthy");
     assert_eq!(value["feed"]["breaker"], "open");

@@ -152,6 +152,10 @@ impl Feed for WarmStart {
         true
     }
 
+    fn name(&self) -> &'static str {
+        self.live.name()
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let started = Instant::now();
         let dir = self.replay.dir.display().to_string();
@@ -180,6 +184,10 @@ impl Feed for WarmStart {
 }
 
 impl Feed for JournalFeed {
+    fn name(&self) -> &'static str {
+        "journal replay"
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let capacity = tickstock_engine::limits::SYMBOLS_MAX as usize;
         let mut replay = Replay {

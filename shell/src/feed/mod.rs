@@ -234,6 +234,10 @@ pub trait Feed: Send {
     /// Produces inputs until exhausted, stopped or failed.
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd;
 
+    /// What `/health` calls this feed (`feed.source`): `synthetic`, `upstream`,
+    /// `journal replay`.
+    fn name(&self) -> &'static str;
+
     /// True for a warm restart: the feed first replays the journal (its times given), then
     /// calls [`FeedTx::go_live`] and runs live.
     fn warms_up(&self) -> bool {

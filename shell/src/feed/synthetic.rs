@@ -275,6 +275,10 @@ impl SyntheticFeed {
 }
 
 impl Feed for SyntheticFeed {
+    fn name(&self) -> &'static str {
+        "synthetic"
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let mut market = Market::new(&self.settings);
         if let Err(message) = self.intern_all(&mut market, tx) {

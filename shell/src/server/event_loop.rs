@@ -23,6 +23,7 @@ use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
 use super::auth::{Authenticator, Credentials};
+use super::dashboard;
 use super::deflate;
 use super::event_log::{EventLogCounters, EventLogReader};
 use super::fanout::Fanout;
@@ -499,7 +500,7 @@ impl EventLoop {
             http::Parse::Partial => {}
             http::Parse::Bad(why) => {
                 self.counters().bad_requests.add(1);
-                self.respond(key, "400 Bad Request", "text/plain", why, now);
+                self.respond(key, http::response("400 Bad Request", "text/plain", "", why), now);
             }
             http::Parse::Complete(request, len) => self.route(key, request, len, now),
         }
@@ -516,14 +517,13 @@ impl EventLoop {
                     STALL_NS,
                 );
                 let body = metrics::health(
-                    &r.observed,
+                    r,
                     &self.shared.stats,
-                    r.upstream.as_deref(),
                     self.shared.started.elapsed().as_secs(),
                     problem.as_deref(),
                 );
                 let status = if problem.is_none() { "200 OK" } else { "503 Service Unavailable" };
-                self.respond(key, status, "application/json", &body, now);
+                self.respond(key, http::response(status, "application/json", "", &body), now);
             }
             http::Route::Metrics => {
                 let body = metrics::prometheus(
@@ -532,25 +532,42 @@ impl EventLoop {
                     self.shared.reporting.upstream.as_deref(),
                     self.shared.event_log.as_ref().map(|(_, counters)| counters.as_ref()),
                 );
-                self.respond(key, "200 OK", "text/plain; version=0.0.4", &body, now);
+                self.respond(
+                    key,
+                    http::response("200 OK", "text/plain; version=0.0.4", "", &body),
+                    now,
+                );
             }
             http::Route::Universes => {
                 let body = self.universes.to_json();
-                self.respond(key, "200 OK", "application/json", &body, now);
+                self.respond(key, http::response("200 OK", "application/json", "", &body), now);
             }
             http::Route::Echo if self.shared.settings.conformance_echo => {
                 self.upgrade(key, &request, len, now, true);
             }
-            http::Route::NotFound | http::Route::Echo => {
-                self.respond(key, "404 Not Found", "text/plain", "not found", now);
+            http::Route::Dashboard(asset) if self.shared.settings.dashboard => {
+                let out =
+                    http::response("200 OK", asset.content_type, dashboard::HEADERS, asset.body);
+                self.respond(key, out, now);
+            }
+            http::Route::NotFound | http::Route::Echo | http::Route::Dashboard(_) => {
+                self.respond(
+                    key,
+                    http::response("404 Not Found", "text/plain", "", "not found"),
+                    now,
+                );
             }
             http::Route::BadRequest(why) => {
                 self.counters().bad_requests.add(1);
-                self.respond(key, "400 Bad Request", "text/plain", why, now);
+                self.respond(key, http::response("400 Bad Request", "text/plain", "", why), now);
             }
             http::Route::Stream if self.warming() => {
                 let why = "warming up: replaying the journal after a restart; retry shortly";
-                self.respond(key, "503 Service Unavailable", "text/plain", why, now);
+                self.respond(
+                    key,
+                    http::response("503 Service Unavailable", "text/plain", "", why),
+                    now,
+                );
             }
             http::Route::Stream => self.upgrade(key, &request, len, now, false),
         }
@@ -571,15 +588,14 @@ impl EventLoop {
     }
 
     /// Turns the connection into a response being written, in place.
-    fn respond(&mut self, key: usize, status: &str, content_type: &str, body: &str, now: Instant) {
+    fn respond(&mut self, key: usize, out: Vec<u8>, now: Instant) {
         self.counters().http_requests.add(1);
         let deadline = now + Duration::from_millis(self.shared.settings.close_timeout_ms.into());
         let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
         let Connection::Http { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
             return;
         };
-        let (mut stream, mut out, mut written) =
-            (stream, http::response(status, content_type, body), 0);
+        let (mut stream, mut out, mut written) = (stream, out, 0);
         let more = write_out(&mut stream, &mut out, &mut written);
         *slot = Connection::Respond { stream, out, written, deadline };
         if !more {

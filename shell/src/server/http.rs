@@ -97,6 +97,8 @@ pub enum Route {
     Universes,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /` and the other files of the [Dashboard](super::dashboard).
+    Dashboard(&'static super::dashboard::Asset),
     /// A WebSocket upgrade on `/stocks` or `/v1/stream`.
     Stream,
     /// A WebSocket upgrade on `/echo` (served only in conformance mode).
@@ -131,14 +133,15 @@ pub fn route(request: &Request) -> Route {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/v1/universes" => Route::Universes,
-        _ => Route::NotFound,
+        path => super::dashboard::asset(path).map_or(Route::NotFound, Route::Dashboard),
     }
 }
 
-/// A whole HTTP/1.1 response that closes the connection.
-pub fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+/// A whole HTTP/1.1 response that closes the connection; `headers` are further header
+/// lines, each ending in CRLF.
+pub fn response(status: &str, content_type: &str, headers: &str, body: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{headers}\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -187,7 +190,8 @@ mod tests {
         assert_eq!(route(&request("GET /metrics HTTP/1.1\r\n\r\n")), Route::Metrics);
         let universes = request("GET /v1/universes HTTP/1.1\r\n\r\n");
         assert_eq!(route(&universes), Route::Universes);
-        assert_eq!(route(&request("GET / HTTP/1.1\r\n\r\n")), Route::NotFound);
+        assert!(matches!(route(&request("GET / HTTP/1.1\r\n\r\n")), Route::Dashboard(_)));
+        assert_eq!(route(&request("GET /nothing HTTP/1.1\r\n\r\n")), Route::NotFound);
         assert_eq!(route(&request("POST /health HTTP/1.1\r\n\r\n")), Route::NotFound);
         assert!(
             matches!(route(&request(&format!("GET /stocks?apiKey=s3cret HTTP/1.1\r\n{UPGRADE}\r\n"))), Route::BadRequest(m) if m.contains("query"))

@@ -13,6 +13,7 @@ use prometheus::TextEncoder;
 use tickstock_engine::RejectReason;
 
 use super::event_log::EventLogCounters;
+use super::service::Reporting;
 use crate::feed::upstream::parse::Garbage;
 use crate::feed::upstream::{UpstreamStatus, FAILURE_LABELS};
 use crate::pipeline::Observed;
@@ -144,15 +145,14 @@ pub fn unhealthy(
 
 /// The `/health` body and whether it is healthy.
 pub fn health(
-    observed: &Observed,
+    reporting: &Reporting,
     server: &ServerStats,
-    upstream: Option<&UpstreamStatus>,
     uptime_s: u64,
     problem: Option<&str>,
 ) -> String {
-    let c = &observed.counters;
-    let feed = match upstream {
-        None => r#"{"source":"synthetic","state":"running"}"#.to_owned(),
+    let c = &reporting.observed.counters;
+    let feed = match reporting.upstream.as_deref() {
+        None => format!(r#"{{"source":{},"state":"running"}}"#, json(reporting.feed)),
         Some(upstream) => {
             let health = upstream.health();
             format!(

@@ -1,5 +1,5 @@
 //! The WebSocket server of PROTOCOL.md. One port serves the stream (`/stocks`, `/v1/stream`),
-//! `/health` and `/metrics`.
+//! `/health`, `/metrics` and the [`dashboard`] at `/`.
 //!
 //! The emitter hands each cycle's batch to the [`ServerSink`] ([`sink`]), which shares it with
 //! every event loop ([`event_loop`], the only mio user). Each loop's fan-out ([`fanout`])
@@ -17,6 +17,7 @@
 //! and what it loses is counted. See [`group`] and [`sink`] for the two bounded queues.
 
 pub mod auth;
+pub mod dashboard;
 pub mod deflate;
 pub mod event_log;
 pub mod event_loop;

@@ -23,6 +23,8 @@ pub struct Reporting {
     pub observed: Observed,
     /// The upstream client's status, when the feed is upstream.
     pub upstream: Option<Arc<UpstreamStatus>>,
+    /// The feed's [`name`](crate::feed::Feed::name), for `/health`.
+    pub feed: &'static str,
 }
 
 /// A server and the pipeline feeding it.

@@ -541,6 +541,10 @@ fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, Failu
 }
 
 impl Feed for UpstreamFeed {
+    fn name(&self) -> &'static str {
+        "upstream"
+    }
+
     fn run(&mut self, tx: &mut FeedTx) -> FeedEnd {
         let u = &self.settings;
         let ms = |v: u32| u64::from(v) * 1_000_000;
