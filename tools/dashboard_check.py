@@ -157,6 +157,15 @@ def main():
         if frames["fps"] < 15 or frames["max_gap_ms"] > 1000:
             fail(f"the page is not responsive under the stream: {frames}")
 
+        # What this browser and the server agree on for a stream connection (the page's own
+        # connections negotiate the same): permessage-deflate, compressed by the server.
+        measured["extensions"] = page.evaluate(
+            """() => new Promise((resolve) => {
+                 const ws = new WebSocket(`ws://${location.host}/stocks`);
+                 ws.onopen = () => { resolve(ws.extensions); ws.close(); };
+                 ws.onerror = () => resolve(null);
+               })"""
+        )
         measured["tape_rows"] = page.locator("#tape tbody tr").count()
         if measured["tape_rows"] > 200:
             fail(f"the tape is capped at 200 rows, found {measured['tape_rows']}")

@@ -709,6 +709,13 @@ fn health_says_warming_and_clients_wait_while_the_journal_replays() {
             refused |= upgrade.starts_with("HTTP/1.1 503") && upgrade.contains("warming");
         }
         healthy = health.starts_with("HTTP/1.1 200");
+        if healthy {
+            // The warm restart's feed is the live one behind the replay.
+            assert!(
+                health.contains(r#""feed":{"source":"synthetic","state":"running"}"#),
+                "{health}"
+            );
+        }
         sleep(Duration::from_millis(10));
     }
     signal(&child, "TERM");
@@ -720,6 +727,37 @@ fn health_says_warming_and_clients_wait_while_the_journal_replays() {
     let replayed =
         rest.iter().find(|l| l.contains("journal replayed")).expect("the replay's report");
     assert!(replayed.contains("trades=600000") && replayed.contains("seconds="), "{replayed}");
+}
+
+#[test]
+fn health_names_a_journal_replay_as_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let status = tickstock()
+        .args(["--quiet", "record", "--virtual-time", "--trades", "20000", "--journal"])
+        .arg(&journal)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = tickstock()
+        .args(["--listen", "127.0.0.1:0", "replay", "--speed", "1", "--output", "websocket"])
+        .arg(&journal)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs where it listens").unwrap();
+        if let Some((_, rest)) = line.split_once("serving ws://") {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    let health = http(&addr, "GET /health HTTP/1.1\r\n\r\n");
+    signal(&child, "TERM");
+    let _ = child.wait();
+    assert!(health.contains(r#""feed":{"source":"journal replay","state":"running"}"#), "{health}");
 }
 
 /// Log lines, as they come.
@@ -1006,6 +1044,10 @@ fn the_dashboard_works_in_a_real_headless_chromium() {
     assert_eq!(measured["websockets"], serde_json::json!([format!("ws://{addr}/stocks")]));
     assert!(measured["feed"].as_str().unwrap().contains("Synthetic market"), "{measured}");
     assert!(measured["chart_bars_1s"].as_u64().unwrap() >= 2, "{measured}");
+    // Chromium offers permessage-deflate and the server takes it: the page's stream is
+    // compressed (RFC 7692 against a real browser).
+    let extensions = measured["extensions"].as_str().unwrap_or_default();
+    assert!(extensions.starts_with("permessage-deflate"), "{measured}");
     signal(&child, "TERM");
     assert!(finish(child).status.success());
 
