@@ -8,7 +8,9 @@ logs no console error and requests nothing outside the server.
         [--chromium /usr/bin/chromium] [--screenshot docs/dashboard.png] [--settle-s 0]
 
 With --key the server is expected to refuse the page's default token: the page must ask for
-a key, take it from its form, keep it in sessionStorage and connect. Needs the `playwright`
+a key, take it from its form, keep it in sessionStorage and connect. With --feed-down the
+server's upstream feed is expected down: the page must say so in words, with the breaker's
+last failure (the browser's own console line for /health's 503 is then expected). Needs the `playwright`
 package (pip; it drives the given Chromium, it downloads no browser). Prints one JSON line of
 what it measured; exits 1 with the reasons when a check fails.
 """
@@ -73,6 +75,9 @@ def main():
     parser.add_argument("--url", required=True, help="the dashboard, e.g. http://127.0.0.1:8765/")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--key", help="an API key the server accepts (then the default token must be refused)")
+    parser.add_argument("--feed-down", action="store_true", help="the server's upstream is down: check the page says why")
+    parser.add_argument("--chart", choices=["A", "AM"], default="A", help="the chart's bars to check: 1-second (A, default) or 1-minute (AM)")
+    parser.add_argument("--symbol", help="type this symbol into the chart's box instead of clicking one (for screenshots)")
     parser.add_argument("--screenshot", help="write a screenshot of the whole page here at the end")
     parser.add_argument("--settle-s", type=float, default=0.0, help="extra seconds before the screenshot")
     args = parser.parse_args()
@@ -90,7 +95,13 @@ def main():
         context = browser.new_context(viewport={"width": 1440, "height": 1100})
         page = context.new_page()
         page.add_init_script(INIT_SCRIPT)
-        page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+        def console(message):
+            # Chromium logs every non-2xx response; /health answers 503 while the feed is down.
+            expected = args.feed_down and message.location.get("url", "").endswith("/health") and "503" in message.text
+            if message.type == "error" and not expected:
+                errors.append(f"console: {message.text} ({message.location.get('url')})")
+
+        page.on("console", console)
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
         page.on("request", lambda r: requests.append(r.url))
         page.on("websocket", lambda ws: requests.append(ws.url))
@@ -119,6 +130,15 @@ def main():
                 fail(f"the key should be kept in sessionStorage, found {stored!r}")
 
         wait("live", "() => document.getElementById('conn').dataset.state === 'live'", 10)
+        if args.feed_down:
+            wait("feed_down", "() => /Upstream feed DOWN.*last failure: \\S/.test(document.getElementById('feed').textContent)", 15)
+            wait("unhealthy", "() => document.getElementById('health').dataset.state === 'unhealthy' && !document.getElementById('problem').hidden", 5)
+            measured["feed"] = page.inner_text("#feed")
+            measured["problem"] = page.inner_text("#problem")
+            if args.screenshot:
+                page.screenshot(path=args.screenshot, full_page=True)
+            browser.close()
+            return report(failures, errors, requests, allowed, args, measured)
         wait("tape_rows", "() => document.querySelectorAll('#tape tbody tr').length >= 5", 15)
         wait("activity", "() => document.getElementById('act-level').dataset.level !== ''", 10)
         wait("movers", "() => document.querySelectorAll('#gainers tbody tr, #losers tbody tr').length >= 2", 10)
@@ -126,28 +146,33 @@ def main():
         wait("server_stats", "() => /^[0-9,]+$/.test(document.getElementById('s-events').textContent)", 10)
 
         # Click a symbol as a user would: the pointer over the tape holds it still; AAPL (the
-        # busiest synthetic symbol) where it shows, else the top gainer; then the 1-second
-        # bars of its chart.
-        page.hover("#tape")
-        page.wait_for_timeout(100)
-        cells = [c for c in page.locator("#tape td.sym").all() if c.inner_text() == "AAPL"]
-        if cells:
-            target = cells[0]
+        # busiest synthetic symbol) where it shows, else the top gainer; then its chart.
+        if args.symbol:
+            symbol = args.symbol
+            page.fill("#chart-symbol", symbol)
+            page.press("#chart-symbol", "Enter")
+            measured["typed"] = symbol
         else:
-            page.hover("#gainers")
+            page.hover("#tape")
             page.wait_for_timeout(100)
-            target = page.locator("#gainers td.sym, #losers td.sym").first
-        symbol = target.inner_text()
-        target.click()
-        measured["clicked"] = symbol
-        page.check("input[name=freq][value=A]")
+            cells = [c for c in page.locator("#tape td.sym").all() if c.inner_text() == "AAPL"]
+            if cells:
+                target = cells[0]
+            else:
+                page.hover("#gainers")
+                page.wait_for_timeout(100)
+                target = page.locator("#gainers td.sym, #losers td.sym").first
+            symbol = target.inner_text()
+            target.click()
+            measured["clicked"] = symbol
+        page.check(f"input[name=freq][value={args.chart}]")
         wait(
             "chart_bars",
             "(sym) => { const c = document.getElementById('chart'); return c.dataset.symbol === sym && Number(c.dataset.bars) >= 2; }",
             15,
             arg=symbol,
         )
-        measured["chart_bars_1s"] = int(page.get_attribute("#chart", "data-bars") or 0)
+        measured[f"chart_bars_{args.chart}"] = int(page.get_attribute("#chart", "data-bars") or 0)
 
         frames = page.evaluate(FRAMES_SCRIPT, 3)
         measured["frames"] = {k: round(v, 1) for k, v in frames.items()}
@@ -178,12 +203,16 @@ def main():
         if args.screenshot:
             page.screenshot(path=args.screenshot, full_page=True)
         browser.close()
+    return report(failures, errors, requests, allowed, args, measured)
 
+
+def report(failures, errors, requests, allowed, args, measured):
+    """Checks the network log, prints the JSON line; the exit code."""
     outside = sorted({u for u in requests if not u.startswith("data:") and f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" not in allowed})
     if outside:
-        fail(f"requests outside the server: {outside}")
+        failures.append(f"requests outside the server: {outside}")
     if args.key and any(args.key in u for u in requests):
-        fail("the key appeared in a URL")
+        failures.append("the key appeared in a URL")
     measured["requests"] = len(requests)
     measured["websockets"] = sorted({u for u in requests if u.startswith("ws")})
     failures.extend(errors)

@@ -5,29 +5,14 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
 use tickstock_shell::journal;
 
-fn tickstock() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tickstock"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn signal(child: &Child, name: &str) {
-    let status =
-        Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
-}
-
-fn finish(child: Child) -> Output {
-    child.wait_with_output().unwrap()
-}
+mod common;
+use common::process::{finish, http, python_with, run_script, serving, signal, text, tickstock};
 
 #[test]
 fn help_names_every_subcommand() {
@@ -659,17 +644,6 @@ fn a_restart_after_kill_9_goes_on_exactly_where_an_uninterrupted_run_would() {
     assert!(!pass.contains_key(&(live.last().unwrap().0 + 1)), "and end where the pass ends");
 }
 
-/// One HTTP request to `addr`; the whole response.
-fn http(addr: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.write_all(request.as_bytes());
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
-
 #[test]
 fn health_says_warming_and_clients_wait_while_the_journal_replays() {
     let dir = tempfile::tempdir().unwrap();
@@ -758,33 +732,6 @@ fn health_names_a_journal_replay_as_the_feed() {
     signal(&child, "TERM");
     let _ = child.wait();
     assert!(health.contains(r#""feed":{"source":"journal replay","state":"running"}"#), "{health}");
-}
-
-/// Log lines, as they come.
-type Log = Box<dyn Iterator<Item = String>>;
-
-/// Starts `serve` on the WebSocket output with `args` after `--config`; its address and its
-/// log lines (from the first).
-fn serving(config: &Path, args: &[&str]) -> (Child, String, Log) {
-    use std::io::BufRead;
-    let mut child = tickstock()
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut before = Vec::new();
-    let addr = loop {
-        let line = lines.next().expect("the server logs where it listens").unwrap();
-        if let Some((_, rest)) = line.split_once("serving ws://") {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-        before.push(line);
-    };
-    (child, addr, Box::new(before.into_iter().chain(lines.map_while(Result::ok))))
 }
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
@@ -955,123 +902,9 @@ fn a_warm_restart_encodes_only_the_replayed_events_the_resume_history_keeps() {
     assert!(finish(child).status.success());
 }
 
-/// The test Python (tools/test.sh's virtualenv, or `TICKSTOCK_TEST_PYTHON`), which must have
-/// `module`: a missing one fails with what to do, never skips.
-fn python_with(module: &str) -> String {
-    let python = std::env::var("TICKSTOCK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let found = Command::new(&python)
-        .args(["-c", &format!("import {module}")])
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "{python} has no `{module}` package: run tools/test.sh, which installs it in a \
-         virtualenv (or set TICKSTOCK_TEST_PYTHON)"
-    );
-    python
-}
-
 /// Runs `examples/NAME` with `args` under `python`, with a deadline; its output.
 fn run_example(python: &str, name: &str, args: &[&str]) -> String {
     run_script(python, &format!("examples/{name}"), args, 60)
-}
-
-/// Runs the script at `path` (from the workspace root) with `args` under `python`, for at
-/// most `deadline_s`; its output, after it succeeded.
-fn run_script(python: &str, path: &str, args: &[&str], deadline_s: u64) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
-    let mut child = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(deadline_s);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().map(|o| (text(&o.stdout), text(&o.stderr)));
-            panic!("{path} ran past {deadline_s} s: {output:?}");
-        }
-        sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "{path} failed:\n{stdout}\n{stderr}");
-    stdout
-}
-
-/// The Chromium the dashboard test drives: `TICKSTOCK_TEST_CHROMIUM`, else Debian's
-/// `/usr/bin/chromium`. A missing one fails with what to do, never skips.
-fn chromium() -> String {
-    let chromium =
-        std::env::var("TICKSTOCK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    let found = Command::new(&chromium)
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    assert!(
-        found,
-        "no Chromium at {chromium}: run tools/test.sh, which installs Debian's `chromium` \
-         (or set TICKSTOCK_TEST_CHROMIUM)"
-    );
-    chromium
-}
-
-/// `tools/dashboard_check.py` against the dashboard at `addr`: what it measured, after every
-/// check passed.
-fn dashboard_check(python: &str, chromium: &str, addr: &str, more: &[&str]) -> serde_json::Value {
-    let url = format!("http://{addr}/");
-    let args = [&["--url", url.as_str(), "--chromium", chromium], more].concat();
-    let out = run_script(python, "tools/dashboard_check.py", &args, 240);
-    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert_eq!(report["ok"], true, "{report}");
-    report["measured"].clone()
-}
-
-#[test]
-fn the_dashboard_works_in_a_real_headless_chromium() {
-    let python = python_with("playwright");
-    let chromium = chromium();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tickstock.toml");
-    fs::write(&config, "").unwrap();
-    // On loopback with no keys, the page connects at once.
-    let (child, addr, _log) = serving(&config, &[]);
-    let measured = dashboard_check(&python, &chromium, &addr, &[]);
-    assert!(measured.get("asked_for_key").is_none(), "{measured}");
-    assert_eq!(measured["websockets"], serde_json::json!([format!("ws://{addr}/stocks")]));
-    assert!(measured["feed"].as_str().unwrap().contains("Synthetic market"), "{measured}");
-    assert!(measured["chart_bars_1s"].as_u64().unwrap() >= 2, "{measured}");
-    // Chromium offers permessage-deflate and the server takes it: the page's stream is
-    // compressed (RFC 7692 against a real browser).
-    let extensions = measured["extensions"].as_str().unwrap_or_default();
-    assert!(extensions.starts_with("permessage-deflate"), "{measured}");
-    signal(&child, "TERM");
-    assert!(finish(child).status.success());
-
-    // With keys, the page asks for one, keeps it in sessionStorage and never in a URL.
-    let keys = dir.path().join("api_keys");
-    fs::write(&keys, "dashboard-key-7f3a user=desk\n").unwrap();
-    let with_keys = format!("[server]\napi_keys_file = {:?}\n", keys.display().to_string());
-    fs::write(&config, with_keys).unwrap();
-    let (child, addr, _log) = serving(&config, &[]);
-    let measured = dashboard_check(&python, &chromium, &addr, &["--key", "dashboard-key-7f3a"]);
-    assert!(measured["asked_for_key"].as_f64().is_some(), "{measured}");
-    signal(&child, "TERM");
-    assert!(finish(child).status.success());
-
-    // `server.dashboard = false`: the page is not served, the stream still is.
-    fs::write(&config, "[server]\ndashboard = false\n").unwrap();
-    let (child, addr, _log) = serving(&config, &[]);
-    for path in ["/", "/dashboard.js"] {
-        let answer = http(&addr, &format!("GET {path} HTTP/1.1\r\n\r\n"));
-        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
-    }
-    assert!(http(&addr, "GET /health HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
-    signal(&child, "TERM");
-    assert!(finish(child).status.success());
 }
 
 #[test]

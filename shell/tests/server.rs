@@ -273,7 +273,13 @@ fn health_metrics_not_found_and_refused_requests_on_the_one_port() {
         "{metrics}"
     );
     assert!(metrics.contains("tickstock_sink_waits_total "), "{metrics}");
-    assert!(http_get(server.addr, "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    let page = http_get(server.addr, "GET / HTTP/1.1\r\n\r\n");
+    assert!(
+        page.starts_with("HTTP/1.1 200")
+            && page.contains("Content-Security-Policy: default-src 'none'"),
+        "{page}"
+    );
+    assert!(http_get(server.addr, "GET /nothing HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
     let refused =
         http_get(server.addr, &format!("GET /stocks?apiKey=k-all HTTP/1.1\r\n{upgrade}\r\n"));

@@ -6,13 +6,16 @@
 //!   start across a band mix like a real
 //!   listing: 20 % penny stocks ($0.50-5), 30 % small caps ($5-20), 30 % mid ($20-100) and
 //!   20 % large caps ($100-1,000), log-uniform within each band.
-//! - A geometric random walk per symbol: each trade moves the price by `exp(sigma * z)`,
-//!   sigma drawn per symbol, ticked to cents ($0.0001 under $1).
+//! - A geometric random walk per symbol in event time: each trade moves the price by
+//!   `exp(sigma * sqrt(dt) * z)`, `dt` the seconds since the symbol's previous trade and
+//!   sigma drawn per symbol (0.015-0.06 % per root second: 2-9 % a trading day), so a busy
+//!   name is no more volatile than a quiet one; ticked to cents ($0.0001 under $1).
 //! - Trade arrival: Poisson at `trades_per_sec`, spread over symbols by a Zipf-like activity
 //!   weight, so a few names trade a lot and most trade rarely.
 //! - Bursts: every few seconds of event time one symbol starts a burst for 20-90 s, taking a
-//!   share of all trades with a drift, larger sizes and a jump at the start. Bursts are what
-//!   make surges (`SV`), trends (`TR`) and new session highs and lows (`HL`) actually happen.
+//!   share of all trades with a drift (2-10 % over the whole burst, whatever the trade rate),
+//!   larger sizes and a jump of 1-3 % at the start. Bursts are what make surges (`SV`),
+//!   trends (`TR`) and new session highs and lows (`HL`) actually happen.
 //! - Sizes: round lots mostly, odd lots sometimes, an occasional block.
 //!
 //! Live (the default), a trade happens now: the feed paces itself to the wall clock. With
@@ -33,6 +36,10 @@ const PRICE_BANDS: [(u32, f64, f64); 4] =
 const BURST_SHARE_PCT: u32 = 10;
 /// Mean event time between two bursts starting, in seconds.
 const BURST_GAP_SECS_MEAN: f64 = 8.0;
+/// A symbol's volatility, log return per root second: drawn in this range.
+const SIGMA_PER_ROOT_S: (f64, f64) = (0.000_15, 0.000_6);
+/// A burst's drift over its whole length, in log return: drawn in this range.
+const BURST_MOVE: (f64, f64) = (0.02, 0.10);
 /// Trades sent per pacing round when live, at most.
 const PACE_BATCH_MAX: u32 = 512;
 
@@ -41,8 +48,10 @@ struct Instrument {
     id: SymbolId,
     /// Current price in dollars.
     price: f64,
-    /// Per-trade log-return volatility.
+    /// Log-return volatility per root second.
     sigma: f64,
+    /// Event time of its previous trade, ns (0: none yet).
+    last_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -80,8 +89,8 @@ impl Market {
         let mut total = 0.0;
         for rank in 0..count {
             let price = band_price(&mut rng, rank);
-            let sigma = 0.0002 + rng.f64() * 0.0008;
-            instruments.push(Instrument { id: SymbolId(rank as u32), price, sigma });
+            let sigma = SIGMA_PER_ROOT_S.0 + rng.f64() * (SIGMA_PER_ROOT_S.1 - SIGMA_PER_ROOT_S.0);
+            instruments.push(Instrument { id: SymbolId(rank as u32), price, sigma, last_ns: 0 });
             total += 1.0 / (rank as f64 + 10.0);
             cumulative.push(total);
         }
@@ -120,7 +129,10 @@ impl Market {
         let (index, drift, burst) = self.pick();
         let instrument = &mut self.instruments[index];
         let z = normal(&mut self.rng);
-        let step = (drift + instrument.sigma * z).clamp(-0.05, 0.05);
+        let since =
+            if instrument.last_ns == 0 { 1e9 } else { (self.now_ns - instrument.last_ns) as f64 };
+        instrument.last_ns = self.now_ns;
+        let step = (drift + instrument.sigma * (since / 1e9).sqrt() * z).clamp(-0.05, 0.05);
         instrument.price = (instrument.price * step.exp()).clamp(0.01, 50_000.0);
         let price = tick_round(instrument.price);
         let size = trade_size(&mut self.rng, burst);
@@ -146,7 +158,12 @@ impl Market {
             let symbol = self.rng.usize(..self.instruments.len());
             let length_ns = self.rng.u64(20..=90) * 1_000_000_000;
             let direction = if self.rng.bool() { 1.0 } else { -1.0 };
-            let drift = direction * (0.0005 + self.rng.f64() * 0.0015);
+            // Spread over the trades the burst is expected to take, so the move stays a
+            // move (not a hundredfold) at any rate: a per-trade drift fixed in advance would
+            // compound over the thousands of trades a second a busy market gives a burst.
+            let trades = length_ns as f64 / self.mean_gap_ns * f64::from(BURST_SHARE_PCT) / 100.0;
+            let total = BURST_MOVE.0 + self.rng.f64() * (BURST_MOVE.1 - BURST_MOVE.0);
+            let drift = direction * total / trades.max(1.0);
             let jump = (direction * (0.01 + self.rng.f64() * 0.02)).exp();
             self.instruments[symbol].price *= jump;
             self.burst = Some(Burst { symbol, until_ns: self.now_ns + length_ns, drift });
@@ -398,6 +415,21 @@ mod tests {
             assert!(trade.size.0 >= 1);
         }
         assert!(low < 5.0 && high > 100.0, "band mix: {low}..{high}");
+    }
+
+    #[test]
+    fn a_busy_symbol_moves_like_a_market_not_a_lottery() {
+        // 100 s of a 20,000 trades/s market, bursts included: the busiest name (hundreds of
+        // trades a second) and every other stay within a plausible range of their start.
+        let mut market = Market::new(&settings(5));
+        let start: Vec<f64> = market.instruments.iter().map(|i| i.price).collect();
+        for _ in 0..2_000_000 {
+            market.next_trade();
+        }
+        for (instrument, start) in market.instruments.iter().zip(&start) {
+            let moved = (instrument.price / start).ln().abs();
+            assert!(moved < 0.35, "{:?} moved {moved} in log from {start}", instrument.id);
+        }
     }
 
     #[test]

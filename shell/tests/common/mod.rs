@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod process;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
