@@ -547,9 +547,13 @@ function drawChart(now) {
     g.globalAlpha = 1;
   });
   g.fillStyle = "#7d8a97";
-  g.fillText(clock(bars[0].s).slice(0, 8), width - pad.right - bars.length * slot, height - 4);
   const end = clock(last.s).slice(0, 8);
-  g.fillText(end, width - pad.right - g.measureText(end).width, height - 4);
+  const endWidth = g.measureText(end).width;
+  g.fillText(end, width - pad.right - endWidth, height - 4);
+  const startX = width - pad.right - bars.length * slot;
+  if (startX + 2 * endWidth + 16 < width - pad.right) {
+    g.fillText(clock(bars[0].s).slice(0, 8), startX, height - 4);
+  }
 }
 
 // The server: /health every POLL_MS, and the p99 of tick_to_client over the same interval
