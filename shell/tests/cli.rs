@@ -12,7 +12,9 @@ use std::time::Duration;
 use tickstock_shell::journal;
 
 mod common;
-use common::process::{finish, http, python_with, run_script, serving, signal, text, tickstock};
+use common::process::{
+    finish, http, listening, python_with, record, run_script, serving, signal, text, tickstock,
+};
 
 #[test]
 fn help_names_every_subcommand() {
@@ -569,13 +571,7 @@ fn replay_at_the_recorded_pace_sleeps_instead_of_spinning() {
     let journal = dir.path().join("j");
     // 10 s of event time at the synthetic default of 20,000 trades/s, recorded in virtual
     // time (as fast as the engine goes).
-    let status = tickstock()
-        .args(["--quiet", "record", "--virtual-time", "--trades", "200000", "--journal"])
-        .arg(&journal)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    record(&journal, 200_000);
     let child = tickstock()
         .args(["--quiet", "replay", "--speed", "1", "--output", "none"])
         .arg(&journal)
@@ -648,27 +644,12 @@ fn a_restart_after_kill_9_goes_on_exactly_where_an_uninterrupted_run_would() {
 fn health_says_warming_and_clients_wait_while_the_journal_replays() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let status = tickstock()
-        .args(["--quiet", "record", "--virtual-time", "--trades", "600000", "--journal"])
-        .arg(&journal)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut child = tickstock()
-        .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket", "--journal"])
-        .arg(&journal)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs where it listens").unwrap();
-        if let Some((_, rest)) = line.split_once("serving ws://") {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
+    record(&journal, 600_000);
+    let (mut child, addr, lines) = listening(
+        tickstock()
+            .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket", "--journal"])
+            .arg(&journal),
+    );
     let (mut warming, mut refused, mut healthy) = (false, false, false);
     let mut answers = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -693,7 +674,7 @@ fn health_says_warming_and_clients_wait_while_the_journal_replays() {
         sleep(Duration::from_millis(10));
     }
     signal(&child, "TERM");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = lines.collect();
     assert!(child.wait().unwrap().success());
     assert!(warming, "/health said warming while the journal replayed: {answers:?}");
     assert!(refused, "a client was told to wait while the journal replayed");
@@ -707,27 +688,12 @@ fn health_says_warming_and_clients_wait_while_the_journal_replays() {
 fn health_names_a_journal_replay_as_the_feed() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let status = tickstock()
-        .args(["--quiet", "record", "--virtual-time", "--trades", "20000", "--journal"])
-        .arg(&journal)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut child = tickstock()
-        .args(["--listen", "127.0.0.1:0", "replay", "--speed", "1", "--output", "websocket"])
-        .arg(&journal)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs where it listens").unwrap();
-        if let Some((_, rest)) = line.split_once("serving ws://") {
-            break rest.split('/').next().unwrap().to_owned();
-        }
-    };
+    record(&journal, 20_000);
+    let (mut child, addr, _log) = listening(
+        tickstock()
+            .args(["--listen", "127.0.0.1:0", "replay", "--speed", "1", "--output", "websocket"])
+            .arg(&journal),
+    );
     let health = http(&addr, "GET /health HTTP/1.1\r\n\r\n");
     signal(&child, "TERM");
     let _ = child.wait();
@@ -851,13 +817,7 @@ fn a_client_resuming_across_a_kill_9_misses_nothing_and_sees_nothing_twice() {
 fn a_warm_restart_encodes_only_the_replayed_events_the_resume_history_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let status = tickstock()
-        .args(["--quiet", "record", "--virtual-time", "--trades", "100000", "--journal"])
-        .arg(&journal)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    record(&journal, 100_000);
     let config = dir.path().join("tickstock.toml");
     // A slow live market, so the history holds still while the client looks.
     fs::write(&config, "[server]\nhistory_max_events = 50000\n[synthetic]\ntrades_per_sec = 5\n")

@@ -45,15 +45,20 @@ pub type Log = Box<dyn Iterator<Item = String>>;
 /// Starts `serve` on the WebSocket output with `args` after `--config`; its address and its
 /// log lines (from the first).
 pub fn serving(config: &Path, args: &[&str]) -> (Child, String, Log) {
+    listening(
+        tickstock()
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket"])
+            .args(args),
+    )
+}
+
+/// Spawns `command` with its log piped and reads the log until it says where it serves:
+/// the child, that address, and its log lines (from the first).
+pub fn listening(command: &mut Command) -> (Child, String, Log) {
     use std::io::BufRead;
-    let mut child = tickstock()
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "serve", "--output", "websocket"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut before = Vec::new();
     let addr = loop {
@@ -64,6 +69,18 @@ pub fn serving(config: &Path, args: &[&str]) -> (Child, String, Log) {
         before.push(line);
     };
     (child, addr, Box::new(before.into_iter().chain(lines.map_while(Result::ok))))
+}
+
+/// Records `trades` synthetic trades in virtual time (as fast as the engine goes) into the
+/// journal `dir`, quietly.
+pub fn record(dir: &Path, trades: u64) {
+    let status = tickstock()
+        .args(["--quiet", "record", "--virtual-time", "--trades", &trades.to_string(), "--journal"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// The test Python (tools/test.sh's virtualenv, or `TICKSTOCK_TEST_PYTHON`), which must have
