@@ -1146,12 +1146,15 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
     let mut slow = authed(server.addr, "k-all");
     slow.send(Message::text(r#"{"action":"subscribe","params":"T.*"}"#)).unwrap();
     next_json(&mut slow);
-    // Stop reading until the server has started conflating for this client.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.counters.total(|c| &c.conflated_events) == 0 {
-        assert!(Instant::now() < deadline, "the client never fell behind");
-        thread::sleep(Duration::from_millis(50));
-    }
+    // Stop reading until the server conflates for this client (again, after `seen`).
+    let fall_behind = |seen: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.counters.total(|c| &c.conflated_events) <= seen {
+            assert!(Instant::now() < deadline, "the client never fell behind");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    fall_behind(0);
     // Now read: the backlog drains, then a conflated status with the count, directly followed
     // by the latest trade per symbol (one per symbol, in seq order); the connection stays open.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1175,8 +1178,10 @@ fn under_the_conflation_policy_a_slow_client_gets_the_latest_and_a_count() {
             if symbols.len() != count {
                 // On a busy machine an episode can end before it kept anything (its backlog
                 // skipped, no new trade yet): the status is then followed by live trades.
-                // Read on to the next episode's status (a client this busy lags again).
+                // Stop reading again until the next episode (a client that reads this fast
+                // may never lag again by itself), then read on to its status.
                 after_status = false;
+                fall_behind(server.counters.total(|c| &c.conflated_events));
                 continue;
             }
             let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
