@@ -108,7 +108,7 @@ fn setup(clients: usize) -> Fanout {
     let auth = Arc::new(Credentials::load(&settings).expect("open auth on loopback"));
     let reporting = Reporting { observed: Observed::default(), upstream: None, feed: "synthetic" };
     let (sink, handle) =
-        server::start(&settings, auth, reporting, 4 << 20).expect("the server starts");
+        server::start(&settings, auth, reporting, 4 << 20, None).expect("the server starts");
     let addr = handle.local_addr;
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -48,6 +48,7 @@ fn bars() -> FrameBatch {
             day_open: price,
             day_vwap: price,
             avg_size: Qty(1_023),
+            trades: 7,
         };
         let seq = 1_000 + index as u64;
         let event = Event { seq, symbol: SymbolId(index as u32), body: EventBody::Bar(bar) };

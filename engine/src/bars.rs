@@ -161,6 +161,7 @@ impl BarBuilder {
             day_open: Price::from_raw(day.open),
             day_vwap: vwap(day.pv, day.volume),
             avg_size: Qty(self.volume / self.trades.max(1)),
+            trades: self.trades,
         })
     }
 }

@@ -164,6 +164,7 @@ impl Writer<'_> {
         self.key_price("op", bar.day_open);
         self.key_price("a", bar.day_vwap);
         self.key_uint("z", bar.avg_size.0);
+        self.key_uint("n", bar.trades);
         self.key_ms("s", bar.start);
         self.key_ms("e", bar.end);
     }
@@ -352,6 +353,7 @@ mod tests {
             day_open: wide,
             day_vwap: wide,
             avg_size: Qty(u64::MAX),
+            trades: u64::MAX,
         };
         let float = -1.234_567_890_123_456_7e-300;
         let bodies = [

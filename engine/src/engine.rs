@@ -740,5 +740,6 @@ fn forwarded_bar(aggregate: &Aggregate, session: &Session) -> Bar {
         day_open: Price::from_raw(day.open),
         day_vwap: crate::bars::vwap(day.pv, day.volume),
         avg_size: aggregate.avg_size,
+        trades: aggregate.volume.0.checked_div(aggregate.avg_size.0).unwrap_or(1).max(1),
     }
 }

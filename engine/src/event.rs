@@ -187,6 +187,9 @@ pub struct Bar {
     pub day_vwap: Price,
     /// `z`: average trade size, rounded down.
     pub avg_size: Qty,
+    /// `n`: trades in the bar (for an upstream per-second aggregate, its volume over its `z`,
+    /// at least 1: upstream bars carry no count).
+    pub trades: u64,
 }
 
 /// Which extreme an `HL` event is about.

@@ -73,6 +73,7 @@ fn minute_bar(seq: u64) -> Event {
         day_open: price,
         day_vwap: price,
         avg_size: Qty(1),
+        trades: 1,
     };
     Event { seq, symbol: SymbolId(0), body: EventBody::Bar(bar) }
 }

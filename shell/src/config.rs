@@ -39,6 +39,90 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// The WebSocket server of PROTOCOL.md.
     pub server: ServerSettings,
+    /// The PostgreSQL sink of bars and events, and the aggregates endpoint that reads it.
+    pub database: DatabaseSettings,
+}
+
+/// What the database sink does when its ring is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseOverflow {
+    /// Keep what the ring holds and drop the batch that does not fit: counted, and the gap
+    /// logged with its `seq` range, so `tickstock db backfill` can mend it. The emitter (and
+    /// so the clients) never waits for the database.
+    Drop,
+    /// The emitter waits for room: nothing is lost, but while the database is slow or down
+    /// the emitter stops, the engine's lanes fill and their policy applies to every client.
+    /// For archives that must be complete more than live (and `db backfill`, which always
+    /// waits).
+    Wait,
+}
+
+/// The PostgreSQL sink (`docs/database.md`). The password is a secret: it comes from
+/// `password_file` or the `PGPASSWORD` variable, never from `url`, the command line or a log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The database, as a URL (`postgresql://tickstock@127.0.0.1:5432/tickstock`) or
+    /// `key=value` pairs (`host=... port=... user=... dbname=...`), without a password.
+    /// Default: none (no sink, and the aggregates endpoint answers 404).
+    pub url: Option<String>,
+    /// A file whose first line is the password. Default: none (`PGPASSWORD`, if set).
+    pub password_file: Option<PathBuf>,
+    /// Channels stored: `AM` and `A` into `bars`, `HL`, `TR`, `SV`, `FMV`, `ACT` into
+    /// `events` (`T` is the journal's job). `A` is 60 times the rows of `AM`.
+    /// Default: `["AM", "HL", "TR", "SV"]`.
+    pub channels: Vec<String>,
+    /// Rows written in one transaction at most. Default: 10,000.
+    pub batch_max_rows: u32,
+    /// Rows wait at most this long before they are written. Default: 1,000 ms.
+    pub flush_interval_ms: u32,
+    /// The emitter → sink ring, in bytes (an event takes 150-350): what is kept while the
+    /// database is away. Default: 64 MiB (about 250,000 events).
+    pub ring_bytes: u32,
+    /// When the ring is full. Default: drop.
+    pub on_overflow: DatabaseOverflow,
+    /// Create or migrate the schema at start (`tickstock db init` does it by hand).
+    /// Default: true.
+    pub init_schema: bool,
+    /// First reconnect back-off step. Default: 250 ms.
+    pub retry_ms_min: u32,
+    /// Largest reconnect back-off step. Default: 10,000 ms.
+    pub retry_ms_max: u32,
+    /// Connect deadline. Default: 5,000 ms.
+    pub connect_timeout_ms: u32,
+    /// Threads answering the aggregates endpoint, each with its own connection.
+    /// Default: 2.
+    pub query_threads: u32,
+    /// Aggregates requests waiting for a thread; one more is answered 429. Default: 64.
+    pub query_queue_max: u32,
+    /// A query running longer is cancelled (`statement_timeout`) and answered 504.
+    /// Default: 5,000 ms.
+    pub query_timeout_ms: u32,
+    /// Most bars one aggregates answer holds (`limit` is capped here). Default: 50,000.
+    pub query_limit_max: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> DatabaseSettings {
+        DatabaseSettings {
+            url: None,
+            password_file: None,
+            channels: ["AM", "HL", "TR", "SV"].map(str::to_owned).to_vec(),
+            batch_max_rows: 10_000,
+            flush_interval_ms: 1_000,
+            ring_bytes: 64 << 20,
+            on_overflow: DatabaseOverflow::Drop,
+            init_schema: true,
+            retry_ms_min: 250,
+            retry_ms_max: 10_000,
+            connect_timeout_ms: 5_000,
+            query_threads: 2,
+            query_queue_max: 64,
+            query_timeout_ms: 5_000,
+            query_limit_max: 50_000,
+        }
+    }
 }
 
 /// Whether connections may be compressed (PROTOCOL.md section 5, `server.compression`).
@@ -585,6 +669,8 @@ const OPTIONAL: &[(&str, &str, &str)] = &[
     ("server", "jwt_public_key_file = \"/etc/tickstock/jwt.pem\"", "PEM public key for RS256 or ES256 JWTs"),
     ("server", "tls_cert_file = \"/etc/tickstock/cert.pem\"", "serve wss:// and https:// on the port: the certificate chain (PEM), reloaded on SIGHUP"),
     ("server", "tls_key_file = \"/etc/tickstock/key.pem\"", "and its private key (PEM)"),
+    ("database", "url = \"postgresql://tickstock@127.0.0.1:5432/tickstock\"", "store bars and events in PostgreSQL and serve /v2/aggs from them (no password here: password_file or PGPASSWORD)"),
+    ("database", "password_file = \"/etc/tickstock/db-password\"", "the database password, first line"),
 ];
 
 impl fmt::Display for SettingsError {
@@ -809,6 +895,21 @@ impl Settings {
                 )));
             }
         }
+        let d = &self.database;
+        crate::database::stored_channels(&d.channels).map_err(invalid)?;
+        if let Some(url) = &d.url {
+            crate::database::connect_config(url, None).map_err(invalid)?;
+        }
+        within("database.batch_max_rows", d.batch_max_rows.into(), 1, 1_000_000)?;
+        within("database.flush_interval_ms", d.flush_interval_ms.into(), 1, 3_600_000)?;
+        within("database.ring_bytes", d.ring_bytes.into(), 1 << 16, 1 << 31)?;
+        within("database.retry_ms_min", d.retry_ms_min.into(), 1, d.retry_ms_max.into())?;
+        within("database.retry_ms_max", d.retry_ms_max.into(), 1, 3_600_000)?;
+        within("database.connect_timeout_ms", d.connect_timeout_ms.into(), 1, 600_000)?;
+        within("database.query_threads", d.query_threads.into(), 1, 256)?;
+        within("database.query_queue_max", d.query_queue_max.into(), 1, 1_000_000)?;
+        within("database.query_timeout_ms", d.query_timeout_ms.into(), 1, 3_600_000)?;
+        within("database.query_limit_max", d.query_limit_max.into(), 1, 1_000_000)?;
         Ok(self)
     }
 }

@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod config;
 pub mod csv_import;
+pub mod database;
 pub mod emitter;
 pub mod feed;
 pub mod fuzz_checks;

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tickstock_engine::RejectReason;
 use tickstock_shell::config::{FeedSource, Settings, SettingsError};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
+use tickstock_shell::database::{schema, DatabaseSink, Link};
 use tickstock_shell::emitter::{JsonLinesSink, NullSink};
 use tickstock_shell::feed::journal::{JournalFeed, Pace, WarmStart};
 use tickstock_shell::feed::synthetic::SyntheticFeed;
@@ -85,6 +86,22 @@ enum Command {
     CheckConfig {
         /// The file.
         file: PathBuf,
+    },
+    /// The PostgreSQL database of `[database]` (`docs/database.md`).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create the tables and indexes, or check that they are this version's.
+    Init,
+    /// Replay a journal through the engine flat out into the database, skipping the rows
+    /// already there (same `seq`): mends a gap, or fills a new database.
+    Backfill {
+        /// Journal directory.
+        #[arg(long, value_name = "DIR")]
+        journal: PathBuf,
     },
 }
 
@@ -254,6 +271,105 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
+        }
+        Command::Db(command) => db(&settings, command, stop, quiet),
+    }
+}
+
+/// `tickstock db init` and `tickstock db backfill`.
+fn db(settings: &Settings, command: DbCommand, stop: Arc<AtomicBool>, quiet: bool) -> ExitCode {
+    let fail = |message: String| {
+        tracing::error!("{message}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    if settings.database.url.is_none() {
+        return fail(
+            "database.url is not set (the configuration file or TICKSTOCK_DATABASE__URL)"
+                .to_owned(),
+        );
+    }
+    let Ok(timezone) = settings.engine.timezone.parse::<chrono_tz::Tz>() else {
+        return fail(format!("unknown engine.timezone {}", settings.engine.timezone));
+    };
+    match command {
+        DbCommand::Init => {
+            let link = match Link::new(&settings.database) {
+                Ok(link) => link,
+                Err(message) => return fail(message),
+            };
+            let outcome = link
+                .connect_plain()
+                .map_err(|e| e.to_string())
+                .and_then(|mut client| schema::init(&mut client));
+            match outcome {
+                Ok(schema::Init::Created) => {
+                    tracing::info!(
+                        "database {}: schema version {} created",
+                        link.target,
+                        schema::VERSION
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(schema::Init::Current) => {
+                    tracing::info!(
+                        "database {}: schema version {} is current",
+                        link.target,
+                        schema::VERSION
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(why) => fail(format!("database {}: {why}", link.target)),
+            }
+        }
+        DbCommand::Backfill { journal } => {
+            let mut settings = settings.clone();
+            settings.journal.enabled = false;
+            settings.database.init_schema = true;
+            let (sink, status) = match DatabaseSink::start(&settings.database, timezone) {
+                Ok(started) => started,
+                Err(message) => return fail(message),
+            };
+            let feed = Box::new(JournalFeed::new(journal, Pace::Max));
+            let started = std::time::Instant::now();
+            let mut last = (0u64, std::time::Instant::now());
+            let status_line_of = move |counters: &Counters, histograms: &Histograms| {
+                if !quiet {
+                    tracing::info!("{}", status_line(counters, histograms, &mut last));
+                }
+            };
+            let report = pipeline::run_observed(
+                &settings,
+                feed,
+                Box::new(sink),
+                TimeMode::Given,
+                stop,
+                status_line_of,
+                Observed::default(),
+            );
+            let c = &status.counters;
+            let written = c.rows_written.load(Ordering::Relaxed);
+            let already = c.rows_duplicate.load(Ordering::Relaxed);
+            tracing::info!(
+                "backfill: {written} rows written, {already} already there (same seq), in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            match report {
+                Ok(report) if matches!(report.feed_end, FeedEnd::Exhausted) && status.is_up() => {
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    tracing::error!(
+                        "backfill incomplete: {:?}{}",
+                        report.feed_end,
+                        status.problem().map_or_else(String::new, |p| format!("; {p}"))
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    tracing::error!("{error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -441,7 +557,9 @@ fn serve(
     // Read here first for a clear error of its own (the server reads it as it starts).
     UniverseFile::load(&settings.server)?;
     let service = Service::start(settings, credentials, feed, time, stop, reporting, status)
-        .map_err(|error| format!("cannot listen on {}: {error}", settings.server.listen))?;
+        .map_err(|error| {
+            format!("cannot start the server on {}: {error}", settings.server.listen)
+        })?;
     let _ = UNIVERSES.set(Arc::clone(&service.universes));
     let address = service.local_addr;
     tracing::info!(

@@ -244,6 +244,7 @@ impl Model {
             day_open: Price::from_raw(sym.session_open),
             day_vwap: round_div(day_pv, day_volume),
             avg_size: Qty(volume / bar.trades.len() as u64),
+            trades: bar.trades.len() as u64,
         });
         self.emit(id, body);
     }

@@ -38,6 +38,9 @@ use super::transport::Transport;
 use super::universes::{UniverseFile, Universes};
 use crate::clock::Clock;
 use crate::config::{CompressionMode, ServerSettings};
+use crate::database::aggs::{self, AggsError};
+use crate::database::pool::{Answer, Job, QueryPool};
+use crate::database::DatabaseStatus;
 use crate::emitter::FrameBatch;
 use crate::tracer::LocalHistogram;
 
@@ -84,6 +87,8 @@ pub struct Shared {
     pub universes: Arc<UniverseFile>,
     /// The event log's reader and counters, when there is one.
     pub event_log: Option<(EventLogReader, Arc<EventLogCounters>)>,
+    /// The database sink's state and the aggregates endpoint's threads, when there is one.
+    pub database: Option<(Arc<DatabaseStatus>, Arc<QueryPool>)>,
     /// The settings.
     pub settings: ServerSettings,
     /// What `/health` and `/metrics` report on.
@@ -115,6 +120,9 @@ enum Connection {
     Http { stream: Transport, buf: Vec<u8>, deadline: Instant },
     /// Writing an HTTP response, then closing.
     Respond { stream: Transport, out: Vec<u8>, written: usize, deadline: Instant },
+    /// Waiting for the answer of the query threads (`/v2/aggs`); `serial` tells its answer
+    /// from one meant for an earlier connection in the same slot.
+    Querying { stream: Transport, serial: u64, deadline: Instant },
     /// A WebSocket session.
     Ws { stream: Transport, subscriber: Box<Subscriber>, blocked: bool },
     /// Between phases (never seen outside one method).
@@ -162,6 +170,11 @@ pub struct EventLoop {
     /// Tick-to-client latency of this loop's writes, merged into the shared histogram.
     tick_to_client: LocalHistogram,
     next_publish: Instant,
+    /// This loop's waker (the query threads wake it with their answers).
+    waker: Arc<Waker>,
+    /// Answers of the query threads: the connection, its serial, the answer.
+    answers: (mpsc::Sender<(usize, u64, Answer)>, mpsc::Receiver<(usize, u64, Answer)>),
+    next_serial: u64,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -213,6 +226,8 @@ pub struct Parts {
     pub incoming: mpsc::Receiver<std::net::TcpStream>,
     /// The emitter's batches.
     pub batches: rtrb::Consumer<Arc<FrameBatch>>,
+    /// Its waker.
+    pub waker: Arc<Waker>,
 }
 
 impl EventLoop {
@@ -257,6 +272,9 @@ impl EventLoop {
             universes: shared.universes.current(),
             tick_to_client: LocalHistogram::default(),
             next_publish: now,
+            waker: parts.waker,
+            answers: mpsc::channel(),
+            next_serial: 0,
             shared,
         }
     }
@@ -300,6 +318,9 @@ impl EventLoop {
             }
             while let Ok(stream) = self.incoming.try_recv() {
                 self.register(TcpStream::from_std(stream), now);
+            }
+            while let Ok((key, serial, answer)) = self.answers.1.try_recv() {
+                self.answered(key, serial, answer, now);
             }
             if self.listener_ready {
                 self.accept(now);
@@ -458,7 +479,8 @@ impl EventLoop {
                     self.transmit(key, now);
                 }
             }
-            Some(Connection::Gone) | None => {}
+            // Its answer comes from the query threads; a hang-up is found when it is written.
+            Some(Connection::Querying { .. } | Connection::Gone) | None => {}
         }
     }
 
@@ -521,6 +543,7 @@ impl EventLoop {
                     &self.shared.stats,
                     self.shared.started.elapsed().as_secs(),
                     problem.as_deref(),
+                    self.shared.database.as_ref().map(|(status, _)| status.as_ref()),
                 );
                 let status = if problem.is_none() { "200 OK" } else { "503 Service Unavailable" };
                 self.respond(key, http::response(status, "application/json", "", &body), now);
@@ -531,6 +554,10 @@ impl EventLoop {
                     &self.shared.stats,
                     self.shared.reporting.upstream.as_deref(),
                     self.shared.event_log.as_ref().map(|(_, counters)| counters.as_ref()),
+                    self.shared
+                        .database
+                        .as_ref()
+                        .map(|(status, pool)| (status.as_ref(), pool.counters.as_ref())),
                 );
                 self.respond(
                     key,
@@ -570,7 +597,91 @@ impl EventLoop {
                 );
             }
             http::Route::Stream => self.upgrade(key, &request, len, now, false),
+            http::Route::Aggs => self.aggs(key, &request, now),
         }
+    }
+
+    /// `/v2/aggs/...`: checked and authenticated here, queried on the pool's threads; the
+    /// connection waits (`Querying`) for the answer.
+    fn aggs(&mut self, key: usize, request: &http::Request, now: Instant) {
+        let request_id = format!("{:016x}", self.now_s ^ (self.next_serial << 20) ^ key as u64);
+        let refuse = |this: &mut EventLoop, error: AggsError| {
+            let body = error.body(&request_id);
+            this.respond(key, http::response(error.status, "application/json", "", &body), now);
+        };
+        let Some((_, pool)) = self.shared.database.clone() else {
+            let message = "no database is configured (database.url): no aggregates here";
+            return refuse(self, AggsError { status: "404 Not Found", message: message.into() });
+        };
+        let Some(token) = request.bearer.as_deref() else {
+            let message = "an Authorization: Bearer header with an API key or JWT is required";
+            return refuse(self, AggsError { status: "401 Unauthorized", message: message.into() });
+        };
+        let identity = match self.auth.verify(token, self.now_s) {
+            Ok(identity) if self.auth.admits(&identity) => identity,
+            _ => {
+                self.counters().auth_failures.add(1);
+                let message = "unknown, invalid or expired token".to_owned();
+                return refuse(self, AggsError { status: "401 Unauthorized", message });
+            }
+        };
+        let parsed =
+            aggs::parse(&request.path, request.query.as_deref(), pool.timezone, pool.limit_max);
+        let parsed = match parsed {
+            Ok(parsed) if !identity.entitled(&parsed.symbol) => {
+                let message = format!("not entitled to {}", parsed.symbol);
+                return refuse(self, AggsError { status: "403 Forbidden", message });
+            }
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.counters().bad_requests.add(1);
+                return refuse(self, error);
+            }
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let host = request.host.clone().unwrap_or_else(|| self.shared.settings.listen.clone());
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let (answers, waker) = (self.answers.0.clone(), Arc::clone(&self.waker));
+        let job = Job {
+            request: parsed,
+            base: format!("{scheme}://{host}"),
+            request_id: request_id.clone(),
+            reply: Box::new(move |answer| {
+                if answers.send((key, serial, answer)).is_ok() {
+                    let _ = waker.wake();
+                }
+            }),
+        };
+        if pool.submit(job).is_err() {
+            let message = "too many aggregates requests waiting; retry shortly".to_owned();
+            return refuse(self, AggsError { status: "429 Too Many Requests", message });
+        }
+        let settings = &self.shared.settings;
+        let wait = u64::from(settings.close_timeout_ms) + pool.wait_ms();
+        let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
+        let Connection::Http { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
+            return;
+        };
+        *slot =
+            Connection::Querying { stream, serial, deadline: now + Duration::from_millis(wait) };
+    }
+
+    /// The query threads' answer for `key`, if that connection still waits for it.
+    fn answered(&mut self, key: usize, serial: u64, answer: Answer, now: Instant) {
+        let Some(slot @ Connection::Querying { .. }) = self.connections.get_mut(key) else {
+            return;
+        };
+        if !matches!(slot, Connection::Querying { serial: s, .. } if *s == serial) {
+            return;
+        }
+        let Connection::Querying { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
+            return;
+        };
+        // Back to a request (for `respond`), with nothing left to read.
+        *slot = Connection::Http { stream, buf: Vec::new(), deadline: now };
+        let out = http::response(answer.status, "application/json", "", &answer.body);
+        self.respond(key, out, now);
     }
 
     /// Whether clients must wait: a warm restart's replay is not over, or its events have not
@@ -836,7 +947,11 @@ impl EventLoop {
                     self.counters().handshake_timeouts.add(1);
                     dropped.push(key);
                 }
-                Connection::Respond { deadline, .. } if now >= *deadline => dropped.push(key),
+                Connection::Respond { deadline, .. } | Connection::Querying { deadline, .. }
+                    if now >= *deadline =>
+                {
+                    dropped.push(key);
+                }
                 Connection::Ws { subscriber, .. }
                     if now >= subscriber.poll_timeout() || subscriber.shed_level() > 0 =>
                 {
@@ -913,7 +1028,9 @@ impl EventLoop {
     fn remove(&mut self, key: usize) {
         let Some(connection) = self.connections.try_remove(key) else { return };
         match connection {
-            Connection::Http { mut stream, .. } | Connection::Respond { mut stream, .. } => {
+            Connection::Http { mut stream, .. }
+            | Connection::Respond { mut stream, .. }
+            | Connection::Querying { mut stream, .. } => {
                 let _ = self.poll.registry().deregister(stream.tcp_mut());
             }
             Connection::Ws { mut stream, mut subscriber, .. } => {
@@ -1001,6 +1118,7 @@ pub fn parts(
             handoff: handoff.take().unwrap_or_default(),
             incoming,
             batches,
+            waker: Arc::clone(&wakers[index]),
         })
         .collect();
     Ok((parts, wakers))

@@ -23,6 +23,8 @@ pub struct Request {
     pub bearer: Option<String>,
     /// Every `Sec-WebSocket-Extensions` value, comma-joined (the offers).
     pub extensions: Option<String>,
+    /// `Host` (for the absolute `next_url` of the aggregates endpoint).
+    pub host: Option<String>,
 }
 
 /// Parsing progress.
@@ -81,6 +83,9 @@ pub fn parse(buf: &[u8]) -> Parse {
                     websocket_key: header("sec-websocket-key").map(str::to_owned),
                     bearer,
                     extensions,
+                    host: header("host")
+                        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+                        .map(str::to_owned),
                 },
                 len,
             )
@@ -107,6 +112,8 @@ pub enum Route {
     NotFound,
     /// `400` and close.
     BadRequest(&'static str),
+    /// `GET /v2/aggs/...`: bars from the database.
+    Aggs,
 }
 
 /// Query parameters that carry credentials: refused, since query strings end up in logs.
@@ -133,6 +140,10 @@ pub fn route(request: &Request) -> Route {
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
         "/v1/universes" => Route::Universes,
+        path if crate::database::aggs::is_aggs_path(path) && has_token => Route::BadRequest(
+            "credentials in the query string are refused; use an Authorization: Bearer header",
+        ),
+        path if crate::database::aggs::is_aggs_path(path) => Route::Aggs,
         path => super::dashboard::asset(path).map_or(Route::NotFound, Route::Dashboard),
     }
 }

@@ -14,6 +14,8 @@ use tickstock_engine::RejectReason;
 
 use super::event_log::EventLogCounters;
 use super::service::Reporting;
+use crate::database::pool::QueryCounters;
+use crate::database::DatabaseStatus;
 use crate::feed::upstream::parse::Garbage;
 use crate::feed::upstream::{UpstreamStatus, FAILURE_LABELS};
 use crate::pipeline::Observed;
@@ -149,8 +151,28 @@ pub fn health(
     server: &ServerStats,
     uptime_s: u64,
     problem: Option<&str>,
+    database: Option<&DatabaseStatus>,
 ) -> String {
     let c = &reporting.observed.counters;
+    // The database away degrades the server (200, `degraded`): clients are served, and the
+    // sink's ring keeps what it cannot write yet.
+    let database_problem = database.and_then(DatabaseStatus::problem);
+    let (status, problem) = match (problem, database_problem.as_deref()) {
+        (Some(problem), _) => ("unhealthy", Some(problem)),
+        (None, Some(problem)) => ("degraded", Some(problem)),
+        (None, None) => ("ok", None),
+    };
+    let database = database.map_or_else(String::new, |db| {
+        let d = &db.counters;
+        format!(
+            r#","database":{{"state":{},"committed_seq":{},"lag_ms":{},"rows_written":{},"dropped":{}}}"#,
+            json(if db.is_up() { "up" } else { "down" }),
+            db.committed_seq(),
+            d.lag_ms.load(Ordering::Relaxed),
+            d.rows_written.load(Ordering::Relaxed),
+            d.dropped.load(Ordering::Relaxed),
+        )
+    });
     let feed = match reporting.upstream.as_deref() {
         None => format!(r#"{{"source":{},"state":"running"}}"#, json(reporting.feed)),
         Some(upstream) => {
@@ -164,8 +186,8 @@ pub fn health(
         }
     };
     format!(
-        r#"{{"status":{},"problem":{},"uptime_s":{uptime_s},"feed":{feed},"clients":{},"ticks_in":{},"events_out":{},"drops":{{"mfbuf":{},"slow_consumer_closes":{},"journal":{}}}}}"#,
-        json(if problem.is_none() { "ok" } else { "unhealthy" }),
+        r#"{{"status":{},"problem":{},"uptime_s":{uptime_s},"feed":{feed},"clients":{},"ticks_in":{},"events_out":{},"drops":{{"mfbuf":{},"slow_consumer_closes":{},"journal":{}}}{database}}}"#,
+        json(status),
         problem.map_or_else(|| "null".to_owned(), json),
         server.total(|c| &c.connections),
         c.received.get(),
@@ -188,6 +210,7 @@ pub fn prometheus(
     server: &ServerStats,
     upstream: Option<&UpstreamStatus>,
     event_log: Option<&EventLogCounters>,
+    database: Option<(&DatabaseStatus, &QueryCounters)>,
 ) -> String {
     let mut out = Families::default();
     let c = &observed.counters;
@@ -531,6 +554,77 @@ pub fn prometheus(
             MetricType::COUNTER,
             "Event log writes or fsyncs that failed.",
             &one(get(&log.write_errors)),
+        );
+    }
+    if let Some((db, queries)) = database {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let d = &db.counters;
+        out.add(
+            "database_rows_total",
+            MetricType::COUNTER,
+            "Rows the database sink inserted, or skipped because their seq was stored already.",
+            &[
+                (vec![("outcome", "written".to_owned())], get(&d.rows_written)),
+                (vec![("outcome", "duplicate".to_owned())], get(&d.rows_duplicate)),
+            ],
+        );
+        out.add(
+            "database_dropped_events_total",
+            MetricType::COUNTER,
+            "Events the database sink dropped because its ring was full (each gap is logged).",
+            &one(get(&d.dropped)),
+        );
+        out.add(
+            "database_gaps_total",
+            MetricType::COUNTER,
+            "Gaps of dropped events the database sink logged.",
+            &one(get(&d.gaps)),
+        );
+        out.add(
+            "database_flushes_total",
+            MetricType::COUNTER,
+            "Transactions the database sink committed.",
+            &one(get(&d.flushes)),
+        );
+        out.add(
+            "database_failures_total",
+            MetricType::COUNTER,
+            "Database connections or transactions that failed (each retried).",
+            &one(get(&d.failures)),
+        );
+        out.add(
+            "database_ring_waits_total",
+            MetricType::COUNTER,
+            "Times the emitter waited for room in the database ring (on_overflow = wait).",
+            &one(get(&d.ring_waits)),
+        );
+        out.add(
+            "database_up",
+            MetricType::GAUGE,
+            "1 while the database sink's last connection or write succeeded.",
+            &one(u64::from(db.is_up())),
+        );
+        out.add(
+            "database_lag_ms",
+            MetricType::GAUGE,
+            "From emission to commit of the last transaction's oldest event, ms.",
+            &one(get(&d.lag_ms)),
+        );
+        out.add(
+            "database_committed_seq",
+            MetricType::GAUGE,
+            "The highest seq the database sink committed.",
+            &one(db.committed_seq()),
+        );
+        out.add(
+            "aggs_requests_total",
+            MetricType::COUNTER,
+            "Aggregates requests answered by the query threads, refused 429, or failed.",
+            &[
+                (vec![("outcome", "answered".to_owned())], get(&queries.answered)),
+                (vec![("outcome", "rejected".to_owned())], get(&queries.rejected)),
+                (vec![("outcome", "failed".to_owned())], get(&queries.failed)),
+            ],
         );
     }
     out.build_info();

@@ -57,6 +57,7 @@ pub use self::sink::{LoopInlet, ServerSink, BATCH_RING_CAPACITY};
 use self::subscriber::Users;
 use self::universes::UniverseFile;
 use crate::config::ServerSettings;
+use crate::database::{Database, DatabaseInlet};
 
 /// A running server.
 #[derive(Debug)]
@@ -72,6 +73,8 @@ pub struct ServerHandle {
     pub universes: Arc<UniverseFile>,
     /// The event log's writer, stopped (drained, fsynced) after the loops.
     event_log: Option<EventLog>,
+    /// The database sink, stopped (what it holds written) after the loops.
+    database: Option<Database>,
 }
 
 impl ServerHandle {
@@ -86,6 +89,9 @@ impl ServerHandle {
             let _ = thread.join();
         }
         drop(self.event_log);
+        if let Some(database) = self.database {
+            database.finish();
+        }
     }
 }
 
@@ -101,12 +107,14 @@ pub fn loop_count(settings: &ServerSettings) -> usize {
     }
 }
 
-/// Binds the listener and starts the event loops.
+/// Binds the listener and starts the event loops; with `database` (started by the caller),
+/// the sink stores every batch there too and the loops answer `/v2/aggs` from it.
 pub fn start(
     settings: &ServerSettings,
     credentials: Arc<Credentials>,
     reporting: Reporting,
     batch_bytes: usize,
+    database: Option<(Database, DatabaseInlet)>,
 ) -> io::Result<(ServerSink, ServerHandle)> {
     let address: SocketAddr =
         settings.listen.parse().map_err(|_| io::Error::other("bad server.listen"))?;
@@ -138,6 +146,9 @@ pub fn start(
         credentials,
         universes: Arc::clone(&universes),
         event_log: event_log.as_ref().map(|log| (log.reader.clone(), Arc::clone(&log.counters))),
+        database: database
+            .as_ref()
+            .map(|(db, _)| (Arc::clone(&db.status), Arc::clone(&db.queries))),
         settings: settings.clone(),
         reporting,
         stats: stats.clone(),
@@ -163,6 +174,9 @@ pub fn start(
     let history = settings.history_max_events as usize;
     let mut sink = ServerSink::new(inlets, batch_bytes, stats.clone(), history);
     sink.set_event_log(event_log_inlet);
+    let (database, database_inlet) =
+        database.map_or((None, None), |(db, inlet)| (Some(db), Some(inlet)));
+    sink.set_database(database_inlet);
     let handle = ServerHandle {
         threads: handles,
         shared,
@@ -171,6 +185,7 @@ pub fn start(
         local_addr,
         universes,
         event_log,
+        database,
     };
     Ok((sink, handle))
 }

@@ -11,6 +11,7 @@ use super::auth::Credentials;
 use super::metrics::ServerStats;
 use super::universes::UniverseFile;
 use crate::config::Settings;
+use crate::database::Database;
 use crate::feed::upstream::UpstreamStatus;
 use crate::feed::Feed;
 use crate::pipeline::{self, Observed, Report, StartError, TimeMode};
@@ -55,8 +56,20 @@ impl Service {
         let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
         // Before the port opens: a client must not slip in ahead of a warm restart's replay.
         pipeline::mark_warm_up(&reporting.observed, feed.as_ref());
+        let database = match &settings.database.url {
+            Some(_) => {
+                let timezone = settings.engine.timezone.parse().map_err(|_| {
+                    io::Error::other(format!(
+                        "unknown engine.timezone {}",
+                        settings.engine.timezone
+                    ))
+                })?;
+                Some(Database::start(&settings.database, timezone).map_err(io::Error::other)?)
+            }
+            None => None,
+        };
         let (sink, handle) =
-            super::start(&settings.server, credentials, reporting.clone(), batch_bytes)?;
+            super::start(&settings.server, credentials, reporting.clone(), batch_bytes, database)?;
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
         let universes = Arc::clone(&handle.universes);
         let settings = settings.clone();

@@ -16,6 +16,7 @@ use mio::Waker;
 
 use super::event_log::EventLogInlet;
 use super::metrics::ServerStats;
+use crate::database::DatabaseInlet;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::idle::{IdleStrategy, Idler};
 
@@ -47,6 +48,8 @@ pub struct ServerSink {
     history_events: usize,
     /// The event log's inlet, when there is one: every batch is logged first.
     event_log: Option<EventLogInlet>,
+    /// The database sink's inlet, when there is one: every batch's stored channels.
+    database: Option<DatabaseInlet>,
 }
 
 impl ServerSink {
@@ -68,12 +71,18 @@ impl ServerSink {
             stats,
             history_events,
             event_log: None,
+            database: None,
         }
     }
 
     /// Logs every batch into the event log (`server.event_log_dir`).
     pub fn set_event_log(&mut self, inlet: Option<EventLogInlet>) {
         self.event_log = inlet;
+    }
+
+    /// Stores every batch's stored channels in the database (`[database]`).
+    pub fn set_database(&mut self, inlet: Option<DatabaseInlet>) {
+        self.database = inlet;
     }
 
     /// A batch no one else holds, taken out of the pool (allocated while the pool is small).
@@ -109,6 +118,9 @@ impl FrameSink for ServerSink {
         self.waited = false;
         if let Some(log) = self.event_log.as_mut() {
             log.append(batch);
+        }
+        if let Some(database) = self.database.as_mut() {
+            database.append(batch)?;
         }
         let mut shared = self.free_batch()?;
         Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);
