@@ -16,7 +16,10 @@
 #     dashboard test (tools/dashboard_check.py; it downloads no browser);
 #     TICKSTOCK_TEST_PYTHON may name another Python that has all three;
 #   - chromium: Debian's, the real headless browser of the dashboard test
-#     (TICKSTOCK_TEST_CHROMIUM may name another).
+#     (TICKSTOCK_TEST_CHROMIUM may name another);
+#   - postgresql: Debian's (15), whose initdb and server the database tests run as a private
+#     cluster per test, as the `postgres` user the package creates (TICKSTOCK_TEST_PG_BIN may
+#     name another bin directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +54,12 @@ if [ -z "${TICKSTOCK_TEST_CHROMIUM:-}" ]; then
   [ -x /usr/bin/chromium ] || apt_install chromium
   TICKSTOCK_TEST_CHROMIUM=/usr/bin/chromium
   export TICKSTOCK_TEST_CHROMIUM
+fi
+
+if [ -z "${TICKSTOCK_TEST_PG_BIN:-}" ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
 fi
 
 if [ -z "${TICKSTOCK_TEST_PYTHON:-}" ]; then

@@ -14,6 +14,11 @@ mod common;
 use common::postgres::Postgres;
 use common::process::{finish, http, python_with, run_script, serving, signal, text, tickstock};
 
+/// A bar as the endpoint answers it: `t o h l c v vw n`.
+type Bar = (i64, f64, f64, f64, f64, i64, f64, i64);
+/// Minutes summed into a bucket: `o h l c v Σvw·v n`.
+type Summed = (f64, f64, f64, f64, i64, f64, i64);
+
 /// A settings file: a small synthetic market (20 symbols, 2,000 trades/s, so every symbol
 /// has a bar every second) and the database of `pg`, plus `more`.
 fn config(dir: &Path, pg: &Postgres, more: &str) -> std::path::PathBuf {
@@ -137,7 +142,7 @@ fn a_backfilled_journal_comes_back_through_the_official_rest_client_paged_and_ag
     fs::write(&keys, "key-all user=all\nkey-msft user=msft symbols=MSFT\n").unwrap();
     let (server, addr, _log) = serving(&cfg, &["--api-keys", keys.to_str().unwrap()]);
     let mut client = pg.client();
-    let minutes: Vec<(i64, f64, f64, f64, f64, i64, f64, i64)> = client
+    let minutes: Vec<Bar> = client
         .query(
             "SELECT (extract(epoch FROM start) * 1000)::bigint, o, h, l, c, v, vw, n FROM bars \
              WHERE symbol = 'AAPL' AND frequency = 'minute' ORDER BY start",
@@ -175,7 +180,7 @@ fn a_backfilled_journal_comes_back_through_the_official_rest_client_paged_and_ag
     assert_eq!(bars.len(), minutes.len(), "{answer}");
     assert_eq!(
         answer["pages"],
-        minutes.len().div_ceil(2) as u64 + u64::from(minutes.len() % 2 == 0),
+        minutes.len().div_ceil(2) as u64 + u64::from(minutes.len().is_multiple_of(2)),
         "{answer}"
     );
     assert_eq!(answer["first_page"], 2);
@@ -201,7 +206,7 @@ fn a_backfilled_journal_comes_back_through_the_official_rest_client_paged_and_ag
         60,
     );
     let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let mut expected: BTreeMap<i64, (f64, f64, f64, f64, i64, f64, i64)> = BTreeMap::new();
+    let mut expected: BTreeMap<i64, Summed> = BTreeMap::new();
     for &(t, o, h, l, c, v, vw, n) in &minutes {
         let e = expected.entry(t - t % 120_000).or_insert((o, h, l, c, 0, 0.0, 0));
         (e.1, e.2, e.3) = (e.1.max(h), e.2.min(l), c);

@@ -129,6 +129,9 @@ enum Connection {
     Gone,
 }
 
+/// A query thread's answer for a connection: its key, its serial, the answer.
+type QueryAnswer = (usize, u64, Answer);
+
 /// One event loop.
 pub struct EventLoop {
     index: usize,
@@ -173,7 +176,7 @@ pub struct EventLoop {
     /// This loop's waker (the query threads wake it with their answers).
     waker: Arc<Waker>,
     /// Answers of the query threads: the connection, its serial, the answer.
-    answers: (mpsc::Sender<(usize, u64, Answer)>, mpsc::Receiver<(usize, u64, Answer)>),
+    answers: (mpsc::Sender<QueryAnswer>, mpsc::Receiver<QueryAnswer>),
     next_serial: u64,
 }
 
