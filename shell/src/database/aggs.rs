@@ -315,7 +315,7 @@ mod tests {
             parse("/v2/aggs/ticker/AAPL/range/5/minute/2026-11-24/2026-11-24", None, NY, 50_000)
                 .unwrap();
         // 2026-11-24 00:00 in New York is 05:00 UTC.
-        assert_eq!((r.from_ms, r.to_ms), (1_763_960_400_000, 1_763_960_400_000 + 86_400_000 - 1));
+        assert_eq!((r.from_ms, r.to_ms), (1_795_496_400_000, 1_795_496_400_000 + 86_400_000 - 1));
         assert_eq!(
             (r.multiplier, r.timespan, r.limit, r.descending),
             (5, Timespan::Minute, 5_000, false)

@@ -241,6 +241,8 @@ pub struct DatabaseStatus {
     up: AtomicBool,
     problem: Mutex<Option<String>>,
     committed_seq: AtomicU64,
+    /// Whether skipped duplicates were logged (once).
+    told_duplicates: AtomicBool,
     /// Its counters.
     pub counters: DatabaseCounters,
 }
@@ -283,9 +285,17 @@ impl DatabaseStatus {
 
     fn committed(&self, rows: &rows::Rows, inserted: u64, now_ms: u64) {
         let c = &self.counters;
+        let duplicates = rows.len() as u64 - inserted.min(rows.len() as u64);
+        if duplicates > 0 && !self.told_duplicates.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "database: {duplicates} of {} rows had a seq stored already and were skipped \
+                 (a retried write, a backfill, or a run without a journal, whose seq starts \
+                 again); counted in tickstock_database_rows_total{{outcome=\"duplicate\"}}",
+                rows.len()
+            );
+        }
         c.rows_written.fetch_add(inserted, Ordering::Relaxed);
-        c.rows_duplicate
-            .fetch_add(rows.len() as u64 - inserted.min(rows.len() as u64), Ordering::Relaxed);
+        c.rows_duplicate.fetch_add(duplicates, Ordering::Relaxed);
         c.flushes.fetch_add(1, Ordering::Relaxed);
         c.lag_ms.store(now_ms.saturating_sub(rows.oldest_emitted_ms), Ordering::Relaxed);
         self.committed_seq.fetch_max(rows.last_seq, Ordering::AcqRel);

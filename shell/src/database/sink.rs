@@ -1,5 +1,5 @@
 //! The database sink: the emitter's end ([`DatabaseInlet`]) and the writer thread
-//! ([`run`]) that turns records into rows and writes them in transactions.
+//! (`run`) that turns records into rows and writes them in transactions.
 //!
 //! # Overflow
 //! The ring holds `database.ring_bytes`. A batch whose stored events do not fit whole is,
@@ -91,27 +91,33 @@ impl DatabaseInlet {
         if events == 0 {
             return Ok(());
         }
-        loop {
-            if let Ok(chunk) = self.ring.write_chunk_uninit(self.scratch.len()) {
-                chunk.fill_from_iter(self.scratch.iter().copied());
-                self.idler.idle(1, || true);
-                self.close_gap();
-                return Ok(());
-            }
-            if self.ring.is_abandoned() {
-                return Err(io::Error::other("the database sink has stopped"));
-            }
-            if self.scratch.len() > self.ring.buffer().capacity() {
-                // Can never fit: one cycle's events beyond the whole ring.
-                break;
-            }
-            match self.overflow {
-                DatabaseOverflow::Drop => break,
-                DatabaseOverflow::Wait => {
-                    self.status.counters.ring_waits.fetch_add(1, Ordering::Relaxed);
-                    self.idler.idle(0, || false);
+        if self.overflow == DatabaseOverflow::Wait {
+            // The ring is a byte stream the writer reassembles records from: a batch larger
+            // than its room goes in pieces, as room comes.
+            let mut at = 0;
+            while at < self.scratch.len() {
+                let room = self.ring.slots().min(self.scratch.len() - at);
+                if room > 0 {
+                    if let Ok(chunk) = self.ring.write_chunk_uninit(room) {
+                        chunk.fill_from_iter(self.scratch[at..at + room].iter().copied());
+                        at += room;
+                        continue;
+                    }
                 }
+                if self.ring.is_abandoned() {
+                    return Err(io::Error::other("the database sink has stopped"));
+                }
+                self.status.counters.ring_waits.fetch_add(1, Ordering::Relaxed);
+                self.idler.idle(0, || false);
             }
+            self.idler.idle(1, || true);
+            return Ok(());
+        }
+        // Whole or not at all, so the stream stays record by record.
+        if let Ok(chunk) = self.ring.write_chunk_uninit(self.scratch.len()) {
+            chunk.fill_from_iter(self.scratch.iter().copied());
+            self.close_gap();
+            return Ok(());
         }
         self.status.counters.dropped.fetch_add(events, Ordering::Relaxed);
         let gap = self.gap.get_or_insert(Gap { first_seq: first, last_seq: last, events: 0 });
