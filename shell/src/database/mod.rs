@@ -179,30 +179,25 @@ impl Link {
 
     /// A connection with its staging tables.
     pub fn connect(&self) -> Result<Client, ConnectError> {
-        let mut client = self.config.connect(NoTls).map_err(|error| {
-            let why = reason(&error);
-            let refused = error.code().is_some_and(|code| {
-                let code = code.code();
-                // invalid_authorization_specification, invalid_password, invalid_catalog_name
-                code.starts_with("28") || code == "3D000"
-            });
-            if refused {
-                ConnectError::Refused(why)
-            } else {
-                ConnectError::Unreachable(why)
-            }
-        })?;
+        let mut client = self.connect_plain()?;
         client
             .batch_execute(schema::STAGE)
             .map_err(|error| ConnectError::Unreachable(reason(&error)))?;
         Ok(client)
     }
 
-    /// A connection without staging tables (the schema may not exist yet).
+    /// A connection without staging tables (the schema may not exist yet). Only the
+    /// server's refusals of who we are or what we ask for are [`ConnectError::Refused`]
+    /// (invalid_authorization_specification, invalid_password, invalid_catalog_name); the
+    /// rest, a server still starting (57P03) among them, is worth retrying.
     pub fn connect_plain(&self) -> Result<Client, ConnectError> {
         self.config.connect(NoTls).map_err(|error| {
             let why = reason(&error);
-            if error.code().is_some() {
+            let refused = error.code().is_some_and(|code| {
+                let code = code.code();
+                code.starts_with("28") || code == "3D000"
+            });
+            if refused {
                 ConnectError::Refused(why)
             } else {
                 ConnectError::Unreachable(why)
@@ -368,24 +363,17 @@ impl Database {
         let queries = Arc::new(pool::QueryPool::start(settings, link, timezone, channels)?);
         Ok((Database { stop, writer: Some(writer), status, queries }, inlet))
     }
-
-    /// Waits for the writer to store what it holds (the emitter has stopped: its inlet is
-    /// dropped), then stops it and the query threads.
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-        self.queries.stop();
-    }
 }
 
+/// Dropping waits for the writer to store what it holds (the emitter has stopped: its inlet
+/// is dropped, or going), then stops it and the query threads.
 impl Drop for Database {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.queries.stop();
     }
 }
 
@@ -424,9 +412,7 @@ impl FrameSink for DatabaseSink {
 
     fn finish(&mut self) -> std::io::Result<()> {
         drop(self.inlet.take());
-        if let Some(database) = self.database.take() {
-            database.finish();
-        }
+        drop(self.database.take());
         Ok(())
     }
 }

@@ -86,7 +86,8 @@ pub struct EventRow {
     direction: Option<String>,
     strength: Option<String>,
     score: Option<f64>,
-    body: Box<RawValue>,
+    /// The event as sent (`jsonb`).
+    body: Json<Box<RawValue>>,
 }
 
 /// A bar's JSON (`A`, `AM`).
@@ -212,7 +213,7 @@ impl Rows {
                     direction,
                     strength: event.strength.map(str::to_owned),
                     score: event.score,
-                    body: body.to_owned(),
+                    body: Json(body.to_owned()),
                 });
             }
         }
@@ -224,32 +225,31 @@ impl Rows {
     /// `seq`s already there; returns the rows inserted (the rest were there already). The
     /// caller commits.
     pub fn write(&self, tx: &mut Transaction<'_>) -> Result<u64, postgres::Error> {
+        use Type as T;
+        let mut inserted = 0;
         if !self.bars.is_empty() {
-            let sink = tx.copy_in(
-                "COPY bars_stage (seq, symbol, frequency, start, \"end\", o, h, l, c, v, vw, n, \
-                 day_volume, day_open, day_vwap, avg_size) FROM STDIN (FORMAT binary)",
-            )?;
+            let columns = "seq, symbol, frequency, start, \"end\", o, h, l, c, v, vw, n, \
+                           day_volume, day_open, day_vwap, avg_size";
             let types = [
-                Type::INT8,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TIMESTAMPTZ,
-                Type::TIMESTAMPTZ,
-                Type::FLOAT8,
-                Type::FLOAT8,
-                Type::FLOAT8,
-                Type::FLOAT8,
-                Type::INT8,
-                Type::FLOAT8,
-                Type::INT8,
-                Type::INT8,
-                Type::FLOAT8,
-                Type::FLOAT8,
-                Type::INT8,
+                T::INT8,
+                T::TEXT,
+                T::TEXT,
+                T::TIMESTAMPTZ,
+                T::TIMESTAMPTZ,
+                T::FLOAT8,
+                T::FLOAT8,
+                T::FLOAT8,
+                T::FLOAT8,
+                T::INT8,
+                T::FLOAT8,
+                T::INT8,
+                T::INT8,
+                T::FLOAT8,
+                T::FLOAT8,
+                T::INT8,
             ];
-            let mut writer = BinaryCopyInWriter::new(sink, &types);
-            for b in &self.bars {
-                let row: [&(dyn ToSql + Sync); 16] = [
+            let rows = self.bars.iter().map(|b| -> [&(dyn ToSql + Sync); 16] {
+                [
                     &b.seq,
                     &b.symbol,
                     &b.frequency,
@@ -266,31 +266,25 @@ impl Rows {
                     &b.day_open,
                     &b.day_vwap,
                     &b.avg_size,
-                ];
-                writer.write(&row)?;
-            }
-            writer.finish()?;
+                ]
+            });
+            inserted += stage(tx, "bars", columns, &types, rows)?;
         }
         if !self.events.is_empty() {
-            let sink = tx.copy_in(
-                "COPY events_stage (seq, kind, symbol, t, price, direction, strength, score, \
-                 body) FROM STDIN (FORMAT binary)",
-            )?;
+            let columns = "seq, kind, symbol, t, price, direction, strength, score, body";
             let types = [
-                Type::INT8,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TIMESTAMPTZ,
-                Type::FLOAT8,
-                Type::TEXT,
-                Type::TEXT,
-                Type::FLOAT8,
-                Type::JSONB,
+                T::INT8,
+                T::TEXT,
+                T::TEXT,
+                T::TIMESTAMPTZ,
+                T::FLOAT8,
+                T::TEXT,
+                T::TEXT,
+                T::FLOAT8,
+                T::JSONB,
             ];
-            let mut writer = BinaryCopyInWriter::new(sink, &types);
-            for e in &self.events {
-                let body = Json(&*e.body);
-                let row: [&(dyn ToSql + Sync); 9] = [
+            let rows = self.events.iter().map(|e| -> [&(dyn ToSql + Sync); 9] {
+                [
                     &e.seq,
                     &e.kind,
                     &e.symbol,
@@ -299,27 +293,34 @@ impl Rows {
                     &e.direction,
                     &e.strength,
                     &e.score,
-                    &body,
-                ];
-                writer.write(&row)?;
-            }
-            writer.finish()?;
-        }
-        let mut inserted = 0;
-        if !self.bars.is_empty() {
-            inserted += tx.execute(
-                "INSERT INTO bars SELECT * FROM bars_stage ON CONFLICT (seq) DO NOTHING",
-                &[],
-            )?;
-        }
-        if !self.events.is_empty() {
-            inserted += tx.execute(
-                "INSERT INTO events SELECT * FROM events_stage ON CONFLICT (seq) DO NOTHING",
-                &[],
-            )?;
+                    &e.body,
+                ]
+            });
+            inserted += stage(tx, "events", columns, &types, rows)?;
         }
         Ok(inserted)
     }
+}
+
+/// `rows` copied in binary into `{table}_stage`, then moved into `table` but for the `seq`s
+/// it has; the rows inserted.
+fn stage<'a, const N: usize>(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    columns: &str,
+    types: &[Type; N],
+    rows: impl Iterator<Item = [&'a (dyn ToSql + Sync); N]>,
+) -> Result<u64, postgres::Error> {
+    let sink = tx.copy_in(&format!("COPY {table}_stage ({columns}) FROM STDIN (FORMAT binary)"))?;
+    let mut writer = BinaryCopyInWriter::new(sink, types);
+    for row in rows {
+        writer.write(&row)?;
+    }
+    writer.finish()?;
+    tx.execute(
+        &format!("INSERT INTO {table} SELECT * FROM {table}_stage ON CONFLICT (seq) DO NOTHING"),
+        &[],
+    )
 }
 
 #[cfg(test)]
@@ -360,7 +361,7 @@ mod tests {
             (e.kind, e.direction.as_deref(), e.price, e.t),
             ("HL", Some("high"), Some(2.0), time(61_000))
         );
-        assert_eq!(e.body.get(), std::str::from_utf8(high).unwrap());
+        assert_eq!(e.body.0.get(), std::str::from_utf8(high).unwrap());
         let broken = Record { seq: 12, emitted_ms: 7, channel: Channel::Tr, json: b"{\"sym\":1}" };
         assert!(rows.push(&broken).unwrap_err().contains("seq 12"));
     }

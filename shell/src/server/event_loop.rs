@@ -678,11 +678,6 @@ impl EventLoop {
         if !matches!(slot, Connection::Querying { serial: s, .. } if *s == serial) {
             return;
         }
-        let Connection::Querying { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
-            return;
-        };
-        // Back to a request (for `respond`), with nothing left to read.
-        *slot = Connection::Http { stream, buf: Vec::new(), deadline: now };
         let out = http::response(answer.status, "application/json", "", &answer.body);
         self.respond(key, out, now);
     }
@@ -701,12 +696,19 @@ impl EventLoop {
             && self.fanout.history.newest_seq().is_none_or(|newest| newest + 1 < live_from)
     }
 
-    /// Turns the connection into a response being written, in place.
+    /// Turns the connection (a request, or one waiting for its query) into a response being
+    /// written, in place.
     fn respond(&mut self, key: usize, out: Vec<u8>, now: Instant) {
         self.counters().http_requests.add(1);
         let deadline = now + Duration::from_millis(self.shared.settings.close_timeout_ms.into());
-        let Some(slot @ Connection::Http { .. }) = self.connections.get_mut(key) else { return };
-        let Connection::Http { stream, .. } = std::mem::replace(slot, Connection::Gone) else {
+        let Some(slot @ (Connection::Http { .. } | Connection::Querying { .. })) =
+            self.connections.get_mut(key)
+        else {
+            return;
+        };
+        let (Connection::Http { stream, .. } | Connection::Querying { stream, .. }) =
+            std::mem::replace(slot, Connection::Gone)
+        else {
             return;
         };
         let (mut stream, mut out, mut written) = (stream, out, 0);

@@ -89,9 +89,7 @@ impl ServerHandle {
             let _ = thread.join();
         }
         drop(self.event_log);
-        if let Some(database) = self.database {
-            database.finish();
-        }
+        drop(self.database);
     }
 }
 
