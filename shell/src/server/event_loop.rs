@@ -307,10 +307,11 @@ impl EventLoop {
             // The clocks are read once per iteration.
             let now = Instant::now();
             self.now_s = unix_s();
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.listener_ready = true,
-                    WAKER => {}
+                    WAKER => woken = true,
                     Token(token) => {
                         // A hang-up or an error is found by the read.
                         let readable =
@@ -322,7 +323,8 @@ impl EventLoop {
             while let Ok(stream) = self.incoming.try_recv() {
                 self.register(TcpStream::from_std(stream), now);
             }
-            while let Ok((key, serial, answer)) = self.answers.1.try_recv() {
+            // A query thread wakes the loop after each answer it sends.
+            while let Some(Ok((key, serial, answer))) = woken.then(|| self.answers.1.try_recv()) {
                 self.answered(key, serial, answer, now);
             }
             if self.listener_ready {
