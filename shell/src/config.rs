@@ -183,8 +183,9 @@ pub struct ServerSettings {
     /// Authenticated connections per user; one more gets `max_connections` and close 1013.
     /// Default: 100.
     pub connections_per_user_max: u32,
-    /// Client messages per second per connection (a token bucket of this size); past it each
-    /// message gets an error status and counts as a client error. Default: 50.
+    /// Client messages (actions and pings) per second per connection (a token bucket of this
+    /// size); past it each message gets an error status and counts as a client error.
+    /// Default: 50.
     pub client_messages_per_sec: u32,
     /// Time to finish the HTTP request and upgrade. Default: 5,000 ms.
     pub handshake_timeout_ms: u32,

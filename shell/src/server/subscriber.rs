@@ -489,7 +489,17 @@ impl Subscriber {
                     self.stop_live(env);
                     self.closing = Some(now + close_timeout(env.settings));
                 }
-                Message::Ping(_) | Message::Frame(_) => {}
+                Message::Ping(_) => {
+                    // A ping is a message too (tungstenite has queued its pong above): a
+                    // flood of them meets the rate limit like actions do, and after
+                    // `client_errors_max` refusals the connection is closed 1008, before
+                    // its pongs cost more than a read's worth.
+                    let actions = self.with_session(now, env, |session, _, _| {
+                        session.admit(now).err().unwrap_or_default()
+                    });
+                    self.apply(now, actions, env);
+                }
+                Message::Frame(_) => {}
             }
         }
         if let Some(error) = failure {
@@ -1847,6 +1857,44 @@ mod tests {
         let objects = client.objects();
         let status = objects.iter().position(|o| o["message"] == "filter set").unwrap();
         assert_eq!(objects[status - 1]["seq"], 5, "the status comes after what was queued");
+    }
+
+    #[test]
+    fn client_pings_are_answered_and_a_ping_flood_meets_the_rate_limit() {
+        let mut sim = Sim::new(|s| s.client_messages_per_sec = 5);
+        let (mut sub, mut client) = sim.connect(1);
+        let pings = |client: &mut Client, n: usize| {
+            let mut out = Vec::new();
+            let mut pipe = Pipe { input: &[], output: &mut out };
+            for _ in 0..n {
+                client.ws.write(&mut pipe, Message::Ping(b"p".to_vec().into())).unwrap();
+            }
+            client.ws.flush(&mut pipe).unwrap();
+            out
+        };
+        // One a second for a while: every one answered, nothing refused.
+        for _ in 0..10 {
+            sim.advance(Duration::from_secs(1));
+            let bytes = pings(&mut client, 1);
+            let now = sim.now;
+            sub.handle_read(now, &bytes, &mut sim.env());
+        }
+        sim.drain(&mut sub, &mut client, None);
+        let pongs = client.messages.iter().filter(|m| matches!(m, Message::Pong(_))).count();
+        assert_eq!(pongs, 10);
+        assert!(client.statuses("error").is_empty(), "{:?}", client.objects());
+        assert_eq!(client.close_code(), None);
+        // A flood in one read: the bucket (5) lets five by; the rest are errors, and past
+        // `client_errors_max` the connection is closed 1008.
+        sim.advance(Duration::from_secs(1));
+        let bytes = pings(&mut client, 1_000);
+        let now = sim.now;
+        sub.handle_read(now, &bytes, &mut sim.env());
+        sim.drain(&mut sub, &mut client, None);
+        let errors = client.statuses("error");
+        assert!(!errors.is_empty() && errors.len() <= 11, "{errors:?}");
+        assert!(errors[0]["message"].as_str().unwrap().contains("rate limit"), "{errors:?}");
+        assert_eq!(client.close_code(), Some(1008));
     }
 
     #[test]
