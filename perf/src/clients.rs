@@ -62,6 +62,9 @@ pub struct Target {
     pub policies: Vec<String>,
     /// Each client socket's receive buffer (`SO_RCVBUF`), 0 for the kernel's autotuning.
     pub receive_buffer_bytes: usize,
+    /// Offer permessage-deflate ([`wire::DEFLATE_OFFER`]); a server that does not take it
+    /// fails the connection.
+    pub deflate: bool,
 }
 
 /// Per-client watchlists: `symbols` symbols drawn for each client (the same for the same
@@ -157,8 +160,24 @@ impl Conn {
         stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
         stream.set_read_timeout(Some(CONNECT_DEADLINE)).map_err(|e| fail("socket", &e))?;
         let url = format!("ws://{}{}", target.addr, target.path);
-        let (mut socket, _) =
-            tungstenite::client(url, stream).map_err(|e| fail("handshake", &e))?;
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url)
+            .map_err(|e| fail("request", &e))?;
+        if target.deflate {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                tungstenite::http::HeaderValue::from_static(wire::DEFLATE_OFFER),
+            );
+        }
+        let (mut socket, response) =
+            tungstenite::client(request, stream).map_err(|e| fail("handshake", &e))?;
+        let deflate = response
+            .headers()
+            .get("Sec-WebSocket-Extensions")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("permessage-deflate"));
+        if target.deflate && !deflate {
+            return Err(fail("handshake", &"the server did not take permessage-deflate"));
+        }
         let token = serde_json::to_string(&target.token).unwrap_or_default();
         socket
             .send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#)))
@@ -166,6 +185,7 @@ impl Conn {
         await_auth(&mut socket).map_err(|e| fail("auth", &e))?;
         let mut conn =
             Conn { id, socket: socket.into_inner(), frames: FrameReader::new(), port: 0 };
+        conn.frames.deflate = deflate;
         let mut scratch = Vec::new();
         if let Some(policy) = target.policy_for(id) {
             let options = format!(
@@ -187,12 +207,17 @@ impl Conn {
     fn ask(&mut self, action: String, scratch: &mut Vec<u8>) -> Result<(), String> {
         wire::send(&mut self.socket, wire::text(action)).map_err(|e| format!("send: {e}"))?;
         let mut answer = None;
+        let mut inflater = wire::Inflater::default();
         while answer.is_none() {
             let drained = self
                 .frames
                 .read(&mut self.socket, scratch, |incoming| {
                     answer = match incoming {
                         Incoming::Message(text) => status_in(text, |s| s == "success"),
+                        Incoming::Compressed(bytes) => match inflater.inflate(bytes) {
+                            Ok(text) => status_in(text, |s| s == "success"),
+                            Err(e) => Some(Err(e.to_string())),
+                        },
                         Incoming::Close(code, reason) => {
                             Some(Err(format!("closed: {code} {reason}")))
                         }
@@ -293,6 +318,8 @@ pub struct ReaderReport {
     pub busy_ns: u64,
     /// Per connection.
     pub conns: Vec<ConnReport>,
+    /// Bytes its connections read from their sockets (WebSocket frames as sent).
+    pub wire_bytes: u64,
 }
 
 enum Command {
@@ -483,7 +510,10 @@ struct ReaderLoop {
     latency_step: u64,
     /// Time spent working since the last report, ns.
     busy_ns: u64,
+    /// Bytes read from the sockets since the last report.
+    wire_bytes: u64,
     digests: Digests,
+    inflater: wire::Inflater,
     /// The buffer every connection of this reader is read into.
     scratch: Vec<u8>,
 }
@@ -510,7 +540,9 @@ impl ReaderLoop {
             latency: new_histogram(),
             latency_step: 0,
             busy_ns: 0,
+            wire_bytes: 0,
             digests: Digests::new(),
+            inflater: wire::Inflater::default(),
             scratch: Vec::new(),
         }
     }
@@ -622,7 +654,12 @@ impl ReaderLoop {
         } else {
             new_histogram()
         };
-        ReaderReport { latency, conns, busy_ns: std::mem::take(&mut self.busy_ns) }
+        ReaderReport {
+            latency,
+            conns,
+            busy_ns: std::mem::take(&mut self.busy_ns),
+            wire_bytes: std::mem::take(&mut self.wire_bytes),
+        }
     }
 
     fn read(&mut self, slot: usize) {
@@ -631,19 +668,34 @@ impl ReaderLoop {
             return;
         }
         let (clock, current, received) = (&self.clock, &self.current, &self.received);
-        let (latency, latency_step, digests) =
-            (&mut self.latency, &mut self.latency_step, &mut self.digests);
+        let (latency, latency_step, digests, inflater) =
+            (&mut self.latency, &mut self.latency_step, &mut self.digests, &mut self.inflater);
+        let bytes_before = conn.frames.bytes;
         let drained = conn.frames.read(&mut conn.socket, &mut self.scratch, |incoming| {
             match incoming {
-                Incoming::Message(text) => {
+                Incoming::Message(_) | Incoming::Compressed(_) => {
                     let now = clock.now().0;
                     let step = *current.read().unwrap_or_else(PoisonError::into_inner);
                     roll(tally, step.number);
                     if *latency_step != step.number {
                         (*latency, *latency_step) = (new_histogram(), step.number);
                     }
-                    let trades = digests.get(text, &step).apply(tally, now, latency);
-                    received.fetch_add(trades, Ordering::Relaxed);
+                    let digest = match incoming {
+                        Incoming::Compressed(bytes) => {
+                            digests.get_compressed(bytes, &step, inflater)
+                        }
+                        Incoming::Message(text) => Ok(digests.get(text, &step)),
+                        Incoming::Close(..) => unreachable!("matched above"),
+                    };
+                    match digest {
+                        Ok(digest) => {
+                            let trades = digest.apply(tally, now, latency);
+                            received.fetch_add(trades, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            tally.report.malformed.get_or_insert(error);
+                        }
+                    }
                 }
                 Incoming::Close(code, reason) => {
                     tally.report.slow_consumer = code == 4008;
@@ -652,6 +704,7 @@ impl ReaderLoop {
             }
             ControlFlow::Continue(())
         });
+        self.wire_bytes += conn.frames.bytes - bytes_before;
         let report = &mut tally.report;
         match drained {
             Ok(Drained::WouldBlock | Drained::Stopped) => {}
@@ -863,7 +916,38 @@ impl Digests {
         }
         &slot.1
     }
+
+    /// The digest of a compressed message, by the hash of its compressed bytes (the
+    /// server compresses each message once for a whole group, and with no context kept
+    /// between messages, so equal bytes inflate to equal text): inflated only when this
+    /// reader has not checked it.
+    fn get_compressed(
+        &mut self,
+        bytes: &[u8],
+        step: &Step,
+        inflater: &mut wire::Inflater,
+    ) -> Result<&Digest, String> {
+        if self.step != step.number {
+            self.slots.iter_mut().for_each(|slot| slot.0 = 0);
+            self.step = step.number;
+        }
+        // Another seed than plain messages': a compressed message is its own key space.
+        let key = xxhash_rust::xxh3::xxh3_128_with_seed(bytes, COMPRESSED_SEED);
+        let slot = &mut self.slots[key as usize & (DIGEST_SLOTS - 1)];
+        if slot.0 == key && key != 0 {
+            self.reused += 1;
+        } else {
+            let text = inflater.inflate(bytes).map_err(|e| e.to_string())?;
+            slot.1.fill(text, step.schedule.as_ref());
+            slot.0 = key;
+            self.parsed += 1;
+        }
+        Ok(&slot.1)
+    }
 }
+
+/// The XXH3 seed of compressed messages' digests.
+const COMPRESSED_SEED: u64 = 0x7ab1_e5ee_d5c0_ffee_u64;
 
 #[cfg(test)]
 mod tests {
@@ -883,6 +967,7 @@ mod tests {
             }),
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
             receive_buffer_bytes: 0,
+            deflate: false,
         }
     }
 

@@ -87,6 +87,34 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample { cpu_ticks: utime + stime, rss_bytes: rss_kib * 1024 })
 }
 
+/// CPU time of each of `pid`'s threads, in clock ticks, summed by thread name with a
+/// trailing `-N` index dropped (so `tickstock-loop-0` and `-1` are `tickstock-loop`); what a
+/// step's server CPU went to. Empty once the process is gone. A thread that ends between two
+/// samples takes its ticks with it (they stay in the process's total).
+pub fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let name = head.split_once('(').map_or("", |(_, name)| name);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let base = match name.rsplit_once('-') {
+            Some((base, index))
+                if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                base
+            }
+            _ => name,
+        };
+        *by_name.entry(base.to_owned()).or_insert(0) += ticks(11) + ticks(12);
+    }
+    by_name
+}
+
 /// How many files (sockets included) `pid` has open (`/proc/<pid>/fd`); `None` if unreadable.
 pub fn open_fds(pid: u32) -> Option<u64> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
@@ -154,6 +182,17 @@ mod tests {
         assert!(later.cpu_ticks >= own.cpu_ticks);
         assert_eq!(sample(u32::MAX), None);
         assert!(open_files_limit().is_some_and(|n| n > 0));
+        let named = std::thread::Builder::new()
+            .name("spin-7".to_owned())
+            .spawn(|| {
+                let busy: u64 = (0..40_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
+                std::hint::black_box(busy);
+                thread_ticks(std::process::id())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(named.contains_key("spin"), "by name, the index dropped: {named:?}");
         let fds = open_fds(std::process::id()).expect("own fds");
         let extra = std::fs::File::open("/proc/self/stat").unwrap();
         assert_eq!(open_fds(std::process::id()), Some(fds + 1));

@@ -68,6 +68,34 @@ pub struct Soak {
 /// median (the issue's ±5 %).
 pub const SOAK_RSS_FLAT_PCT: f64 = 5.0;
 
+/// A step's server CPU by thread, busiest first, those under 0.005 core left out:
+/// `tickstock-serve 0.40, tickstock-engin 0.31`.
+pub fn threads(step: &Step) -> String {
+    let mut busy: Vec<(&String, &f64)> =
+        step.server_threads_cpu.iter().filter(|(_, &cores)| cores >= 0.005).collect();
+    busy.sort_by(|a, b| b.1.total_cmp(a.1));
+    let parts: Vec<String> =
+        busy.iter().map(|(name, cores)| format!("{name} {cores:.2}")).collect();
+    if parts.is_empty() {
+        "all idle".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A step's database sink: `120,000 rows, 0 dropped, 61 commits (0 over 1 s), lag mean 540 ms, at most 0.75 s`.
+pub fn database(d: &crate::run::DatabaseStep) -> String {
+    format!(
+        "{} rows, {} dropped, {} commits ({} over 1 s), lag mean {:.0} ms, at most {}",
+        d.rows_written,
+        d.dropped_events,
+        d.commits,
+        d.commits_over_1s,
+        d.lag_mean_ms,
+        d.lag_max_bound_s.map_or("over 60 s".to_owned(), |b| format!("{b} s")),
+    )
+}
+
 fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -168,8 +196,11 @@ pub fn table(result: &RunResult) -> String {
     );
     let _ = writeln!(
         out,
-        "budget: p99 ≤ {} ms; topics {}; source {}",
-        result.plan.budget_p99_ms, result.plan.topics, result.plan.source
+        "budget: p99 ≤ {} ms; topics {}; source {}{}",
+        result.plan.budget_p99_ms,
+        result.plan.topics,
+        result.plan.source,
+        if result.plan.deflate { "; clients negotiate permessage-deflate" } else { "" }
     );
     let _ = writeln!(
         out,
@@ -216,6 +247,28 @@ pub fn table(result: &RunResult) -> String {
             s.server_rss_mib.map_or("-".to_owned(), |r| format!("{r:.0}")),
             s.server_fds.map_or("-".to_owned(), |f| f.to_string()),
         );
+    }
+    for s in &result.steps {
+        let _ = writeln!(
+            out,
+            "at {} clients × {} trades/s: {:.1} bytes on the wire per event ({:.1} MiB/s to all clients); server threads: {}",
+            s.clients,
+            s.rate,
+            s.wire_bytes_per_event,
+            s.wire_mib_per_s,
+            if s.server_threads_cpu.is_empty() { "not local".to_owned() } else { threads(s) }
+        );
+    }
+    for s in &result.steps {
+        if let Some(d) = s.database {
+            let _ = writeln!(
+                out,
+                "database at {} clients × {} trades/s: {}",
+                s.clients,
+                s.rate,
+                database(&d)
+            );
+        }
     }
     let _ = writeln!(out, "latency: ms from each trade's intended send time to its arrival at a client (coordinated omission corrected)");
     for (clients, rate) in &result.capacity.max_rate_by_clients {

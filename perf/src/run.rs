@@ -44,6 +44,8 @@ pub struct Plan {
     pub repeat: u32,
     /// Disruptors beside the measured clients.
     pub disrupt: Mix,
+    /// The measured clients negotiate permessage-deflate.
+    pub deflate: bool,
 }
 
 /// Latency percentiles, ms.
@@ -80,6 +82,53 @@ impl Percentiles {
     }
 }
 
+/// What a server's database sink (`[database]`) did during a step, from its `/metrics`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DatabaseStep {
+    /// Rows inserted.
+    pub rows_written: u64,
+    /// Events not stored (its ring overflowed).
+    pub dropped_events: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Of those, committed more than a second after their oldest event was emitted.
+    pub commits_over_1s: u64,
+    /// Mean lag from emission to commit of a transaction's oldest event, ms.
+    pub lag_mean_ms: f64,
+    /// The smallest bucket bound of `tickstock_database_lag_seconds` that holds every
+    /// commit of the step: the worst lag was at most this, s (`None`: over the last bound).
+    pub lag_max_bound_s: Option<f64>,
+}
+
+/// The bounds of `tickstock_database_lag_seconds`, as the server writes them.
+const DATABASE_LAG_BOUNDS: [&str; 13] =
+    ["0.01", "0.05", "0.1", "0.25", "0.5", "0.75", "1", "1.5", "2", "5", "10", "30", "60"];
+
+impl DatabaseStep {
+    /// The sink's figures between two scrapes; `None` when the server has no database.
+    pub fn between(before: &Metrics, after: &Metrics) -> Option<DatabaseStep> {
+        after.0.contains_key("tickstock_database_up").then_some(())?;
+        let bucket = |bound: &str| {
+            let name = format!("tickstock_database_lag_seconds_bucket{{le=\"{bound}\"}}");
+            before.delta(after, &name)
+        };
+        let commits = before.delta(after, "tickstock_database_lag_seconds_count");
+        let lag_sum = after.get("tickstock_database_lag_seconds_sum")
+            - before.get("tickstock_database_lag_seconds_sum");
+        Some(DatabaseStep {
+            rows_written: before.delta(after, "tickstock_database_rows_total"),
+            dropped_events: before.delta(after, "tickstock_database_dropped_events_total"),
+            commits,
+            commits_over_1s: commits.saturating_sub(bucket("1")),
+            lag_mean_ms: if commits == 0 { 0.0 } else { lag_sum * 1e3 / commits as f64 },
+            lag_max_bound_s: DATABASE_LAG_BOUNDS
+                .iter()
+                .find(|bound| bucket(bound) >= commits)
+                .and_then(|bound| bound.parse().ok()),
+        })
+    }
+}
+
 /// One measured step.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
@@ -93,6 +142,11 @@ pub struct Step {
     pub achieved_rate: f64,
     /// Events of every kind delivered to all clients, per second of the step.
     pub delivered_events_per_s: f64,
+    /// Bytes the clients read from their sockets per event delivered (frames as sent:
+    /// compressed, with `--compression deflate`).
+    pub wire_bytes_per_event: f64,
+    /// The same per second, over all clients, MiB/s.
+    pub wire_mib_per_s: f64,
     /// Trades the clients should have received in all (each client's topics' share).
     pub expected_trades: u64,
     /// Trades they received (one latency sample each).
@@ -109,6 +163,12 @@ pub struct Step {
     pub server_dropped_events: u64,
     /// Server CPU, cores (CPU seconds per second), when local.
     pub server_cpu_cores: Option<f64>,
+    /// Server CPU by thread name as the kernel keeps it (15 bytes, a trailing `-N` dropped:
+    /// `tickstock-engin`, `tickstock-emit`, `tickstock-serve` for all the event loops,
+    /// `tickstock-db`, ...), cores, when local.
+    pub server_threads_cpu: std::collections::BTreeMap<String, f64>,
+    /// The server's database sink, when it has one.
+    pub database: Option<DatabaseStep>,
     /// Server resident memory at the end of the step, MiB, when local.
     pub server_rss_mib: Option<f64>,
     /// The load generator's own CPU, cores: on a shared machine it competes with the server.
@@ -327,6 +387,7 @@ impl Rig {
         let before = self.server.metrics();
         let tally_before = self.disruptors.as_ref().map(Disruptors::tally);
         let proc_before = self.server.pid.and_then(machine::sample);
+        let threads_before = self.server.pid.map(machine::thread_ticks).unwrap_or_default();
         let own_before = machine::sample(std::process::id()).unwrap_or_default();
         let started = Instant::now();
         let schedule = Schedule {
@@ -399,6 +460,7 @@ impl Rig {
         let reports = self.pool.end();
         let after = self.server.metrics();
         let proc_after = self.server.pid.and_then(machine::sample);
+        let threads_after = self.server.pid.map(machine::thread_ticks).unwrap_or_default();
         let own_after = machine::sample(std::process::id()).unwrap_or_default();
         let cores = |a: ProcSample, b: ProcSample| {
             (b.cpu_ticks - a.cpu_ticks.min(b.cpu_ticks)) as f64 / hz as f64 / elapsed
@@ -414,6 +476,7 @@ impl Rig {
         let mut step = judge(
             plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed, &expect,
         );
+        step.database = DatabaseStep::between(&before, &after);
         if let Some(reason) = unmeasured {
             // Without the server's counts nothing can be checked against them.
             step.invalid_reasons = vec![reason];
@@ -428,6 +491,14 @@ impl Rig {
         step.valid = step.invalid_reasons.is_empty();
         step.within_budget &= step.valid;
         step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
+        step.server_threads_cpu = threads_after
+            .iter()
+            .map(|(name, &after)| {
+                let before = threads_before.get(name).copied().unwrap_or(0);
+                let ticks = after.saturating_sub(before);
+                (name.clone(), ticks as f64 / hz as f64 / elapsed)
+            })
+            .collect();
         step.server_rss_mib = proc_after.map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0));
         step.server_fds = self.server.pid.and_then(machine::open_fds);
         step.disruptors =
@@ -518,6 +589,7 @@ fn judge(
     let mut breaches = Vec::new();
     let (mut events, mut slow, mut conflated, mut shed_clients) = (0u64, 0u64, 0u64, 0u64);
     let busy_ns = reports.iter().map(|r| r.busy_ns).max().unwrap_or(0);
+    let wire_bytes: u64 = reports.iter().map(|r| r.wire_bytes).sum();
 
     let reader_busy = busy_ns as f64 / (elapsed * 1e9).max(1.0);
     let mut lost: Vec<(u32, String)> = Vec::new();
@@ -692,6 +764,10 @@ fn judge(
         sent: played.sent,
         achieved_rate,
         delivered_events_per_s: events as f64 / step_secs.max(elapsed.min(step_secs * 2.0)),
+        wire_bytes_per_event: wire_bytes as f64 / (events.max(1)) as f64,
+        wire_mib_per_s: wire_bytes as f64
+            / (1024.0 * 1024.0)
+            / step_secs.max(elapsed.min(step_secs * 2.0)),
         expected_trades,
         received_trades,
         latency_ms,
@@ -700,6 +776,8 @@ fn judge(
         server_slow_consumer_closes: server_slow,
         server_dropped_events: buffer_dropped + server_conflated,
         server_cpu_cores: None,
+        server_threads_cpu: Default::default(),
+        database: None,
         server_rss_mib: None,
         server_fds: None,
         disruptors: None,
@@ -768,6 +846,7 @@ mod tests {
             reader_threads: 1,
             repeat: 1,
             disrupt: Mix::default(),
+            deflate: false,
         }
     }
 
@@ -778,6 +857,8 @@ mod tests {
             sent: 0,
             achieved_rate: 0.0,
             delivered_events_per_s: 0.0,
+            wire_bytes_per_event: 0.0,
+            wire_mib_per_s: 0.0,
             expected_trades: 0,
             received_trades: 0,
             latency_ms: Percentiles::default(),
@@ -786,6 +867,8 @@ mod tests {
             server_slow_consumer_closes: 0,
             server_dropped_events: 0,
             server_cpu_cores: None,
+            server_threads_cpu: Default::default(),
+            database: None,
             server_rss_mib: None,
             server_fds: None,
             disruptors: None,

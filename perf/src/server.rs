@@ -199,7 +199,8 @@ impl Drop for Server {
     }
 }
 
-/// Prometheus samples by metric name, summed over labels.
+/// Prometheus samples by metric name, summed over labels; a histogram's buckets stay apart,
+/// keyed by name and bound: `tickstock_database_lag_seconds_bucket{le="1"}`.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics(pub HashMap<String, f64>);
 
@@ -236,8 +237,13 @@ fn parse_metrics(body: &str) -> Metrics {
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };
         let name = series.split('{').next().unwrap_or(series);
+        let bound = series.split("le=\"").nth(1).and_then(|rest| rest.split('"').next());
+        let key = match bound {
+            Some(bound) if name.ends_with("_bucket") => format!("{name}{{le=\"{bound}\"}}"),
+            _ => name.to_owned(),
+        };
         if let Ok(value) = value.parse::<f64>() {
-            *out.entry(name.to_owned()).or_insert(0.0) += value;
+            *out.entry(key).or_insert(0.0) += value;
         }
     }
     Metrics(out)
@@ -255,5 +261,11 @@ mod tests {
         assert_eq!((m.get("t_rej"), m.get("t_acc"), m.get("none")), (5.0, 10.0, 0.0));
         let later = parse_metrics("t_acc 25\n");
         assert_eq!(m.delta(&later, "t_acc"), 15);
+        let h = parse_metrics(
+            "h_bucket{le=\"0.5\"} 3\nh_bucket{le=\"1\"} 7\nh_bucket{le=\"+Inf\"} 9\nh_count 9\n",
+        );
+        assert_eq!(h.get("h_bucket{le=\"1\"}"), 7.0);
+        assert_eq!(h.get("h_bucket{le=\"+Inf\"}"), 9.0);
+        assert_eq!(h.get("h_count"), 9.0);
     }
 }

@@ -244,6 +244,10 @@ const READ_BYTES_MIN: usize = 256 * 1024;
 pub enum Incoming<'a> {
     /// A whole text or binary message (fragments joined).
     Message(&'a [u8]),
+    /// A whole message compressed with permessage-deflate (RSV1 set; only when the reader's
+    /// `deflate` is on): its raw deflate bytes, without the `00 00 ff ff` tail
+    /// ([`Inflater`] gives the text).
+    Compressed(&'a [u8]),
     /// A close frame: its code (0 without one) and reason.
     Close(u16, String),
 }
@@ -275,6 +279,12 @@ pub struct FrameReader {
     /// The fragments of a message whose last frame has not arrived.
     fragments: Vec<u8>,
     fragmented: bool,
+    /// The fragmented message's first frame had RSV1 (it is compressed).
+    fragments_compressed: bool,
+    /// permessage-deflate was negotiated: a message's first frame may set RSV1.
+    pub deflate: bool,
+    /// Bytes read from the socket (frames, headers and all), for bytes-on-the-wire figures.
+    pub bytes: u64,
     /// `pending` may hold whole frames: the callback stopped before them.
     stopped: bool,
     /// The payload of the last ping, to answer.
@@ -314,7 +324,10 @@ impl FrameReader {
             scratch[..kept].copy_from_slice(&self.pending);
             let n = match stream.read(&mut scratch[kept..]) {
                 Ok(0) => break Ok(Drained::Eof),
-                Ok(n) => n,
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    n
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     break Ok(Drained::WouldBlock)
@@ -358,11 +371,21 @@ impl FrameReader {
             if bytes.len() - start < length {
                 break;
             }
-            if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 {
+            // RSV1 is permessage-deflate's, on the first frame of a data message only.
+            let first_data = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+            let compressed = header.rsv1 && self.deflate && first_data;
+            if header.mask.is_some() || (header.rsv1 && !compressed) || header.rsv2 || header.rsv3 {
                 return Err(bad("a masked or extended frame from the server".into()));
             }
             let payload = &bytes[start..start + length];
             at = start + length;
+            let whole = |payload| {
+                if compressed {
+                    Incoming::Compressed(payload)
+                } else {
+                    Incoming::Message(payload)
+                }
+            };
             let flow = match header.opcode {
                 OpCode::Data(Data::Continue) if !self.fragmented => {
                     return Err(bad("a continuation frame with no message".into()))
@@ -370,14 +393,19 @@ impl FrameReader {
                 OpCode::Data(Data::Text | Data::Binary) if self.fragmented => {
                     return Err(bad("a new message inside a fragmented one".into()))
                 }
-                OpCode::Data(Data::Text | Data::Binary) if header.is_final => {
-                    each(Incoming::Message(payload))
-                }
+                OpCode::Data(Data::Text | Data::Binary) if header.is_final => each(whole(payload)),
                 OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
+                    if first_data {
+                        self.fragments_compressed = compressed;
+                    }
                     self.fragments.extend_from_slice(payload);
                     self.fragmented = !header.is_final;
                     if header.is_final {
-                        let flow = each(Incoming::Message(&self.fragments));
+                        let flow = each(if self.fragments_compressed {
+                            Incoming::Compressed(&self.fragments)
+                        } else {
+                            Incoming::Message(&self.fragments)
+                        });
                         self.fragments.clear();
                         flow
                     } else {
@@ -406,6 +434,64 @@ impl FrameReader {
         }
         self.pending.extend_from_slice(&bytes[at..]);
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// The offer a client makes to compress (RFC 7692): no context kept between messages on
+/// either side, so every message inflates on its own (and a reader may skip the ones it
+/// has already checked).
+pub const DEFLATE_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Inflates permessage-deflate messages sent with `server_no_context_takeover`: each on its
+/// own, with the `00 00 ff ff` tail put back (RFC 7692 §7.2.2).
+pub struct Inflater {
+    state: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater").finish_non_exhaustive()
+    }
+}
+
+impl Default for Inflater {
+    fn default() -> Inflater {
+        Inflater { state: flate2::Decompress::new(false), out: Vec::new() }
+    }
+}
+
+impl Inflater {
+    /// The text of one compressed message; an error if it is not valid deflate or inflates
+    /// past [`FRAME_BYTES_MAX`].
+    pub fn inflate(&mut self, compressed: &[u8]) -> std::io::Result<&[u8]> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        self.state.reset(false);
+        self.out.clear();
+        let tail = [0u8, 0, 0xff, 0xff];
+        for input in [compressed, &tail[..]] {
+            let mut at = 0;
+            loop {
+                if self.out.len() == self.out.capacity() {
+                    if self.out.len() >= FRAME_BYTES_MAX {
+                        return Err(bad(format!(
+                            "a message inflating past {FRAME_BYTES_MAX} bytes"
+                        )));
+                    }
+                    self.out.reserve((compressed.len() * 4).max(4096));
+                }
+                let before = self.state.total_in();
+                self.state
+                    .decompress_vec(&input[at..], &mut self.out, flate2::FlushDecompress::Sync)
+                    .map_err(|e| bad(format!("a compressed message that does not inflate: {e}")))?;
+                at += (self.state.total_in() - before) as usize;
+                if at >= input.len() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+            }
+        }
+        Ok(&self.out)
     }
 }
 
@@ -506,6 +592,63 @@ mod tests {
         bytes
     }
 
+    /// What a server sends for `text` with permessage-deflate: raw deflate, sync-flushed,
+    /// the `00 00 ff ff` tail cut off.
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        let mut compress = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut out = Vec::with_capacity(text.len() + 64);
+        compress.compress_vec(text, &mut out, flate2::FlushCompress::Sync).expect("deflates");
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+        frame[0] |= 0x40;
+        frame
+    }
+
+    #[test]
+    fn compressed_messages_are_told_apart_and_inflate_on_their_own() {
+        let text: Vec<u8> =
+            (0..2_000).flat_map(|i| format!("{{\"ev\":\"T\",\"i\":{i}}},").into_bytes()).collect();
+        let z = deflated(&text);
+        assert!(z.len() * 4 < text.len(), "compresses");
+        let mut stream = Vec::new();
+        stream.extend(rsv1(server_frame(OpCode::Data(Data::Text), true, &z)));
+        stream.extend(server_frame(OpCode::Data(Data::Text), true, b"[1]"));
+        // Fragmented: RSV1 on the first frame only.
+        let (head, rest) = z.split_at(z.len() / 2);
+        stream.extend(rsv1(server_frame(OpCode::Data(Data::Text), false, head)));
+        stream.extend(server_frame(OpCode::Data(Data::Continue), true, rest));
+        let (mut reader, mut scratch, mut inflater) =
+            (FrameReader::new(), Vec::new(), Inflater::default());
+        reader.deflate = true;
+        let mut seen = Vec::new();
+        let mut trickle =
+            Trickle { bytes: stream.clone(), at: 0, step: 1 << 20, written: Vec::new() };
+        reader
+            .read(&mut trickle, &mut scratch, |m| {
+                seen.push(match m {
+                    Incoming::Compressed(bytes) => {
+                        assert_eq!(inflater.inflate(bytes).expect("inflates"), &text[..]);
+                        "z"
+                    }
+                    Incoming::Message(b"[1]") => "plain",
+                    other => panic!("{other:?}"),
+                });
+                ControlFlow::Continue(())
+            })
+            .expect("reads");
+        assert_eq!(seen, ["z", "plain", "z"]);
+        assert_eq!(reader.bytes, stream.len() as u64);
+        assert!(inflater.inflate(b"\xff\xfe garbage").is_err());
+        // Without the extension, RSV1 is a protocol error.
+        let mut plain = FrameReader::new();
+        let mut trickle = Trickle { bytes: stream, at: 0, step: 1 << 20, written: Vec::new() };
+        assert!(plain.read(&mut trickle, &mut scratch, |_| ControlFlow::Continue(())).is_err());
+    }
+
     #[test]
     fn frames_split_anywhere_come_out_whole_and_pings_are_answered() {
         let big = vec![b'x'; 70_000];
@@ -531,6 +674,7 @@ mod tests {
                     .read(&mut trickle, &mut scratch, |m| {
                         seen.push(match m {
                             Incoming::Message(bytes) => format!("{}", bytes.len()),
+                            Incoming::Compressed(bytes) => format!("z{}", bytes.len()),
                             Incoming::Close(code, reason) => format!("{code} {reason}"),
                         });
                         ControlFlow::Continue(())

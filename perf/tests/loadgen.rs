@@ -187,6 +187,50 @@ fn watchlists_and_a_policy_mix_are_validated_per_client() {
     assert!(step["reader_busy"].as_f64().is_some_and(|b| (0.0..=1.0).contains(&b)));
 }
 
+#[test]
+fn compressed_clients_are_validated_and_counted_in_bytes_on_the_wire() {
+    // Every message compressed (no size floor), so the two runs differ only in deflate.
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(config.path(), "[server]\ncompression_min_bytes = 0\n").expect("writes");
+    let config = config.path().to_str().expect("utf-8");
+    let run = |compression: &str| {
+        let out = tempfile::tempdir().expect("tempdir");
+        run_loadgen(
+            &[
+                "--clients",
+                "3",
+                "--rates",
+                "3000",
+                "--step-secs",
+                "1.5",
+                "--warmup-secs",
+                "0.5",
+                "--source",
+                "synthetic:300",
+                "--budget-p99-ms",
+                "250",
+                "--server-config",
+                config,
+                "--compression",
+                compression,
+            ],
+            out.path(),
+        );
+        result_json(out.path())
+    };
+    let (plain, deflated) = (run("none"), run("deflate"));
+    for result in [&plain, &deflated] {
+        assert_eq!(result["valid"], true, "every trade inflated and checked: {result:#}");
+        let step = &result["steps"][0];
+        assert!(step["server_threads_cpu"]["tickstock-engin"].as_f64().is_some(), "{step:#}");
+    }
+    assert_eq!(deflated["plan"]["deflate"], true);
+    let per_event = |r: &serde_json::Value| r["steps"][0]["wire_bytes_per_event"].as_f64().unwrap();
+    let (p, d) = (per_event(&plain), per_event(&deflated));
+    assert!(p > 40.0, "a plain event is some tens of bytes: {p}");
+    assert!(d < p * 0.8, "compressed: {d} bytes an event against {p}");
+}
+
 /// The run's result file, parsed.
 fn result_json(out: &Path) -> serde_json::Value {
     let json = result_file(out, "json");

@@ -111,6 +111,11 @@ struct Args {
     /// Reader threads holding the clients.
     #[arg(long, default_value_t = 1)]
     reader_threads: usize,
+    /// `deflate`: every measured client offers permessage-deflate (no context takeover) and
+    /// fails if the server does not take it; the clients inflate what they receive (each
+    /// distinct message once per reader). `none`: plain frames.
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    compression: Compression,
     /// Runs each step this many times in a row (a soak: `--step-secs 60 --repeat 60` is an
     /// hour in one-minute steps, with a row per minute in `-soak.csv`).
     #[arg(long, default_value_t = 1)]
@@ -165,8 +170,16 @@ impl Progress for Bar {
             format!("over: {}", s.breaches.join("; "))
         };
         let limit = s.limit.as_ref().map_or(String::new(), |l| format!(" (limit: {l})"));
+        let database = s.database.as_ref().map_or(String::new(), |d| {
+            format!("; database: {}", tickstock_perf::report::database(d))
+        });
+        let threads = if s.server_threads_cpu.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", tickstock_perf::report::threads(s))
+        };
         self.say(&format!(
-            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, server {} cores, RSS {} MiB, readers {:.0} % busy; {verdict}{limit}",
+            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}; {verdict}{limit}",
             s.clients,
             s.rate,
             s.delivered_events_per_s,
@@ -174,6 +187,7 @@ impl Progress for Bar {
             s.latency_ms.p99,
             s.latency_ms.p999,
             s.latency_ms.max,
+            s.wire_bytes_per_event,
             s.server_cpu_cores.map_or("-".to_owned(), |c| format!("{c:.2}")),
             s.server_rss_mib.map_or("-".to_owned(), |m| format!("{m:.0}")),
             s.reader_busy * 100.0,
@@ -183,6 +197,15 @@ impl Progress for Bar {
     fn note(&mut self, text: &str) {
         self.say(text);
     }
+}
+
+/// What the measured clients offer for compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Compression {
+    /// Plain frames.
+    None,
+    /// permessage-deflate.
+    Deflate,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +244,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         reader_threads: args.reader_threads.max(1),
         repeat: args.repeat.max(1),
         disrupt: args.disrupt,
+        deflate: args.compression == Compression::Deflate,
     };
     if !(plan.step_secs > 0.0 && plan.step_secs.is_finite() && args.warmup_secs >= 0.0) {
         return Err(usage(
@@ -311,6 +335,7 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         }),
         policies: plan.policies.clone(),
         receive_buffer_bytes: args.client_receive_bytes,
+        deflate: plan.deflate,
     };
     let disruptors = (plan.disrupt.total() > 0)
         .then(|| {

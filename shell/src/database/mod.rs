@@ -228,6 +228,18 @@ pub struct DatabaseCounters {
     pub unparsed: AtomicU64,
     /// From emission to commit of the last batch's oldest event, ms (gauge).
     pub lag_ms: AtomicU64,
+    /// The same for every transaction committed (`database_lag_seconds`).
+    pub lag: LagHistogram,
+}
+
+/// Commit lags in ns, one sample per transaction (a few a second: the lock is uncontended).
+#[derive(Debug)]
+pub struct LagHistogram(pub Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Default for LagHistogram {
+    fn default() -> LagHistogram {
+        LagHistogram(Mutex::new(crate::tracer::histogram()))
+    }
 }
 
 /// The sink's state, for `/health` and `/metrics`.
@@ -292,7 +304,11 @@ impl DatabaseStatus {
         c.rows_written.fetch_add(inserted, Ordering::Relaxed);
         c.rows_duplicate.fetch_add(duplicates, Ordering::Relaxed);
         c.flushes.fetch_add(1, Ordering::Relaxed);
-        c.lag_ms.store(now_ms.saturating_sub(rows.oldest_emitted_ms), Ordering::Relaxed);
+        let lag_ms = now_ms.saturating_sub(rows.oldest_emitted_ms);
+        c.lag_ms.store(lag_ms, Ordering::Relaxed);
+        if let Ok(mut lag) = c.lag.0.lock() {
+            lag.saturating_record(lag_ms.saturating_mul(1_000_000).max(1));
+        }
         self.committed_seq.fetch_max(rows.last_seq, Ordering::AcqRel);
         if !self.is_up() {
             self.set_up();

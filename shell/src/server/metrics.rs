@@ -610,6 +610,12 @@ pub fn prometheus(
             "From emission to commit of the last transaction's oldest event, ms.",
             &one(get(&d.lag_ms)),
         );
+        out.histogram(
+            "database_lag_seconds",
+            "From emission to commit of each transaction's oldest event.",
+            &d.lag.0,
+            DATABASE_LAG_BUCKETS,
+        );
         out.add(
             "database_committed_seq",
             MetricType::GAUGE,
@@ -647,6 +653,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+/// The database sink's commit lag (`flush_interval_ms` and a write, to a database away).
+const DATABASE_LAG_BUCKETS: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0];
 /// The emitter's cycle (µs to 100 ms).
 const CYCLE_BUCKETS: &[f64] =
     &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1];
