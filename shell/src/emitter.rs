@@ -175,6 +175,20 @@ pub trait FrameSink: Send {
     fn history_events(&self) -> usize {
         0
     }
+
+    /// The `seq` after which a warm restart's replayed events are missing from what this
+    /// sink keeps on disk (the server's event log: what it held at start), so they are
+    /// handed to [`record`](FrameSink::record) as the replay passes; `u64::MAX` (other
+    /// sinks): none.
+    fn record_after(&self) -> u64 {
+        u64::MAX
+    }
+
+    /// Takes replayed events past [`record_after`](FrameSink::record_after) to keep, not to
+    /// send (no client sees them live: they are history).
+    fn record(&mut self, _batch: &FrameBatch) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes each frame as a JSON line.
@@ -273,6 +287,10 @@ struct Emitter {
     deferred: VecDeque<Event>,
     /// Replayed events dropped from `deferred` unencoded.
     deferred_dropped: u64,
+    /// Replayed events handed to the sink's `record` (missing from its event log).
+    recorded: u64,
+    /// Their batch on the live path (a sink without history), made when first needed.
+    records: Option<FrameBatch>,
     batch: FrameBatch,
     sink: Box<dyn FrameSink>,
     counts: [u64; 5],
@@ -307,6 +325,8 @@ pub fn run(
         ctx,
         deferred: VecDeque::new(),
         deferred_dropped: 0,
+        recorded: 0,
+        records: None,
         batch,
         sink,
         counts: [0; 5],
@@ -370,11 +390,20 @@ impl Emitter {
         // `live_from_seq`, and one pulled while `warming` still reads true is a replayed one.
         let live_seq = self.ctx.counters.live_from_seq.load(Ordering::Acquire);
         let history = self.sink.history_events();
+        // Replayed events past what the sink's event log held at start are missing from
+        // it (its writer had not written them before the kill, or the log is new): they
+        // are encoded and logged as the replay passes, whatever the history keeps.
+        let record_after = self.sink.record_after();
         if history > 0 && self.ctx.counters.warming.load(Ordering::Acquire) {
             let (deferred, dropped) = (&mut self.deferred, &mut self.deferred_dropped);
+            let (batch, sink, recorded) = (&mut self.batch, &mut self.sink, &mut self.recorded);
+            let symbols = &self.ctx.symbols;
             let mut count = 0;
             pulled.for_each_in_seq(|event| {
                 count += 1;
+                if event.seq > record_after {
+                    record(batch, sink.as_mut(), symbols, event, recorded);
+                }
                 if deferred.len() == history {
                     deferred.pop_front();
                     *dropped += 1;
@@ -382,9 +411,21 @@ impl Emitter {
                 deferred.push_back(*event);
             });
             drop(pulled);
+            if !batch.is_empty() {
+                let _ = sink.record(batch);
+                batch.clear();
+            }
             self.counts[PULLED] += count as u64;
             self.ctx.counters.pulled.set(self.counts[PULLED]);
             return count;
+        }
+        if self.recorded > 0 {
+            tracing::info!(
+                after_seq = record_after,
+                events = self.recorded,
+                "warm restart: the replayed events the event log lacked are logged"
+            );
+            self.recorded = 0;
         }
         if !self.deferred.is_empty() {
             tracing::info!(
@@ -414,10 +455,17 @@ impl Emitter {
         let (symbols, latency, sink_ok) =
             (&self.ctx.symbols, &mut self.latency_ns, &mut self.sink_ok);
         let (clock, measure) = (self.ctx.clock, self.ctx.measure_latency);
+        let mut recorded = 0u64;
+        let (records, batch_bytes) = (&mut self.records, self.ctx.batch_bytes);
         pulled.for_each_in_seq(|event| {
             count += 1;
             if event.seq < live_from {
-                // A warm restart's replay of what this sink had before the restart.
+                // A warm restart's replay of what this sink had before the restart (kept
+                // on disk if its event log lacks it).
+                if event.seq > record_after {
+                    let records = records.get_or_insert_with(|| FrameBatch::new(batch_bytes));
+                    record(records, sink.as_mut(), symbols, event, &mut recorded);
+                }
                 skipped += 1;
                 return;
             }
@@ -434,6 +482,17 @@ impl Emitter {
             }
         });
         drop(pulled);
+        if let Some(records) = records.as_mut().filter(|r| !r.is_empty()) {
+            let _ = sink.record(records);
+            records.clear();
+        }
+        if recorded > 0 {
+            tracing::info!(
+                after_seq = record_after,
+                events = recorded,
+                "warm restart: the replayed events the event log lacked are logged"
+            );
+        }
         counts[PULLED] += count as u64;
         counts[ENCODED] += count as u64 - skipped;
         if !batch.is_empty() {
@@ -482,6 +541,23 @@ fn await_journal(counters: &Counters) {
             std::thread::sleep(JOURNAL_PARK);
         }
     }
+}
+
+/// Adds a replayed event to `batch` for the sink's `record`, handing a full batch over first.
+fn record(
+    batch: &mut FrameBatch,
+    sink: &mut dyn FrameSink,
+    symbols: &SymbolNames,
+    event: &Event,
+    recorded: &mut u64,
+) {
+    if !batch.has_room() {
+        // The sink's log counts what it could not keep; nothing here to add.
+        let _ = sink.record(batch);
+        batch.clear();
+    }
+    batch.push(event, symbols.ticker(event.symbol).unwrap_or_default());
+    *recorded += 1;
 }
 
 fn hand_on(

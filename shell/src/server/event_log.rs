@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tickstock_engine::{Channel, Ticker};
 
 use crate::emitter::FrameBatch;
+use crate::idle::{IdleStrategy, Idler};
 
 /// The first bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"TSEVLOG1";
@@ -173,25 +174,55 @@ pub struct EventLogInlet {
     ring: rtrb::Producer<u8>,
     scratch: Vec<u8>,
     counters: Arc<EventLogCounters>,
+    /// The last `seq` the log held when it was recovered at start (0: empty).
+    recovered_seq: u64,
 }
 
 impl EventLogInlet {
     /// Logs `batch`, whole, or counts its events as dropped when the ring has no room.
     pub fn append(&mut self, batch: &FrameBatch) {
+        if self.encode(batch) {
+            self.push(batch, false);
+        }
+    }
+
+    /// Logs `batch`, waiting for room (a warm restart's replay, which no client waits on,
+    /// refilling what the log lacks); dropped and counted only if the writer has stopped
+    /// or the batch is larger than the whole ring.
+    pub fn append_waiting(&mut self, batch: &FrameBatch) {
+        if self.encode(batch) {
+            self.push(batch, true);
+        }
+    }
+
+    /// The last `seq` the log held when it was recovered at start (0: it was empty): a warm
+    /// restart's replayed events after it are missing from it.
+    pub fn recovered_seq(&self) -> u64 {
+        self.recovered_seq
+    }
+
+    /// Encodes the batch's records into `scratch`; whether there are any.
+    fn encode(&mut self, batch: &FrameBatch) -> bool {
         self.scratch.clear();
         for frame in batch.frames() {
             encode(&mut self.scratch, batch, frame);
         }
-        if self.scratch.is_empty() {
-            return;
-        }
-        match self.ring.write_chunk_uninit(self.scratch.len()) {
-            Ok(chunk) => {
+        !self.scratch.is_empty()
+    }
+
+    fn push(&mut self, batch: &FrameBatch, wait: bool) {
+        let mut idler = Idler::new(IdleStrategy::default());
+        let fits = self.scratch.len() <= self.ring.buffer().capacity();
+        loop {
+            if let Ok(chunk) = self.ring.write_chunk_uninit(self.scratch.len()) {
                 chunk.fill_from_iter(self.scratch.iter().copied());
+                return;
             }
-            Err(_) => {
+            if !(wait && fits) || self.ring.is_abandoned() {
                 self.counters.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return;
             }
+            idler.idle(0, || false);
         }
     }
 }
@@ -247,6 +278,7 @@ impl EventLog {
         }
         let counters = Arc::new(EventLogCounters::default());
         let mut writer = Writer::recover(settings, Arc::clone(&counters))?;
+        let recovered_seq = writer.last_seq;
         let (producer, mut consumer) = rtrb::RingBuffer::new(settings.ring_bytes);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
@@ -280,8 +312,12 @@ impl EventLog {
             dir: settings.dir.clone(),
             read_slice_bytes: settings.read_slice_bytes,
         };
-        let inlet =
-            EventLogInlet { ring: producer, scratch: Vec::new(), counters: Arc::clone(&counters) };
+        let inlet = EventLogInlet {
+            ring: producer,
+            scratch: Vec::new(),
+            counters: Arc::clone(&counters),
+            recovered_seq,
+        };
         Ok((EventLog { stop, thread: Some(thread), counters, reader }, inlet))
     }
 }

@@ -147,6 +147,17 @@ impl FrameSink for ServerSink {
         self.history_events
     }
 
+    fn record_after(&self) -> u64 {
+        self.event_log.as_ref().map_or(u64::MAX, EventLogInlet::recovered_seq)
+    }
+
+    fn record(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        if let Some(log) = self.event_log.as_mut() {
+            log.append_waiting(batch);
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
