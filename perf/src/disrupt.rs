@@ -56,12 +56,16 @@ pub struct Mix {
     pub storm: u32,
     /// Hostile clients, each running the attacks in turn.
     pub hostile: u32,
+    /// Deep resumers: each subscribes to every channel and resumes from the oldest `seq`
+    /// the server has (the event log's, with one), reads until `resumed`, checks that
+    /// every `seq` came once, drops, and again (`perf/resume.sh`).
+    pub deep: u32,
 }
 
 impl Mix {
     /// All of them: the connections they may hold at once.
     pub fn total(&self) -> u32 {
-        self.churn + self.slow + self.resume + self.burst + self.storm + self.hostile
+        self.churn + self.slow + self.resume + self.burst + self.storm + self.hostile + self.deep
     }
 }
 
@@ -81,9 +85,10 @@ impl FromStr for Mix {
                 "burst" => mix.burst = count,
                 "storm" => mix.storm = count,
                 "hostile" => mix.hostile = count,
+                "deep" => mix.deep = count,
                 other => {
                     return Err(format!(
-                        "{other:?} is not churn, slow, resume, burst, storm or hostile"
+                        "{other:?} is not churn, slow, resume, burst, storm, hostile or deep"
                     ))
                 }
             }
@@ -159,6 +164,15 @@ tally! {
     /// Hostile sessions the server answered otherwise than the protocol says (must stay 0;
     /// the first few are in `Disruptors::notes`).
     hostile_unexpected => HostileUnexpected,
+    /// Deep resumes completed (`resumed` received after the replay).
+    deep_resumes => DeepResumes,
+    /// Events they replayed, in all.
+    deep_events => DeepEvents,
+    /// Their time, from the `resume` sent to the `resumed` read, in all, µs.
+    deep_micros => DeepMicros,
+    /// `seq`s of their `from_seq..=to_seq` that did not come, or came twice or out of
+    /// order (must stay 0: they subscribe to every channel).
+    deep_gaps => DeepGaps,
     /// Sessions of any kind that failed where they should not have (connect, handshake,
     /// auth, an unreadable message).
     errors => Errors,
@@ -242,13 +256,14 @@ impl Disruptors {
         let mut threads = Vec::new();
         // (threads, clients per thread, what each thread runs)
         let split = |n: u32, threads: u32| (threads.min(n), n.div_ceil(threads.max(1)));
-        let kinds: [(&str, (u32, u32), Run); 6] = [
+        let kinds: [(&str, (u32, u32), Run); 7] = [
             ("churn", (mix.churn, 1), churn),
             ("slow", (mix.slow, 1), slow),
             ("resume", (mix.resume, 1), resume),
             ("burst", split(mix.burst, BURST_THREADS), burst),
             ("storm", split(mix.storm, STORM_THREADS), storm),
             ("hostile", (mix.hostile, 1), hostile),
+            ("deep", (mix.deep, 1), deep),
         ];
         for (kind, (count, each), run) in kinds {
             for id in 0..count {
@@ -570,6 +585,105 @@ impl Resumer {
         }
         Ok(())
     }
+}
+
+/// Every channel: a deep resume gets every event of its range.
+const DEEP_TOPICS: &str = "T.*,A.*,AM.*,HL.*,TR.*,SV.*,FMV.*,ACT.*";
+/// Longest a deep resume may take before it counts as an error.
+const DEEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Resumes from the oldest `seq` the server keeps, again and again: the replay is read with
+/// the scanner (no JSON tree per event), each `seq` checked to come once and in order, and
+/// the count checked against the `resumed` status's `from_seq..=to_seq`.
+fn deep(ctx: &Ctx, _id: u32, _: u32) {
+    let mut from = 1u64;
+    while !ctx.stopping() {
+        let Some(mut ws) = subscribed_resuming(ctx, from) else {
+            ctx.error("deep resume: cannot connect");
+            ctx.pause(Duration::from_secs(1));
+            continue;
+        };
+        let began = Instant::now();
+        let (mut events, mut out_of_order, mut last) = (0u64, 0u64, 0u64);
+        let mut outcome: Option<Result<(u64, u64), u64>> = None;
+        while outcome.is_none() && !ctx.stopping() && began.elapsed() < DEEP_TIMEOUT {
+            let text = match read(&mut ws) {
+                Ok(Some(Message::Text(text))) => text,
+                Ok(_) => continue,
+                Err(code) => {
+                    ctx.error(&format!("deep resume: closed ({code:?})"));
+                    break;
+                }
+            };
+            let mut status_seen = false;
+            let scanned = crate::wire::for_each_event(text.as_bytes(), |event| match event {
+                crate::wire::Event::Trade { seq, .. } | crate::wire::Event::Other { seq, .. } => {
+                    // Until the `resumed` status: the replay (live events follow it).
+                    if outcome.is_none() && !status_seen {
+                        events += 1;
+                        if seq <= last {
+                            out_of_order += 1;
+                        }
+                        last = seq;
+                    }
+                }
+                crate::wire::Event::Status { status, .. } => {
+                    status_seen |= status == b"resumed" || status == b"resume_failed";
+                }
+            });
+            if scanned.is_err() {
+                ctx.error("deep resume: an unreadable message");
+                break;
+            }
+            if status_seen {
+                outcome = resume_status(text.as_str());
+            }
+        }
+        match outcome {
+            Some(Ok((from_seq, to_seq))) => {
+                let micros = began.elapsed().as_micros() as u64;
+                let expected = (to_seq + 1).saturating_sub(from_seq);
+                ctx.counts.add(Count::DeepResumes, 1);
+                ctx.counts.add(Count::DeepEvents, events);
+                ctx.counts.add(Count::DeepMicros, micros);
+                ctx.counts.add(Count::DeepGaps, events.abs_diff(expected) + out_of_order);
+            }
+            Some(Err(oldest)) => {
+                // The oldest the server has moved on (retention) or was not 1: from there.
+                from = oldest.max(from + 1);
+                continue;
+            }
+            None if !ctx.stopping() => ctx.error("deep resume: no `resumed` status"),
+            None => {}
+        }
+        drop(ws);
+        ctx.pause(Duration::from_millis(200));
+    }
+}
+
+/// Authenticates, then subscribes to every channel and resumes from `from` in one write,
+/// so that no live event comes before the replay.
+fn subscribed_resuming(ctx: &Ctx, from: u64) -> Option<Ws> {
+    let mut ws = handshake(ctx)?;
+    let token = serde_json::to_string(&ctx.target.token).ok()?;
+    ws.send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#))).ok()?;
+    await_auth(&mut ws).ok()?;
+    let topics = serde_json::to_string(DEEP_TOPICS).ok()?;
+    ws.write(Message::text(format!(r#"{{"action":"subscribe","params":{topics}}}"#))).ok()?;
+    ws.write(Message::text(format!(r#"{{"action":"resume","params":{{"from_seq":{from}}}}}"#)))
+        .ok()?;
+    ws.flush().ok()?;
+    ready(ws)
+}
+
+/// The `resumed` status's `(from_seq, to_seq)`, or `resume_failed`'s `oldest_seq`.
+fn resume_status(text: &str) -> Option<Result<(u64, u64), u64>> {
+    let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else { return None };
+    items.iter().find_map(|item| match item["status"].as_str()? {
+        "resumed" => Some(Ok((item["from_seq"].as_u64()?, item["to_seq"].as_u64()?))),
+        "resume_failed" => Some(Err(item["oldest_seq"].as_u64()?)),
+        _ => None,
+    })
 }
 
 fn resume(ctx: &Ctx, id: u32, _: u32) {

@@ -505,6 +505,12 @@ impl Rig {
             self.disruptors.as_ref().zip(tally_before).map(|(d, b)| d.tally().since(&b));
         if let Some(t) = step.disruptors {
             let mut wrong = Vec::new();
+            if t.deep_gaps > 0 {
+                wrong.push(format!(
+                    "deep resumes: {} seqs of their ranges missing, repeated or out of order",
+                    t.deep_gaps
+                ));
+            }
             if t.resume_gaps + t.resume_repeats > 0 {
                 wrong.push(format!(
                     "resuming clients: {} trades missing and {} repeated across their resumes",

@@ -142,6 +142,7 @@ impl Server {
         loop {
             if let Ok(addr) = address.recv_timeout(Duration::from_millis(50)) {
                 let pid = Some(child.id());
+                await_warm(addr, &mut child)?;
                 return Ok(Server { addr, pid, settings: Some(settings), child: Some(child) });
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -216,20 +217,50 @@ impl Metrics {
     }
 }
 
-/// GET `/metrics` and sum each metric over its labels.
-pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
-    let fail = |e: std::io::Error| format!("GET http://{addr}/metrics: {e}");
+/// Longest a server's warm restart (its journal replayed before it takes clients) is
+/// waited for.
+const WARM_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Waits while the server answers `/health` 503 `warming` (a warm restart replaying its
+/// journal refuses clients until it is done).
+fn await_warm(addr: SocketAddr, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + WARM_DEADLINE;
+    loop {
+        let warming = get(addr, "/health")
+            .is_ok_and(|(head, body)| head.starts_with("HTTP/1.1 503") && body.contains("warming"));
+        if !warming {
+            return Ok(());
+        }
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Err("the server exited while it warmed up".to_owned());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the server was still warming up after {WARM_DEADLINE:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `path`: the response's head and body.
+fn get(addr: SocketAddr, path: &str) -> Result<(String, String), String> {
+    let fail = |e: std::io::Error| format!("GET http://{addr}{path}: {e}");
     let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT).map_err(fail)?;
     stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).map_err(fail)?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
         .map_err(fail)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(fail)?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("GET /metrics: no body")?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or(format!("GET {path}: no body"))?;
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+/// GET `/metrics` and sum each metric over its labels.
+pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
+    let (head, body) = get(addr, "/metrics")?;
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!("GET /metrics: {}", head.lines().next().unwrap_or_default()));
     }
-    Ok(parse_metrics(body))
+    Ok(parse_metrics(&body))
 }
 
 fn parse_metrics(body: &str) -> Metrics {

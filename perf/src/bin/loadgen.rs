@@ -173,13 +173,21 @@ impl Progress for Bar {
         let database = s.database.as_ref().map_or(String::new(), |d| {
             format!("; database: {}", tickstock_perf::report::database(d))
         });
+        let deep = s.disruptors.filter(|t| t.deep_resumes > 0).map_or(String::new(), |t| {
+            format!(
+                "; deep resumes: {} of {:.0} events each at {:.2} M events/s",
+                t.deep_resumes,
+                t.deep_events as f64 / t.deep_resumes as f64,
+                t.deep_events as f64 / t.deep_micros.max(1) as f64
+            )
+        });
         let threads = if s.server_threads_cpu.is_empty() {
             String::new()
         } else {
             format!(" ({})", tickstock_perf::report::threads(s))
         };
         self.say(&format!(
-            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}; {verdict}{limit}",
+            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}{deep}; {verdict}{limit}",
             s.clients,
             s.rate,
             s.delivered_events_per_s,
