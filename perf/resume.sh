@@ -6,7 +6,10 @@
 # then goes live. loadgen holds CLIENTS (100) measured clients on every channel at RATE
 # (20,000) trades/s, with and without a deep resumer beside them (`--disrupt deep=1`: it
 # subscribes to every channel, resumes from the oldest `seq`, reads to `resumed`, checks
-# every `seq` of the range came once, drops and does it again for the whole step).
+# every `seq` of the range came once, drops and does it again for the whole step), its
+# thread under SCHED_IDLE (`--disruptors-idle`): on this shared machine it then takes only
+# CPU nothing else wants, as a client on another machine would, and the measured clients'
+# p99 shows what the resume makes the server do.
 # ROUNDS (3) of each, alternated; medians and the ratio of the measured clients' p99, the
 # deep resumes' rate. Outside CI.
 #
@@ -42,7 +45,7 @@ event_log_dir = "$work/run/events"
 history_max_events = 100000
 EOF
     target/release/loadgen --clients "$clients" --rates "$rate" --step-secs "$secs" \
-        --warmup-secs 2 --server-config "$dir/server.toml" ${2:+--disrupt "$2"} \
+        --warmup-secs 2 --server-config "$dir/server.toml" ${2:+--disrupt "$2" --disruptors-idle} \
         --out "$dir" >"$dir/stdout" 2>&1 || true
     python3 - "$dir" "$1" <<'PY'
 import glob, json, sys
