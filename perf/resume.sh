@@ -14,6 +14,8 @@
 # deep resumes' rate. Outside CI.
 #
 #   perf/resume.sh
+#   SERVER_SETTINGS='client_write_turn_bytes = 65536' perf/resume.sh   # more [server] lines
+#   DEEP_EVERY_MS=5000 perf/resume.sh   # a resume every 5 s instead of back to back
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
@@ -43,6 +45,7 @@ dir = "$work/run/journal"
 [server]
 event_log_dir = "$work/run/events"
 history_max_events = 100000
+${SERVER_SETTINGS:-}
 EOF
     target/release/loadgen --clients "$clients" --rates "$rate" --step-secs "$secs" \
         --warmup-secs 2 --server-config "$dir/server.toml" ${2:+--disrupt "$2" --disruptors-idle} \
@@ -68,7 +71,7 @@ PY
 : >"$out/runs.jsonl"
 for round in $(seq 1 "$rounds"); do
     run "alone-$round" | tee -a "$out/runs.jsonl"
-    run "deep-$round" deep=1 | tee -a "$out/runs.jsonl"
+    run "deep-$round" "deep=1${DEEP_EVERY_MS:+,deep_every_ms=$DEEP_EVERY_MS}" | tee -a "$out/runs.jsonl"
 done
 python3 - "$out/runs.jsonl" <<'PY' | tee "$out/summary.txt"
 import json, statistics, sys

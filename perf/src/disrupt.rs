@@ -60,6 +60,9 @@ pub struct Mix {
     /// the server has (the event log's, with one), reads until `resumed`, checks that
     /// every `seq` came once, drops, and again (`perf/resume.sh`).
     pub deep: u32,
+    /// A deep resume starts every this many ms (`deep_every_ms=5000`); 0, the default: the
+    /// next 200 ms after the last ended.
+    pub deep_every_ms: u32,
 }
 
 impl Mix {
@@ -86,9 +89,10 @@ impl FromStr for Mix {
                 "storm" => mix.storm = count,
                 "hostile" => mix.hostile = count,
                 "deep" => mix.deep = count,
+                "deep_every_ms" => mix.deep_every_ms = count,
                 other => {
                     return Err(format!(
-                        "{other:?} is not churn, slow, resume, burst, storm, hostile or deep"
+                        "{other:?} is not churn, slow, resume, burst, storm, hostile, deep or deep_every_ms"
                     ))
                 }
             }
@@ -214,6 +218,8 @@ struct Ctx {
     tickers: Arc<Vec<String>>,
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
+    /// `Mix::deep_every_ms`.
+    deep_every_ms: u32,
 }
 
 impl Ctx {
@@ -272,6 +278,7 @@ impl Disruptors {
                     tickers: Arc::clone(&tickers),
                     stop: Arc::clone(&stop),
                     counts: Arc::clone(&counts),
+                    deep_every_ms: mix.deep_every_ms,
                 };
                 threads.push(
                     thread::Builder::new()
@@ -597,7 +604,16 @@ const DEEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// the count checked against the `resumed` status's `from_seq..=to_seq`.
 fn deep(ctx: &Ctx, _id: u32, _: u32) {
     let mut from = 1u64;
+    let every = Duration::from_millis(ctx.deep_every_ms.into());
+    let mut next = Instant::now();
     while !ctx.stopping() {
+        if !every.is_zero() {
+            ctx.pause(next.saturating_duration_since(Instant::now()));
+            next += every;
+            if ctx.stopping() {
+                break;
+            }
+        }
         let Some(mut ws) = subscribed_resuming(ctx, from) else {
             ctx.error("deep resume: cannot connect");
             ctx.pause(Duration::from_secs(1));

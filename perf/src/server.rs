@@ -222,12 +222,17 @@ impl Metrics {
 const WARM_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Waits while the server answers `/health` 503 `warming` (a warm restart replaying its
-/// journal refuses clients until it is done).
+/// journal refuses clients until it is done), and then while an upgrade still gets 503 (an
+/// event loop refuses them until its history holds the replayed events, a moment later).
 fn await_warm(addr: SocketAddr, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + WARM_DEADLINE;
     loop {
         let warming = get(addr, "/health")
-            .is_ok_and(|(head, body)| head.starts_with("HTTP/1.1 503") && body.contains("warming"));
+            .is_ok_and(|(head, body)| head.starts_with("HTTP/1.1 503") && body.contains("warming"))
+            || matches!(
+                tungstenite::connect(format!("ws://{addr}/stocks")),
+                Err(tungstenite::Error::Http(response)) if response.status() == 503
+            );
         if !warming {
             return Ok(());
         }

@@ -235,6 +235,12 @@ pub struct ServerSettings {
     /// Held messages of a group are written at once when they reach this many bytes.
     /// Default: 64 KiB.
     pub client_coalesce_bytes: u32,
+    /// Most bytes an event loop writes to one connection before it turns to the others
+    /// (the connection's turn comes again in the next iteration): a connection with much to
+    /// send (a resume from disk, a member far behind) to a client that reads as fast as the
+    /// server writes would otherwise hold the loop until its socket blocked. Default:
+    /// 256 KiB.
+    pub client_write_turn_bytes: u32,
     /// After a subscribe, live delivery to that connection waits this long, so that a
     /// `resume` sent right behind the subscribe (PROTOCOL.md section 2, step 5) comes first
     /// and the connection sees strict `seq` order. Default: 2,000 µs.
@@ -317,6 +323,7 @@ impl Default for ServerSettings {
             client_linger_us: 5_000,
             client_writes_per_sec_max: 200_000,
             client_coalesce_bytes: 64 << 10,
+            client_write_turn_bytes: 256 << 10,
             resume_window_us: 2_000,
             client_socket_send_bytes: 256 << 10,
             subscriptions_max: 10_000,
@@ -856,6 +863,12 @@ impl Settings {
         within("server.client_linger_us", v.client_linger_us.into(), 0, 1_000_000)?;
         within("server.client_writes_per_sec_max", v.client_writes_per_sec_max.into(), 1, 1 << 30)?;
         within("server.client_coalesce_bytes", v.client_coalesce_bytes.into(), 1, 1 << 30)?;
+        within(
+            "server.client_write_turn_bytes",
+            v.client_write_turn_bytes.into(),
+            4_096,
+            1 << 30,
+        )?;
         within("server.resume_window_us", v.resume_window_us.into(), 0, 1_000_000)?;
         within("server.subscriptions_max", v.subscriptions_max.into(), 1, 1_000_000)?;
         within("server.client_socket_send_bytes", v.client_socket_send_bytes.into(), 0, 1 << 30)?;

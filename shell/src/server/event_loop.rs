@@ -147,6 +147,9 @@ pub struct EventLoop {
     /// `WouldBlock`; read in order, `READ_SLICE` per iteration (a connection may be listed
     /// twice: the second read finds `WouldBlock`).
     ready: VecDeque<usize>,
+    /// Connections whose write stopped at `client_write_turn_bytes` with more to send (not
+    /// at `WouldBlock`, so no readiness event will come): written again next iteration.
+    write_again: VecDeque<usize>,
     batches: rtrb::Consumer<Arc<FrameBatch>>,
     fanout: Fanout,
     shared: Arc<Shared>,
@@ -258,6 +261,7 @@ impl EventLoop {
             incoming: parts.incoming,
             connections: Slab::new(),
             ready: VecDeque::new(),
+            write_again: VecDeque::new(),
             batches: parts.batches,
             fanout: Fanout::new(settings.frame_bytes_max as usize, history)
                 .with_compression_min_bytes(settings.compression_min_bytes as usize),
@@ -361,6 +365,10 @@ impl EventLoop {
             for group in released.drain(..) {
                 self.write_group(group, now);
             }
+            for _ in 0..self.write_again.len() {
+                let Some(key) = self.write_again.pop_front() else { break };
+                self.transmit(key, now);
+            }
             self.end_holds(now);
             if now >= next_sweep {
                 // Retention by age: every group with messages, once a sweep.
@@ -381,7 +389,11 @@ impl EventLoop {
     /// How long the next poll may sleep: not at all with work left, else until the next
     /// release, hold end or sweep.
     fn poll_timeout(&self, next_sweep: Instant) -> Duration {
-        if !self.ready.is_empty() || self.listener_ready || !self.batches.is_empty() {
+        if !self.ready.is_empty()
+            || !self.write_again.is_empty()
+            || self.listener_ready
+            || !self.batches.is_empty()
+        {
             return Duration::ZERO;
         }
         let now = Instant::now();
@@ -830,9 +842,18 @@ impl EventLoop {
         self.transmit(key, now);
     }
 
-    /// Writes what the Subscriber has, until it has nothing or the socket would block.
+    /// Writes what the Subscriber has, until it has nothing or the socket would block, or
+    /// `client_write_turn_bytes` are written (then again next iteration: `write_again`).
     fn transmit(&mut self, key: usize, now: Instant) {
+        let turn_bytes = self.shared.settings.client_write_turn_bytes as usize;
+        let mut written = 0usize;
         loop {
+            if written >= turn_bytes {
+                if !self.write_again.contains(&key) {
+                    self.write_again.push_back(key);
+                }
+                return;
+            }
             let mut env = env!(self);
             let Some(Connection::Ws { stream, subscriber, blocked }) =
                 self.connections.get_mut(key)
@@ -871,6 +892,7 @@ impl EventLoop {
             match result {
                 Ok(0) => subscriber.handle_eof(),
                 Ok(n) => {
+                    written += n;
                     let delivered = subscriber.handle_written(n, &mut env);
                     if delivered.events > 0 {
                         let latency = self.clock.now().0.saturating_sub(delivered.recv_ns);
