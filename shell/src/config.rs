@@ -863,12 +863,7 @@ impl Settings {
         within("server.client_linger_us", v.client_linger_us.into(), 0, 1_000_000)?;
         within("server.client_writes_per_sec_max", v.client_writes_per_sec_max.into(), 1, 1 << 30)?;
         within("server.client_coalesce_bytes", v.client_coalesce_bytes.into(), 1, 1 << 30)?;
-        within(
-            "server.client_write_turn_bytes",
-            v.client_write_turn_bytes.into(),
-            4_096,
-            1 << 30,
-        )?;
+        within("server.client_write_turn_bytes", v.client_write_turn_bytes.into(), 4_096, 1 << 30)?;
         within("server.resume_window_us", v.resume_window_us.into(), 0, 1_000_000)?;
         within("server.subscriptions_max", v.subscriptions_max.into(), 1, 1_000_000)?;
         within("server.client_socket_send_bytes", v.client_socket_send_bytes.into(), 0, 1 << 30)?;
