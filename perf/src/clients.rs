@@ -900,21 +900,15 @@ impl Digests {
 
     /// The digest of `text` under `step`, computed unless this reader has it.
     fn get(&mut self, text: &[u8], step: &Step) -> &Digest {
-        if self.step != step.number {
-            self.slots.iter_mut().for_each(|slot| slot.0 = 0);
-            self.step = step.number;
-        }
-        // 0 marks an empty slot; a message hashing to 0 is digested every time.
         let key = xxhash_rust::xxh3::xxh3_128(text);
-        let slot = &mut self.slots[key as usize & (DIGEST_SLOTS - 1)];
-        if slot.0 == key && key != 0 {
-            self.reused += 1;
-        } else {
-            slot.1.fill(text, step.schedule.as_ref());
-            slot.0 = key;
-            self.parsed += 1;
+        let filled = self.lookup(key, step, |digest, schedule| {
+            digest.fill(text, schedule);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match filled {
+            Ok(digest) => digest,
+            Err(never) => match never {},
         }
-        &slot.1
     }
 
     /// The digest of a compressed message, by the hash of its compressed bytes (the
@@ -927,18 +921,32 @@ impl Digests {
         step: &Step,
         inflater: &mut wire::Inflater,
     ) -> Result<&Digest, String> {
+        // Another seed than plain messages': a compressed message is its own key space.
+        let key = xxhash_rust::xxh3::xxh3_128_with_seed(bytes, COMPRESSED_SEED);
+        self.lookup(key, step, |digest, schedule| {
+            digest.fill(inflater.inflate(bytes).map_err(|e| e.to_string())?, schedule);
+            Ok(())
+        })
+    }
+
+    /// The slot of `key` under `step`, filled by `fill` unless it holds that key already.
+    fn lookup<E>(
+        &mut self,
+        key: u128,
+        step: &Step,
+        fill: impl FnOnce(&mut Digest, Option<&Schedule>) -> Result<(), E>,
+    ) -> Result<&Digest, E> {
         if self.step != step.number {
             self.slots.iter_mut().for_each(|slot| slot.0 = 0);
             self.step = step.number;
         }
-        // Another seed than plain messages': a compressed message is its own key space.
-        let key = xxhash_rust::xxh3::xxh3_128_with_seed(bytes, COMPRESSED_SEED);
+        // 0 marks an empty slot; a message hashing to 0 is digested every time.
         let slot = &mut self.slots[key as usize & (DIGEST_SLOTS - 1)];
         if slot.0 == key && key != 0 {
             self.reused += 1;
         } else {
-            let text = inflater.inflate(bytes).map_err(|e| e.to_string())?;
-            slot.1.fill(text, step.schedule.as_ref());
+            slot.0 = 0;
+            fill(&mut slot.1, step.schedule.as_ref())?;
             slot.0 = key;
             self.parsed += 1;
         }

@@ -289,8 +289,6 @@ struct Emitter {
     deferred_dropped: u64,
     /// Replayed events handed to the sink's `record` (missing from its event log).
     recorded: u64,
-    /// Their batch on the live path (a sink without history), made when first needed.
-    records: Option<FrameBatch>,
     batch: FrameBatch,
     sink: Box<dyn FrameSink>,
     counts: [u64; 5],
@@ -326,7 +324,6 @@ pub fn run(
         deferred: VecDeque::new(),
         deferred_dropped: 0,
         recorded: 0,
-        records: None,
         batch,
         sink,
         counts: [0; 5],
@@ -390,11 +387,12 @@ impl Emitter {
         // `live_from_seq`, and one pulled while `warming` still reads true is a replayed one.
         let live_seq = self.ctx.counters.live_from_seq.load(Ordering::Acquire);
         let history = self.sink.history_events();
-        // Replayed events past what the sink's event log held at start are missing from
-        // it (its writer had not written them before the kill, or the log is new): they
-        // are encoded and logged as the replay passes, whatever the history keeps.
-        let record_after = self.sink.record_after();
         if history > 0 && self.ctx.counters.warming.load(Ordering::Acquire) {
+            // Replayed events past what the sink's event log held at start are missing from
+            // it (its writer had not written them before the kill, or the log is new): they
+            // are encoded and logged as the replay passes, whatever the history keeps. (A
+            // sink with no history has no log: `record_after` is only the server's.)
+            let record_after = self.sink.record_after();
             let (deferred, dropped) = (&mut self.deferred, &mut self.deferred_dropped);
             let (batch, sink, recorded) = (&mut self.batch, &mut self.sink, &mut self.recorded);
             let symbols = &self.ctx.symbols;
@@ -421,7 +419,7 @@ impl Emitter {
         }
         if self.recorded > 0 {
             tracing::info!(
-                after_seq = record_after,
+                after_seq = self.sink.record_after(),
                 events = self.recorded,
                 "warm restart: the replayed events the event log lacked are logged"
             );
@@ -455,17 +453,10 @@ impl Emitter {
         let (symbols, latency, sink_ok) =
             (&self.ctx.symbols, &mut self.latency_ns, &mut self.sink_ok);
         let (clock, measure) = (self.ctx.clock, self.ctx.measure_latency);
-        let mut recorded = 0u64;
-        let (records, batch_bytes) = (&mut self.records, self.ctx.batch_bytes);
         pulled.for_each_in_seq(|event| {
             count += 1;
             if event.seq < live_from {
-                // A warm restart's replay of what this sink had before the restart (kept
-                // on disk if its event log lacks it).
-                if event.seq > record_after {
-                    let records = records.get_or_insert_with(|| FrameBatch::new(batch_bytes));
-                    record(records, sink.as_mut(), symbols, event, &mut recorded);
-                }
+                // A warm restart's replay of what this sink had before the restart.
                 skipped += 1;
                 return;
             }
@@ -482,17 +473,6 @@ impl Emitter {
             }
         });
         drop(pulled);
-        if let Some(records) = records.as_mut().filter(|r| !r.is_empty()) {
-            let _ = sink.record(records);
-            records.clear();
-        }
-        if recorded > 0 {
-            tracing::info!(
-                after_seq = record_after,
-                events = recorded,
-                "warm restart: the replayed events the event log lacked are logged"
-            );
-        }
         counts[PULLED] += count as u64;
         counts[ENCODED] += count as u64 - skipped;
         if !batch.is_empty() {

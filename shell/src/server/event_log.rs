@@ -211,7 +211,8 @@ impl EventLogInlet {
     }
 
     fn push(&mut self, batch: &FrameBatch, wait: bool) {
-        let mut idler = Idler::new(IdleStrategy::default());
+        // Made only when it must wait (a warm restart's replay): not on the live path.
+        let mut idler: Option<Idler> = None;
         let fits = self.scratch.len() <= self.ring.buffer().capacity();
         loop {
             if let Ok(chunk) = self.ring.write_chunk_uninit(self.scratch.len()) {
@@ -222,7 +223,7 @@ impl EventLogInlet {
                 self.counters.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return;
             }
-            idler.idle(0, || false);
+            idler.get_or_insert_with(|| Idler::new(IdleStrategy::default())).idle(0, || false);
         }
     }
 }
