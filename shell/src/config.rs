@@ -280,6 +280,11 @@ pub struct ServerSettings {
     /// A resume from the event log reads at most this much per turn of the event loop.
     /// Default: 256 KiB.
     pub event_log_read_slice_bytes: u32,
+    /// A resume (from the event log and the memory history) sends at most this many events a
+    /// second to its connection, so that one client catching up takes a bounded share of its
+    /// event loop and the others' latency holds; 0: as fast as the client reads.
+    /// Default: 1,200,000.
+    pub resume_events_per_sec_max: u32,
     /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
     pub pong_timeout_ms: u32,
     /// Conformance mode, for WebSocket test suites (`tools/autobahn.sh`), never for clients:
@@ -338,6 +343,7 @@ impl Default for ServerSettings {
             event_log_retain_days: 1,
             event_log_fsync_interval_ms: 1_000,
             event_log_read_slice_bytes: 256 << 10,
+            resume_events_per_sec_max: 1_200_000,
             pong_timeout_ms: 30_000,
         }
     }
@@ -893,6 +899,14 @@ impl Settings {
             4_096,
             1 << 30,
         )?;
+        let pace = v.resume_events_per_sec_max;
+        if pace != 0 && !(1_000..=1 << 30).contains(&pace) {
+            return Err(SettingsError::Invalid(format!(
+                "server.resume_events_per_sec_max = {pace}, must be 0 (no limit) or in \
+                 1000..={}",
+                1u32 << 30
+            )));
+        }
         if v.tls_cert_file.is_some() != v.tls_key_file.is_some() {
             return Err(SettingsError::Invalid(
                 "server.tls_cert_file and server.tls_key_file go together: set both or neither"

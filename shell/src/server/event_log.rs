@@ -681,12 +681,18 @@ impl LogCursor {
             self.used = 0;
         }
         let before = self.buf.len();
-        self.buf.resize(before + self.slice, 0);
-        let read = match self.file.as_mut() {
-            Some(file) => file.read(&mut self.buf[before..]).map_err(|_| ReadError::Io)?,
-            None => 0,
+        // A reader that stopped early (`each` said no) has a slice in hand already: no more.
+        let at_end = if before - self.used >= self.slice {
+            false
+        } else {
+            self.buf.resize(before + self.slice, 0);
+            let read = match self.file.as_mut() {
+                Some(file) => file.read(&mut self.buf[before..]).map_err(|_| ReadError::Io)?,
+                None => 0,
+            };
+            self.buf.truncate(before + read);
+            read == 0
         };
-        self.buf.truncate(before + read);
         let mut taken = 0;
         loop {
             match decode(&self.buf[self.used..]) {
@@ -706,7 +712,7 @@ impl LogCursor {
                     taken += 1;
                 }
                 Err(Decode::Short)
-                    if read == 0 && self.used == self.buf.len() && self.segments.len() > 1 =>
+                    if at_end && self.used == self.buf.len() && self.segments.len() > 1 =>
                 {
                     // This segment is done: on to the next one.
                     self.open(1, MAGIC.len() as u64).map_err(|_| ReadError::Io)?;

@@ -67,7 +67,8 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 const FANOUT_BUDGET_BATCHES: usize = 16;
 /// Timers (auth, ping, close and expiry deadlines, retention by age) are swept this often,
 /// in ms: their precision. Each sweep visits every connection, so it is not more often (the
-/// ends of subscribe holds, which want a finer clock, have a list of their own).
+/// ends of subscribe holds and paced replays' next slices, which want a finer clock, have a
+/// list of their own: `wakes`).
 const SWEEP_INTERVAL_MS: u64 = 50;
 /// The loop wakes at least this often, in ms.
 const POLL_TIMEOUT_MS: u64 = 10;
@@ -157,8 +158,9 @@ pub struct EventLoop {
     subscriptions: u64,
     ws_here: u64,
     linger: Linger,
-    /// Connections holding live delivery back (`resume_window_us`), with when it ends.
-    holds: Vec<(Instant, usize)>,
+    /// Connections that want the loop back at an instant (`Subscriber::wake_at`): the end
+    /// of a hold on live delivery (`resume_window_us`), a paced replay's next slice.
+    wakes: Vec<(Instant, usize)>,
     read_buf: Box<[u8]>,
     clock: Clock,
     /// Reused list of group ids.
@@ -269,7 +271,7 @@ impl EventLoop {
             ws_config,
             subscriptions: 0,
             ws_here: 0,
-            holds: Vec::new(),
+            wakes: Vec::new(),
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             clock: Clock::new(),
             scratch: Vec::new(),
@@ -369,7 +371,7 @@ impl EventLoop {
                 let Some(key) = self.write_again.pop_front() else { break };
                 self.transmit(key, now);
             }
-            self.end_holds(now);
+            self.end_wakes(now);
             if now >= next_sweep {
                 // Retention by age: every group with messages, once a sweep.
                 let ids: Vec<usize> = self.fanout.group_ids().collect();
@@ -401,7 +403,7 @@ impl EventLoop {
         if let Some(due) = self.fanout.next_release(self.linger.current(), self.coalesce_bytes()) {
             wake = wake.min(due);
         }
-        if let Some(&(until, _)) = self.holds.iter().min_by_key(|(until, _)| *until) {
+        if let Some(&(until, _)) = self.wakes.iter().min_by_key(|(until, _)| *until) {
             wake = wake.min(until);
         }
         wake.saturating_duration_since(now)
@@ -828,18 +830,22 @@ impl EventLoop {
         self.after_handle(key, now);
     }
 
-    /// After a Subscriber handled something: note a hold, publish the groups (it may have
-    /// joined or left one), write, drop it if dead.
+    /// After a Subscriber handled something: publish the groups (it may have joined or left
+    /// one), write, drop it if dead.
     fn after_handle(&mut self, key: usize, now: Instant) {
         self.counters().groups.set(self.fanout.group_count() as u64);
-        if let Some(Connection::Ws { subscriber, .. }) = self.connections.get(key) {
-            if let Some(until) = subscriber.hold_until() {
-                if !self.holds.iter().any(|&(_, k)| k == key) {
-                    self.holds.push((until, key));
-                }
-            }
-        }
+        self.note_wake(key, now);
         self.transmit(key, now);
+    }
+
+    /// Notes when connection `key` wants the loop back unasked (`Subscriber::wake_at`).
+    fn note_wake(&mut self, key: usize, now: Instant) {
+        let Some(Connection::Ws { subscriber, .. }) = self.connections.get(key) else { return };
+        let Some(at) = subscriber.wake_at().filter(|&at| at > now) else { return };
+        match self.wakes.iter_mut().find(|(_, k)| *k == key) {
+            Some(wake) => wake.0 = wake.0.min(at),
+            None => self.wakes.push((at, key)),
+        }
     }
 
     /// Writes what the Subscriber has, until it has nothing or the socket would block, or
@@ -881,6 +887,7 @@ impl EventLoop {
             let mut slices = Slices::new();
             subscriber.poll_transmit(&self.fanout, &mut slices);
             if slices.is_empty() {
+                self.note_wake(key, now);
                 return;
             }
             let result = stream.write_vectored(slices.as_slices());
@@ -941,13 +948,14 @@ impl EventLoop {
         }
     }
 
-    /// Connections whose hold ended get their live events.
-    fn end_holds(&mut self, now: Instant) {
-        if self.holds.is_empty() {
+    /// Connections whose wake is due: a hold ended (they get their live events), a paced
+    /// replay may send more.
+    fn end_wakes(&mut self, now: Instant) {
+        if self.wakes.is_empty() {
             return;
         }
         let mut due = Vec::new();
-        self.holds.retain(|&(until, key)| {
+        self.wakes.retain(|&(until, key)| {
             let done = until <= now;
             if done {
                 due.push(key);

@@ -168,6 +168,46 @@ struct Replay {
     /// Already sent live before the resume began: not sent again.
     skip: Option<(u64, u64)>,
     last_sent: Option<u64>,
+    /// Its pace (`resume_events_per_sec_max`).
+    pace: Pace,
+}
+
+/// A replay's allowance of events (`resume_events_per_sec_max`): it may have examined
+/// `rate` a second since it began, plus a burst of 2 ms of them; past that it waits
+/// (`paused_until`) until a burst is due again. Counts what it looks at, sent or not: that is
+/// what a replay costs its event loop.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    /// Events a second; 0: no limit.
+    rate: u64,
+    started: Instant,
+    examined: u64,
+    paused_until: Option<Instant>,
+}
+
+impl Pace {
+    fn new(rate: u32, now: Instant) -> Self {
+        Pace { rate: rate.into(), started: now, examined: 0, paused_until: None }
+    }
+
+    fn burst(&self) -> u64 {
+        (self.rate / 500).max(256)
+    }
+
+    /// How many more events it may look at now; at 0 it pauses until a burst is due.
+    fn allowance(&mut self, now: Instant) -> u64 {
+        if self.rate == 0 {
+            return u64::MAX;
+        }
+        let elapsed = now.saturating_duration_since(self.started).as_micros() as u64;
+        let earned = elapsed.saturating_mul(self.rate) / 1_000_000 + self.burst();
+        let allowance = earned.saturating_sub(self.examined);
+        self.paused_until = (allowance == 0).then(|| {
+            self.started
+                + Duration::from_micros(self.examined.saturating_mul(1_000_000) / self.rate)
+        });
+        allowance
+    }
 }
 
 impl Replay {
@@ -383,9 +423,15 @@ impl Subscriber {
         self.closing.is_some()
     }
 
-    /// Live delivery waits until then, if it waits.
-    pub fn hold_until(&self) -> Option<Instant> {
-        self.hold_until
+    /// When the event loop must come back to it unasked, if it must: the end of a
+    /// subscribe's hold on live delivery (read the socket first), or the next slice of a
+    /// paced replay.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let paused = self.replay.and_then(|replay| replay.pace.paused_until);
+        match (self.hold_until, paused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The connection is admitted: `connected`, then, if the upgrade carried
@@ -837,14 +883,21 @@ impl Subscriber {
             skip = Some((first.min(begun.seqs.0), last.max(begun.seqs.1)));
         }
         self.hold_until = None;
-        self.replay = Some(Replay { from_seq, from_t, next_seq: from_seq, skip, last_sent: None });
+        let pace = Pace::new(env.settings.resume_events_per_sec_max, now);
+        self.replay =
+            Some(Replay { from_seq, from_t, next_seq: from_seq, skip, last_sent: None, pace });
         self.pump_replay(now, env);
     }
 
     /// Sends more of the replay while the outbox has room; finishes it with `resumed` once it
     /// has caught up with the history's newest event, and goes live.
     fn pump_replay(&mut self, now: Instant, env: &mut Env<'_>) {
-        if self.disk.is_some() && !self.pump_disk(env) {
+        let Some(replay) = self.replay.as_mut() else { return };
+        let mut allowance = replay.pace.allowance(now);
+        if allowance == 0 {
+            return;
+        }
+        if self.disk.is_some() && !self.pump_disk(&mut allowance, env) {
             return;
         }
         let Some(mut replay) = self.replay else { return };
@@ -860,9 +913,11 @@ impl Subscriber {
         let mut scratch = Vec::new();
         let mut examined = None;
         for entry in history.from_seq(replay.next_seq) {
-            if self.outbox.bytes() >= room {
+            if self.outbox.bytes() >= room || allowance == 0 {
                 break;
             }
+            allowance -= 1;
+            replay.pace.examined += 1;
             examined = Some(entry.seq);
             let skipped = replay.skips(entry.seq, &self.snapshot_sent);
             if skipped || !self.delivery.wants(entry) {
@@ -904,7 +959,7 @@ impl Subscriber {
     /// per turn while the outbox has room. True once the rest is in the history (the memory
     /// replay goes on from there); false while there is more on disk, or when the log
     /// cannot give it (`resume_failed` with the history's oldest, and live delivery).
-    fn pump_disk(&mut self, env: &mut Env<'_>) -> bool {
+    fn pump_disk(&mut self, allowance: &mut u64, env: &mut Env<'_>) -> bool {
         let (Some(mut replay), Some(cursor)) = (self.replay, self.disk.as_mut()) else {
             self.disk = None;
             return true;
@@ -926,6 +981,11 @@ impl Subscriber {
             if record.seq >= memory_from {
                 return false; // the history has it from here
             }
+            if *allowance == 0 {
+                return false; // the rest when its pace allows
+            }
+            *allowance -= 1;
+            replay.pace.examined += 1;
             let skipped = replay.skips(record.seq, snapshot_sent);
             let fields = (record.price_raw, record.volume, record.strength);
             if !skipped && delivery.carries(record.channel, &record.ticker, fields) {
@@ -1603,6 +1663,39 @@ mod tests {
         sim.cycle("IBM", 1);
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs(), [5, 6], "subscribed all the same");
+    }
+
+    #[test]
+    fn a_resume_is_paced_by_resume_events_per_sec_max() {
+        let mut sim = Sim::new(|s| s.resume_events_per_sec_max = 10_000);
+        for _ in 0..10 {
+            sim.cycle("MSFT", 100); // 1,010 events, T and A
+        }
+        let (mut sub, mut client) = sim.live(1, "T.*");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        // A burst of 256 events looked at (2 ms of 10,000/s, at least 256), then a pause
+        // until the pace has earned them: 25.6 ms after the resume.
+        let first = client.seqs();
+        assert_eq!(first, (1..=256).filter(|s| s % 101 != 0).collect::<Vec<_>>());
+        assert_eq!(sub.wake_at(), Some(sim.now + Duration::from_micros(25_600)));
+        // From then on, 10 events a millisecond: what it has earned, and no more.
+        let trades = |to: u64| (1..=to).filter(|s| s % 101 != 0).collect::<Vec<_>>();
+        sim.advance(Duration::from_millis(25));
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), trades(506));
+        for _ in 0..4 {
+            sim.advance(Duration::from_millis(10));
+            sim.drain(&mut sub, &mut client, None);
+        }
+        assert_eq!(client.seqs(), trades(906));
+        assert!(client.statuses("resumed").is_empty());
+        // 1,010 events take 75.4 ms beyond the burst.
+        sim.advance(Duration::from_micros(10_400));
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), trades(1010));
+        assert_eq!(client.statuses("resumed")[0]["to_seq"], 1009);
+        assert_eq!(sub.wake_at(), None);
     }
 
     #[test]
