@@ -172,41 +172,54 @@ struct Replay {
     pace: Pace,
 }
 
-/// A replay's allowance of events (`resume_events_per_sec_max`): it may have examined
-/// `rate` a second since it began, plus a burst of 2 ms of them; past that it waits
-/// (`paused_until`) until a burst is due again. Counts what it looks at, sent or not: that is
-/// what a replay costs its event loop.
+/// A replay's pace (`resume_events_per_sec_max`): a token bucket of time. It earns credit as
+/// time passes, at most [`Pace::cap_ns`] of it (1 ms of events, at least 256), and each event
+/// it looks at, sent or not (that is what a replay costs its event loop), spends
+/// `1 / rate` of it. Out of credit, it waits (`paused_until`) until 256 events are due again.
 #[derive(Clone, Copy, Debug)]
 struct Pace {
     /// Events a second; 0: no limit.
     rate: u64,
-    started: Instant,
-    examined: u64,
+    credit_ns: u64,
+    at: Instant,
     paused_until: Option<Instant>,
 }
 
 impl Pace {
+    const WAKE_EVENTS: u64 = 256;
+
     fn new(rate: u32, now: Instant) -> Self {
-        Pace { rate: rate.into(), started: now, examined: 0, paused_until: None }
+        let mut pace = Pace { rate: rate.into(), credit_ns: 0, at: now, paused_until: None };
+        pace.credit_ns = pace.cap_ns();
+        pace
     }
 
-    fn burst(&self) -> u64 {
-        (self.rate / 500).max(256)
+    fn cap_ns(&self) -> u64 {
+        (Self::WAKE_EVENTS * 1_000_000_000 / self.rate.max(1)).max(1_000_000)
     }
 
-    /// How many more events it may look at now; at 0 it pauses until a burst is due.
+    /// How many events it may look at now; at 0 it pauses until enough are due.
     fn allowance(&mut self, now: Instant) -> u64 {
         if self.rate == 0 {
             return u64::MAX;
         }
-        let elapsed = now.saturating_duration_since(self.started).as_micros() as u64;
-        let earned = elapsed.saturating_mul(self.rate) / 1_000_000 + self.burst();
-        let allowance = earned.saturating_sub(self.examined);
+        let elapsed = now.saturating_duration_since(self.at).as_nanos() as u64;
+        self.credit_ns = self.credit_ns.saturating_add(elapsed).min(self.cap_ns());
+        self.at = now;
+        let allowance = self.credit_ns as u128 * self.rate as u128 / 1_000_000_000;
         self.paused_until = (allowance == 0).then(|| {
-            self.started
-                + Duration::from_micros(self.examined.saturating_mul(1_000_000) / self.rate)
+            let due = Self::WAKE_EVENTS * 1_000_000_000 / self.rate;
+            now + Duration::from_nanos(due.saturating_sub(self.credit_ns))
         });
-        allowance
+        allowance as u64
+    }
+
+    /// `events` of the allowance were used.
+    fn spend(&mut self, events: u64) {
+        if self.rate != 0 {
+            let cost = (events as u128 * 1_000_000_000).div_ceil(self.rate as u128);
+            self.credit_ns = self.credit_ns.saturating_sub(cost.min(u64::MAX as u128) as u64);
+        }
     }
 }
 
@@ -893,13 +906,19 @@ impl Subscriber {
     /// has caught up with the history's newest event, and goes live.
     fn pump_replay(&mut self, now: Instant, env: &mut Env<'_>) {
         let Some(replay) = self.replay.as_mut() else { return };
-        let mut allowance = replay.pace.allowance(now);
-        if allowance == 0 {
+        let allowed = replay.pace.allowance(now);
+        if allowed == 0 {
             return;
         }
-        if self.disk.is_some() && !self.pump_disk(&mut allowance, env) {
+        let mut allowance = allowed;
+        let on_disk = self.disk.is_some() && !self.pump_disk(&mut allowance, env);
+        if let Some(replay) = self.replay.as_mut() {
+            replay.pace.spend(allowed - allowance);
+        }
+        if on_disk {
             return;
         }
+        let allowed = allowance;
         let Some(mut replay) = self.replay else { return };
         let history = &env.fanout.history;
         if history.oldest_seq().is_some_and(|oldest| replay.next_seq < oldest) {
@@ -917,7 +936,6 @@ impl Subscriber {
                 break;
             }
             allowance -= 1;
-            replay.pace.examined += 1;
             examined = Some(entry.seq);
             let skipped = replay.skips(entry.seq, &self.snapshot_sent);
             if skipped || !self.delivery.wants(entry) {
@@ -931,6 +949,7 @@ impl Subscriber {
         if let Some(last) = builder.finish() {
             self.outbox.push(last);
         }
+        replay.pace.spend(allowed - allowance);
         let newest = history.newest_seq();
         match examined {
             Some(seq) if Some(seq) != newest => {
@@ -985,7 +1004,6 @@ impl Subscriber {
                 return false; // the rest when its pace allows
             }
             *allowance -= 1;
-            replay.pace.examined += 1;
             let skipped = replay.skips(record.seq, snapshot_sent);
             let fields = (record.price_raw, record.volume, record.strength);
             if !skipped && delivery.carries(record.channel, &record.ticker, fields) {
@@ -1674,24 +1692,24 @@ mod tests {
         let (mut sub, mut client) = sim.live(1, "T.*");
         sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
         sim.drain(&mut sub, &mut client, None);
-        // A burst of 256 events looked at (2 ms of 10,000/s, at least 256), then a pause
-        // until the pace has earned them: 25.6 ms after the resume.
-        let first = client.seqs();
-        assert_eq!(first, (1..=256).filter(|s| s % 101 != 0).collect::<Vec<_>>());
-        assert_eq!(sub.wake_at(), Some(sim.now + Duration::from_micros(25_600)));
-        // From then on, 10 events a millisecond: what it has earned, and no more.
+        // A burst of 256 events looked at (the cap: 1 ms of events, at least 256), then a
+        // pause until the pace has earned 256 again: 25.6 ms after the resume.
         let trades = |to: u64| (1..=to).filter(|s| s % 101 != 0).collect::<Vec<_>>();
+        assert_eq!(client.seqs(), trades(256));
+        assert_eq!(sub.wake_at(), Some(sim.now + Duration::from_micros(25_600)));
+        // Time it was not drained does not buy a bigger burst: the credit is capped.
+        sim.advance(Duration::from_secs(1));
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), trades(512));
+        // From then on, 10 events a millisecond: what it has earned, and no more.
         sim.advance(Duration::from_millis(25));
         sim.drain(&mut sub, &mut client, None);
-        assert_eq!(client.seqs(), trades(506));
-        for _ in 0..4 {
-            sim.advance(Duration::from_millis(10));
-            sim.drain(&mut sub, &mut client, None);
-        }
-        assert_eq!(client.seqs(), trades(906));
+        assert_eq!(client.seqs(), trades(762));
+        sim.advance(Duration::from_millis(24));
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs(), trades(1002));
         assert!(client.statuses("resumed").is_empty());
-        // 1,010 events take 75.4 ms beyond the burst.
-        sim.advance(Duration::from_micros(10_400));
+        sim.advance(Duration::from_millis(1));
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs(), trades(1010));
         assert_eq!(client.statuses("resumed")[0]["to_seq"], 1009);
