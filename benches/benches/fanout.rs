@@ -106,7 +106,8 @@ fn setup(clients: usize) -> Fanout {
         ..ServerSettings::default()
     };
     let auth = Arc::new(Credentials::load(&settings).expect("open auth on loopback"));
-    let reporting = Reporting { observed: Observed::default(), upstream: None, feed: "synthetic" };
+    let reporting =
+        Reporting { observed: Observed::default(), upstream: None, feed: "synthetic", nats: None };
     let (sink, handle) =
         server::start(&settings, auth, reporting, 4 << 20, None).expect("the server starts");
     let addr = handle.local_addr;

@@ -41,6 +41,89 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The PostgreSQL sink of bars and events, and the aggregates endpoint that reads it.
     pub database: DatabaseSettings,
+    /// Scale-out over NATS JetStream: what `serve --role ingest` publishes to and
+    /// `--role gateway` consumes from (`docs/scale-out.md`).
+    pub nats: NatsSettings,
+}
+
+/// What a `serve` process is (`--role`, `docs/scale-out.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Feed, engine and clients in one process; no NATS.
+    #[default]
+    All,
+    /// Feed, engine, journal and event log; every emitter cycle's batch published to the
+    /// JetStream stream; `/health` and `/metrics` (and clients, if any connect).
+    Ingest,
+    /// No feed and no engine: the stream consumed from JetStream and served to clients as
+    /// `all` serves them.
+    Gateway,
+}
+
+/// NATS JetStream (`docs/scale-out.md`). Credentials come from `credentials_file` or the
+/// environment (`NATS_USER` and `NATS_PASSWORD`, or `NATS_TOKEN`), never from `url` or the
+/// command line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// What this `serve` process is (`serve --role` sets it). Default: all (no NATS).
+    pub role: Role,
+    /// The server; `tls://` for TLS. Default: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed). Default: none.
+    pub credentials_file: Option<PathBuf>,
+    /// The JetStream stream, created (or its limits updated) by the ingest. Default:
+    /// `TICKSTOCK`.
+    pub stream: String,
+    /// The subject each batch is published on (the stream's one subject, so that it keeps
+    /// one order). Default: `tickstock.events`.
+    pub subject: String,
+    /// The stream keeps at most this many messages (one message is one emitter cycle's
+    /// batch, about 1,000 a second). Default: 3,600,000 (an hour of 1 ms cycles).
+    pub retain_messages: u64,
+    /// The stream keeps at most this many bytes. Default: 8 GiB.
+    pub retain_bytes: u64,
+    /// The stream keeps messages at most this long. Default: 86,400 s (a day).
+    pub retain_secs: u64,
+    /// The ingest's republish of a batch within this window is stored once (`Nats-Msg-Id`
+    /// is its first `seq`). Default: 120 s.
+    pub duplicate_window_secs: u64,
+    /// The emitter → publisher ring, in bytes: what is kept while NATS is away.
+    /// Default: 64 MiB (about 250,000 events).
+    pub ring_bytes: u32,
+    /// Batches published and not yet acknowledged, at most. Default: 256.
+    pub in_flight_max: u32,
+    /// A publish not acknowledged in this time counts NATS as away. Default: 2,000 ms.
+    pub ack_timeout_ms: u32,
+    /// Connect deadline. Default: 5,000 ms.
+    pub connect_timeout_ms: u32,
+    /// First reconnect back-off step. Default: 100 ms.
+    pub retry_ms_min: u32,
+    /// Largest reconnect back-off step. Default: 5,000 ms.
+    pub retry_ms_max: u32,
+}
+
+impl Default for NatsSettings {
+    fn default() -> NatsSettings {
+        NatsSettings {
+            role: Role::All,
+            url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: None,
+            stream: "TICKSTOCK".to_owned(),
+            subject: "tickstock.events".to_owned(),
+            retain_messages: 3_600_000,
+            retain_bytes: 8 << 30,
+            retain_secs: 86_400,
+            duplicate_window_secs: 120,
+            ring_bytes: 64 << 20,
+            in_flight_max: 256,
+            ack_timeout_ms: 2_000,
+            connect_timeout_ms: 5_000,
+            retry_ms_min: 100,
+            retry_ms_max: 5_000,
+        }
+    }
 }
 
 /// What the database sink does when its ring is full.
@@ -935,6 +1018,42 @@ impl Settings {
         within("database.query_queue_max", d.query_queue_max.into(), 1, 1_000_000)?;
         within("database.query_timeout_ms", d.query_timeout_ms.into(), 1, 3_600_000)?;
         within("database.query_limit_max", d.query_limit_max.into(), 1, 1_000_000)?;
+        let n = &self.nats;
+        if !["nats://", "tls://"].iter().any(|scheme| n.url.starts_with(scheme)) {
+            return Err(invalid(format!(
+                "nats.url = {:?}, must start with nats:// or tls://",
+                n.url
+            )));
+        }
+        if n.url.contains('@') {
+            return Err(invalid(
+                "nats.url: no credentials in the URL; use nats.credentials_file or NATS_USER \
+                 and NATS_PASSWORD (or NATS_TOKEN)"
+                    .to_owned(),
+            ));
+        }
+        let token = |t: &str| {
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        };
+        if !token(&n.stream) {
+            return Err(invalid(format!("nats.stream = {:?}: letters, digits, - and _", n.stream)));
+        }
+        if !n.subject.split('.').all(token) {
+            return Err(invalid(format!(
+                "nats.subject = {:?}: dot-separated tokens of letters, digits, - and _",
+                n.subject
+            )));
+        }
+        within("nats.retain_messages", n.retain_messages, 1, 1 << 40)?;
+        within("nats.retain_bytes", n.retain_bytes, 1 << 20, 1 << 50)?;
+        within("nats.retain_secs", n.retain_secs, 1, 365 * 86_400)?;
+        within("nats.duplicate_window_secs", n.duplicate_window_secs, 1, n.retain_secs)?;
+        within("nats.ring_bytes", n.ring_bytes.into(), 1 << 16, 1 << 31)?;
+        within("nats.in_flight_max", n.in_flight_max.into(), 1, 65_536)?;
+        within("nats.ack_timeout_ms", n.ack_timeout_ms.into(), 1, 600_000)?;
+        within("nats.connect_timeout_ms", n.connect_timeout_ms.into(), 1, 600_000)?;
+        within("nats.retry_ms_min", n.retry_ms_min.into(), 1, n.retry_ms_max.into())?;
+        within("nats.retry_ms_max", n.retry_ms_max.into(), 1, 3_600_000)?;
         Ok(self)
     }
 }

@@ -106,8 +106,9 @@ impl FrameBatch {
         });
     }
 
-    /// Appends a frame whose JSON is already encoded (tests and benches that make their own
-    /// frames); `frame.start` and `frame.end` are set here.
+    /// Appends a frame whose JSON is already encoded (a gateway's batch from NATS, and tests
+    /// and benches that make their own frames); `frame.start` and `frame.end` are set here.
+    /// The caller checked [`FrameBatch::has_room_for`] where it must not reallocate.
     pub fn push_raw(&mut self, mut frame: Frame, json: &[u8]) {
         frame.start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(json);
@@ -142,7 +143,14 @@ impl FrameBatch {
         self.frames.is_empty()
     }
 
-    fn clear(&mut self) {
+    /// True when a frame of `json_bytes` fits without reallocating.
+    pub fn has_room_for(&self, json_bytes: usize) -> bool {
+        self.bytes.capacity() - self.bytes.len() >= json_bytes
+            && self.frames.len() < self.frames.capacity()
+    }
+
+    /// Empties the batch, keeping its capacity.
+    pub fn clear(&mut self) {
         self.bytes.clear();
         self.frames.clear();
     }

@@ -28,6 +28,7 @@ pub mod fuzz_checks;
 pub mod idle;
 pub mod journal;
 pub mod logging;
+pub mod nats;
 pub mod pipeline;
 pub mod server;
 pub mod tracer;

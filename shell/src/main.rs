@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tickstock_engine::RejectReason;
-use tickstock_shell::config::{FeedSource, Settings, SettingsError};
+use tickstock_shell::config::{FeedSource, Role, Settings, SettingsError};
 use tickstock_shell::csv_import::{self, ImportOptions, TsUnit};
 use tickstock_shell::database::{schema, DatabaseSink, Link};
 use tickstock_shell::emitter::{JsonLinesSink, NullSink};
@@ -139,6 +139,20 @@ struct ServeArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration_s: Option<u64>,
+    /// What this process is (`nats.role`; default `all`): `ingest` publishes to NATS
+    /// JetStream, `gateway` serves clients from it (docs/scale-out.md).
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    /// Feed, engine and clients in one process; no NATS.
+    All,
+    /// Feed, engine, journal and event log; every batch published to JetStream.
+    Ingest,
+    /// No feed and no engine: the stream consumed from JetStream, served to clients.
+    Gateway,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +254,22 @@ fn main() -> ExitCode {
                 settings.journal.dir = dir;
             }
             stop_after(args.duration_s, &stop);
+            if let Some(role) = args.role {
+                settings.nats.role = match role {
+                    RoleArg::All => Role::All,
+                    RoleArg::Ingest => Role::Ingest,
+                    RoleArg::Gateway => Role::Gateway,
+                };
+            }
+            if settings.nats.role == Role::Gateway {
+                return serve_gateway(&settings, stop);
+            }
+            if settings.nats.role == Role::Ingest && args.output != Output::Websocket {
+                tracing::error!(
+                    "--role ingest publishes what the server emits: --output websocket"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             serve_or_record(&settings, args.feed, args.output, stop, quiet)
         }
         Command::Record(args) => {
@@ -542,6 +572,59 @@ fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, S
     }
 }
 
+/// `serve --role gateway`: the server fed by the stream from NATS JetStream.
+fn serve_gateway(settings: &Settings, stop: Arc<AtomicBool>) -> ExitCode {
+    let credentials = match Credentials::load(&settings.server) {
+        Ok(credentials) => Arc::new(credentials),
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _ = RELOADABLE.set(Arc::clone(&credentials));
+    if let Err(message) = UniverseFile::load(&settings.server) {
+        tracing::error!("{message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let observed = Observed::default();
+    let reporting = Reporting { observed, upstream: None, feed: "nats", nats: None };
+    let service = match Service::start_gateway(settings, credentials, stop, reporting) {
+        Ok(service) => service,
+        Err(error) => {
+            tracing::error!("cannot start the gateway on {}: {error}", settings.server.listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _ = UNIVERSES.set(Arc::clone(&service.universes));
+    let address = service.local_addr;
+    tracing::info!(
+        nats = %settings.nats.url, stream = %settings.nats.stream,
+        "gateway: serving ws://{address}/stocks, http://{address}/health and http://{address}/metrics"
+    );
+    let counters = service.counters.clone();
+    let result = service.wait();
+    tracing::info!(
+        "gateway: {} accepted, {} messages out ({} events), {} slow-consumer closes",
+        counters.total(|c| &c.accepted),
+        counters.total(|c| &c.messages_out),
+        counters.total(|c| &c.events_out),
+        counters.total(|c| &c.slow_consumer_closes)
+    );
+    match result {
+        Ok(report) => match report.feed_end {
+            FeedEnd::Failed(why) => {
+                tracing::error!("{why}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        },
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Starts the WebSocket server fed by the pipeline.
 fn serve(
     settings: &Settings,
@@ -603,8 +686,12 @@ fn run(
     };
     let observed = Observed::default();
     let _ = RUNNING.set((observed.clone(), std::time::Instant::now()));
-    let reporting =
-        Reporting { observed: observed.clone(), upstream: upstream.clone(), feed: feed.name() };
+    let reporting = Reporting {
+        observed: observed.clone(),
+        upstream: upstream.clone(),
+        feed: feed.name(),
+        nats: None,
+    };
     let (result, server_counters) = match output {
         Output::Websocket => match serve(settings, feed, time, stop, reporting, status) {
             Ok(service) => {

@@ -77,7 +77,8 @@ fn start_with(
     // SAFETY-free: tests in this file all set the same value.
     unsafe_env();
     let credentials = Arc::new(Credentials::load(&settings.server).unwrap());
-    let reporting = Reporting { observed: Observed::default(), upstream: None, feed: "synthetic" };
+    let reporting =
+        Reporting { observed: Observed::default(), upstream: None, feed: "synthetic", nats: None };
     let feed = feed(&settings);
     let stop = Arc::new(AtomicBool::new(false));
     let service = Service::start(

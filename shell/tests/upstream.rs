@@ -542,13 +542,14 @@ fn health_and_metrics_show_the_breaker_and_why_it_opened() {
         observed: observed.clone(),
         upstream: Some(Arc::clone(&run.status)),
         feed: "upstream",
+        nats: None,
     };
     let health = metrics::health(&reporting, &counters, 1, Some(&problem), None);
     let value: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(value["status"], "unhealthy");
     assert_eq!(value["feed"]["breaker"], "open");
     assert!(value["feed"]["last_failure"].as_str().unwrap().contains("auth_failed"));
-    let text = metrics::prometheus(&observed, &counters, Some(&run.status), None, None);
+    let text = metrics::prometheus(&observed, &counters, Some(&run.status), None, None, None);
     assert!(text.contains("tickstock_upstream_breaker{state=\"open\"} 1"), "{text}");
     assert!(text.contains("tickstock_upstream_failures_total{kind=\"auth_failed\"}"));
 }

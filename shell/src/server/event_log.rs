@@ -110,7 +110,7 @@ pub enum Decode {
 }
 
 /// Appends `frame`'s record to `out`.
-fn encode(out: &mut Vec<u8>, batch: &FrameBatch, frame: &crate::emitter::Frame) {
+pub(crate) fn encode(out: &mut Vec<u8>, batch: &FrameBatch, frame: &crate::emitter::Frame) {
     let json = batch.json(frame);
     let ticker = frame.ticker.as_str().as_bytes();
     let start = out.len();

@@ -556,7 +556,8 @@ impl EventLoop {
                     r.upstream.as_deref(),
                     self.clock.now().0,
                     STALL_NS,
-                );
+                )
+                .or_else(|| metrics::gateway_problem(r));
                 let body = metrics::health(
                     r,
                     &self.shared.stats,
@@ -577,6 +578,7 @@ impl EventLoop {
                         .database
                         .as_ref()
                         .map(|(status, pool)| (status.as_ref(), pool.counters.as_ref())),
+                    self.shared.reporting.nats.as_ref().map(|(_, status)| status.as_ref()),
                 );
                 self.respond(
                     key,

@@ -14,10 +14,12 @@ use tickstock_engine::RejectReason;
 
 use super::event_log::EventLogCounters;
 use super::service::Reporting;
+use crate::config::Role;
 use crate::database::pool::QueryCounters;
 use crate::database::DatabaseStatus;
 use crate::feed::upstream::parse::Garbage;
 use crate::feed::upstream::{UpstreamStatus, FAILURE_LABELS};
+use crate::nats::NatsStatus;
 use crate::pipeline::Observed;
 use crate::tracer::Counter;
 
@@ -145,6 +147,15 @@ pub fn unhealthy(
     None
 }
 
+/// A gateway without its stream is unhealthy (503): its clients are kept, and go on with no
+/// gap when the stream returns, but a load balancer should send new ones elsewhere.
+pub fn gateway_problem(reporting: &Reporting) -> Option<String> {
+    match &reporting.nats {
+        Some((Role::Gateway, status)) => status.problem(),
+        _ => None,
+    }
+}
+
 /// The `/health` body and whether it is healthy.
 pub fn health(
     reporting: &Reporting,
@@ -156,7 +167,10 @@ pub fn health(
     let c = &reporting.observed.counters;
     // The database away degrades the server (200, `degraded`): clients are served, and the
     // sink's ring keeps what it cannot write yet.
-    let database_problem = database.and_then(DatabaseStatus::problem);
+    // So does NATS away from an ingest: its ring keeps what it cannot publish yet.
+    let database_problem = database
+        .and_then(DatabaseStatus::problem)
+        .or_else(|| reporting.nats.as_ref().filter(|(role, _)| *role == Role::Ingest)?.1.problem());
     let (status, problem) = match (problem, database_problem.as_deref()) {
         (Some(problem), _) => ("unhealthy", Some(problem)),
         (None, Some(problem)) => ("degraded", Some(problem)),
@@ -173,6 +187,20 @@ pub fn health(
             d.dropped.load(Ordering::Relaxed),
         )
     });
+    let nats = reporting.nats.as_ref().map_or_else(String::new, |(role, n)| {
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            r#","nats":{{"role":{},"state":{},"last_seq":{},"published_events":{},"dropped_events":{},"consumed_events":{},"gap_events":{},"transit_us":{}}}"#,
+            json(if *role == Role::Ingest { "ingest" } else { "gateway" }),
+            json(if n.is_up() { "up" } else { "down" }),
+            count(&n.last_seq),
+            count(&n.published_events),
+            count(&n.dropped_events),
+            count(&n.consumed_events),
+            count(&n.gap_events),
+            count(&n.transit_ns) / 1_000,
+        )
+    });
     let feed = match reporting.upstream.as_deref() {
         None => format!(r#"{{"source":{},"state":"running"}}"#, json(reporting.feed)),
         Some(upstream) => {
@@ -186,7 +214,7 @@ pub fn health(
         }
     };
     format!(
-        r#"{{"status":{},"problem":{},"uptime_s":{uptime_s},"feed":{feed},"clients":{},"ticks_in":{},"events_out":{},"drops":{{"mfbuf":{},"slow_consumer_closes":{},"journal":{}}}{database}}}"#,
+        r#"{{"status":{},"problem":{},"uptime_s":{uptime_s},"feed":{feed},"clients":{},"ticks_in":{},"events_out":{},"drops":{{"mfbuf":{},"slow_consumer_closes":{},"journal":{}}}{database}{nats}}}"#,
         json(status),
         problem.map_or_else(|| "null".to_owned(), json),
         server.total(|c| &c.connections),
@@ -211,6 +239,7 @@ pub fn prometheus(
     upstream: Option<&UpstreamStatus>,
     event_log: Option<&EventLogCounters>,
     database: Option<(&DatabaseStatus, &QueryCounters)>,
+    nats: Option<&NatsStatus>,
 ) -> String {
     let mut out = Families::default();
     let c = &observed.counters;
@@ -631,6 +660,73 @@ pub fn prometheus(
                 (vec![("outcome", "rejected".to_owned())], get(&queries.rejected)),
                 (vec![("outcome", "failed".to_owned())], get(&queries.failed)),
             ],
+        );
+    }
+    if let Some(n) = nats {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        out.add(
+            "nats_up",
+            MetricType::GAUGE,
+            "1 while the NATS connection and JetStream answer.",
+            &one(u64::from(n.is_up())),
+        );
+        out.add(
+            "nats_events_total",
+            MetricType::COUNTER,
+            "Events published to JetStream and acknowledged (ingest), or consumed and handed \
+             to the server (gateway).",
+            &[
+                (vec![("outcome", "published".to_owned())], get(&n.published_events)),
+                (vec![("outcome", "consumed".to_owned())], get(&n.consumed_events)),
+            ],
+        );
+        out.add(
+            "nats_dropped_events_total",
+            MetricType::COUNTER,
+            "Events the ingest's publisher dropped because its ring was full (nats.ring_bytes).",
+            &one(get(&n.dropped_events)),
+        );
+        out.add(
+            "nats_gap_events_total",
+            MetricType::COUNTER,
+            "Events a gateway found missing between two batches of the stream.",
+            &one(get(&n.gap_events)),
+        );
+        out.add(
+            "nats_republished_batches_total",
+            MetricType::COUNTER,
+            "Batches the ingest published again after a failure (stored once by Nats-Msg-Id).",
+            &one(get(&n.republished_batches)),
+        );
+        out.add(
+            "nats_duplicate_batches_total",
+            MetricType::COUNTER,
+            "Batches a gateway received again and did not hand on.",
+            &one(get(&n.duplicate_batches)),
+        );
+        out.add(
+            "nats_bad_messages_total",
+            MetricType::COUNTER,
+            "Messages on the stream's subject that were not a batch, skipped.",
+            &one(get(&n.bad_messages)),
+        );
+        out.add(
+            "nats_disconnects_total",
+            MetricType::COUNTER,
+            "Times the NATS connection was lost.",
+            &one(get(&n.disconnects)),
+        );
+        out.add(
+            "nats_last_seq",
+            MetricType::GAUGE,
+            "The last seq JetStream acknowledged (ingest) or the gateway handed on.",
+            &one(get(&n.last_seq)),
+        );
+        out.add(
+            "nats_transit_us",
+            MetricType::GAUGE,
+            "The last batch's time from the ingest's publish to the gateway, µs.",
+            &one(get(&n.transit_ns) / 1_000),
         );
     }
     out.build_info();

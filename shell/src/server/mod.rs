@@ -58,6 +58,7 @@ use self::subscriber::Users;
 use self::universes::UniverseFile;
 use crate::config::ServerSettings;
 use crate::database::{Database, DatabaseInlet};
+use crate::nats::publisher::Publisher;
 
 /// A running server.
 #[derive(Debug)]
@@ -75,6 +76,9 @@ pub struct ServerHandle {
     event_log: Option<EventLog>,
     /// The database sink, stopped (what it holds written) after the loops.
     database: Option<Database>,
+    /// The NATS publisher of an ingest, stopped (what its ring holds published) after the
+    /// loops.
+    publisher: Option<Publisher>,
 }
 
 impl ServerHandle {
@@ -90,6 +94,12 @@ impl ServerHandle {
         }
         drop(self.event_log);
         drop(self.database);
+        drop(self.publisher);
+    }
+
+    /// An ingest's publisher, stopped with the server.
+    pub fn set_publisher(&mut self, publisher: Publisher) {
+        self.publisher = Some(publisher);
     }
 }
 
@@ -184,6 +194,7 @@ pub fn start(
         universes,
         event_log,
         database,
+        publisher: None,
     };
     Ok((sink, handle))
 }

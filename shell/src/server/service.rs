@@ -10,10 +10,14 @@ use std::thread::JoinHandle;
 use super::auth::Credentials;
 use super::metrics::ServerStats;
 use super::universes::UniverseFile;
+use crate::config::Role;
 use crate::config::Settings;
 use crate::database::Database;
 use crate::feed::upstream::UpstreamStatus;
 use crate::feed::Feed;
+use crate::nats::gateway::Gateway;
+use crate::nats::publisher::Publisher;
+use crate::nats::NatsStatus;
 use crate::pipeline::{self, Observed, Report, StartError, TimeMode};
 use crate::tracer::{Counters, Histograms};
 
@@ -24,8 +28,10 @@ pub struct Reporting {
     pub observed: Observed,
     /// The upstream client's status, when the feed is upstream.
     pub upstream: Option<Arc<UpstreamStatus>>,
-    /// The feed's [`name`](crate::feed::Feed::name), for `/health`.
+    /// The feed's [`name`](crate::feed::Feed::name), for `/health` (`nats` on a gateway).
     pub feed: &'static str,
+    /// What this process is (`nats.role`), and its NATS side's status unless it is `all`.
+    pub nats: Option<(Role, Arc<NatsStatus>)>,
 }
 
 /// A server and the pipeline feeding it.
@@ -50,10 +56,21 @@ impl Service {
         feed: Box<dyn Feed>,
         time: TimeMode,
         stop: Arc<AtomicBool>,
-        reporting: Reporting,
+        mut reporting: Reporting,
         status: impl FnMut(&Counters, &Histograms) + Send + 'static,
     ) -> io::Result<Service> {
         let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+        let publisher = match settings.nats.role {
+            Role::Gateway => {
+                return Err(io::Error::other("a gateway has no feed: Service::start_gateway"))
+            }
+            Role::All => None,
+            Role::Ingest => {
+                let nats = Arc::new(NatsStatus::default());
+                reporting.nats = Some((Role::Ingest, Arc::clone(&nats)));
+                Some(Publisher::start(&settings.nats, nats)?)
+            }
+        };
         // Before the port opens: a client must not slip in ahead of a warm restart's replay.
         pipeline::mark_warm_up(&reporting.observed, feed.as_ref());
         let database = match &settings.database.url {
@@ -68,8 +85,12 @@ impl Service {
             }
             None => None,
         };
-        let (sink, handle) =
+        let (mut sink, mut handle) =
             super::start(&settings.server, credentials, reporting.clone(), batch_bytes, database)?;
+        if let Some((publisher, inlet)) = publisher {
+            sink.set_nats(Some(inlet));
+            handle.set_publisher(publisher);
+        }
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
         let universes = Arc::clone(&handle.universes);
         let settings = settings.clone();
@@ -81,6 +102,45 @@ impl Service {
                     pipeline::run_observed(&settings, feed, sink, time, stop, status, observed);
                 handle.stop();
                 report
+            })?;
+        Ok(Service { local_addr, counters, universes, runner })
+    }
+
+    /// Starts a gateway (`nats.role = "gateway"`): the server, fed by the stream consumed
+    /// from JetStream instead of a pipeline, until `stop` is raised.
+    pub fn start_gateway(
+        settings: &Settings,
+        credentials: Arc<Credentials>,
+        stop: Arc<AtomicBool>,
+        mut reporting: Reporting,
+    ) -> io::Result<Service> {
+        let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
+        let nats = Arc::new(NatsStatus::default());
+        reporting.nats = Some((Role::Gateway, Arc::clone(&nats)));
+        reporting.feed = "nats";
+        let observed = reporting.observed.clone();
+        let (sink, handle) =
+            super::start(&settings.server, credentials, reporting, batch_bytes, None)?;
+        let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
+        let universes = Arc::clone(&handle.universes);
+        let gateway = Gateway::start(&settings.nats, batch_bytes, Box::new(sink), stop, nats)?;
+        let runner =
+            std::thread::Builder::new().name("tickstock-main".to_owned()).spawn(move || {
+                let started = std::time::Instant::now();
+                let result = gateway.wait();
+                handle.stop();
+                Ok(Report {
+                    feed_end: match result {
+                        Ok(()) => crate::feed::FeedEnd::Stopped,
+                        Err(error) => crate::feed::FeedEnd::Failed(format!("nats: {error}")),
+                    },
+                    recovery: None,
+                    journal_failed: false,
+                    journal_state: Default::default(),
+                    counters: Arc::clone(&observed.counters),
+                    histograms: Arc::clone(&observed.histograms),
+                    elapsed: started.elapsed(),
+                })
             })?;
         Ok(Service { local_addr, counters, universes, runner })
     }

@@ -19,6 +19,7 @@ use super::metrics::ServerStats;
 use crate::database::DatabaseInlet;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::idle::{IdleStrategy, Idler};
+use crate::nats::publisher::NatsInlet;
 
 /// Emitter → event loop ring, in batches.
 pub const BATCH_RING_CAPACITY: usize = 16;
@@ -50,6 +51,8 @@ pub struct ServerSink {
     event_log: Option<EventLogInlet>,
     /// The database sink's inlet, when there is one: every batch's stored channels.
     database: Option<DatabaseInlet>,
+    /// An ingest's NATS publisher's inlet: every batch.
+    nats: Option<NatsInlet>,
 }
 
 impl ServerSink {
@@ -72,6 +75,7 @@ impl ServerSink {
             history_events,
             event_log: None,
             database: None,
+            nats: None,
         }
     }
 
@@ -83,6 +87,11 @@ impl ServerSink {
     /// Stores every batch's stored channels in the database (`[database]`).
     pub fn set_database(&mut self, inlet: Option<DatabaseInlet>) {
         self.database = inlet;
+    }
+
+    /// Publishes every batch to NATS JetStream (`nats.role = "ingest"`).
+    pub fn set_nats(&mut self, inlet: Option<NatsInlet>) {
+        self.nats = inlet;
     }
 
     /// A batch no one else holds, taken out of the pool (allocated while the pool is small).
@@ -121,6 +130,9 @@ impl FrameSink for ServerSink {
         }
         if let Some(database) = self.database.as_mut() {
             database.append(batch)?;
+        }
+        if let Some(nats) = self.nats.as_mut() {
+            nats.append(batch);
         }
         let mut shared = self.free_batch()?;
         Arc::get_mut(&mut shared).expect("Invariant: a free batch has one owner").copy_from(batch);

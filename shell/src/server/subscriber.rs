@@ -910,6 +910,15 @@ impl Subscriber {
         if allowed == 0 {
             return;
         }
+        let next_seq = replay.next_seq;
+        let history = &env.fanout.history;
+        if self.disk.is_none() && history.oldest_seq().is_some_and(|oldest| next_seq < oldest) {
+            // The history moved on past where the replay is (it left the log for the history
+            // and then waited, for room or its pace): back to the log, if it has them.
+            if let Some(Ok(cursor)) = env.event_log.map(|log| log.open_at(next_seq)) {
+                self.disk = Some(Box::new(cursor));
+            }
+        }
         let mut allowance = allowed;
         let on_disk = self.disk.is_some() && !self.pump_disk(&mut allowance, env);
         if let Some(replay) = self.replay.as_mut() {

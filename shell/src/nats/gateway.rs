@@ -1,0 +1,221 @@
+//! A gateway's consumer: the stream read from JetStream with an ordered consumer (it
+//! recreates itself after a reconnect and goes on from the last message it delivered), each
+//! message rebuilt into a [`FrameBatch`] and handed to the server's sink exactly as the
+//! emitter of `--role all` hands its batches, so the gateway's clients get the same bytes and
+//! the same `seq`. It starts at the stream's newest message.
+//!
+//! A message whose first `seq` is not the one after the last handed on is a gap (counted in
+//! `gap_events`, logged with its range) or, when its events were handed on already, a
+//! duplicate (skipped, counted). A message that is not a batch is skipped and counted.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use futures_util::StreamExt;
+
+use super::{connect, decode_batch, unix_ns, NatsStatus, SENT_HEADER};
+use crate::config::NatsSettings;
+use crate::emitter::{FrameBatch, FrameSink};
+
+/// The consumer's thread.
+#[derive(Debug)]
+pub struct Gateway {
+    thread: Option<JoinHandle<io::Result<()>>>,
+    /// What it is doing.
+    pub status: Arc<NatsStatus>,
+}
+
+impl Gateway {
+    /// Starts the thread, feeding `sink` until `stop` is raised (checked at least every
+    /// 100 ms) and reporting into `status`. NATS need not be up: it connects, and
+    /// reconnects, on its own.
+    pub fn start(
+        settings: &NatsSettings,
+        batch_bytes: usize,
+        sink: Box<dyn FrameSink>,
+        stop: Arc<AtomicBool>,
+        status: Arc<NatsStatus>,
+    ) -> io::Result<Gateway> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let run = Run {
+            settings: settings.clone(),
+            status: Arc::clone(&status),
+            sink,
+            batch: FrameBatch::new(batch_bytes),
+            next_seq: None,
+            stream_seq: None,
+            stop,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tickstock-nats".to_owned())
+            .spawn(move || runtime.block_on(run.run()))?;
+        Ok(Gateway { thread: Some(thread), status })
+    }
+
+    /// Waits for the thread (after `stop`): why it ended, if it failed.
+    pub fn wait(mut self) -> io::Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the NATS consumer's thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Run {
+    settings: NatsSettings,
+    status: Arc<NatsStatus>,
+    sink: Box<dyn FrameSink>,
+    batch: FrameBatch,
+    /// The `seq` the next batch should start at (none before the first).
+    next_seq: Option<u64>,
+    /// The stream's sequence of the last message taken (none before the first).
+    stream_seq: Option<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Run {
+    fn stopped(&self) -> bool {
+        // Relaxed: a polled flag.
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    async fn run(mut self) -> io::Result<()> {
+        let settings = self.settings.clone();
+        let backoff_min = Duration::from_millis(settings.retry_ms_min.into());
+        let backoff_max = Duration::from_millis(settings.retry_ms_max.into());
+        let mut backoff = backoff_min;
+        let client = loop {
+            if self.stopped() {
+                return self.sink.finish();
+            }
+            match connect(&settings, "tickstock-gateway", &self.status).await {
+                Ok(client) => break client,
+                Err(why) => {
+                    self.status.set_down(why);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+            }
+        };
+        let context = async_nats::jetstream::new(client);
+        while !self.stopped() {
+            // (Re)opens the consumer: after a failure it goes on after the last `seq` handed
+            // on (by the stream's sequence of that message), else at the newest.
+            let stream = match context.get_stream(&settings.stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    self.status.set_down(format!("stream {}: {error}", settings.stream));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                    continue;
+                }
+            };
+            let deliver_policy = match self.stream_seq {
+                Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+                None => DeliverPolicy::New,
+            };
+            let config = OrderedConfig {
+                filter_subject: settings.subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            };
+            let messages = match stream.create_consumer(config).await {
+                Ok(consumer) => consumer.messages().await,
+                Err(error) => {
+                    self.status.set_down(format!("consumer: {error}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(error) => {
+                    self.status.set_down(format!("consumer: {error}"));
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            self.status.set_up();
+            backoff = backoff_min;
+            loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if self.stopped() {
+                            return self.sink.finish();
+                        }
+                        continue;
+                    }
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        if !self.status.is_up() {
+                            self.status.set_up();
+                        }
+                        self.handle(&message)?;
+                    }
+                    Some(Err(error)) => {
+                        // The ordered consumer resets itself on most errors; this one it
+                        // gave up on.
+                        self.status.set_down(format!("consumer: {error}"));
+                        break;
+                    }
+                    None => {
+                        self.status.set_down("consumer: the stream of messages ended".to_owned());
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+        }
+        self.sink.finish()
+    }
+
+    /// One message: rebuilt and handed to the sink, or counted as a gap's end, a duplicate
+    /// or a bad message.
+    fn handle(&mut self, message: &async_nats::jetstream::Message) -> io::Result<()> {
+        if let Ok(info) = message.info() {
+            self.stream_seq = Some(info.stream_sequence);
+        }
+        let status = &self.status;
+        let (first, last) = match decode_batch(&message.payload, &mut self.batch) {
+            Ok(range) => range,
+            Err(bad) => {
+                status.bad_messages.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject = %message.subject, why = bad.0, "nats: skipped a message that is not a batch");
+                return Ok(());
+            }
+        };
+        if let Some(sent) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SENT_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+        {
+            status.transit_ns.store(unix_ns().saturating_sub(sent), Ordering::Relaxed);
+        }
+        if let Some(next) = self.next_seq {
+            if last < next {
+                status.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if first > next {
+                status.gap_events.fetch_add(first - next, Ordering::Relaxed);
+                tracing::warn!(from = next, to = first - 1, "nats: the stream lacks these events");
+            }
+        }
+        self.next_seq = Some(last + 1);
+        self.sink.emit(&self.batch)?;
+        status.consumed_batches.fetch_add(1, Ordering::Relaxed);
+        status.consumed_events.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+        status.last_seq.store(last, Ordering::Relaxed);
+        Ok(())
+    }
+}

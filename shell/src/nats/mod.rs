@@ -1,0 +1,263 @@
+//! Scale-out over NATS JetStream (`docs/scale-out.md`): an ingest process (`serve --role
+//! ingest`) publishes every emitter cycle's [`FrameBatch`] to a JetStream stream
+//! ([`publisher`]); gateway processes (`--role gateway`) consume it and hand each batch to
+//! their server exactly as an emitter would ([`gateway`]), so a gateway's clients get the same
+//! bytes and the same `seq` as the ingest's.
+//!
+//! # The message
+//! One NATS message per batch, on `nats.subject`, with headers `Nats-Msg-Id` (the batch's
+//! first `seq`: JetStream stores a republished batch once), `Tickstock-Seq` (`first-last`) and
+//! `Tickstock-Sent-Ns` (the ingest's Unix time at publish, ns: where the ingest→gateway
+//! latency starts). The payload is the event count `n` (u32, little-endian), `n` times the
+//! frame's `recv_ns` (u64), then the batch's events as event log records
+//! ([`crate::server::event_log`]: `seq`, time, channel, ticker, filter fields, the JSON, and a
+//! CRC), so a gateway rebuilds the batch without parsing JSON and detects a damaged message.
+//!
+//! Nothing here runs on the engine, the emitter or an event loop: the NATS client runs on a
+//! small runtime of its own on the publisher's and the consumer's thread.
+
+pub mod gateway;
+pub mod publisher;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tickstock_engine::SymbolId;
+
+use crate::config::NatsSettings;
+use crate::emitter::{Frame, FrameBatch};
+use crate::server::event_log::{self, Decode};
+
+/// Header: the batch's `seq` range, `first-last`.
+pub const SEQ_HEADER: &str = "Tickstock-Seq";
+/// Header: the ingest's Unix time when it published the batch, ns.
+pub const SENT_HEADER: &str = "Tickstock-Sent-Ns";
+
+/// What the NATS side of this process is doing, for `/health` and `/metrics`. Written by
+/// the publisher's or the consumer's thread, read by the event loops.
+#[derive(Debug, Default)]
+pub struct NatsStatus {
+    up: AtomicBool,
+    last_failure: Mutex<Option<String>>,
+    /// Batches published and acknowledged by JetStream (the ingest).
+    pub published_batches: AtomicU64,
+    /// Their events.
+    pub published_events: AtomicU64,
+    /// Events dropped because the publisher's ring was full (the ingest; `nats.ring_bytes`).
+    pub dropped_events: AtomicU64,
+    /// Batches published again after a failure or a reconnect (JetStream stores each once).
+    pub republished_batches: AtomicU64,
+    /// Times the connection was lost.
+    pub disconnects: AtomicU64,
+    /// The last `seq` acknowledged (ingest) or handed to the server (gateway).
+    pub last_seq: AtomicU64,
+    /// Batches consumed (the gateway).
+    pub consumed_batches: AtomicU64,
+    /// Their events.
+    pub consumed_events: AtomicU64,
+    /// Events the stream lacked: `seq`s skipped between two consumed batches (the gateway).
+    pub gap_events: AtomicU64,
+    /// Batches received again and not handed on (the gateway).
+    pub duplicate_batches: AtomicU64,
+    /// Messages that were not a batch (damaged, or not TickStock's), skipped and counted.
+    pub bad_messages: AtomicU64,
+    /// The last batch's ingest→gateway time, ns (the gateway).
+    pub transit_ns: AtomicU64,
+}
+
+impl NatsStatus {
+    /// Connected and working.
+    pub fn set_up(&self) {
+        // Relaxed: a status flag, read for reports.
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    /// Away, and why.
+    pub fn set_down(&self, why: String) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(%why, "nats: away");
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Whether it is connected and working.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why it is not up (`None` when it is).
+    pub fn problem(&self) -> Option<String> {
+        if self.is_up() {
+            return None;
+        }
+        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(format!("nats down: {}", last.unwrap_or_else(|| "not connected yet".to_owned())))
+    }
+}
+
+/// The Unix time now, ns.
+pub fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Appends `batch` as a message payload (see the module's doc).
+pub fn encode_batch(out: &mut Vec<u8>, batch: &FrameBatch) {
+    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    for frame in batch.frames() {
+        out.extend_from_slice(&frame.recv_ns.to_le_bytes());
+    }
+    for frame in batch.frames() {
+        event_log::encode(out, batch, frame);
+    }
+}
+
+/// Why a payload is not a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadMessage(pub String);
+
+/// Rebuilds the batch of a payload into `into` (cleared first, as large as the ingest's:
+/// `pipeline.emitter_batch_bytes`); its first and last `seq`.
+pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64), BadMessage> {
+    let bad = |why: &str| BadMessage(why.to_owned());
+    let count = payload.get(..4).ok_or_else(|| bad("shorter than its count"))?;
+    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("count"))?) as usize;
+    let stamps_end = 4usize
+        .checked_add(count.checked_mul(8).ok_or_else(|| bad("count too large"))?)
+        .ok_or_else(|| bad("count too large"))?;
+    let stamps = payload.get(4..stamps_end).ok_or_else(|| bad("shorter than its count"))?;
+    let mut records = &payload[stamps_end..];
+    into.clear();
+    let (mut first, mut last) = (0, 0);
+    for (i, stamp) in stamps.chunks_exact(8).enumerate() {
+        let recv_ns = u64::from_le_bytes(stamp.try_into().map_err(|_| bad("stamp"))?);
+        let (record, len) = event_log::decode(records).map_err(|error| match error {
+            Decode::Short => bad("fewer events than its count"),
+            Decode::Corrupt => bad("a damaged event"),
+        })?;
+        if i > 0 && record.seq != last + 1 {
+            return Err(bad("its seqs are not consecutive"));
+        }
+        if !into.has_room_for(record.json.len()) {
+            return Err(bad("larger than pipeline.emitter_batch_bytes"));
+        }
+        let frame = Frame {
+            seq: record.seq,
+            // Routing is by ticker; the ingest's symbol ids are not needed here.
+            symbol: SymbolId(0),
+            ticker: record.ticker,
+            channel: record.channel,
+            price_raw: record.price_raw,
+            volume: record.volume,
+            strength: record.strength,
+            recv_ns,
+            t_ms: record.t_ms,
+            start: 0,
+            end: 0,
+        };
+        into.push_raw(frame, record.json);
+        if i == 0 {
+            first = record.seq;
+        }
+        last = record.seq;
+        records = &records[len..];
+    }
+    if !records.is_empty() {
+        return Err(bad("more events than its count"));
+    }
+    if count == 0 {
+        return Err(bad("no events"));
+    }
+    Ok((first, last))
+}
+
+/// Connect options from the settings: name, timeouts, credentials (a file, or
+/// `NATS_USER`/`NATS_PASSWORD`, or `NATS_TOKEN`), TLS when the URL is `tls://`.
+async fn connect(
+    settings: &NatsSettings,
+    name: &str,
+    status: &Arc<NatsStatus>,
+) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.into()))
+        .retry_on_initial_connect()
+        .require_tls(settings.url.starts_with("tls://"));
+    if let Some(path) = &settings.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|error| format!("nats.credentials_file {}: {error}", path.display()))?;
+    } else if let (Ok(user), Ok(password)) =
+        (std::env::var("NATS_USER"), std::env::var("NATS_PASSWORD"))
+    {
+        options = options.user_and_password(user, password);
+    } else if let Ok(token) = std::env::var("NATS_TOKEN") {
+        options = options.token(token);
+    }
+    let events = Arc::clone(status);
+    options = options.event_callback(move |event| {
+        let status = Arc::clone(&events);
+        async move {
+            match event {
+                async_nats::Event::Connected => status.set_up(),
+                async_nats::Event::Disconnected => status.set_down("disconnected".to_owned()),
+                other => tracing::info!(event = %other, "nats"),
+            }
+        }
+    });
+    options
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|error| format!("{}: {error}", settings.url))
+}
+
+/// The stream's configuration from the settings.
+fn stream_config(settings: &NatsSettings) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![settings.subject.clone()],
+        max_messages: settings.retain_messages.min(i64::MAX as u64) as i64,
+        max_bytes: settings.retain_bytes.min(i64::MAX as u64) as i64,
+        max_age: Duration::from_secs(settings.retain_secs),
+        duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::fanout::test_batch;
+    use tickstock_engine::Channel;
+
+    #[test]
+    fn a_batch_comes_back_as_it_was_sent_and_damage_is_caught() {
+        let batch = test_batch(41, &[(Channel::T, "AAPL", 1_000_000), (Channel::A, "MSFT", 2)]);
+        let mut payload = Vec::new();
+        encode_batch(&mut payload, &batch);
+        let mut back = FrameBatch::new(1 << 16);
+        assert_eq!(decode_batch(&payload, &mut back), Ok((41, 42)));
+        assert_eq!(back.len(), 2);
+        for (a, b) in batch.frames().iter().zip(back.frames()) {
+            assert_eq!(batch.json(a), back.json(b));
+            assert_eq!(
+                (a.seq, a.ticker, a.channel, a.recv_ns, a.t_ms),
+                (b.seq, b.ticker, b.channel, b.recv_ns, b.t_ms)
+            );
+            assert_eq!((a.price_raw, a.volume, a.strength), (b.price_raw, b.volume, b.strength));
+        }
+        for cut in [0, 3, 11, payload.len() - 1] {
+            assert!(decode_batch(&payload[..cut], &mut back).is_err(), "cut at {cut}");
+        }
+        let mut flipped = payload.clone();
+        let at = flipped.len() - 5;
+        flipped[at] ^= 1;
+        assert_eq!(decode_batch(&flipped, &mut back), Err(BadMessage("a damaged event".into())));
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode_batch(&longer, &mut back).is_err());
+        assert!(decode_batch(&u32::MAX.to_le_bytes(), &mut back).is_err());
+    }
+}

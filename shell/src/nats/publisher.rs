@@ -1,0 +1,327 @@
+//! The ingest's publisher: the emitter's [`NatsInlet`] encodes each batch into a byte ring;
+//! the publisher's thread takes them out in order and publishes each to JetStream, keeping
+//! at most `nats.in_flight_max` unacknowledged.
+//!
+//! # Overflow
+//! The ring holds `nats.ring_bytes`. A batch that does not fit is dropped whole, its events
+//! counted in `dropped_events` and its `seq` range logged; the emitter never waits for NATS
+//! (a gateway sees the hole as a `seq` gap and counts it). While NATS is away the ring keeps
+//! what fits, and what was published but not acknowledged is kept too and published again,
+//! in order, when NATS answers (JetStream stores a batch once: `Nats-Msg-Id` is its first
+//! `seq`, within `nats.duplicate_window_secs`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::{connect, encode_batch, stream_config, unix_ns, NatsStatus, SENT_HEADER, SEQ_HEADER};
+use crate::config::NatsSettings;
+use crate::emitter::FrameBatch;
+
+/// Ring header of one batch: payload length (u32), first and last `seq` (u64), events (u32).
+const HEADER: usize = 24;
+
+/// The emitter's end: batches into the publisher's ring.
+#[derive(Debug)]
+pub struct NatsInlet {
+    ring: rtrb::Producer<u8>,
+    notify: Arc<Notify>,
+    status: Arc<NatsStatus>,
+    scratch: Vec<u8>,
+    /// The first `seq` of a run of dropped batches, while one lasts.
+    gap_from: Option<u64>,
+}
+
+impl NatsInlet {
+    /// Publishes `batch`, or drops it whole (counted) when the ring has no room.
+    pub fn append(&mut self, batch: &FrameBatch) {
+        let (Some(first), Some(last)) = (batch.frames().first(), batch.frames().last()) else {
+            return;
+        };
+        let (first, last) = (first.seq, last.seq);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&[0; HEADER]);
+        encode_batch(&mut self.scratch, batch);
+        let payload = (self.scratch.len() - HEADER) as u32;
+        self.scratch[..4].copy_from_slice(&payload.to_le_bytes());
+        self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
+        self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
+        self.scratch[20..24].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+        match self.ring.write_chunk_uninit(self.scratch.len()) {
+            Ok(chunk) => {
+                chunk.fill_from_iter(self.scratch.iter().copied());
+                if let Some(from) = self.gap_from.take() {
+                    tracing::warn!(from, to = first - 1, "nats: the publisher's ring was full; these events were not published (nats.ring_bytes)");
+                }
+                self.notify.notify_one();
+            }
+            Err(_) => {
+                self.gap_from.get_or_insert(first);
+                self.status.dropped_events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let _ = last;
+            }
+        }
+    }
+}
+
+/// The publisher's thread.
+#[derive(Debug)]
+pub struct Publisher {
+    thread: Option<JoinHandle<()>>,
+    /// What it is doing.
+    pub status: Arc<NatsStatus>,
+}
+
+impl Publisher {
+    /// Starts the thread, reporting into `status`; NATS need not be up (it connects, and
+    /// reconnects, on its own).
+    pub fn start(
+        settings: &NatsSettings,
+        status: Arc<NatsStatus>,
+    ) -> io::Result<(Publisher, NatsInlet)> {
+        let (producer, consumer) = rtrb::RingBuffer::new(settings.ring_bytes as usize);
+        let notify = Arc::new(Notify::new());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let run = Run {
+            settings: settings.clone(),
+            ring: consumer,
+            notify: Arc::clone(&notify),
+            status: Arc::clone(&status),
+            pending: VecDeque::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tickstock-nats".to_owned())
+            .spawn(move || runtime.block_on(run.run()))?;
+        let inlet = NatsInlet {
+            ring: producer,
+            notify,
+            status: Arc::clone(&status),
+            scratch: Vec::new(),
+            gap_from: None,
+        };
+        Ok((Publisher { thread: Some(thread), status }, inlet))
+    }
+}
+
+impl Drop for Publisher {
+    /// Waits for the thread: it publishes what its ring holds once the inlet is gone (or
+    /// gives up on it, logged, if NATS does not answer).
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A batch taken out of the ring, until JetStream acknowledged it.
+struct Pending {
+    first: u64,
+    last: u64,
+    events: u64,
+    payload: Bytes,
+}
+
+struct Run {
+    settings: NatsSettings,
+    ring: rtrb::Consumer<u8>,
+    notify: Arc<Notify>,
+    status: Arc<NatsStatus>,
+    pending: VecDeque<Pending>,
+}
+
+impl Run {
+    /// Takes the next whole batch out of the ring.
+    fn take(&mut self) -> Option<Pending> {
+        let word = |bytes: &[u8], at: usize| {
+            u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
+        };
+        let available = self.ring.slots();
+        if available < HEADER {
+            return None;
+        }
+        let chunk = self.ring.read_chunk(HEADER).ok()?;
+        let (a, b) = chunk.as_slices();
+        let mut header = [0u8; HEADER];
+        header[..a.len()].copy_from_slice(a);
+        header[a.len()..].copy_from_slice(b);
+        drop(chunk);
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
+        let chunk = self.ring.read_chunk(HEADER + len).ok()?;
+        let (a, b) = chunk.as_slices();
+        let mut payload = Vec::with_capacity(len);
+        payload.extend_from_slice(a);
+        payload.extend_from_slice(b);
+        chunk.commit_all();
+        payload.drain(..HEADER);
+        let events = u32::from_le_bytes(header[20..24].try_into().unwrap_or_default()).into();
+        Some(Pending {
+            first: word(&header, 4),
+            last: word(&header, 12),
+            events,
+            payload: payload.into(),
+        })
+    }
+
+    async fn run(mut self) {
+        let settings = self.settings.clone();
+        let backoff_min = Duration::from_millis(settings.retry_ms_min.into());
+        let backoff_max = Duration::from_millis(settings.retry_ms_max.into());
+        let mut backoff = backoff_min;
+        let client = loop {
+            match connect(&settings, "tickstock-ingest", &self.status).await {
+                Ok(client) => break client,
+                Err(why) => {
+                    self.status.set_down(why);
+                    if self.ring.is_abandoned() {
+                        self.give_up();
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+            }
+        };
+        let context = async_nats::jetstream::new(client);
+        let ack_timeout = Duration::from_millis(settings.ack_timeout_ms.into());
+        let in_flight_max = settings.in_flight_max as usize;
+        let mut stream_ready = false;
+        let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
+        // Failures in a row since the last acknowledgement (the inlet gone: give up at 3).
+        let mut failures = 0u32;
+        loop {
+            if !stream_ready {
+                match ensure_stream(&context, &settings).await {
+                    Ok(()) => {
+                        stream_ready = true;
+                        self.status.set_up();
+                        backoff = backoff_min;
+                    }
+                    Err(why) => {
+                        self.status.set_down(why);
+                        if self.ring.is_abandoned() {
+                            self.give_up();
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(backoff_max);
+                        continue;
+                    }
+                }
+            }
+            while self.pending.len() < in_flight_max {
+                let Some(batch) = self.take() else { break };
+                self.pending.push_back(batch);
+            }
+            let mut failed = None;
+            while acks.len() < self.pending.len() {
+                let batch = &self.pending[acks.len()];
+                let message = PublishMessage::build()
+                    .payload(batch.payload.clone())
+                    .message_id(batch.first.to_string())
+                    .header(SEQ_HEADER, format!("{}-{}", batch.first, batch.last).as_str())
+                    .header(SENT_HEADER, unix_ns().to_string().as_str());
+                match context.send_publish(settings.subject.clone(), message).await {
+                    Ok(ack) => acks.push_back(ack),
+                    Err(error) => {
+                        failed = Some(format!("publish: {error}"));
+                        break;
+                    }
+                }
+            }
+            if failed.is_none() {
+                if let Some(ack) = acks.pop_front() {
+                    match tokio::time::timeout(ack_timeout, ack).await {
+                        Ok(Ok(_)) => {
+                            let batch = self
+                                .pending
+                                .pop_front()
+                                .expect("Invariant: an ack per pending batch");
+                            let s = &self.status;
+                            s.published_batches.fetch_add(1, Ordering::Relaxed);
+                            s.published_events.fetch_add(batch.events, Ordering::Relaxed);
+                            s.last_seq.store(batch.last, Ordering::Relaxed);
+                            if !s.is_up() {
+                                s.set_up();
+                            }
+                            failures = 0;
+                            backoff = backoff_min;
+                            continue;
+                        }
+                        Ok(Err(error)) => {
+                            failed = Some(format!("publish not acknowledged: {error}"))
+                        }
+                        Err(_) => {
+                            failed = Some(format!(
+                                "no acknowledgement in {} ms",
+                                settings.ack_timeout_ms
+                            ))
+                        }
+                    }
+                }
+            }
+            if let Some(why) = failed {
+                // Everything not acknowledged goes again, in order, once NATS answers.
+                let again = self.pending.len() as u64;
+                self.status.republished_batches.fetch_add(again, Ordering::Relaxed);
+                acks.clear();
+                self.status.set_down(why);
+                failures += 1;
+                if self.ring.is_abandoned() && failures >= 3 {
+                    self.give_up();
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(backoff_max);
+                // The stream may be new (a server restarted without its store).
+                stream_ready = false;
+                continue;
+            }
+            if self.pending.is_empty() && self.ring.is_abandoned() && self.ring.is_empty() {
+                return; // everything published
+            }
+            tokio::select! {
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// The inlet is gone and NATS does not answer: what is left is lost, and said.
+    fn give_up(&mut self) {
+        let mut events: u64 = self.pending.iter().map(|p| p.events).sum();
+        let from = self.pending.front().map(|p| p.first);
+        while let Some(batch) = self.take() {
+            events += batch.events;
+        }
+        if events > 0 {
+            tracing::error!(
+                events,
+                from,
+                "nats: stopping with events not published (NATS does not answer)"
+            );
+        }
+    }
+}
+
+/// Creates the stream, or brings its limits to the settings'.
+async fn ensure_stream(
+    context: &async_nats::jetstream::Context,
+    settings: &NatsSettings,
+) -> Result<(), String> {
+    let config = stream_config(settings);
+    match context.update_stream(&config).await {
+        Ok(_) => Ok(()),
+        Err(update) => match context.create_stream(config).await {
+            Ok(_) => Ok(()),
+            Err(create) => Err(format!("stream {}: {create} (update: {update})", settings.stream)),
+        },
+    }
+}
