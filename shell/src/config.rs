@@ -92,6 +92,9 @@ pub struct NatsSettings {
     /// The emitter → publisher ring, in bytes: what is kept while NATS is away.
     /// Default: 64 MiB (about 250,000 events).
     pub ring_bytes: u32,
+    /// A message's payload at most: a larger batch goes in several messages. It must not
+    /// exceed the NATS server's `max_payload` (1 MiB unless configured). Default: 1,000,000.
+    pub message_bytes_max: u32,
     /// Batches published and not yet acknowledged, at most. Default: 256.
     pub in_flight_max: u32,
     /// A publish not acknowledged in this time counts NATS as away. Default: 2,000 ms.
@@ -117,6 +120,7 @@ impl Default for NatsSettings {
             retain_secs: 86_400,
             duplicate_window_secs: 120,
             ring_bytes: 64 << 20,
+            message_bytes_max: 1_000_000,
             in_flight_max: 256,
             ack_timeout_ms: 2_000,
             connect_timeout_ms: 5_000,
@@ -1049,6 +1053,7 @@ impl Settings {
         within("nats.retain_secs", n.retain_secs, 1, 365 * 86_400)?;
         within("nats.duplicate_window_secs", n.duplicate_window_secs, 1, n.retain_secs)?;
         within("nats.ring_bytes", n.ring_bytes.into(), 1 << 16, 1 << 31)?;
+        within("nats.message_bytes_max", n.message_bytes_max.into(), 4_096, 64 << 20)?;
         within("nats.in_flight_max", n.in_flight_max.into(), 1, 65_536)?;
         within("nats.ack_timeout_ms", n.ack_timeout_ms.into(), 1, 600_000)?;
         within("nats.connect_timeout_ms", n.connect_timeout_ms.into(), 1, 600_000)?;

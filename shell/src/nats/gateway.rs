@@ -144,12 +144,19 @@ impl Run {
             };
             self.status.set_up();
             backoff = backoff_min;
+            // A reconnect (a NATS server restarted, say) may leave the consumer behind on
+            // the server: it is opened again at once, not after its missed heartbeats.
+            // (At least the first connect: its event may come after the consumer opened.)
+            let connects = self.status.connects.load(Ordering::Relaxed).max(1);
             loop {
                 let next = tokio::select! {
                     next = messages.next() => next,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {
                         if self.stopped() {
                             return self.sink.finish();
+                        }
+                        if self.status.connects.load(Ordering::Relaxed) != connects {
+                            break;
                         }
                         continue;
                     }

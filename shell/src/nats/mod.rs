@@ -50,6 +50,8 @@ pub struct NatsStatus {
     pub republished_batches: AtomicU64,
     /// Times the connection was lost.
     pub disconnects: AtomicU64,
+    /// Times it connected (the first time and each reconnect).
+    pub connects: AtomicU64,
     /// The last `seq` acknowledged (ingest) or handed to the server (gateway).
     pub last_seq: AtomicU64,
     /// Batches consumed (the gateway).
@@ -102,15 +104,41 @@ pub fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Appends `batch` as a message payload (see the module's doc).
-pub fn encode_batch(out: &mut Vec<u8>, batch: &FrameBatch) {
-    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
-    for frame in batch.frames() {
+/// Appends `frames` (consecutive frames of `batch`) as a message payload (see the module's
+/// doc).
+pub fn encode_frames(out: &mut Vec<u8>, batch: &FrameBatch, frames: &[Frame]) {
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    for frame in frames {
         out.extend_from_slice(&frame.recv_ns.to_le_bytes());
     }
-    for frame in batch.frames() {
+    for frame in frames {
         event_log::encode(out, batch, frame);
     }
+}
+
+/// Splits `batch` into runs of frames whose payloads take at most `payload_max` bytes each
+/// (a frame larger than that alone is a run of its own): the ranges of frame indexes.
+pub fn split(batch: &FrameBatch, payload_max: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let frames = batch.frames();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= frames.len() {
+            return None;
+        }
+        let mut bytes = 4;
+        let mut end = start;
+        while end < frames.len() {
+            let size = 8 + event_log::record_len(batch, &frames[end]);
+            if end > start && bytes + size > payload_max {
+                break;
+            }
+            bytes += size;
+            end += 1;
+        }
+        let run = (start, end);
+        start = end;
+        Some(run)
+    })
 }
 
 /// Why a payload is not a batch.
@@ -201,7 +229,10 @@ async fn connect(
         let status = Arc::clone(&events);
         async move {
             match event {
-                async_nats::Event::Connected => status.set_up(),
+                async_nats::Event::Connected => {
+                    status.connects.fetch_add(1, Ordering::Relaxed);
+                    status.set_up();
+                }
                 async_nats::Event::Disconnected => status.set_down("disconnected".to_owned()),
                 other => tracing::info!(event = %other, "nats"),
             }
@@ -233,10 +264,30 @@ mod tests {
     use tickstock_engine::Channel;
 
     #[test]
+    fn a_batch_is_split_into_messages_no_larger_than_asked() {
+        let trades = vec![(Channel::T, "AAPL", 1_000_000); 100];
+        let batch = test_batch(1, &trades);
+        let one = 8 + event_log::record_len(&batch, &batch.frames()[0]);
+        let runs: Vec<_> = split(&batch, 4 + one * 30).collect();
+        assert_eq!(runs, [(0, 30), (30, 60), (60, 90), (90, 100)]);
+        assert_eq!(split(&batch, 10).count(), 100, "one frame a message at the least");
+        let mut seqs = Vec::new();
+        for (start, end) in runs {
+            let mut payload = Vec::new();
+            encode_frames(&mut payload, &batch, &batch.frames()[start..end]);
+            assert!(payload.len() <= 4 + one * 30);
+            let mut back = FrameBatch::new(1 << 16);
+            let (first, last) = decode_batch(&payload, &mut back).unwrap();
+            seqs.extend(first..=last);
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    }
+
+    #[test]
     fn a_batch_comes_back_as_it_was_sent_and_damage_is_caught() {
         let batch = test_batch(41, &[(Channel::T, "AAPL", 1_000_000), (Channel::A, "MSFT", 2)]);
         let mut payload = Vec::new();
-        encode_batch(&mut payload, &batch);
+        encode_frames(&mut payload, &batch, batch.frames());
         let mut back = FrameBatch::new(1 << 16);
         assert_eq!(decode_batch(&payload, &mut back), Ok((41, 42)));
         assert_eq!(back.len(), 2);

@@ -22,7 +22,9 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{connect, encode_batch, stream_config, unix_ns, NatsStatus, SENT_HEADER, SEQ_HEADER};
+use super::{
+    connect, encode_frames, split, stream_config, unix_ns, NatsStatus, SENT_HEADER, SEQ_HEADER,
+};
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
 
@@ -36,38 +38,44 @@ pub struct NatsInlet {
     notify: Arc<Notify>,
     status: Arc<NatsStatus>,
     scratch: Vec<u8>,
+    /// A message's payload at most (`nats.message_bytes_max`).
+    message_bytes_max: usize,
     /// The first `seq` of a run of dropped batches, while one lasts.
     gap_from: Option<u64>,
 }
 
 impl NatsInlet {
-    /// Publishes `batch`, or drops it whole (counted) when the ring has no room.
+    /// Publishes `batch`, in messages of at most `nats.message_bytes_max`, or drops a
+    /// message (counted) when the ring has no room for it.
     pub fn append(&mut self, batch: &FrameBatch) {
-        let (Some(first), Some(last)) = (batch.frames().first(), batch.frames().last()) else {
-            return;
-        };
-        let (first, last) = (first.seq, last.seq);
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&[0; HEADER]);
-        encode_batch(&mut self.scratch, batch);
-        let payload = (self.scratch.len() - HEADER) as u32;
-        self.scratch[..4].copy_from_slice(&payload.to_le_bytes());
-        self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
-        self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
-        self.scratch[20..24].copy_from_slice(&(batch.len() as u32).to_le_bytes());
-        match self.ring.write_chunk_uninit(self.scratch.len()) {
-            Ok(chunk) => {
-                chunk.fill_from_iter(self.scratch.iter().copied());
-                if let Some(from) = self.gap_from.take() {
-                    tracing::warn!(from, to = first - 1, "nats: the publisher's ring was full; these events were not published (nats.ring_bytes)");
+        let mut published = false;
+        for (start, end) in split(batch, self.message_bytes_max) {
+            let frames = &batch.frames()[start..end];
+            let (first, last) = (frames[0].seq, frames[frames.len() - 1].seq);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&[0; HEADER]);
+            encode_frames(&mut self.scratch, batch, frames);
+            let payload = (self.scratch.len() - HEADER) as u32;
+            self.scratch[..4].copy_from_slice(&payload.to_le_bytes());
+            self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
+            self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
+            self.scratch[20..24].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+            match self.ring.write_chunk_uninit(self.scratch.len()) {
+                Ok(chunk) => {
+                    chunk.fill_from_iter(self.scratch.iter().copied());
+                    if let Some(from) = self.gap_from.take() {
+                        tracing::warn!(from, to = first - 1, "nats: the publisher's ring was full; these events were not published (nats.ring_bytes)");
+                    }
+                    published = true;
                 }
-                self.notify.notify_one();
+                Err(_) => {
+                    self.gap_from.get_or_insert(first);
+                    self.status.dropped_events.fetch_add(frames.len() as u64, Ordering::Relaxed);
+                }
             }
-            Err(_) => {
-                self.gap_from.get_or_insert(first);
-                self.status.dropped_events.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let _ = last;
-            }
+        }
+        if published {
+            self.notify.notify_one();
         }
     }
 }
@@ -105,6 +113,7 @@ impl Publisher {
             notify,
             status: Arc::clone(&status),
             scratch: Vec::new(),
+            message_bytes_max: settings.message_bytes_max as usize,
             gap_from: None,
         };
         Ok((Publisher { thread: Some(thread), status }, inlet))

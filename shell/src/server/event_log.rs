@@ -109,6 +109,11 @@ pub enum Decode {
     Corrupt,
 }
 
+/// The length of `frame`'s record.
+pub(crate) fn record_len(batch: &FrameBatch, frame: &crate::emitter::Frame) -> usize {
+    FIXED + frame.ticker.as_str().len() + batch.json(frame).len()
+}
+
 /// Appends `frame`'s record to `out`.
 pub(crate) fn encode(out: &mut Vec<u8>, batch: &FrameBatch, frame: &crate::emitter::Frame) {
     let json = batch.json(frame);

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod nats;
 pub mod postgres;
 pub mod process;
 

@@ -1,0 +1,204 @@
+//! Scale-out over NATS JetStream against a real `nats-server` (a private one per test,
+//! `common/nats.rs`) and the real binary as separate processes: one ingest, gateways, and
+//! clients on them (issue 17's failure behaviour).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::nats::Nats;
+use common::process::{finish, http, serving, signal, Log};
+
+type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+type Events = BTreeMap<u64, serde_json::Value>;
+
+/// Every channel: a client on all of them receives every `seq`.
+const EVERY_CHANNEL: &str = "T.*,A.*,AM.*,HL.*,TR.*,SV.*,FMV.*,ACT.*";
+
+/// A configuration file in `dir` for one process on `nats`.
+fn config(dir: &Path, name: &str, nats: &Nats) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let body = format!(
+        "[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{}\"\nack_timeout_ms = 500\n\
+         retry_ms_max = 500\n",
+        nats.url()
+    );
+    fs::write(&path, body).unwrap();
+    path
+}
+
+/// A process of `role`: the child, its address, its log.
+fn start(config: &Path, role: &str) -> (Child, String, Log) {
+    serving(config, &["--role", role])
+}
+
+/// Connects to `addr`, authenticates and subscribes to every channel, then sends `then`.
+fn client(addr: &str, then: Option<String>) -> Ws {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/stocks"), stream).unwrap();
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    ws.send(r#"{"action":"auth","params":"any"}"#.into()).unwrap();
+    let subscribe = format!(r#"{{"action":"subscribe","params":"{EVERY_CHANNEL}"}}"#);
+    ws.send(subscribe.into()).unwrap();
+    if let Some(message) = then {
+        ws.send(message.into()).unwrap();
+    }
+    ws
+}
+
+/// Reads `ws` for `secs` on a thread of its own: every event by `seq` (a repeated `seq` is a
+/// failure), and the statuses.
+fn read_for(
+    mut ws: Ws,
+    secs: f64,
+) -> std::thread::JoinHandle<(Events, Vec<serde_json::Value>, Ws)> {
+    std::thread::spawn(move || {
+        let (mut events, mut statuses) = (Events::new(), Vec::new());
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let items: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+                    for item in items {
+                        if item["ev"] == "status" {
+                            statuses.push(item);
+                        } else {
+                            let seq = item["seq"].as_u64().unwrap();
+                            assert!(events.insert(seq, item).is_none(), "seq {seq} came twice");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(error) => panic!("the connection failed: {error} (statuses {statuses:?})"),
+            }
+        }
+        (events, statuses, ws)
+    })
+}
+
+/// Every `seq` from the first to the last is there.
+fn assert_no_gap(events: &Events, what: &str) {
+    let (first, last) = (*events.keys().next().unwrap(), *events.keys().last().unwrap());
+    assert_eq!(events.len() as u64, last - first + 1, "{what}: seqs {first}..={last} have a gap");
+}
+
+/// Waits until `/health` of `addr` answers 200 with the NATS side up.
+fn wait_up(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = http(addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if health.starts_with("HTTP/1.1 200") && health.contains(r#""state":"up""#) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} did not come up: {health}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(addr: &str, name: &str) -> u64 {
+    let body = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics of {addr}"))
+}
+
+#[test]
+fn two_gateways_send_the_ingests_events_and_a_killed_gateways_client_resumes_on_the_other() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, ingest_addr, _ingest_log) = start(&config(dir.path(), "ingest", &nats), "ingest");
+    wait_up(&ingest_addr);
+    let (gateway_a, a, _a_log) = start(&config(dir.path(), "a", &nats), "gateway");
+    let (gateway_b, b, _b_log) = start(&config(dir.path(), "b", &nats), "gateway");
+    wait_up(&a);
+    wait_up(&b);
+
+    // The same events, with the same seq and the same bytes, on the ingest and both gateways.
+    let on_ingest = read_for(client(&ingest_addr, None), 3.0);
+    let on_a = read_for(client(&a, None), 3.0);
+    let on_b = read_for(client(&b, None), 6.0);
+    let (ingest_events, _, _) = on_ingest.join().unwrap();
+    let (a_events, _, ws_a) = on_a.join().unwrap();
+    assert!(a_events.len() > 1_000, "the gateway streamed ({} events)", a_events.len());
+    assert_no_gap(&a_events, "gateway a");
+    let mut same = 0;
+    for (seq, event) in &a_events {
+        if let Some(there) = ingest_events.get(seq) {
+            assert_eq!(there, event, "seq {seq} differs between the ingest and a gateway");
+            same += 1;
+        }
+    }
+    assert!(same > 1_000, "the ingest's and the gateway's streams overlap ({same} events)");
+
+    // kill -9 gateway a: its client goes to b and resumes after the last seq it had.
+    drop(ws_a);
+    signal(&gateway_a, "KILL");
+    let _ = finish(gateway_a);
+    let last = *a_events.keys().last().unwrap();
+    let resume = format!(r#"{{"action":"resume","params":{{"from_seq":{}}}}}"#, last + 1);
+    let (resumed, statuses, _) = read_for(client(&b, Some(resume)), 2.0).join().unwrap();
+    let (b_events, _, _) = on_b.join().unwrap();
+    assert!(
+        statuses.iter().any(|s| s["status"] == "resumed" && s["from_seq"] == last + 1),
+        "the resume was honoured: {statuses:?}"
+    );
+    assert_eq!(*resumed.keys().next().unwrap(), last + 1, "it goes on right after {last}");
+    assert_no_gap(&resumed, "the resumed client");
+    assert_no_gap(&b_events, "gateway b");
+    for (seq, event) in &resumed {
+        if let Some(there) = b_events.get(seq).or_else(|| a_events.get(seq)) {
+            assert_eq!(there, event, "seq {seq} differs between the gateways");
+        }
+    }
+    for (seq, event) in &a_events {
+        if let Some(there) = b_events.get(seq) {
+            assert_eq!(there, event, "seq {seq} differs between the gateways");
+        }
+    }
+    for child in [ingest, gateway_b] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+}
+
+#[test]
+fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, ingest_addr, _ingest_log) = start(&config(dir.path(), "ingest", &nats), "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let reading = read_for(client(&addr, None), 7.0);
+    sleep(Duration::from_millis(1_500));
+    nats.restart();
+    // The gateway says so while NATS is away (or is up again already).
+    let health = http(&addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        health.starts_with("HTTP/1.1 503") && health.contains("nats down")
+            || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let (events, statuses, _) = reading.join().unwrap();
+    assert!(events.len() > 5_000, "it streamed ({} events), {statuses:?}", events.len());
+    assert_no_gap(&events, "across the restart");
+    wait_up(&addr);
+    assert_eq!(metric(&ingest_addr, "tickstock_nats_dropped_events_total"), 0);
+    assert_eq!(metric(&ingest_addr, "tickstock_feed_ring_full_waits_total"), 0, "engine stalled");
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    assert!(metric(&addr, "tickstock_nats_disconnects_total") >= 1, "the restart was seen");
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+    drop(nats);
+}
