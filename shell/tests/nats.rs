@@ -202,3 +202,37 @@ fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
     }
     drop(nats);
 }
+
+#[test]
+fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest_config = config(dir.path(), "ingest", &nats);
+    let journal = dir.path().join("journal");
+    let journal = journal.to_str().unwrap();
+    let ingest_args = ["--role", "ingest", "--journal", journal];
+    let (ingest, ingest_addr, _log) = serving(&ingest_config, &ingest_args);
+    wait_up(&ingest_addr);
+    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let reading = read_for(client(&addr, None), 8.0);
+    sleep(Duration::from_millis(2_000));
+    let published = metric(&ingest_addr, "tickstock_nats_last_seq");
+    signal(&ingest, "KILL");
+    let _ = finish(ingest);
+    // The restart replays the journal (the engine's state and seq go on), publishes what
+    // the stream lacks of it, and goes live.
+    let (ingest, ingest_addr, log) = serving(&ingest_config, &ingest_args);
+    let (events, statuses, _) = reading.join().unwrap();
+    let last = *events.keys().last().unwrap();
+    assert!(last > published + 2_000, "the restarted ingest streamed: {last}, {statuses:?}");
+    assert_no_gap(&events, "across the ingest's restart");
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+    let log: Vec<String> = log.collect();
+    assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("the stream holds events up to here")), "{log:?}");
+}

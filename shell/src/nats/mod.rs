@@ -244,6 +244,41 @@ async fn connect(
         .map_err(|error| format!("{}: {error}", settings.url))
 }
 
+/// The last `seq` the stream holds (0: it holds none, or does not exist yet), from the
+/// `Tickstock-Seq` header of its last message.
+async fn stream_last_seq(
+    context: &async_nats::jetstream::Context,
+    settings: &NatsSettings,
+) -> Result<u64, String> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    let stream = match context.get_stream(&settings.stream).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            return match error.kind() {
+                GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(0)
+                }
+                _ => Err(format!("stream {}: {error}", settings.stream)),
+            }
+        }
+    };
+    match stream.get_last_raw_message_by_subject(&settings.subject).await {
+        Ok(message) => message
+            .headers
+            .get(SEQ_HEADER)
+            .and_then(|range| range.as_str().split_once('-')?.1.parse().ok())
+            .ok_or_else(|| format!("the stream's last message has no {SEQ_HEADER} header")),
+        Err(error) => match error.kind() {
+            LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            _ => Err(format!("stream {}: {error}", settings.stream)),
+        },
+    }
+}
+
 /// The stream's configuration from the settings.
 fn stream_config(settings: &NatsSettings) -> async_nats::jetstream::stream::Config {
     async_nats::jetstream::stream::Config {

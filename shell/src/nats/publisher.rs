@@ -23,7 +23,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    connect, encode_frames, split, stream_config, unix_ns, NatsStatus, SENT_HEADER, SEQ_HEADER,
+    connect, encode_frames, split, stream_config, stream_last_seq, unix_ns, NatsStatus,
+    SENT_HEADER, SEQ_HEADER,
 };
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
@@ -40,16 +41,42 @@ pub struct NatsInlet {
     scratch: Vec<u8>,
     /// A message's payload at most (`nats.message_bytes_max`).
     message_bytes_max: usize,
+    /// Events up to this `seq` are in the stream already (see `published_through`).
+    skip_through: u64,
+    /// How long `append_waiting` waits for room (`nats.ack_timeout_ms`).
+    wait_max: Duration,
     /// The first `seq` of a run of dropped batches, while one lasts.
     gap_from: Option<u64>,
 }
 
 impl NatsInlet {
-    /// Publishes `batch`, in messages of at most `nats.message_bytes_max`, or drops a
-    /// message (counted) when the ring has no room for it.
+    /// The last `seq` the stream held when the ingest started (`u64::MAX` when NATS did not
+    /// answer then): the events up to it are not published again.
+    pub fn published_through(&self) -> u64 {
+        self.skip_through
+    }
+
+    /// Publishes `batch` (its events after [`NatsInlet::published_through`]), in messages of
+    /// at most `nats.message_bytes_max`, or drops a message (counted) when the ring has no
+    /// room for it.
     pub fn append(&mut self, batch: &FrameBatch) {
+        self.append_within(batch, None);
+    }
+
+    /// As [`NatsInlet::append`], waiting up to `nats.ack_timeout_ms` a message for room: a
+    /// warm restart's replayed events, which no client waits for, that the stream lacks.
+    pub fn append_waiting(&mut self, batch: &FrameBatch) {
+        self.append_within(batch, Some(self.wait_max));
+    }
+
+    fn append_within(&mut self, batch: &FrameBatch, wait: Option<Duration>) {
         let mut published = false;
+        let skip = batch.frames().partition_point(|frame| frame.seq <= self.skip_through);
         for (start, end) in split(batch, self.message_bytes_max) {
+            let (start, end) = (start.max(skip), end);
+            if start >= end {
+                continue;
+            }
             let frames = &batch.frames()[start..end];
             let (first, last) = (frames[0].seq, frames[frames.len() - 1].seq);
             self.scratch.clear();
@@ -60,6 +87,14 @@ impl NatsInlet {
             self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
             self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
             self.scratch[20..24].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+            if let Some(wait) = wait {
+                let deadline = std::time::Instant::now() + wait;
+                while self.ring.slots() < self.scratch.len() && std::time::Instant::now() < deadline
+                {
+                    self.notify.notify_one();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
             match self.ring.write_chunk_uninit(self.scratch.len()) {
                 Ok(chunk) => {
                     chunk.fill_from_iter(self.scratch.iter().copied());
@@ -98,6 +133,25 @@ impl Publisher {
         let (producer, consumer) = rtrb::RingBuffer::new(settings.ring_bytes as usize);
         let notify = Arc::new(Notify::new());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // What the stream has already (a restart): those events are not published again.
+        let wait = Duration::from_millis(settings.connect_timeout_ms.into());
+        let asked = runtime.block_on(async {
+            let client = connect(settings, "tickstock-ingest-start", &Arc::default()).await?;
+            let context = async_nats::jetstream::new(client);
+            tokio::time::timeout(wait, stream_last_seq(&context, settings))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer in {} ms", settings.connect_timeout_ms)))
+        });
+        let skip_through = match asked {
+            Ok(seq) => {
+                tracing::info!(stream = %settings.stream, last_seq = seq, "nats: the stream holds events up to here");
+                seq
+            }
+            Err(why) => {
+                tracing::warn!(%why, "nats: cannot ask the stream what it holds; a warm restart's replayed events are not published (gateways will count any gap)");
+                u64::MAX
+            }
+        };
         let run = Run {
             settings: settings.clone(),
             ring: consumer,
@@ -114,6 +168,8 @@ impl Publisher {
             status: Arc::clone(&status),
             scratch: Vec::new(),
             message_bytes_max: settings.message_bytes_max as usize,
+            skip_through,
+            wait_max: Duration::from_millis(settings.ack_timeout_ms.into()),
             gap_from: None,
         };
         Ok((Publisher { thread: Some(thread), status }, inlet))

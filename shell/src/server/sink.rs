@@ -160,12 +160,19 @@ impl FrameSink for ServerSink {
     }
 
     fn record_after(&self) -> u64 {
-        self.event_log.as_ref().map_or(u64::MAX, EventLogInlet::recovered_seq)
+        let log = self.event_log.as_ref().map_or(u64::MAX, EventLogInlet::recovered_seq);
+        let nats = self.nats.as_ref().map_or(u64::MAX, NatsInlet::published_through);
+        log.min(nats)
     }
 
     fn record(&mut self, batch: &FrameBatch) -> io::Result<()> {
+        // Each keeps what it lacks: the log's writer skips the `seq`s it has, the publisher
+        // those the stream had at start.
         if let Some(log) = self.event_log.as_mut() {
             log.append_waiting(batch);
+        }
+        if let Some(nats) = self.nats.as_mut() {
+            nats.append_waiting(batch);
         }
         Ok(())
     }
