@@ -236,3 +236,63 @@ fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
     assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("the stream holds events up to here")), "{log:?}");
 }
+
+#[test]
+fn a_late_gateway_fills_its_event_log_from_the_stream_and_a_client_resumes_on_it_from_the_start() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, ingest_addr, _log) = start(&config(dir.path(), "ingest", &nats), "ingest");
+    wait_up(&ingest_addr);
+    sleep(Duration::from_millis(3_000));
+    // A gateway that starts 3 s late, with an event log and a small memory history.
+    let gateway_config = config(dir.path(), "gateway", &nats);
+    let mut body = fs::read_to_string(&gateway_config).unwrap();
+    body.push_str(&format!(
+        "\n[server]\nevent_log_dir = \"{}\"\nhistory_max_events = 1000\n",
+        dir.path().join("events").display()
+    ));
+    fs::write(&gateway_config, body).unwrap();
+    let (gateway, addr, log) = start(&gateway_config, "gateway");
+    wait_up(&addr);
+    let resume = r#"{"action":"resume","params":{"from_seq":1}}"#.to_owned();
+    let (events, statuses, _) = read_for(client(&addr, Some(resume)), 3.0).join().unwrap();
+    let resumed: Vec<_> = statuses.iter().filter(|s| s["status"] == "resumed").collect();
+    assert_eq!(resumed.len(), 1, "{statuses:?}");
+    assert_eq!(resumed[0]["from_seq"], 1);
+    assert_eq!(*events.keys().next().unwrap(), 1, "from the ingest's first event");
+    assert!(resumed[0]["to_seq"].as_u64().unwrap() > 5_000, "{resumed:?}: from the log");
+    assert_no_gap(&events, "the resume from the log, then live");
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+    let log: Vec<String> = log.collect();
+    assert!(log.iter().any(|l| l.contains("filling the event log from the stream")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("the event log has what the stream held")), "{log:?}");
+}
+
+#[test]
+fn a_gateway_without_a_log_that_started_late_refuses_an_older_resume_with_its_oldest_seq() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, ingest_addr, _log) = start(&config(dir.path(), "ingest", &nats), "ingest");
+    wait_up(&ingest_addr);
+    sleep(Duration::from_millis(1_500));
+    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    sleep(Duration::from_millis(500));
+    let health = http(&addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let body: serde_json::Value =
+        serde_json::from_str(health.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let first = body["nats"]["first_seq"].as_u64().expect("/health says where it began");
+    assert!(first > 1_000, "it began at the newest, not at 1: {body}");
+    let resume = r#"{"action":"resume","params":{"from_seq":1}}"#.to_owned();
+    let (_, statuses, _) = read_for(client(&addr, Some(resume)), 1.0).join().unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|s| s["status"] == "resume_failed").collect();
+    assert_eq!(failed.len(), 1, "{statuses:?}");
+    assert_eq!(failed[0]["oldest_seq"].as_u64(), Some(first), "{failed:?}");
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+}

@@ -2,7 +2,13 @@
 //! recreates itself after a reconnect and goes on from the last message it delivered), each
 //! message rebuilt into a [`FrameBatch`] and handed to the server's sink exactly as the
 //! emitter of `--role all` hands its batches, so the gateway's clients get the same bytes and
-//! the same `seq`. It starts at the stream's newest message.
+//! the same `seq`.
+//!
+//! Without an event log it starts at the stream's newest message: a `resume` older than its
+//! memory history gets `resume_failed` with the oldest `seq` it has. With one
+//! (`server.event_log_dir`) it first fills the log from the stream, from where the log ends
+//! (or the stream's first message), refusing clients meanwhile (`/health`: `warming`), then
+//! serves: a client may resume on it from anything the stream or its log holds.
 //!
 //! A message whose first `seq` is not the one after the last handed on is a gap (counted in
 //! `gap_events`, logged with its range) or, when its events were handed on already, a
@@ -21,6 +27,7 @@ use futures_util::StreamExt;
 use super::{connect, decode_batch, unix_ns, NatsStatus, SENT_HEADER};
 use crate::config::NatsSettings;
 use crate::emitter::{FrameBatch, FrameSink};
+use crate::tracer::Counters;
 
 /// The consumer's thread.
 #[derive(Debug)]
@@ -40,6 +47,7 @@ impl Gateway {
         sink: Box<dyn FrameSink>,
         stop: Arc<AtomicBool>,
         status: Arc<NatsStatus>,
+        counters: Arc<Counters>,
     ) -> io::Result<Gateway> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let run = Run {
@@ -49,6 +57,8 @@ impl Gateway {
             batch: FrameBatch::new(batch_bytes),
             next_seq: None,
             stream_seq: None,
+            backfilling: false,
+            counters,
             stop,
         };
         let thread = std::thread::Builder::new()
@@ -76,6 +86,10 @@ struct Run {
     next_seq: Option<u64>,
     /// The stream's sequence of the last message taken (none before the first).
     stream_seq: Option<u64>,
+    /// Filling the event log from the stream: messages go to the log only, until the
+    /// newest; `counters.warming` is raised meanwhile.
+    backfilling: bool,
+    counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 }
 
@@ -104,6 +118,36 @@ impl Run {
             }
         };
         let context = async_nats::jetstream::new(client);
+        let log_through = self.sink.record_after();
+        if log_through != u64::MAX {
+            // An event log: it gets what the stream holds after what it has, first.
+            loop {
+                if self.stopped() {
+                    return self.sink.finish();
+                }
+                match backfill_start(&context, &settings, log_through).await {
+                    Ok((start, last)) => {
+                        self.stream_seq = start.checked_sub(1);
+                        self.backfilling = start <= last;
+                        tracing::info!(
+                            log_through,
+                            stream_from = start,
+                            stream_last = last,
+                            "gateway: filling the event log from the stream"
+                        );
+                        break;
+                    }
+                    Err(why) => {
+                        self.status.set_down(why);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(backoff_max);
+                    }
+                }
+            }
+            if !self.backfilling {
+                self.caught_up();
+            }
+        }
         while !self.stopped() {
             // (Re)opens the consumer: after a failure it goes on after the last `seq` handed
             // on (by the stream's sequence of that message), else at the newest.
@@ -185,13 +229,24 @@ impl Run {
         self.sink.finish()
     }
 
+    /// The event log has what the stream held: clients are admitted.
+    fn caught_up(&mut self) {
+        self.backfilling = false;
+        // Release: pairs with the event loops' Acquire loads.
+        self.counters.warming.store(false, Ordering::Release);
+        tracing::info!(
+            events = self.status.consumed_events.load(Ordering::Relaxed),
+            "gateway: the event log has what the stream held; serving"
+        );
+    }
+
     /// One message: rebuilt and handed to the sink, or counted as a gap's end, a duplicate
     /// or a bad message.
     fn handle(&mut self, message: &async_nats::jetstream::Message) -> io::Result<()> {
         if let Ok(info) = message.info() {
             self.stream_seq = Some(info.stream_sequence);
         }
-        let status = &self.status;
+        let status = Arc::clone(&self.status);
         let (first, last) = match decode_batch(&message.payload, &mut self.batch) {
             Ok(range) => range,
             Err(bad) => {
@@ -219,10 +274,57 @@ impl Run {
             }
         }
         self.next_seq = Some(last + 1);
-        self.sink.emit(&self.batch)?;
+        let pending = message.info().map_or(0, |info| info.pending);
+        if self.backfilling && pending > 0 {
+            self.sink.record(&self.batch)?;
+        } else {
+            if self.backfilling {
+                self.caught_up();
+            }
+            self.sink.emit(&self.batch)?;
+        }
         status.consumed_batches.fetch_add(1, Ordering::Relaxed);
         status.consumed_events.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
         status.last_seq.store(last, Ordering::Relaxed);
+        if status.first_seq.load(Ordering::Relaxed) == 0 {
+            status.first_seq.store(first, Ordering::Relaxed);
+        }
         Ok(())
     }
+}
+
+/// Where to fill an event log that holds up to `log_through` from: the stream's sequence of
+/// the first message with a later `seq` (the stream's first when the log is empty), and the
+/// stream's last sequence. A log that ends before the stream begins keeps a hole (its reader
+/// refuses a resume across it).
+async fn backfill_start(
+    context: &async_nats::jetstream::Context,
+    settings: &NatsSettings,
+    log_through: u64,
+) -> Result<(u64, u64), String> {
+    let mut stream = context
+        .get_stream(&settings.stream)
+        .await
+        .map_err(|error| format!("stream {}: {error}", settings.stream))?;
+    let state = stream.info().await.map_err(|error| format!("stream info: {error}"))?.state.clone();
+    if state.messages == 0 || log_through == 0 {
+        return Ok((state.first_sequence.max(1), state.last_sequence));
+    }
+    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let last = match stream.get_raw_message(mid).await {
+            Ok(message) => message
+                .headers
+                .get(super::SEQ_HEADER)
+                .and_then(|range| range.as_str().split_once('-')?.1.parse::<u64>().ok()),
+            Err(_) => None, // gone since (retention): as if older
+        };
+        if last.is_some_and(|last| last > log_through) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok((lo, state.last_sequence))
 }

@@ -54,6 +54,9 @@ pub struct NatsStatus {
     pub connects: AtomicU64,
     /// The last `seq` acknowledged (ingest) or handed to the server (gateway).
     pub last_seq: AtomicU64,
+    /// The first `seq` a gateway handed to its server (0 before it): where its memory
+    /// history begins, if it has no event log (a gateway that started late).
+    pub first_seq: AtomicU64,
     /// Batches consumed (the gateway).
     pub consumed_batches: AtomicU64,
     /// Their events.

@@ -556,8 +556,8 @@ impl EventLoop {
                     r.upstream.as_deref(),
                     self.clock.now().0,
                     STALL_NS,
-                )
-                .or_else(|| metrics::gateway_problem(r));
+                );
+                let problem = metrics::gateway_problem(r).or(problem);
                 let body = metrics::health(
                     r,
                     &self.shared.stats,
@@ -610,7 +610,8 @@ impl EventLoop {
                 self.respond(key, http::response("400 Bad Request", "text/plain", "", why), now);
             }
             http::Route::Stream if self.warming() => {
-                let why = "warming up: replaying the journal after a restart; retry shortly";
+                let why = "warming up: catching up on the day (a restart's journal replay, or a \
+                           gateway filling its event log); retry shortly";
                 self.respond(
                     key,
                     http::response("503 Service Unavailable", "text/plain", "", why),

@@ -150,10 +150,16 @@ pub fn unhealthy(
 /// A gateway without its stream is unhealthy (503): its clients are kept, and go on with no
 /// gap when the stream returns, but a load balancer should send new ones elsewhere.
 pub fn gateway_problem(reporting: &Reporting) -> Option<String> {
-    match &reporting.nats {
-        Some((Role::Gateway, status)) => status.problem(),
-        _ => None,
+    let Some((Role::Gateway, status)) = &reporting.nats else { return None };
+    // Acquire: pairs with the consumer's Release store when it has caught up.
+    if reporting.observed.counters.warming.load(Ordering::Acquire) {
+        return Some(format!(
+            "warming: filling the event log from the NATS stream ({} events so far); \
+             clients are refused until it is done",
+            status.consumed_events.load(Ordering::Relaxed)
+        ));
     }
+    status.problem()
 }
 
 /// The `/health` body and whether it is healthy.
@@ -171,6 +177,19 @@ pub fn health(
     let database_problem = database
         .and_then(DatabaseStatus::problem)
         .or_else(|| reporting.nats.as_ref().filter(|(role, _)| *role == Role::Ingest)?.1.problem());
+    // And a gateway whose stream lacked events it had not read yet: it serves on, but a
+    // resume across the hole is refused.
+    let database_problem = database_problem.or_else(|| {
+        let (_, n) = reporting.nats.as_ref().filter(|(role, _)| *role == Role::Gateway)?;
+        let lost = n.gap_events.load(Ordering::Relaxed);
+        (lost > 0).then(|| {
+            format!(
+                "nats: the stream lacked {lost} events this gateway had not read (it lagged \
+                 past nats.retain_*, or the ingest dropped them); a resume across the hole \
+                 gets resume_failed"
+            )
+        })
+    });
     let (status, problem) = match (problem, database_problem.as_deref()) {
         (Some(problem), _) => ("unhealthy", Some(problem)),
         (None, Some(problem)) => ("degraded", Some(problem)),
@@ -190,10 +209,11 @@ pub fn health(
     let nats = reporting.nats.as_ref().map_or_else(String::new, |(role, n)| {
         let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            r#","nats":{{"role":{},"state":{},"last_seq":{},"published_events":{},"dropped_events":{},"consumed_events":{},"gap_events":{},"transit_us":{}}}"#,
+            r#","nats":{{"role":{},"state":{},"last_seq":{},"first_seq":{},"published_events":{},"dropped_events":{},"consumed_events":{},"gap_events":{},"transit_us":{}}}"#,
             json(if *role == Role::Ingest { "ingest" } else { "gateway" }),
             json(if n.is_up() { "up" } else { "down" }),
             count(&n.last_seq),
+            count(&n.first_seq),
             count(&n.published_events),
             count(&n.dropped_events),
             count(&n.consumed_events),

@@ -119,11 +119,22 @@ impl Service {
         reporting.nats = Some((Role::Gateway, Arc::clone(&nats)));
         reporting.feed = "nats";
         let observed = reporting.observed.clone();
+        if settings.server.event_log_dir.is_some() {
+            // Before the port opens: no client until the log has what the stream holds.
+            observed.counters.warming.store(true, std::sync::atomic::Ordering::Release);
+        }
         let (sink, handle) =
             super::start(&settings.server, credentials, reporting, batch_bytes, None)?;
         let (local_addr, counters) = (handle.local_addr, handle.counters.clone());
         let universes = Arc::clone(&handle.universes);
-        let gateway = Gateway::start(&settings.nats, batch_bytes, Box::new(sink), stop, nats)?;
+        let gateway = Gateway::start(
+            &settings.nats,
+            batch_bytes,
+            Box::new(sink),
+            stop,
+            nats,
+            Arc::clone(&observed.counters),
+        )?;
         let runner =
             std::thread::Builder::new().name("tickstock-main".to_owned()).spawn(move || {
                 let started = std::time::Instant::now();
