@@ -296,3 +296,49 @@ fn a_gateway_without_a_log_that_started_late_refuses_an_older_resume_with_its_ol
         assert!(finish(child).status.success());
     }
 }
+
+#[test]
+fn a_gateway_that_lags_past_the_streams_retention_says_so_and_refuses_a_resume_across_it() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest_config = config(dir.path(), "ingest", &nats);
+    // The stream keeps 200 messages: a fifth of a second of 1 ms cycles.
+    let body = fs::read_to_string(&ingest_config)
+        .unwrap()
+        .replace("[nats]\n", "[nats]\nretain_messages = 200\n");
+    fs::write(&ingest_config, body).unwrap();
+    let (ingest, ingest_addr, _log) = start(&ingest_config, "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    sleep(Duration::from_millis(500));
+    let before = metric(&addr, "tickstock_nats_last_seq");
+    // The gateway stops reading for 3 s (SIGSTOP): the stream drops what it had not read.
+    signal(&gateway, "STOP");
+    sleep(Duration::from_millis(3_000));
+    signal(&gateway, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let health = http(&addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if health.contains("the stream lacked") || Instant::now() > deadline {
+            break health;
+        }
+        sleep(Duration::from_millis(100));
+    };
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains(r#""status":"degraded""#),
+        "{health}"
+    );
+    let lost = metric(&addr, "tickstock_nats_gap_events_total");
+    assert!(lost > 1_000, "the hole is counted: {lost} events");
+    // A resume from before the hole is refused, with the first seq after it.
+    let resume = format!(r#"{{"action":"resume","params":{{"from_seq":{before}}}}}"#);
+    let (_, statuses, _) = read_for(client(&addr, Some(resume)), 1.0).join().unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|s| s["status"] == "resume_failed").collect();
+    assert_eq!(failed.len(), 1, "{statuses:?}");
+    assert!(failed[0]["oldest_seq"].as_u64().unwrap() > before, "{failed:?}");
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+}
