@@ -228,6 +228,7 @@ fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
     assert!(last > published + 2_000, "the restarted ingest streamed: {last}, {statuses:?}");
     assert_no_gap(&events, "across the ingest's restart");
     assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    assert_eq!(metric(&ingest_addr, "tickstock_nats_dropped_events_total"), 0);
     for child in [ingest, gateway] {
         signal(&child, "TERM");
         assert!(finish(child).status.success());

@@ -203,34 +203,31 @@ struct Run {
 }
 
 impl Run {
-    /// Takes the next whole batch out of the ring.
+    /// Takes the next whole batch out of the ring (the inlet writes each whole, at once).
     fn take(&mut self) -> Option<Pending> {
-        let word = |bytes: &[u8], at: usize| {
-            u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
-        };
-        let available = self.ring.slots();
-        if available < HEADER {
-            return None;
-        }
-        let chunk = self.ring.read_chunk(HEADER).ok()?;
-        let (a, b) = chunk.as_slices();
         let mut header = [0u8; HEADER];
-        header[..a.len()].copy_from_slice(a);
-        header[a.len()..].copy_from_slice(b);
-        drop(chunk);
-        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
+        {
+            let chunk = self.ring.read_chunk(HEADER).ok()?;
+            let (a, b) = chunk.as_slices();
+            header[..a.len()].copy_from_slice(a);
+            header[a.len()..].copy_from_slice(b);
+        } // not committed: read again whole below
+        let word =
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        let half =
+            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or_default());
+        let len = half(0) as usize;
         let chunk = self.ring.read_chunk(HEADER + len).ok()?;
         let (a, b) = chunk.as_slices();
-        let mut payload = Vec::with_capacity(len);
+        let mut payload = Vec::with_capacity(HEADER + len);
         payload.extend_from_slice(a);
         payload.extend_from_slice(b);
         chunk.commit_all();
         payload.drain(..HEADER);
-        let events = u32::from_le_bytes(header[20..24].try_into().unwrap_or_default()).into();
         Some(Pending {
-            first: word(&header, 4),
-            last: word(&header, 12),
-            events,
+            first: word(4),
+            last: word(12),
+            events: half(20).into(),
             payload: payload.into(),
         })
     }
