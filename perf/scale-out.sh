@@ -4,14 +4,16 @@
 # the upstream's send to the client, in two set-ups, alternated ROUNDS (3) times:
 #   all:     one `serve` (feed, engine and clients), started by loadgen;
 #   gateway: `serve --role ingest` (the feed from loadgen's upstream, the engine, publishing
-#            to a private nats-server with JetStream) and one `serve --role gateway` that
-#            the clients connect to (`loadgen --connect`, its CPU by `--server-pid`).
+#            to a private nats-server with JetStream) and GATEWAYS (1) `serve --role
+#            gateway` that the clients are spread over (`loadgen --connect A,B,...`, their
+#            CPU by `--server-pid`; per-gateway figures in each run's loadgen output).
 # Medians and ratios: the clients' p99 (what ingest -> NATS -> gateway adds), the serving
 # process's CPU per delivered client-event (the gateway's against all's), and the ingest's
 # CPU. One machine: NATS, the ingest, the gateway and the clients share its 2 cores, which
 # a deployment with a machine per gateway would not. Outside CI.
 #
 #   perf/scale-out.sh
+#   GATEWAYS=2 CLIENTS=100,500,1000 perf/scale-out.sh     # two gateways, a client sweep
 #   NATS_SERVER=/usr/sbin/nats-server perf/scale-out.sh    # another nats-server
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ clients="${CLIENTS:-100}"
 rate="${RATE:-20000}"
 secs="${STEP_SECS:-20}"
 out="${OUT:-perf/results/scale-out}"
+gateways="${GATEWAYS:-1}"
 nats_server="${NATS_SERVER:-target/test-venv/bin/nats-server}"
 if [ ! -x "$nats_server" ]; then
   nats_server=$(command -v nats-server || true)
@@ -49,14 +52,16 @@ extra = json.loads(sys.argv[3])
 if not files:
     print(json.dumps({"run": sys.argv[2], "error": open(sys.argv[1] + "/stdout").read()[-400:]}))
     sys.exit()
-s = json.load(open(files[0]))["steps"][0]
-events = s["delivered_events_per_s"] or 1
-row = {"run": sys.argv[2], "valid": s["valid"], "why": s["invalid_reasons"][:2],
-       "p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"],
-       "cpu": s["server_cpu_cores"], "events_per_s": events,
-       "ns_per_client_event": s["server_cpu_cores"] * 1e9 / events}
-row.update(extra)
-print(json.dumps(row))
+for s in json.load(open(files[0]))["steps"]:
+    events = s["delivered_events_per_s"] or 1
+    row = {"run": sys.argv[2], "clients": s["clients"], "valid": s["valid"],
+           "within_budget": s["within_budget"], "why": s["invalid_reasons"][:2],
+           "p50": s["latency_ms"]["p50"], "p99": s["latency_ms"]["p99"],
+           "cpu": s["server_cpu_cores"], "events_per_s": events,
+           "ns_per_client_event": s["server_cpu_cores"] * 1e9 / events,
+           "targets": [(t["addr"], round(t["latency_ms"]["p99"], 3), t["cpu_cores"]) for t in s.get("targets", [])]}
+    row.update(extra)
+    print(json.dumps(row))
 PY
 }
 
@@ -71,8 +76,8 @@ run_all() {
 run_gateway() {
   local dir="$out/$1"
   rm -rf "$dir" "$work/nats" && mkdir -p "$dir" "$work/nats"
-  local nats_port up_port gw_port key
-  nats_port=$(free_port); up_port=$(free_port); gw_port=$(free_port)
+  local nats_port up_port key
+  nats_port=$(free_port); up_port=$(free_port)
   key="scale-out-$$-$RANDOM"
   "$nats_server" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$dir/nats.log" 2>&1 &
   local nats_pid=$!
@@ -93,44 +98,46 @@ listen = "127.0.0.1:0"
 [nats]
 url = "nats://127.0.0.1:$nats_port"
 EOF
-  cat >"$dir/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$gw_port"
-connections_max = $((clients + 64))
-connections_per_user_max = $((clients + 64))
-
-[nats]
-url = "nats://127.0.0.1:$nats_port"
-EOF
   sleep 0.5
   LOADGEN_UPSTREAM_KEY="$key" target/release/tickstock --config "$dir/ingest.toml" --quiet \
     serve --role ingest >"$dir/ingest.log" 2>&1 &
   local ingest_pid=$!
   pids+=("$ingest_pid")
-  target/release/tickstock --config "$dir/gateway.toml" --quiet serve --role gateway \
-    >"$dir/gateway.log" 2>&1 &
-  local gw_pid=$!
-  pids+=("$gw_pid")
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$gw_port/health" >/dev/null 2>&1 && break
-    sleep 0.1
+  local connect="" gw_pids="" gw_list=() gw_port gw_pid
+  for g in $(seq 1 "$gateways"); do
+    gw_port=$(free_port)
+    printf '[server]\nlisten = "127.0.0.1:%s"\nconnections_max = 20000\nconnections_per_user_max = 20000\n\n[nats]\nurl = "nats://127.0.0.1:%s"\n' \
+      "$gw_port" "$nats_port" >"$dir/gateway-$g.toml"
+    target/release/tickstock --config "$dir/gateway-$g.toml" --quiet serve --role gateway \
+      >"$dir/gateway-$g.log" 2>&1 &
+    gw_pid=$!
+    pids+=("$gw_pid")
+    gw_list+=("$gw_pid")
+    connect="${connect:+$connect,}127.0.0.1:$gw_port"
+    gw_pids="${gw_pids:+$gw_pids,}$gw_pid"
+    for _ in $(seq 100); do
+      curl -sf "http://127.0.0.1:$gw_port/health" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
   done
   local ingest_before nats_before
   ingest_before=$(cpu_ticks "$ingest_pid"); nats_before=$(cpu_ticks "$nats_pid")
   local started=$SECONDS
   LOADGEN_UPSTREAM_KEY="$key" target/release/loadgen --clients "$clients" --rates "$rate" \
-    --step-secs "$secs" --warmup-secs 2 --connect "127.0.0.1:$gw_port" --server-pid "$gw_pid" \
+    --step-secs "$secs" --warmup-secs 2 --connect "$connect" --server-pid "$gw_pids" \
     --upstream-listen "127.0.0.1:$up_port" --out "$dir" >"$dir/stdout" 2>&1 || true
   local elapsed=$((SECONDS - started))
   local ingest_cpu nats_cpu hz
   hz=$(getconf CLK_TCK)
   ingest_cpu=$(python3 -c "print(($(cpu_ticks "$ingest_pid") - $ingest_before) / $hz / max($elapsed, 1))")
   nats_cpu=$(python3 -c "print(($(cpu_ticks "$nats_pid") - $nats_before) / $hz / max($elapsed, 1))")
-  curl -s "http://127.0.0.1:$gw_port/metrics" | grep -E '^tickstock_nats_' >"$dir/gateway-nats.txt" || true
-  local gaps
-  gaps=$(awk '/^tickstock_nats_gap_events_total/ {print $2}' "$dir/gateway-nats.txt")
-  for pid in "$gw_pid" "$ingest_pid" "$nats_pid"; do kill "$pid" 2>/dev/null || true; done
-  wait "$gw_pid" "$ingest_pid" "$nats_pid" 2>/dev/null || true
+  local gaps=0 one
+  for addr in ${connect//,/ }; do
+    one=$(curl -s "http://$addr/metrics" | awk '/^tickstock_nats_gap_events_total/ {print $2}')
+    gaps=$((gaps + ${one:-0}))
+  done
+  for pid in "${gw_list[@]}" "$ingest_pid" "$nats_pid"; do kill "$pid" 2>/dev/null || true; done
+  wait "${gw_list[@]}" "$ingest_pid" "$nats_pid" 2>/dev/null || true
   pids=()
   summarize "$dir" "$1" "{\"ingest_cpu\": $ingest_cpu, \"nats_cpu\": $nats_cpu, \"gap_events\": ${gaps:-null}}"
 }
@@ -143,16 +150,21 @@ done
 python3 - "$out/runs.jsonl" <<'PY' | tee "$out/summary.txt"
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-def med(prefix, key):
-    values = [r[key] for r in runs if r["run"].startswith(prefix) and key in r and r[key] is not None]
-    return statistics.median(values) if values else float("nan")
-for key, what in [("p50", "p50, ms"), ("p99", "p99, ms"), ("cpu", "serving process CPU, cores"),
-                  ("ns_per_client_event", "serving process CPU per client-event, ns"),
-                  ("events_per_s", "client-events/s")]:
-    a, g = med("all", key), med("gateway", key)
-    print(f"{what}: all {a:.3f}, gateway {g:.3f}, ratio {g / a:.2f}")
-print(f"ingest CPU beside the gateway: {med('gateway', 'ingest_cpu'):.3f} cores; nats-server {med('gateway', 'nats_cpu'):.3f}")
-print(f"added p99 (gateway - all): {med('gateway', 'p99') - med('all', 'p99'):.3f} ms")
+for clients in sorted({r.get("clients", 0) for r in runs}):
+    def med(prefix, key):
+        values = [r[key] for r in runs if r["run"].startswith(prefix) and r.get("clients") == clients
+                  and key in r and r[key] is not None]
+        return statistics.median(values) if values else float("nan")
+    print(f"{clients} clients:")
+    for key, what in [("p50", "p50, ms"), ("p99", "p99, ms"), ("cpu", "serving processes' CPU, cores"),
+                      ("ns_per_client_event", "serving processes' CPU per client-event, ns"),
+                      ("events_per_s", "client-events/s")]:
+        a, g = med("all", key), med("gateway", key)
+        print(f"  {what}: all {a:.3f}, gateways {g:.3f}, ratio {g / a:.2f}")
+    print(f"  ingest CPU beside the gateways: {med('gateway', 'ingest_cpu'):.3f} cores; nats-server {med('gateway', 'nats_cpu'):.3f}")
+    print(f"  added p99 (gateways - all): {med('gateway', 'p99') - med('all', 'p99'):.3f} ms")
+    held = lambda prefix: sum(1 for r in runs if r["run"].startswith(prefix) and r.get("clients") == clients and r.get("within_budget"))
+    print(f"  runs within loadgen's budget: all {held('all')}, gateways {held('gateway')}")
 for r in runs:
     if not r.get("valid", False):
         print("  INVALID:", r["run"], r.get("why") or r.get("error"))

@@ -47,8 +47,9 @@ const ADD_BATCH: usize = 32;
 /// Where and how clients connect.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The server's address.
-    pub addr: SocketAddr,
+    /// The servers' addresses (several gateways of one ingest, `docs/scale-out.md`):
+    /// client `id` connects to `addrs[id % addrs.len()]`.
+    pub addrs: Vec<SocketAddr>,
     /// WebSocket path (`/stocks`).
     pub path: String,
     /// The `auth` token.
@@ -88,6 +89,12 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 }
 
 impl Target {
+    /// Which address client `id` connects to, and its index in `addrs`.
+    pub fn addr_for(&self, id: u32) -> (usize, SocketAddr) {
+        let index = id as usize % self.addrs.len().max(1);
+        (index, self.addrs[index])
+    }
+
     /// Client `id`'s watchlist, as symbol indices (sorted), or `None` when it takes `topics`.
     pub fn symbols_for(&self, id: u32) -> Option<Vec<usize>> {
         let watchlist = self.watchlist.as_ref()?;
@@ -131,6 +138,8 @@ impl Target {
 #[derive(Debug)]
 pub struct Conn {
     id: u32,
+    /// Which of the target's addresses it connected to.
+    target: usize,
     socket: TcpStream,
     frames: FrameReader,
     /// Its local port (to find its receive queue in `/proc/net/tcp`).
@@ -144,7 +153,8 @@ impl Conn {
     /// client's next message, so nothing tungstenite read is left behind).
     pub fn open(target: &Target, id: u32) -> Result<Conn, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("client {id}: {what}: {e}");
-        let domain = socket2::Domain::for_address(target.addr);
+        let (index, addr) = target.addr_for(id);
+        let domain = socket2::Domain::for_address(addr);
         let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
             .map_err(|e| fail("socket", &e))?;
         if target.receive_buffer_bytes > 0 {
@@ -153,13 +163,11 @@ impl Conn {
                 .set_recv_buffer_size(target.receive_buffer_bytes)
                 .map_err(|e| fail("SO_RCVBUF", &e))?;
         }
-        socket
-            .connect_timeout(&target.addr.into(), CONNECT_DEADLINE)
-            .map_err(|e| fail("connect", &e))?;
+        socket.connect_timeout(&addr.into(), CONNECT_DEADLINE).map_err(|e| fail("connect", &e))?;
         let stream: TcpStream = socket.into();
         stream.set_nodelay(true).map_err(|e| fail("socket", &e))?;
         stream.set_read_timeout(Some(CONNECT_DEADLINE)).map_err(|e| fail("socket", &e))?;
-        let url = format!("ws://{}{}", target.addr, target.path);
+        let url = format!("ws://{addr}{}", target.path);
         let mut request = tungstenite::client::IntoClientRequest::into_client_request(url)
             .map_err(|e| fail("request", &e))?;
         if target.deflate {
@@ -183,8 +191,13 @@ impl Conn {
             .send(Message::text(format!(r#"{{"action":"auth","params":{token}}}"#)))
             .map_err(|e| fail("send auth", &e))?;
         await_auth(&mut socket).map_err(|e| fail("auth", &e))?;
-        let mut conn =
-            Conn { id, socket: socket.into_inner(), frames: FrameReader::new(), port: 0 };
+        let mut conn = Conn {
+            id,
+            target: index,
+            socket: socket.into_inner(),
+            frames: FrameReader::new(),
+            port: 0,
+        };
         conn.frames.deflate = deflate;
         let mut scratch = Vec::new();
         if let Some(policy) = target.policy_for(id) {
@@ -311,8 +324,9 @@ pub struct ConnReport {
 /// One reader's figures for one step.
 #[derive(Debug)]
 pub struct ReaderReport {
-    /// Tick-to-client latency of the step's trades (ns).
-    pub latency: Histogram<u64>,
+    /// Tick-to-client latency of the step's trades (ns), by the target address the
+    /// connections are on (`Target::addrs`).
+    pub latency: Vec<Histogram<u64>>,
     /// Time the reader spent reading and checking (not waiting in epoll), ns: near the
     /// step's length, the reader, not the server, was the limit.
     pub busy_ns: u64,
@@ -505,7 +519,8 @@ struct ReaderLoop {
     received: Arc<AtomicU64>,
     conns: Vec<Option<Held>>,
     current: Arc<RwLock<Step>>,
-    latency: Histogram<u64>,
+    /// By target address.
+    latency: Vec<Histogram<u64>>,
     /// The step `latency` is for.
     latency_step: u64,
     /// Time spent working since the last report, ns.
@@ -537,7 +552,7 @@ impl ReaderLoop {
             received,
             conns: Vec::new(),
             current,
-            latency: new_histogram(),
+            latency: Vec::new(),
             latency_step: 0,
             busy_ns: 0,
             wire_bytes: 0,
@@ -649,11 +664,8 @@ impl ReaderLoop {
             }
             conns.push(report);
         }
-        let latency = if self.latency_step == step {
-            std::mem::replace(&mut self.latency, new_histogram())
-        } else {
-            new_histogram()
-        };
+        let latency =
+            if self.latency_step == step { std::mem::take(&mut self.latency) } else { Vec::new() };
         ReaderReport {
             latency,
             conns,
@@ -678,7 +690,10 @@ impl ReaderLoop {
                     let step = *current.read().unwrap_or_else(PoisonError::into_inner);
                     roll(tally, step.number);
                     if *latency_step != step.number {
-                        (*latency, *latency_step) = (new_histogram(), step.number);
+                        (*latency, *latency_step) = (Vec::new(), step.number);
+                    }
+                    if latency.len() <= conn.target {
+                        latency.resize_with(conn.target + 1, new_histogram);
                     }
                     let digest = match incoming {
                         Incoming::Compressed(bytes) => {
@@ -689,7 +704,7 @@ impl ReaderLoop {
                     };
                     match digest {
                         Ok(digest) => {
-                            let trades = digest.apply(tally, now, latency);
+                            let trades = digest.apply(tally, now, &mut latency[conn.target]);
                             received.fetch_add(trades, Ordering::Relaxed);
                         }
                         Err(error) => {
@@ -964,7 +979,7 @@ mod tests {
     fn target(watchlist: Option<usize>, policies: &[&str]) -> Target {
         let tickers: Vec<String> = (0..50).map(|i| format!("S{i}")).collect();
         Target {
-            addr: "127.0.0.1:1".parse().unwrap(),
+            addrs: vec!["127.0.0.1:1".parse().unwrap()],
             path: "/stocks".to_owned(),
             token: "t".to_owned(),
             topics: "T.*".to_owned(),

@@ -353,7 +353,9 @@ fn lowest_priority() -> Result<(), thread_priority::Error> {
 type Ws = WebSocket<TcpStream>;
 
 fn tcp(ctx: &Ctx) -> Option<TcpStream> {
-    let stream = TcpStream::connect_timeout(&ctx.target.addr, SETUP_TIMEOUT).ok()?;
+    // Disruptors use the first address (the first gateway, with several).
+    let addr = ctx.target.addrs[0];
+    let stream = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT).ok()?;
     // Long enough for a handshake and an auth under a storm; `ready` shortens it after.
     stream.set_read_timeout(Some(SETUP_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -364,7 +366,7 @@ fn tcp(ctx: &Ctx) -> Option<TcpStream> {
 /// Connects and completes the handshake (not yet authenticated).
 fn handshake(ctx: &Ctx) -> Option<Ws> {
     let stream = tcp(ctx)?;
-    let url = format!("ws://{}{}", ctx.target.addr, ctx.target.path);
+    let url = format!("ws://{}{}", ctx.target.addrs[0], ctx.target.path);
     tungstenite::client(url, stream).ok().map(|(ws, _)| ws)
 }
 

@@ -186,6 +186,10 @@ pub struct Step {
     pub shed_clients: u64,
     /// The server's open file descriptors at the end of the step, when local.
     pub server_fds: Option<u64>,
+    /// With several servers (`--connect A,B,...`: gateways of one ingest), each one's
+    /// share: its address, its clients' latency, the trades they received, its CPU. The
+    /// step's own figures are the total.
+    pub targets: Vec<TargetStep>,
     /// What the disruptors did during the step, when there are any.
     pub disruptors: Option<Tally>,
     /// Every expected event arrived intact, in order, on every client that stayed.
@@ -196,6 +200,19 @@ pub struct Step {
     pub within_budget: bool,
     /// Why not.
     pub breaches: Vec<String>,
+}
+
+/// One server's part of a step with several (`Step::targets`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TargetStep {
+    /// Its address.
+    pub addr: String,
+    /// Its clients' tick-to-client latency.
+    pub latency_ms: Percentiles,
+    /// The trades its clients received.
+    pub received_trades: u64,
+    /// Its CPU, cores, when its pid is known.
+    pub cpu_cores: Option<f64>,
 }
 
 /// The capacity answers read off the grid.
@@ -387,6 +404,8 @@ impl Rig {
         let before = self.server.metrics();
         let tally_before = self.disruptors.as_ref().map(Disruptors::tally);
         let proc_before = self.server.pid.and_then(machine::sample);
+        let others_before: Vec<_> =
+            self.server.others.iter().map(|(_, pid)| pid.and_then(machine::sample)).collect();
         let threads_before = self.server.pid.map(machine::thread_ticks).unwrap_or_default();
         let own_before = machine::sample(std::process::id()).unwrap_or_default();
         let started = Instant::now();
@@ -460,6 +479,8 @@ impl Rig {
         let reports = self.pool.end();
         let after = self.server.metrics();
         let proc_after = self.server.pid.and_then(machine::sample);
+        let others_after: Vec<_> =
+            self.server.others.iter().map(|(_, pid)| pid.and_then(machine::sample)).collect();
         let threads_after = self.server.pid.map(machine::thread_ticks).unwrap_or_default();
         let own_after = machine::sample(std::process::id()).unwrap_or_default();
         let cores = |a: ProcSample, b: ProcSample| {
@@ -491,6 +512,46 @@ impl Rig {
         step.valid = step.invalid_reasons.is_empty();
         step.within_budget &= step.valid;
         step.server_cpu_cores = proc_before.zip(proc_after).map(|(a, b)| cores(a, b));
+        if !self.server.others.is_empty() {
+            let mut latencies = Vec::new();
+            for report in &reports {
+                for (index, histogram) in report.latency.iter().enumerate() {
+                    if latencies.len() <= index {
+                        latencies.resize_with(index + 1, || {
+                            Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3)
+                                .expect("static bounds")
+                        });
+                    }
+                    let _ = latencies[index].add(histogram);
+                }
+            }
+            let addrs = std::iter::once(self.server.addr)
+                .chain(self.server.others.iter().map(|(addr, _)| *addr));
+            let cpus = std::iter::once(step.server_cpu_cores).chain(
+                others_before
+                    .iter()
+                    .zip(&others_after)
+                    .map(|(a, b)| a.zip(*b).map(|(a, b)| cores(a, b))),
+            );
+            step.targets = addrs
+                .zip(cpus)
+                .enumerate()
+                .map(|(index, (addr, cpu_cores))| {
+                    let latency = latencies.get(index);
+                    TargetStep {
+                        addr: addr.to_string(),
+                        latency_ms: latency.map(Percentiles::of).unwrap_or_default(),
+                        received_trades: latency.map_or(0, Histogram::len),
+                        cpu_cores,
+                    }
+                })
+                .collect();
+            // The total: every server's CPU.
+            let all: Vec<f64> = step.targets.iter().filter_map(|t| t.cpu_cores).collect();
+            if !all.is_empty() {
+                step.server_cpu_cores = Some(all.iter().sum());
+            }
+        }
         step.server_threads_cpu = threads_after
             .iter()
             .map(|(name, &after)| {
@@ -604,7 +665,9 @@ fn judge(
     let expected_trades: u64 = conns.iter().map(|c| expect(c.id).0).sum();
     let received_trades: u64 = conns.iter().map(|c| c.trades).sum();
     for report in reports {
-        let _ = latency.add(&report.latency);
+        for by_target in &report.latency {
+            let _ = latency.add(by_target);
+        }
     }
     let mut unlisted = 0u64;
     let mut note = |list: &mut Vec<String>, text: String| {
@@ -793,6 +856,7 @@ fn judge(
         database: None,
         server_rss_mib: None,
         server_fds: None,
+        targets: Vec::new(),
         disruptors: None,
         loadgen_cpu_cores: 0.0,
         reader_busy,
@@ -884,6 +948,7 @@ mod tests {
             database: None,
             server_rss_mib: None,
             server_fds: None,
+            targets: Vec::new(),
             disruptors: None,
             loadgen_cpu_cores: 0.0,
             reader_busy: 0.0,

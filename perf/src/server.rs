@@ -25,6 +25,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its process, when local, for CPU and memory.
     pub pid: Option<u32>,
+    /// More servers the clients are spread over (`--connect A,B,...`: gateways of one
+    /// ingest), with their pids when local: `/metrics` is summed over all of them.
+    pub others: Vec<(SocketAddr, Option<u32>)>,
     /// The settings it runs with, when spawned.
     pub settings: Option<Settings>,
     child: Option<Child>,
@@ -43,10 +46,9 @@ pub enum Launch {
     },
     /// A server already running, already pointed at the player (`upstream.url`).
     Connect {
-        /// Its address.
-        addr: SocketAddr,
-        /// Its process id, for CPU and memory (local servers only).
-        pid: Option<u32>,
+        /// Their addresses, with their process ids when local (for CPU and memory); the
+        /// clients are spread over them.
+        servers: Vec<(SocketAddr, Option<u32>)>,
     },
 }
 
@@ -65,8 +67,11 @@ impl Server {
         log: &Path,
     ) -> Result<Server, String> {
         let (binary, config) = match launch {
-            Launch::Connect { addr, pid } => {
-                return Ok(Server { addr: *addr, pid: *pid, settings: None, child: None });
+            Launch::Connect { servers } => {
+                let (&(addr, pid), others) =
+                    servers.split_first().ok_or("--connect: no address")?;
+                let others = others.to_vec();
+                return Ok(Server { addr, pid, others, settings: None, child: None });
             }
             Launch::Spawn { binary, config } => (binary, config),
         };
@@ -143,7 +148,13 @@ impl Server {
             if let Ok(addr) = address.recv_timeout(Duration::from_millis(50)) {
                 let pid = Some(child.id());
                 await_warm(addr, &mut child)?;
-                return Ok(Server { addr, pid, settings: Some(settings), child: Some(child) });
+                return Ok(Server {
+                    addr,
+                    pid,
+                    others: Vec::new(),
+                    settings: Some(settings),
+                    child: Some(child),
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -180,14 +191,31 @@ impl Server {
     /// `/metrics`, each metric summed over its labels; three tries, since a server far over
     /// capacity may answer slowly.
     pub fn metrics(&self) -> Result<Metrics, String> {
-        let mut last = String::new();
-        for _ in 0..SCRAPE_TRIES {
-            match scrape(self.addr) {
-                Ok(metrics) => return Ok(metrics),
-                Err(error) => last = error,
+        let mut total = scrape_tries(self.addr)?;
+        for (addr, _) in &self.others {
+            for (name, value) in scrape_tries(*addr)?.0 {
+                *total.0.entry(name).or_default() += value;
             }
         }
-        Err(last)
+        Ok(total)
+    }
+}
+
+fn scrape_tries(addr: SocketAddr) -> Result<Metrics, String> {
+    let mut last = String::new();
+    for _ in 0..SCRAPE_TRIES {
+        match scrape(addr) {
+            Ok(metrics) => return Ok(metrics),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
+impl Server {
+    /// Whether a second server is being measured beside the first.
+    pub fn has_others(&self) -> bool {
+        !self.others.is_empty()
     }
 }
 

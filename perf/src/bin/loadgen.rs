@@ -89,12 +89,14 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     server_config: Option<PathBuf>,
     /// Test a server that is already running at this address instead of starting one. Point
-    /// its `upstream.url` at `--upstream-listen` and give it `--upstream-key`.
-    #[arg(long, value_name = "ADDR")]
-    connect: Option<SocketAddr>,
-    /// With `--connect`: the server's pid, for its CPU and memory.
-    #[arg(long, value_name = "PID", requires = "connect")]
-    server_pid: Option<u32>,
+    /// its `upstream.url` at `--upstream-listen` and give it `--upstream-key`. Several
+    /// (comma-separated): gateways of one ingest (docs/scale-out.md), the clients spread
+    /// over them in turn; the report gives each one's latency and CPU, and the total.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    connect: Vec<SocketAddr>,
+    /// With `--connect`: the servers' pids, in the same order, for their CPU and memory.
+    #[arg(long, value_name = "PID", value_delimiter = ',', requires = "connect")]
+    server_pid: Vec<u32>,
     /// Where the player listens for the server's upstream connection.
     #[arg(long, default_value = "127.0.0.1:0")]
     upstream_listen: SocketAddr,
@@ -181,13 +183,15 @@ impl Progress for Bar {
                 t.deep_events as f64 / t.deep_micros.max(1) as f64
             )
         });
+        let targets: String =
+            s.targets.iter().map(|t| format!("; {}", tickstock_perf::report::target(t))).collect();
         let threads = if s.server_threads_cpu.is_empty() {
             String::new()
         } else {
             format!(" ({})", tickstock_perf::report::threads(s))
         };
         self.say(&format!(
-            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}{deep}; {verdict}{limit}",
+            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}{deep}{targets}; {verdict}{limit}",
             s.clients,
             s.rate,
             s.delivered_events_per_s,
@@ -297,12 +301,8 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let (reports_tx, reports) = mpsc::channel();
     let player = Player::start(args.upstream_listen, key.clone(), source, clock, inbox, reports_tx)
         .map_err(|e| usage(format!("the player cannot listen on {}: {e}", args.upstream_listen)))?;
-    let launch = match args.connect {
-        Some(addr) => {
-            eprintln!("loadgen: the server at {addr} must connect to ws://{}/stocks", player.addr);
-            Launch::Connect { addr, pid: args.server_pid }
-        }
-        None => {
+    let launch = match args.connect.as_slice() {
+        [] => {
             let binary = args.tickstock.clone().unwrap_or_else(|| {
                 std::env::current_exe()
                     .ok()
@@ -310,6 +310,24 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
                     .unwrap_or_default()
             });
             Launch::Spawn { binary, config: args.server_config.clone() }
+        }
+        addrs => {
+            if !args.server_pid.is_empty() && args.server_pid.len() != addrs.len() {
+                return Err(usage(format!(
+                    "--server-pid: one pid per --connect address ({} for {})",
+                    args.server_pid.len(),
+                    addrs.len()
+                )));
+            }
+            for addr in addrs {
+                eprintln!(
+                    "loadgen: clients connect to {addr}; the ingest (or the server) must \
+                     connect to ws://{}/stocks",
+                    player.addr
+                );
+            }
+            let pids = args.server_pid.iter().map(|&pid| Some(pid)).chain(std::iter::repeat(None));
+            Launch::Connect { servers: addrs.iter().copied().zip(pids).collect() }
         }
     };
     let connections = plan
@@ -332,7 +350,9 @@ fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let pool = Pool::start(plan.reader_threads, clock)
         .map_err(|e| aborted(format!("reader threads: {e}")))?;
     let target = Target {
-        addr: server.addr,
+        addrs: std::iter::once(server.addr)
+            .chain(server.others.iter().map(|(addr, _)| *addr))
+            .collect(),
         path: "/stocks".to_owned(),
         token: args.token,
         topics: plan.topics.clone(),
