@@ -343,3 +343,37 @@ fn a_gateway_that_lags_past_the_streams_retention_says_so_and_refuses_a_resume_a
         assert!(finish(child).status.success());
     }
 }
+
+#[test]
+fn nats_away_longer_than_the_ring_holds_is_refilled_from_the_event_log_with_no_gap() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest_config = config(dir.path(), "ingest", &nats);
+    // A ring of 64 KiB: a fraction of a second of the market; an event log to refill from.
+    let mut body = fs::read_to_string(&ingest_config).unwrap();
+    body = body.replace("[nats]\n", "[nats]\nring_bytes = 65536\nin_flight_max = 16\n");
+    body.push_str(&format!(
+        "\n[server]\nevent_log_dir = \"{}\"\n",
+        dir.path().join("events").display()
+    ));
+    fs::write(&ingest_config, body).unwrap();
+    let (ingest, ingest_addr, _log) = start(&ingest_config, "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let reading = read_for(client(&addr, None), 9.0);
+    sleep(Duration::from_millis(1_000));
+    nats.restart_after(Duration::from_millis(2_500));
+    let (events, statuses, _) = reading.join().unwrap();
+    let dropped = metric(&ingest_addr, "tickstock_nats_dropped_events_total");
+    let refilled = metric(&ingest_addr, "tickstock_nats_refilled_events_total");
+    assert!(dropped > 1_000, "the ring overflowed while NATS was away ({dropped} dropped)");
+    assert_eq!(refilled, dropped, "every dropped event was published from the event log");
+    assert!(events.len() > 10_000, "it streamed ({} events), {statuses:?}", events.len());
+    assert_no_gap(&events, "across the outage");
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    for child in [ingest, gateway] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+}

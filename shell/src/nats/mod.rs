@@ -46,6 +46,8 @@ pub struct NatsStatus {
     pub published_events: AtomicU64,
     /// Events dropped because the publisher's ring was full (the ingest; `nats.ring_bytes`).
     pub dropped_events: AtomicU64,
+    /// Of those, events read back from the event log and published after all (the ingest).
+    pub refilled_events: AtomicU64,
     /// Batches published again after a failure or a reconnect (JetStream stores each once).
     pub republished_batches: AtomicU64,
     /// Times the connection was lost.
@@ -173,21 +175,7 @@ pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64),
         if !into.has_room_for(record.json.len()) {
             return Err(bad("larger than pipeline.emitter_batch_bytes"));
         }
-        let frame = Frame {
-            seq: record.seq,
-            // Routing is by ticker; the ingest's symbol ids are not needed here.
-            symbol: SymbolId(0),
-            ticker: record.ticker,
-            channel: record.channel,
-            price_raw: record.price_raw,
-            volume: record.volume,
-            strength: record.strength,
-            recv_ns,
-            t_ms: record.t_ms,
-            start: 0,
-            end: 0,
-        };
-        into.push_raw(frame, record.json);
+        into.push_raw(frame_of(&record, recv_ns), record.json);
         if i == 0 {
             first = record.seq;
         }
@@ -201,6 +189,24 @@ pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64),
         return Err(bad("no events"));
     }
     Ok((first, last))
+}
+
+/// The frame of an event log record (its JSON goes with it in `push_raw`).
+pub(crate) fn frame_of(record: &event_log::Record<'_>, recv_ns: u64) -> Frame {
+    Frame {
+        seq: record.seq,
+        // Routing is by ticker; the ingest's symbol ids are not needed here.
+        symbol: SymbolId(0),
+        ticker: record.ticker,
+        channel: record.channel,
+        price_raw: record.price_raw,
+        volume: record.volume,
+        strength: record.strength,
+        recv_ns,
+        t_ms: record.t_ms,
+        start: 0,
+        end: 0,
+    }
 }
 
 /// Connect options from the settings: name, timeouts, credentials (a file, or

@@ -4,8 +4,12 @@
 //!
 //! # Overflow
 //! The ring holds `nats.ring_bytes`. A batch that does not fit is dropped whole, its events
-//! counted in `dropped_events` and its `seq` range logged; the emitter never waits for NATS
-//! (a gateway sees the hole as a `seq` gap and counts it). While NATS is away the ring keeps
+//! counted in `dropped_events`; the emitter never waits for NATS. When the ring has room
+//! again the inlet writes a **hole** in its place (the dropped `seq` range), and the
+//! publisher, reaching it, reads those events back from the event log
+//! (`server.event_log_dir`) and publishes them, in order, before what follows
+//! (`refilled_events`). Without an event log the hole stays, logged, and a gateway counts it
+//! as a `seq` gap. While NATS is away the ring keeps
 //! what fits, and what was published but not acknowledged is kept too and published again,
 //! in order, when NATS answers (JetStream stores a batch once: `Nats-Msg-Id` is its first
 //! `seq`, within `nats.duplicate_window_secs`).
@@ -28,6 +32,10 @@ use super::{
 };
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
+use crate::server::event_log::EventLogReader;
+
+/// How long a hole waits for the event log to have its events before they count as lost.
+const HOLE_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Ring header of one batch: payload length (u32), first and last `seq` (u64), events (u32).
 const HEADER: usize = 24;
@@ -87,20 +95,27 @@ impl NatsInlet {
             self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
             self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
             self.scratch[20..24].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+            let hole = self.gap_from.map(|from| (from, first - 1));
+            let needed = self.scratch.len() + if hole.is_some() { HEADER } else { 0 };
             if let Some(wait) = wait {
                 let deadline = std::time::Instant::now() + wait;
-                while self.ring.slots() < self.scratch.len() && std::time::Instant::now() < deadline
-                {
+                while self.ring.slots() < needed && std::time::Instant::now() < deadline {
                     self.notify.notify_one();
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
-            match self.ring.write_chunk_uninit(self.scratch.len()) {
+            match self.ring.write_chunk_uninit(needed) {
                 Ok(chunk) => {
-                    chunk.fill_from_iter(self.scratch.iter().copied());
-                    if let Some(from) = self.gap_from.take() {
-                        tracing::warn!(from, to = first - 1, "nats: the publisher's ring was full; these events were not published (nats.ring_bytes)");
+                    let mut marker = [0u8; HEADER];
+                    if let Some((from, to)) = hole {
+                        // A hole: no payload, no events, the dropped range.
+                        marker[4..12].copy_from_slice(&from.to_le_bytes());
+                        marker[12..20].copy_from_slice(&to.to_le_bytes());
+                        self.gap_from = None;
+                        tracing::warn!(from, to, "nats: the publisher's ring was full (nats.ring_bytes); these events are published from the event log, if there is one");
                     }
+                    let marker = &marker[..if hole.is_some() { HEADER } else { 0 }];
+                    chunk.fill_from_iter(marker.iter().chain(&self.scratch).copied());
                     published = true;
                 }
                 Err(_) => {
@@ -125,10 +140,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the thread, reporting into `status`; NATS need not be up (it connects, and
-    /// reconnects, on its own).
+    /// reconnects, on its own). With `event_log`, what the ring could not hold is read back
+    /// from it.
     pub fn start(
         settings: &NatsSettings,
         status: Arc<NatsStatus>,
+        event_log: Option<EventLogReader>,
     ) -> io::Result<(Publisher, NatsInlet)> {
         let (producer, consumer) = rtrb::RingBuffer::new(settings.ring_bytes as usize);
         let notify = Arc::new(Notify::new());
@@ -158,6 +175,8 @@ impl Publisher {
             notify: Arc::clone(&notify),
             status: Arc::clone(&status),
             pending: VecDeque::new(),
+            event_log,
+            hole_waiting: None,
         };
         let thread = std::thread::Builder::new()
             .name("tickstock-nats".to_owned())
@@ -186,7 +205,8 @@ impl Drop for Publisher {
     }
 }
 
-/// A batch taken out of the ring, until JetStream acknowledged it.
+/// A batch taken out of the ring, until JetStream acknowledged it; or a hole (`events` 0,
+/// no payload): `first..=last` were dropped and are to be read from the event log.
 struct Pending {
     first: u64,
     last: u64,
@@ -200,9 +220,100 @@ struct Run {
     notify: Arc<Notify>,
     status: Arc<NatsStatus>,
     pending: VecDeque<Pending>,
+    event_log: Option<EventLogReader>,
+    /// Since when a hole has waited for the event log to write its events.
+    hole_waiting: Option<std::time::Instant>,
 }
 
 impl Run {
+    /// Replaces the hole at `index` of `pending` by batches read from the event log, as
+    /// many as `in_flight_max` allows after it (the rest of the hole stays, for later).
+    /// Without the log, or when it lacks them, the hole's events are lost: said, counted.
+    /// False when the log has not written them yet: try again shortly.
+    fn refill(&mut self, index: usize) -> bool {
+        let hole = &self.pending[index];
+        let (from, to) = (hole.first, hole.last);
+        let room = (self.settings.in_flight_max as usize).saturating_sub(index).max(1);
+        let message_max = self.settings.message_bytes_max as usize;
+        let mut batches = Vec::new();
+        let mut next = from;
+        let mut later = false;
+        if let Some(log) = &self.event_log {
+            match log.open_at(from) {
+                Ok(mut cursor) => {
+                    let mut batch = FrameBatch::new(message_max / 2);
+                    let mut frames = 0u64;
+                    'read: while next <= to && batches.len() < room {
+                        let read = cursor.read_slice(|record| {
+                            if record.seq > to || !batch.has_room_for(record.json.len()) {
+                                return false;
+                            }
+                            batch.push_raw(super::frame_of(record, 0), record.json);
+                            frames += 1;
+                            true
+                        });
+                        if frames > 0 {
+                            let mut payload = Vec::new();
+                            encode_frames(&mut payload, &batch, batch.frames());
+                            let (first, last) = (batch.frames()[0].seq, cursor.next_seq() - 1);
+                            batches.push(Pending {
+                                first,
+                                last,
+                                events: frames,
+                                payload: payload.into(),
+                            });
+                            next = last + 1;
+                            batch.clear();
+                            frames = 0;
+                        }
+                        match read {
+                            Ok(0) if next <= to => {
+                                later = true; // the writer has not written them yet
+                                break 'read;
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(
+                                    ?error,
+                                    at = next,
+                                    "nats: the event log cannot give a hole's events"
+                                );
+                                break 'read;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(?error, from, "nats: the event log cannot give a hole's events")
+                }
+            }
+        }
+        let refilled: u64 = batches.iter().map(|b| b.events).sum();
+        self.status.refilled_events.fetch_add(refilled, Ordering::Relaxed);
+        let done = next > to;
+        if refilled == 0 && !done {
+            let since = *self.hole_waiting.get_or_insert_with(std::time::Instant::now);
+            if later && since.elapsed() < HOLE_WAIT_MAX {
+                return false;
+            }
+            // Nothing to be had: the hole stays a gap for the gateways.
+            tracing::error!(from = next, to, "nats: these events cannot be published (no event log has them); gateways will count the gap");
+            self.hole_waiting = None;
+            self.pending.remove(index);
+            return true;
+        }
+        self.hole_waiting = None;
+        if done {
+            self.pending.remove(index);
+        } else {
+            self.pending[index].first = next;
+        }
+        for (offset, batch) in batches.into_iter().enumerate() {
+            self.pending.insert(index + offset, batch);
+        }
+        true
+    }
+
     /// Takes the next whole batch out of the ring (the inlet writes each whole, at once).
     fn take(&mut self) -> Option<Pending> {
         let mut header = [0u8; HEADER];
@@ -284,6 +395,12 @@ impl Run {
             }
             let mut failed = None;
             while acks.len() < self.pending.len() {
+                if self.pending[acks.len()].events == 0 {
+                    if self.refill(acks.len()) {
+                        continue;
+                    }
+                    break; // its events are not in the log yet: after a pause
+                }
                 let batch = &self.pending[acks.len()];
                 let message = PublishMessage::build()
                     .payload(batch.payload.clone())

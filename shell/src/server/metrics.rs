@@ -209,13 +209,14 @@ pub fn health(
     let nats = reporting.nats.as_ref().map_or_else(String::new, |(role, n)| {
         let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            r#","nats":{{"role":{},"state":{},"last_seq":{},"first_seq":{},"published_events":{},"dropped_events":{},"consumed_events":{},"gap_events":{},"transit_us":{}}}"#,
+            r#","nats":{{"role":{},"state":{},"last_seq":{},"first_seq":{},"published_events":{},"dropped_events":{},"refilled_events":{},"consumed_events":{},"gap_events":{},"transit_us":{}}}"#,
             json(if *role == Role::Ingest { "ingest" } else { "gateway" }),
             json(if n.is_up() { "up" } else { "down" }),
             count(&n.last_seq),
             count(&n.first_seq),
             count(&n.published_events),
             count(&n.dropped_events),
+            count(&n.refilled_events),
             count(&n.consumed_events),
             count(&n.gap_events),
             count(&n.transit_ns) / 1_000,
@@ -705,6 +706,13 @@ pub fn prometheus(
             MetricType::COUNTER,
             "Events the ingest's publisher dropped because its ring was full (nats.ring_bytes).",
             &one(get(&n.dropped_events)),
+        );
+        out.add(
+            "nats_refilled_events_total",
+            MetricType::COUNTER,
+            "Of the events the ingest's publisher dropped, those read back from the event log \
+             and published after all.",
+            &one(get(&n.refilled_events)),
         );
         out.add(
             "nats_gap_events_total",

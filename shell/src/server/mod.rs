@@ -97,6 +97,11 @@ impl ServerHandle {
         drop(self.publisher);
     }
 
+    /// How the event log is read, when there is one.
+    pub fn event_log_reader(&self) -> Option<event_log::EventLogReader> {
+        self.event_log.as_ref().map(|log| log.reader.clone())
+    }
+
     /// An ingest's publisher, stopped with the server.
     pub fn set_publisher(&mut self, publisher: Publisher) {
         self.publisher = Some(publisher);

@@ -60,7 +60,7 @@ impl Service {
         status: impl FnMut(&Counters, &Histograms) + Send + 'static,
     ) -> io::Result<Service> {
         let batch_bytes = settings.pipeline.emitter_batch_bytes as usize;
-        let publisher = match settings.nats.role {
+        let publishing = match settings.nats.role {
             Role::Gateway => {
                 return Err(io::Error::other("a gateway has no feed: Service::start_gateway"))
             }
@@ -68,7 +68,7 @@ impl Service {
             Role::Ingest => {
                 let nats = Arc::new(NatsStatus::default());
                 reporting.nats = Some((Role::Ingest, Arc::clone(&nats)));
-                Some(Publisher::start(&settings.nats, nats)?)
+                Some(nats)
             }
         };
         // Before the port opens: a client must not slip in ahead of a warm restart's replay.
@@ -87,7 +87,9 @@ impl Service {
         };
         let (mut sink, mut handle) =
             super::start(&settings.server, credentials, reporting.clone(), batch_bytes, database)?;
-        if let Some((publisher, inlet)) = publisher {
+        if let Some(nats) = publishing {
+            let (publisher, inlet) =
+                Publisher::start(&settings.nats, nats, handle.event_log_reader())?;
             sink.set_nats(Some(inlet));
             handle.set_publisher(publisher);
         }

@@ -86,7 +86,13 @@ impl Nats {
 
     /// Stops it and starts it again on the same port and store.
     pub fn restart(&mut self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Stops it, waits `away`, and starts it again on the same port and store.
+    pub fn restart_after(&mut self, away: Duration) {
         self.stop();
+        std::thread::sleep(away);
         self.run();
     }
 }
