@@ -73,6 +73,9 @@ pub struct NatsSettings {
     pub url: String,
     /// A NATS credentials file (`.creds`: a user JWT and its NKey seed). Default: none.
     pub credentials_file: Option<PathBuf>,
+    /// With `tls://`: the PEM certificates that may sign the server's certificate (a
+    /// private CA). Default: none (the webpki roots).
+    pub tls_ca_file: Option<PathBuf>,
     /// The JetStream stream, created (or its limits updated) by the ingest. Default:
     /// `TICKSTOCK`.
     pub stream: String,
@@ -113,6 +116,7 @@ impl Default for NatsSettings {
             role: Role::All,
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials_file: None,
+            tls_ca_file: None,
             stream: "TICKSTOCK".to_owned(),
             subject: "tickstock.events".to_owned(),
             retain_messages: 3_600_000,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::nats::Nats;
-use common::process::{finish, http, serving, signal, Log};
+use common::process::{finish, http, listening, serving, signal, tickstock, Log};
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
 type Events = BTreeMap<u64, serde_json::Value>;
@@ -376,4 +376,67 @@ fn nats_away_longer_than_the_ring_holds_is_refilled_from_the_event_log_with_no_g
         signal(&child, "TERM");
         assert!(finish(child).status.success());
     }
+}
+
+#[test]
+fn tls_and_a_user_from_the_environment_reach_a_nats_that_requires_both_and_a_bad_password_is_said()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_pem.to_str().unwrap(), key_pem.to_str().unwrap());
+    let nats = Nats::start_with(&[
+        "--tls",
+        "--tlscert",
+        cert_arg,
+        "--tlskey",
+        key_arg,
+        "--user",
+        "desk",
+        "--pass",
+        "s3cret",
+    ]);
+    let with_ca = |name: &str| {
+        let path = config(dir.path(), name, &nats);
+        let body = fs::read_to_string(&path)
+            .unwrap()
+            .replace("[nats]\n", &format!("[nats]\ntls_ca_file = \"{}\"\n", cert_pem.display()));
+        fs::write(&path, body).unwrap();
+        path
+    };
+    let env = [("NATS_USER", "desk"), ("NATS_PASSWORD", "s3cret")];
+    let mut ingest = tickstock();
+    ingest.envs(env).arg("--config").arg(with_ca("ingest"));
+    ingest.args(["--listen", "127.0.0.1:0", "serve", "--role", "ingest"]);
+    let (ingest, ingest_addr, _log) = listening(&mut ingest);
+    wait_up(&ingest_addr);
+    let mut gateway = tickstock();
+    gateway.envs(env).arg("--config").arg(with_ca("gateway"));
+    gateway.args(["--listen", "127.0.0.1:0", "serve", "--role", "gateway"]);
+    let (gateway, addr, _gateway_log) = listening(&mut gateway);
+    wait_up(&addr);
+    let (events, _, _) = read_for(client(&addr, None), 1.5).join().unwrap();
+    assert!(events.len() > 1_000, "streamed over TLS ({} events)", events.len());
+    assert_no_gap(&events, "over TLS");
+    // A wrong password: the gateway says why it has no stream, and never prints the password.
+    let mut wrong = tickstock();
+    wrong.envs([("NATS_USER", "desk"), ("NATS_PASSWORD", "wrong-one")]);
+    wrong.arg("--config").arg(with_ca("wrong"));
+    wrong.args(["--listen", "127.0.0.1:0", "serve", "--role", "gateway"]);
+    let (wrong, wrong_addr, wrong_log) = listening(&mut wrong);
+    sleep(Duration::from_millis(1_500));
+    let health = http(&wrong_addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 503") && health.contains("nats down"), "{health}");
+    for child in [ingest, gateway, wrong] {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
+    let log: Vec<String> = wrong_log.collect();
+    assert!(!log.iter().any(|l| l.contains("wrong-one")), "the password was logged: {log:?}");
+    assert!(
+        log.iter().any(|l| l.to_lowercase().contains("authorization")),
+        "the log says the credentials were refused: {log:?}"
+    );
 }

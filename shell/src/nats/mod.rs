@@ -221,6 +221,9 @@ async fn connect(
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.into()))
         .retry_on_initial_connect()
         .require_tls(settings.url.starts_with("tls://"));
+    if let Some(path) = &settings.tls_ca_file {
+        options = options.add_root_certificates(path.clone());
+    }
     if let Some(path) = &settings.credentials_file {
         options = options
             .credentials_file(path)

@@ -39,12 +39,27 @@ pub struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More arguments (TLS, a user).
+    args: Vec<String>,
+    scheme: &'static str,
 }
 
 impl Nats {
     /// Starts one, and waits until it accepts connections.
     pub fn start() -> Nats {
-        let mut nats = Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        Nats::start_with(&[])
+    }
+
+    /// Starts one with more arguments (`--tls ...`, `--user ...`).
+    pub fn start_with(args: &[&str]) -> Nats {
+        let tls = args.contains(&"--tls");
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            scheme: if tls { "tls" } else { "nats" },
+        };
         nats.run();
         nats
     }
@@ -54,6 +69,7 @@ impl Nats {
         let child = Command::new(binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.dir.path().join("store"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -71,9 +87,12 @@ impl Nats {
         std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://127.0.0.1:PORT` (`tls://localhost:PORT` with TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match self.scheme {
+            "tls" => format!("tls://localhost:{}", self.port),
+            scheme => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Stops it (SIGTERM: it closes its store cleanly) and waits.
