@@ -923,6 +923,9 @@ impl Subscriber {
         let on_disk = self.disk.is_some() && !self.pump_disk(&mut allowance, env);
         if let Some(replay) = self.replay.as_mut() {
             replay.pace.spend(allowed - allowance);
+            // Out of credit now: when to come back (a slice that sent nothing, every event
+            // filtered out, leaves nothing to write that would bring the loop back).
+            replay.pace.allowance(now);
         }
         if on_disk {
             return;
@@ -959,6 +962,7 @@ impl Subscriber {
             self.outbox.push(last);
         }
         replay.pace.spend(allowed - allowance);
+        replay.pace.allowance(now);
         let newest = history.newest_seq();
         match examined {
             Some(seq) if Some(seq) != newest => {
@@ -1722,6 +1726,33 @@ mod tests {
         sim.drain(&mut sub, &mut client, None);
         assert_eq!(client.seqs(), trades(1010));
         assert_eq!(client.statuses("resumed")[0]["to_seq"], 1009);
+        assert_eq!(sub.wake_at(), None);
+    }
+
+    #[test]
+    fn a_paced_resume_that_sends_nothing_in_a_slice_still_asks_to_be_woken() {
+        let mut sim = Sim::new(|s| s.resume_events_per_sec_max = 10_000);
+        for _ in 0..10 {
+            sim.cycle("MSFT", 100); // 1,010 events: T of MSFT, and its A bars
+        }
+        // Subscribed to what the history does not have: every slice sends nothing.
+        let (mut sub, mut client) = sim.live(1, "T.IBM");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        assert!(client.seqs().is_empty());
+        // With nothing to write, only the wake brings the loop back.
+        let due = sub.wake_at().expect("a paused replay asks to be woken");
+        assert_eq!(due, sim.now + Duration::from_micros(25_600));
+        // Woken, it looks at another 256 and sends nothing again: it must ask again.
+        sim.advance(Duration::from_micros(25_600));
+        sim.drain(&mut sub, &mut client, None);
+        let again = sub.wake_at().expect("still paused, still asking to be woken");
+        assert_eq!(again, sim.now + Duration::from_micros(25_600));
+        for _ in 0..5 {
+            sim.advance(Duration::from_millis(25));
+            sim.drain(&mut sub, &mut client, None);
+        }
+        assert_eq!(client.statuses("resumed")[0]["to_seq"], 0, "nothing of IBM to replay");
         assert_eq!(sub.wake_at(), None);
     }
 
