@@ -533,7 +533,8 @@ struct ReaderLoop {
     scratch: Vec<u8>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// A latency histogram (ns, 1 µs to 120 s, 3 significant digits), as every reader keeps.
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds")
 }
 

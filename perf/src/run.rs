@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::clients::{Pool, ReaderReport, Target, BLOCK_SHIFT};
+use crate::clients::{new_histogram, Pool, ReaderReport, Target, BLOCK_SHIFT};
 use crate::disrupt::{Disruptors, Mix, Tally};
 use crate::machine::{self, ProcSample};
 use crate::server::{Metrics, Server};
@@ -517,10 +517,7 @@ impl Rig {
             for report in &reports {
                 for (index, histogram) in report.latency.iter().enumerate() {
                     if latencies.len() <= index {
-                        latencies.resize_with(index + 1, || {
-                            Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3)
-                                .expect("static bounds")
-                        });
+                        latencies.resize_with(index + 1, new_histogram);
                     }
                     let _ = latencies[index].add(histogram);
                 }
@@ -650,8 +647,7 @@ fn judge(
     elapsed: f64,
     expect: &dyn Fn(u32) -> (u64, u64),
 ) -> Step {
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1_000, 120_000_000_000, 3).expect("static bounds");
+    let mut latency = new_histogram();
     let mut invalid = Vec::new();
     let mut breaches = Vec::new();
     let (mut events, mut slow, mut conflated, mut shed_clients) = (0u64, 0u64, 0u64, 0u64);

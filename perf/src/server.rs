@@ -188,8 +188,8 @@ impl Server {
         let _ = child.wait();
     }
 
-    /// `/metrics`, each metric summed over its labels; three tries, since a server far over
-    /// capacity may answer slowly.
+    /// `/metrics`, each metric summed over its labels (and over every server, with
+    /// several); three tries, since a server far over capacity may answer slowly.
     pub fn metrics(&self) -> Result<Metrics, String> {
         let mut total = scrape_tries(self.addr)?;
         for (addr, _) in &self.others {
@@ -201,6 +201,7 @@ impl Server {
     }
 }
 
+/// One server's `/metrics`, in up to `SCRAPE_TRIES` tries.
 fn scrape_tries(addr: SocketAddr) -> Result<Metrics, String> {
     let mut last = String::new();
     for _ in 0..SCRAPE_TRIES {
@@ -210,13 +211,6 @@ fn scrape_tries(addr: SocketAddr) -> Result<Metrics, String> {
         }
     }
     Err(last)
-}
-
-impl Server {
-    /// Whether a second server is being measured beside the first.
-    pub fn has_others(&self) -> bool {
-        !self.others.is_empty()
-    }
 }
 
 impl Drop for Server {

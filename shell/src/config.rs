@@ -47,7 +47,7 @@ pub struct Settings {
 }
 
 /// What a `serve` process is (`--role`, `docs/scale-out.md`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Feed, engine and clients in one process; no NATS.

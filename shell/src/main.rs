@@ -142,17 +142,7 @@ struct ServeArgs {
     /// What this process is (`nats.role`; default `all`): `ingest` publishes to NATS
     /// JetStream, `gateway` serves clients from it (docs/scale-out.md).
     #[arg(long, value_enum)]
-    role: Option<RoleArg>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum RoleArg {
-    /// Feed, engine and clients in one process; no NATS.
-    All,
-    /// Feed, engine, journal and event log; every batch published to JetStream.
-    Ingest,
-    /// No feed and no engine: the stream consumed from JetStream, served to clients.
-    Gateway,
+    role: Option<Role>,
 }
 
 #[derive(Debug, Args)]
@@ -255,11 +245,7 @@ fn main() -> ExitCode {
             }
             stop_after(args.duration_s, &stop);
             if let Some(role) = args.role {
-                settings.nats.role = match role {
-                    RoleArg::All => Role::All,
-                    RoleArg::Ingest => Role::Ingest,
-                    RoleArg::Gateway => Role::Gateway,
-                };
+                settings.nats.role = role;
             }
             if settings.nats.role == Role::Gateway {
                 return serve_gateway(&settings, stop);
@@ -574,33 +560,22 @@ fn make_feed(settings: &Settings, choice: Option<FeedArg>) -> Result<MadeFeed, S
 
 /// `serve --role gateway`: the server fed by the stream from NATS JetStream.
 fn serve_gateway(settings: &Settings, stop: Arc<AtomicBool>) -> ExitCode {
-    let credentials = match Credentials::load(&settings.server) {
-        Ok(credentials) => Arc::new(credentials),
+    let observed = Observed::default();
+    let reporting = Reporting { observed, upstream: None, feed: "nats", nats: None };
+    let started = server_files(settings).and_then(|(credentials, open)| {
+        let service = Service::start_gateway(settings, credentials, stop, reporting)
+            .map_err(|e| format!("cannot start the gateway on {}: {e}", settings.server.listen))?;
+        announce(&service, open);
+        tracing::info!(nats = %settings.nats.url, stream = %settings.nats.stream, "gateway: serving the stream");
+        Ok(service)
+    });
+    let service = match started {
+        Ok(service) => service,
         Err(message) => {
             tracing::error!("{message}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _ = RELOADABLE.set(Arc::clone(&credentials));
-    if let Err(message) = UniverseFile::load(&settings.server) {
-        tracing::error!("{message}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let observed = Observed::default();
-    let reporting = Reporting { observed, upstream: None, feed: "nats", nats: None };
-    let service = match Service::start_gateway(settings, credentials, stop, reporting) {
-        Ok(service) => service,
-        Err(error) => {
-            tracing::error!("cannot start the gateway on {}: {error}", settings.server.listen);
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let _ = UNIVERSES.set(Arc::clone(&service.universes));
-    let address = service.local_addr;
-    tracing::info!(
-        nats = %settings.nats.url, stream = %settings.nats.stream,
-        "gateway: serving ws://{address}/stocks, http://{address}/health and http://{address}/metrics"
-    );
     let counters = service.counters.clone();
     let result = service.wait();
     tracing::info!(
@@ -634,15 +609,27 @@ fn serve(
     reporting: Reporting,
     status: impl FnMut(&Counters, &Histograms) + Send + 'static,
 ) -> Result<Service, String> {
-    let credentials = Arc::new(Credentials::load(&settings.server)?);
-    let open = credentials.current().is_open();
-    let _ = RELOADABLE.set(Arc::clone(&credentials));
-    // Read here first for a clear error of its own (the server reads it as it starts).
-    UniverseFile::load(&settings.server)?;
+    let (credentials, open) = server_files(settings)?;
     let service = Service::start(settings, credentials, feed, time, stop, reporting, status)
         .map_err(|error| {
             format!("cannot start the server on {}: {error}", settings.server.listen)
         })?;
+    announce(&service, open);
+    Ok(service)
+}
+
+/// The server's credentials (kept for SIGHUP's reload), whether they admit anyone, and its
+/// universes file read first for a clear error of its own (the server reads it as it starts).
+fn server_files(settings: &Settings) -> Result<(Arc<Credentials>, bool), String> {
+    let credentials = Arc::new(Credentials::load(&settings.server)?);
+    let open = credentials.current().is_open();
+    let _ = RELOADABLE.set(Arc::clone(&credentials));
+    UniverseFile::load(&settings.server)?;
+    Ok((credentials, open))
+}
+
+/// Says where a started server serves (the tests and loadgen read this line).
+fn announce(service: &Service, open: bool) {
     let _ = UNIVERSES.set(Arc::clone(&service.universes));
     let address = service.local_addr;
     tracing::info!(
@@ -651,7 +638,6 @@ fn serve(
     if open {
         tracing::warn!("no credentials configured: any token is accepted (loopback only)");
     }
-    Ok(service)
 }
 
 fn stop_after(duration_s: Option<u64>, stop: &Arc<AtomicBool>) {

@@ -14,6 +14,7 @@ use tickstock_shell::journal;
 mod common;
 use common::process::{
     finish, http, listening, python_with, record, run_script, serving, signal, text, tickstock,
+    timed_out,
 };
 
 #[test]
@@ -741,11 +742,7 @@ fn read_for(ws: &mut Ws, secs: f64) -> (Vec<serde_json::Value>, Vec<serde_json::
                 }
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(error) if timed_out(&error) => {}
             Err(_) => break,
         }
     }

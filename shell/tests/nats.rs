@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::nats::Nats;
-use common::process::{finish, http, listening, serving, signal, tickstock, Log};
+use common::process::{finish, http, listening, serving, signal, tickstock, timed_out, Log};
 
 type Ws = tungstenite::WebSocket<std::net::TcpStream>;
 type Events = BTreeMap<u64, serde_json::Value>;
@@ -73,16 +73,20 @@ fn read_for(
                     }
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(error) if timed_out(&error) => {}
                 Err(error) => panic!("the connection failed: {error} (statuses {statuses:?})"),
             }
         }
         (events, statuses, ws)
     })
+}
+
+/// Stops `children` (SIGTERM), each of which must exit 0.
+fn stop_all<const N: usize>(children: [Child; N]) {
+    for child in children {
+        signal(&child, "TERM");
+        assert!(finish(child).status.success());
+    }
 }
 
 /// Every `seq` from the first to the last is there.
@@ -164,10 +168,7 @@ fn two_gateways_send_the_ingests_events_and_a_killed_gateways_client_resumes_on_
             assert_eq!(there, event, "seq {seq} differs between the gateways");
         }
     }
-    for child in [ingest, gateway_b] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway_b]);
 }
 
 #[test]
@@ -196,10 +197,7 @@ fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
     assert_eq!(metric(&ingest_addr, "tickstock_feed_ring_full_waits_total"), 0, "engine stalled");
     assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
     assert!(metric(&addr, "tickstock_nats_disconnects_total") >= 1, "the restart was seen");
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
     drop(nats);
 }
 
@@ -229,10 +227,7 @@ fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
     assert_no_gap(&events, "across the ingest's restart");
     assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
     assert_eq!(metric(&ingest_addr, "tickstock_nats_dropped_events_total"), 0);
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
     let log: Vec<String> = log.collect();
     assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("the stream holds events up to here")), "{log:?}");
@@ -263,10 +258,7 @@ fn a_late_gateway_fills_its_event_log_from_the_stream_and_a_client_resumes_on_it
     assert_eq!(*events.keys().next().unwrap(), 1, "from the ingest's first event");
     assert!(resumed[0]["to_seq"].as_u64().unwrap() > 5_000, "{resumed:?}: from the log");
     assert_no_gap(&events, "the resume from the log, then live");
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
     let log: Vec<String> = log.collect();
     assert!(log.iter().any(|l| l.contains("filling the event log from the stream")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("the event log has what the stream held")), "{log:?}");
@@ -292,10 +284,7 @@ fn a_gateway_without_a_log_that_started_late_refuses_an_older_resume_with_its_ol
     let failed: Vec<_> = statuses.iter().filter(|s| s["status"] == "resume_failed").collect();
     assert_eq!(failed.len(), 1, "{statuses:?}");
     assert_eq!(failed[0]["oldest_seq"].as_u64(), Some(first), "{failed:?}");
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
 }
 
 #[test]
@@ -338,10 +327,7 @@ fn a_gateway_that_lags_past_the_streams_retention_says_so_and_refuses_a_resume_a
     let failed: Vec<_> = statuses.iter().filter(|s| s["status"] == "resume_failed").collect();
     assert_eq!(failed.len(), 1, "{statuses:?}");
     assert!(failed[0]["oldest_seq"].as_u64().unwrap() > before, "{failed:?}");
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
 }
 
 #[test]
@@ -372,10 +358,7 @@ fn nats_away_longer_than_the_ring_holds_is_refilled_from_the_event_log_with_no_g
     assert!(events.len() > 10_000, "it streamed ({} events), {statuses:?}", events.len());
     assert_no_gap(&events, "across the outage");
     assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
-    for child in [ingest, gateway] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway]);
 }
 
 #[test]
@@ -429,10 +412,7 @@ fn tls_and_a_user_from_the_environment_reach_a_nats_that_requires_both_and_a_bad
     sleep(Duration::from_millis(1_500));
     let health = http(&wrong_addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(health.starts_with("HTTP/1.1 503") && health.contains("nats down"), "{health}");
-    for child in [ingest, gateway, wrong] {
-        signal(&child, "TERM");
-        assert!(finish(child).status.success());
-    }
+    stop_all([ingest, gateway, wrong]);
     let log: Vec<String> = wrong_log.collect();
     assert!(!log.iter().any(|l| l.contains("wrong-one")), "the password was logged: {log:?}");
     assert!(

@@ -24,7 +24,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
 
-use super::{connect, decode_batch, unix_ns, NatsStatus, SENT_HEADER};
+use super::{connect, decode_batch, unix_ns, Backoff, NatsStatus, SENT_HEADER};
 use crate::config::NatsSettings;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::tracer::Counters;
@@ -101,9 +101,7 @@ impl Run {
 
     async fn run(mut self) -> io::Result<()> {
         let settings = self.settings.clone();
-        let backoff_min = Duration::from_millis(settings.retry_ms_min.into());
-        let backoff_max = Duration::from_millis(settings.retry_ms_max.into());
-        let mut backoff = backoff_min;
+        let mut backoff = Backoff::new(&settings);
         let client = loop {
             if self.stopped() {
                 return self.sink.finish();
@@ -112,8 +110,7 @@ impl Run {
                 Ok(client) => break client,
                 Err(why) => {
                     self.status.set_down(why);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(backoff_max);
+                    backoff.wait().await;
                 }
             }
         };
@@ -139,8 +136,7 @@ impl Run {
                     }
                     Err(why) => {
                         self.status.set_down(why);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(backoff_max);
+                        backoff.wait().await;
                     }
                 }
             }
@@ -155,8 +151,7 @@ impl Run {
                 Ok(stream) => stream,
                 Err(error) => {
                     self.status.set_down(format!("stream {}: {error}", settings.stream));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(backoff_max);
+                    backoff.wait().await;
                     continue;
                 }
             };
@@ -173,8 +168,7 @@ impl Run {
                 Ok(consumer) => consumer.messages().await,
                 Err(error) => {
                     self.status.set_down(format!("consumer: {error}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(backoff_max);
+                    backoff.wait().await;
                     continue;
                 }
             };
@@ -182,12 +176,12 @@ impl Run {
                 Ok(messages) => messages,
                 Err(error) => {
                     self.status.set_down(format!("consumer: {error}"));
-                    tokio::time::sleep(backoff).await;
+                    backoff.wait().await;
                     continue;
                 }
             };
             self.status.set_up();
-            backoff = backoff_min;
+            backoff.reset();
             // A reconnect (a NATS server restarted, say) may leave the consumer behind on
             // the server: it is opened again at once, not after its missed heartbeats.
             // (At least the first connect: its event may come after the consumer opened.)
@@ -224,7 +218,7 @@ impl Run {
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
+            backoff.wait().await;
         }
         self.sink.finish()
     }
@@ -314,10 +308,7 @@ async fn backfill_start(
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let last = match stream.get_raw_message(mid).await {
-            Ok(message) => message
-                .headers
-                .get(super::SEQ_HEADER)
-                .and_then(|range| range.as_str().split_once('-')?.1.parse::<u64>().ok()),
+            Ok(message) => super::last_seq_of(&message.headers),
             Err(_) => None, // gone since (retention): as if older
         };
         if last.is_some_and(|last| last > log_through) {

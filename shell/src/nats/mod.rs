@@ -104,6 +104,37 @@ impl NatsStatus {
     }
 }
 
+/// The reconnect back-off of both threads: `retry_ms_min`, doubling up to `retry_ms_max`,
+/// from the start again after a success.
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(settings: &NatsSettings) -> Backoff {
+        let min = Duration::from_millis(settings.retry_ms_min.into());
+        Backoff { min, max: Duration::from_millis(settings.retry_ms_max.into()), next: min }
+    }
+
+    /// A success: the next failure waits the least again.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// Waits the next step.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// The last `seq` of a message, from its `Tickstock-Seq` header (`first-last`).
+fn last_seq_of(headers: &async_nats::HeaderMap) -> Option<u64> {
+    headers.get(SEQ_HEADER)?.as_str().split_once('-')?.1.parse().ok()
+}
+
 /// The Unix time now, ns.
 pub fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -279,10 +310,7 @@ async fn stream_last_seq(
         }
     };
     match stream.get_last_raw_message_by_subject(&settings.subject).await {
-        Ok(message) => message
-            .headers
-            .get(SEQ_HEADER)
-            .and_then(|range| range.as_str().split_once('-')?.1.parse().ok())
+        Ok(message) => last_seq_of(&message.headers)
             .ok_or_else(|| format!("the stream's last message has no {SEQ_HEADER} header")),
         Err(error) => match error.kind() {
             LastRawMessageErrorKind::NoMessageFound => Ok(0),

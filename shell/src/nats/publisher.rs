@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    connect, encode_frames, split, stream_config, stream_last_seq, unix_ns, NatsStatus,
+    connect, encode_frames, split, stream_config, stream_last_seq, unix_ns, Backoff, NatsStatus,
     SENT_HEADER, SEQ_HEADER,
 };
 use crate::config::NatsSettings;
@@ -242,29 +242,26 @@ impl Run {
             match log.open_at(from) {
                 Ok(mut cursor) => {
                     let mut batch = FrameBatch::new(message_max / 2);
-                    let mut frames = 0u64;
                     'read: while next <= to && batches.len() < room {
                         let read = cursor.read_slice(|record| {
                             if record.seq > to || !batch.has_room_for(record.json.len()) {
                                 return false;
                             }
                             batch.push_raw(super::frame_of(record, 0), record.json);
-                            frames += 1;
                             true
                         });
-                        if frames > 0 {
+                        if !batch.is_empty() {
                             let mut payload = Vec::new();
                             encode_frames(&mut payload, &batch, batch.frames());
                             let (first, last) = (batch.frames()[0].seq, cursor.next_seq() - 1);
                             batches.push(Pending {
                                 first,
                                 last,
-                                events: frames,
+                                events: batch.len() as u64,
                                 payload: payload.into(),
                             });
                             next = last + 1;
                             batch.clear();
-                            frames = 0;
                         }
                         match read {
                             Ok(0) if next <= to => {
@@ -343,22 +340,31 @@ impl Run {
         })
     }
 
+    /// NATS failed for `why`: said, then a back-off step; false when the inlet is gone and
+    /// NATS has failed `failures` times in a row (3): what is left is given up.
+    async fn retry(&mut self, why: String, failures: u32, backoff: &mut Backoff) -> bool {
+        self.status.set_down(why);
+        if self.ring.is_abandoned() && failures >= 3 {
+            self.give_up();
+            return false;
+        }
+        backoff.wait().await;
+        true
+    }
+
     async fn run(mut self) {
         let settings = self.settings.clone();
-        let backoff_min = Duration::from_millis(settings.retry_ms_min.into());
-        let backoff_max = Duration::from_millis(settings.retry_ms_max.into());
-        let mut backoff = backoff_min;
+        let mut backoff = Backoff::new(&settings);
+        // Failures in a row since the last success (the inlet gone: give up at 3).
+        let mut failures = 0u32;
         let client = loop {
             match connect(&settings, "tickstock-ingest", &self.status).await {
                 Ok(client) => break client,
                 Err(why) => {
-                    self.status.set_down(why);
-                    if self.ring.is_abandoned() {
-                        self.give_up();
+                    failures += 1;
+                    if !self.retry(why, failures, &mut backoff).await {
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(backoff_max);
                 }
             }
         };
@@ -367,24 +373,19 @@ impl Run {
         let in_flight_max = settings.in_flight_max as usize;
         let mut stream_ready = false;
         let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
-        // Failures in a row since the last acknowledgement (the inlet gone: give up at 3).
-        let mut failures = 0u32;
         loop {
             if !stream_ready {
                 match ensure_stream(&context, &settings).await {
                     Ok(()) => {
                         stream_ready = true;
                         self.status.set_up();
-                        backoff = backoff_min;
+                        backoff.reset();
                     }
                     Err(why) => {
-                        self.status.set_down(why);
-                        if self.ring.is_abandoned() {
-                            self.give_up();
+                        failures += 1;
+                        if !self.retry(why, failures, &mut backoff).await {
                             return;
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(backoff_max);
                         continue;
                     }
                 }
@@ -410,7 +411,7 @@ impl Run {
                 match context.send_publish(settings.subject.clone(), message).await {
                     Ok(ack) => acks.push_back(ack),
                     Err(error) => {
-                        failed = Some(format!("publish: {error}"));
+                        failed = Some((format!("publish: {error}"), acks.len()));
                         break;
                     }
                 }
@@ -431,34 +432,31 @@ impl Run {
                                 s.set_up();
                             }
                             failures = 0;
-                            backoff = backoff_min;
+                            backoff.reset();
                             continue;
                         }
+                        // Published, not acknowledged: it and those after it go again.
                         Ok(Err(error)) => {
-                            failed = Some(format!("publish not acknowledged: {error}"))
+                            failed =
+                                Some((format!("publish not acknowledged: {error}"), acks.len() + 1))
                         }
                         Err(_) => {
-                            failed = Some(format!(
-                                "no acknowledgement in {} ms",
-                                settings.ack_timeout_ms
+                            failed = Some((
+                                format!("no acknowledgement in {} ms", settings.ack_timeout_ms),
+                                acks.len() + 1,
                             ))
                         }
                     }
                 }
             }
-            if let Some(why) = failed {
+            if let Some((why, published)) = failed {
                 // Everything not acknowledged goes again, in order, once NATS answers.
-                let again = self.pending.len() as u64;
-                self.status.republished_batches.fetch_add(again, Ordering::Relaxed);
+                self.status.republished_batches.fetch_add(published as u64, Ordering::Relaxed);
                 acks.clear();
-                self.status.set_down(why);
                 failures += 1;
-                if self.ring.is_abandoned() && failures >= 3 {
-                    self.give_up();
+                if !self.retry(why, failures, &mut backoff).await {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(backoff_max);
                 // The stream may be new (a server restarted without its store).
                 stream_ready = false;
                 continue;

@@ -162,6 +162,26 @@ pub fn gateway_problem(reporting: &Reporting) -> Option<String> {
     status.problem()
 }
 
+/// What degrades a NATS role (200, `degraded`): NATS away from an ingest (its ring keeps what
+/// it cannot publish yet), or a gateway whose stream lacked events it had not read (it serves
+/// on, but a resume across the hole is refused).
+fn nats_degradation(reporting: &Reporting) -> Option<String> {
+    match reporting.nats.as_ref()? {
+        (Role::Ingest, status) => status.problem(),
+        (Role::Gateway, status) => {
+            let lost = status.gap_events.load(Ordering::Relaxed);
+            (lost > 0).then(|| {
+                format!(
+                    "nats: the stream lacked {lost} events this gateway had not read (it \
+                     lagged past nats.retain_*, or the ingest dropped them); a resume across \
+                     the hole gets resume_failed"
+                )
+            })
+        }
+        (Role::All, _) => None,
+    }
+}
+
 /// The `/health` body and whether it is healthy.
 pub fn health(
     reporting: &Reporting,
@@ -172,25 +192,10 @@ pub fn health(
 ) -> String {
     let c = &reporting.observed.counters;
     // The database away degrades the server (200, `degraded`): clients are served, and the
-    // sink's ring keeps what it cannot write yet.
-    // So does NATS away from an ingest: its ring keeps what it cannot publish yet.
-    let database_problem = database
-        .and_then(DatabaseStatus::problem)
-        .or_else(|| reporting.nats.as_ref().filter(|(role, _)| *role == Role::Ingest)?.1.problem());
-    // And a gateway whose stream lacked events it had not read yet: it serves on, but a
-    // resume across the hole is refused.
-    let database_problem = database_problem.or_else(|| {
-        let (_, n) = reporting.nats.as_ref().filter(|(role, _)| *role == Role::Gateway)?;
-        let lost = n.gap_events.load(Ordering::Relaxed);
-        (lost > 0).then(|| {
-            format!(
-                "nats: the stream lacked {lost} events this gateway had not read (it lagged \
-                 past nats.retain_*, or the ingest dropped them); a resume across the hole \
-                 gets resume_failed"
-            )
-        })
-    });
-    let (status, problem) = match (problem, database_problem.as_deref()) {
+    // sink's ring keeps what it cannot write yet. So can NATS.
+    let degradation =
+        database.and_then(DatabaseStatus::problem).or_else(|| nats_degradation(reporting));
+    let (status, problem) = match (problem, degradation.as_deref()) {
         (Some(problem), _) => ("unhealthy", Some(problem)),
         (None, Some(problem)) => ("degraded", Some(problem)),
         (None, None) => ("ok", None),

@@ -206,20 +206,28 @@ impl Pace {
         let elapsed = now.saturating_duration_since(self.at).as_nanos() as u64;
         self.credit_ns = self.credit_ns.saturating_add(elapsed).min(self.cap_ns());
         self.at = now;
-        let allowance = self.credit_ns as u128 * self.rate as u128 / 1_000_000_000;
-        self.paused_until = (allowance == 0).then(|| {
-            let due = Self::WAKE_EVENTS * 1_000_000_000 / self.rate;
-            now + Duration::from_nanos(due.saturating_sub(self.credit_ns))
-        });
-        allowance as u64
+        self.pause_if_spent()
     }
 
-    /// `events` of the allowance were used.
+    /// `events` of the allowance were used. Out of credit, it is paused from here: a slice
+    /// that sent nothing (every event filtered out) leaves nothing to write that would bring
+    /// the event loop back, so the wake must be known now.
     fn spend(&mut self, events: u64) {
         if self.rate != 0 {
             let cost = (events as u128 * 1_000_000_000).div_ceil(self.rate as u128);
             self.credit_ns = self.credit_ns.saturating_sub(cost.min(u64::MAX as u128) as u64);
+            self.pause_if_spent();
         }
+    }
+
+    /// The events the credit allows; with none, `paused_until` is when 256 are due.
+    fn pause_if_spent(&mut self) -> u64 {
+        let allowance = (self.credit_ns as u128 * self.rate as u128 / 1_000_000_000) as u64;
+        self.paused_until = (allowance == 0).then(|| {
+            let due = Self::WAKE_EVENTS * 1_000_000_000 / self.rate;
+            self.at + Duration::from_nanos(due.saturating_sub(self.credit_ns))
+        });
+        allowance
     }
 }
 
@@ -923,9 +931,6 @@ impl Subscriber {
         let on_disk = self.disk.is_some() && !self.pump_disk(&mut allowance, env);
         if let Some(replay) = self.replay.as_mut() {
             replay.pace.spend(allowed - allowance);
-            // Out of credit now: when to come back (a slice that sent nothing, every event
-            // filtered out, leaves nothing to write that would bring the loop back).
-            replay.pace.allowance(now);
         }
         if on_disk {
             return;
@@ -962,7 +967,6 @@ impl Subscriber {
             self.outbox.push(last);
         }
         replay.pace.spend(allowed - allowance);
-        replay.pace.allowance(now);
         let newest = history.newest_seq();
         match examined {
             Some(seq) if Some(seq) != newest => {

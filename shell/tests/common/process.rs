@@ -39,6 +39,12 @@ pub fn http(addr: &str, request: &str) -> String {
     response
 }
 
+/// Whether a read of a socket with a read timeout only timed out (nothing came yet).
+pub fn timed_out(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Io(e)
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
 /// Log lines, as they come.
 pub type Log = Box<dyn Iterator<Item = String>>;
 
