@@ -10,6 +10,19 @@
 //! a spinning thread per stage would starve the rest, so the default backs off to parking.
 //! A parked consumer is woken by its producer through [`Waker`] as soon as work arrives, so
 //! parking costs a wake-up (a few µs), not the park timeout.
+//!
+//! Two kinds of wait, two kinds of park:
+//!
+//! - **Signalled** ([`Idler::idle`], [`Idler::idle_at_most`]): waiting for work that a
+//!   producer holding this thread's [`Waker`] signals. After its spins and yields the thread
+//!   parks for `park_us_max` at once: the wake comes when the work does, and the timeout only
+//!   bounds a wake that was missed. (Parks growing from 20 µs here cost the engine thread
+//!   0.15 of a core at 20,000 trades/s, a timed wake-up every few tens of µs between the
+//!   feed's messages, for no latency gained: `docs/pipeline.md`.)
+//! - **Unsignalled** ([`Idler::idle_unsignalled`], and any wait of a thread no one holds a
+//!   [`Waker`] for): waiting for something nobody announces (room in a ring, the emitter
+//!   draining the buffer). The parks grow from `park_us_min` to `park_us_max`, so a short
+//!   wait ends soon after its cause does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,23 +39,25 @@ pub enum IdleStrategy {
     Spin,
     /// `thread::yield_now` on every idle round.
     Yield,
-    /// Spin `spins` rounds, then yield `yields` rounds, then park for a time that doubles
-    /// from `park_us_min` to `park_us_max` (or until woken).
+    /// Spin `spins` rounds, then yield `yields` rounds, then park (or until woken): for
+    /// `park_us_max` when a producer will wake it, else for a time that doubles from
+    /// `park_us_min` to `park_us_max` (the module's doc).
     Backoff {
-        /// Rounds of spinning. Default: 64.
+        /// Rounds of spinning. Default: 8.
         spins: u32,
-        /// Rounds of yielding after the spins. Default: 16.
+        /// Rounds of yielding after the spins. Default: 0 (a yield is a system call that,
+        /// with the other core busy, gives nothing a park does not).
         yields: u32,
-        /// First park, in µs. Default: 20.
+        /// First park of an unsignalled wait, in µs. Default: 20.
         park_us_min: u32,
-        /// Longest park, in µs. Default: 1,000.
+        /// Longest park, and every park of a signalled wait, in µs. Default: 1,000.
         park_us_max: u32,
     },
 }
 
 impl Default for IdleStrategy {
     fn default() -> IdleStrategy {
-        IdleStrategy::Backoff { spins: 64, yields: 16, park_us_min: 20, park_us_max: 1_000 }
+        IdleStrategy::Backoff { spins: 8, yields: 0, park_us_min: 20, park_us_max: 1_000 }
     }
 }
 
@@ -106,18 +121,35 @@ impl Idler {
         Waker { inner: Arc::clone(&self.waker) }
     }
 
-    /// Call with the work done this round: resets the back-off after work, waits otherwise.
-    /// `has_work` is re-checked after announcing a park, so a wake-up cannot be missed.
+    /// Call with the work done this round: resets the back-off after work, waits otherwise,
+    /// for work a producer signals (a signalled wait: the module's doc). `has_work` is
+    /// re-checked after announcing a park, so a wake-up cannot be missed.
     pub fn idle(&mut self, work_count: usize, has_work: impl Fn() -> bool) {
         if work_count > 0 {
             self.rounds = 0;
             return;
         }
-        self.idle_at_most(Duration::MAX, has_work);
+        self.wait(Duration::MAX, has_work, true);
     }
 
     /// As [`Idler::idle`] with nothing done, but never parking past `limit` (a deadline).
     pub fn idle_at_most(&mut self, limit: Duration, has_work: impl Fn() -> bool) {
+        self.wait(limit, has_work, true);
+    }
+
+    /// One round of waiting for something no one signals (the engine waiting for the
+    /// emitter to drain its buffer): the parks grow from `park_us_min`, whoever holds a
+    /// [`Waker`].
+    pub fn idle_unsignalled(&mut self) {
+        self.wait(Duration::MAX, || false, false);
+    }
+
+    /// True when a producer holds this thread's [`Waker`]: it will be woken for work.
+    fn woken_by_producer(&self) -> bool {
+        Arc::strong_count(&self.waker) > 1
+    }
+
+    fn wait(&mut self, limit: Duration, has_work: impl Fn() -> bool, signalled: bool) {
         match self.strategy {
             IdleStrategy::Spin => std::hint::spin_loop(),
             IdleStrategy::Yield => std::thread::yield_now(),
@@ -128,7 +160,9 @@ impl Idler {
                 } else if self.rounds <= spins.saturating_add(yields) {
                     std::thread::yield_now();
                 } else {
-                    self.park_us = if self.rounds == spins.saturating_add(yields) + 1 {
+                    self.park_us = if signalled && self.woken_by_producer() {
+                        park_us_max
+                    } else if self.rounds == spins.saturating_add(yields) + 1 {
                         park_us_min
                     } else {
                         self.park_us.saturating_mul(2).clamp(park_us_min, park_us_max)
@@ -149,5 +183,70 @@ impl Idler {
         // Relaxed: only this thread reads the flag as its own state; producers only need
         // to see `true` while we are parked.
         self.waker.parked.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spin and a yield, then parks of 20 µs growing to 80.
+    fn idler() -> Idler {
+        Idler::new(IdleStrategy::Backoff { spins: 1, yields: 1, park_us_min: 20, park_us_max: 80 })
+    }
+
+    /// The parks of `rounds` waits after the spin and the yield.
+    fn parks(idler: &mut Idler, rounds: usize, wait: fn(&mut Idler)) -> Vec<u32> {
+        idler.idle(1, || true);
+        wait(idler);
+        wait(idler);
+        (0..rounds)
+            .map(|_| {
+                wait(idler);
+                idler.park_us
+            })
+            .collect()
+    }
+
+    fn signalled(idler: &mut Idler) {
+        idler.idle(0, || false);
+    }
+
+    #[test]
+    fn a_wait_no_one_can_signal_parks_longer_each_round_up_to_the_bound() {
+        let mut idler = idler();
+        assert_eq!(parks(&mut idler, 4, signalled), [20, 40, 80, 80], "no one holds a waker");
+    }
+
+    #[test]
+    fn a_wait_a_producer_signals_parks_for_the_bound_at_once() {
+        let mut idler = idler();
+        let waker = idler.waker();
+        assert_eq!(parks(&mut idler, 3, signalled), [80, 80, 80], "no timed wake-ups between");
+        assert_eq!(parks(&mut idler, 3, Idler::idle_unsignalled), [20, 40, 80]);
+        drop(waker);
+        assert_eq!(parks(&mut idler, 3, signalled), [20, 40, 80], "no one will wake it now");
+    }
+
+    #[test]
+    fn a_wake_ends_a_signalled_park_long_before_its_timeout() {
+        let mut idler = Idler::new(IdleStrategy::Backoff {
+            spins: 0,
+            yields: 0,
+            park_us_min: 20,
+            park_us_max: 1_000_000,
+        });
+        let waker = idler.waker();
+        let started = std::time::Instant::now();
+        let producer = std::thread::spawn(move || {
+            while !waker.inner.parked.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            waker.wake();
+        });
+        // A 1 s park, ended by the wake (a spurious wake-up would only end it sooner).
+        idler.idle(0, || false);
+        producer.join().unwrap();
+        assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
     }
 }

@@ -351,7 +351,7 @@ fn engine_thread(
         if let Some(backlog_max) = out.backlog_max.or(warm_bound) {
             let buffered: u64 = Lane::ALL.iter().map(|&lane| out.mf_counters.buffered(lane)).sum();
             if buffered.saturating_sub(shared.counters.pulled.get()) > backlog_max {
-                idler.idle(0, || false);
+                idler.idle_unsignalled();
                 continue;
             }
         }

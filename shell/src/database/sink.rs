@@ -108,7 +108,7 @@ impl DatabaseInlet {
                     return Err(io::Error::other("the database sink has stopped"));
                 }
                 self.status.counters.ring_waits.fetch_add(1, Ordering::Relaxed);
-                self.idler.idle(0, || false);
+                self.idler.idle_unsignalled();
             }
             self.idler.idle(1, || true);
             return Ok(());
@@ -301,7 +301,7 @@ pub(super) fn run(
             }
         }
         if !took && !due {
-            idler.idle(0, || false);
+            idler.idle_unsignalled();
         } else {
             idler.idle(1, || true);
         }

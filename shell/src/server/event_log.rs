@@ -228,7 +228,7 @@ impl EventLogInlet {
                 self.counters.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return;
             }
-            idler.get_or_insert_with(|| Idler::new(IdleStrategy::default())).idle(0, || false);
+            idler.get_or_insert_with(|| Idler::new(IdleStrategy::default())).idle_unsignalled();
         }
     }
 }

@@ -117,7 +117,7 @@ impl ServerSink {
             // The sink is the only writer of this counter.
             self.stats.of_loop(0).sink_waits.add(1);
         }
-        self.idler.idle(0, || false);
+        self.idler.idle_unsignalled();
         Ok(())
     }
 }
