@@ -24,7 +24,7 @@
 //!   draining the buffer). The parks grow from `park_us_min` to `park_us_max`, so a short
 //!   wait ends soon after its cause does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::Thread;
 use std::time::Duration;
@@ -88,12 +88,18 @@ struct WakerInner {
 }
 
 impl Waker {
-    /// Wakes the consumer if it is parked; a relaxed load otherwise.
+    /// Wakes the consumer if it is parked; a fence and a load otherwise.
     pub fn wake(&self) {
-        // SeqCst pairs with the SeqCst store in `Idler::idle`: either the consumer sees the
-        // producer's push when it re-checks, or the producer sees `parked` here. A miss is
-        // still bounded by the park timeout.
-        if self.inner.parked.load(Ordering::SeqCst) {
+        // The producer published its work (a store to its ring) before calling this; the
+        // consumer announces `parked` and then looks for work. Each side's store must be
+        // visible before its own load (store→load order, which Release and Acquire do not
+        // give, and x86 does not keep without a fence), or both can miss: the producer reads
+        // `parked` false from before the consumer's store, the consumer reads the ring from
+        // before the producer's, and it parks for its whole timeout with work waiting. The
+        // two SeqCst fences (here and in `Idler::park`) forbid that: at least one side sees
+        // the other's store.
+        fence(Ordering::SeqCst);
+        if self.inner.parked.load(Ordering::Relaxed) {
             self.inner.thread.unpark();
         }
     }
@@ -175,8 +181,9 @@ impl Idler {
     }
 
     fn park(&self, park: Duration, has_work: impl Fn() -> bool) {
-        // SeqCst pairs with `Waker::wake`; see there.
-        self.waker.parked.store(true, Ordering::SeqCst);
+        // The fence pairs with the one in `Waker::wake`; see there.
+        self.waker.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         if !has_work() {
             std::thread::park_timeout(park);
         }
