@@ -11,6 +11,7 @@
 //! | [`csv_import`] | `ts,symbol,price,size` files into a journal |
 //! | [`config`] | the TOML settings with their defaults |
 //! | [`idle`] | spin, yield, back off and park |
+//! | [`backoff`] | the reconnect back-off of every outbound link |
 //! | [`server`] | the WebSocket server of PROTOCOL.md, `/health` and `/metrics`, on mio |
 //! | [`tracer`] | per-stage counters and latency histograms |
 //! | [`clock`] | the runtime clock |
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod csv_import;

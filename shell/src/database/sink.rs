@@ -25,6 +25,7 @@ use postgres::Client;
 
 use super::rows::{self, Rows};
 use super::{ChannelSet, DatabaseStatus, Link};
+use crate::backoff::Backoff;
 use crate::config::DatabaseOverflow;
 use crate::emitter::FrameBatch;
 use crate::idle::{IdleStrategy, Idler};
@@ -163,34 +164,6 @@ pub(super) struct WriterSettings {
     pub init_schema: bool,
 }
 
-/// Reconnect back-off: doubling from `min` to `max`.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    step: Duration,
-    next: Instant,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, step: min, next: Instant::now() }
-    }
-
-    fn ready(&self, now: Instant) -> bool {
-        now >= self.next
-    }
-
-    fn failed(&mut self, now: Instant) {
-        self.next = now + self.step;
-        self.step = (self.step * 2).min(self.max);
-    }
-
-    fn reset(&mut self) {
-        self.step = self.min;
-    }
-}
-
 /// The writer thread: until `stop` is raised and everything read is written (or the
 /// database stayed away for `stop_grace` after it), reads the ring into rows and writes
 /// them.
@@ -206,6 +179,8 @@ pub(super) fn run(
     let mut rows = Rows::default();
     let mut since = Instant::now();
     let mut backoff = Backoff::new(settings.retry_min, settings.retry_max);
+    // No connection is tried before this.
+    let mut retry_at = Instant::now();
     let mut stopping_since: Option<Instant> = None;
     let mut idler = Idler::new(IdleStrategy::default());
     loop {
@@ -245,7 +220,7 @@ pub(super) fn run(
             && (rows.len() >= settings.batch_max_rows
                 || now.duration_since(since) >= settings.flush_interval
                 || stopping);
-        if due && client.is_none() && backoff.ready(now) {
+        if due && client.is_none() && now >= retry_at {
             match super::first_connection(&link, settings.init_schema) {
                 Ok(mut connected) => {
                     let stored = super::stored_seq(&mut connected).unwrap_or_default();
@@ -260,7 +235,7 @@ pub(super) fn run(
                     status.set_up();
                 }
                 Err(reason) => {
-                    backoff.failed(now);
+                    retry_at = now + backoff.next_wait();
                     status.set_down(&link.target, &reason.to_string());
                 }
             }
@@ -279,7 +254,7 @@ pub(super) fn run(
                         if connected.is_closed() || error.as_db_error().is_none() {
                             client = None;
                         }
-                        backoff.failed(now);
+                        retry_at = now + backoff.next_wait();
                     }
                 }
             }

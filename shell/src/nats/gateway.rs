@@ -24,7 +24,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
 
-use super::{connect, decode_batch, unix_ns, Backoff, NatsStatus, SENT_HEADER};
+use super::{backoff, connect, decode_batch, pause, unix_ns, NatsStatus, SENT_HEADER};
 use crate::config::NatsSettings;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::tracer::Counters;
@@ -101,7 +101,7 @@ impl Run {
 
     async fn run(mut self) -> io::Result<()> {
         let settings = self.settings.clone();
-        let mut backoff = Backoff::new(&settings);
+        let mut backoff = backoff(&settings);
         let client = loop {
             if self.stopped() {
                 return self.sink.finish();
@@ -110,7 +110,7 @@ impl Run {
                 Ok(client) => break client,
                 Err(why) => {
                     self.status.set_down(why);
-                    backoff.wait().await;
+                    pause(&mut backoff).await;
                 }
             }
         };
@@ -136,7 +136,7 @@ impl Run {
                     }
                     Err(why) => {
                         self.status.set_down(why);
-                        backoff.wait().await;
+                        pause(&mut backoff).await;
                     }
                 }
             }
@@ -151,7 +151,7 @@ impl Run {
                 Ok(stream) => stream,
                 Err(error) => {
                     self.status.set_down(format!("stream {}: {error}", settings.stream));
-                    backoff.wait().await;
+                    pause(&mut backoff).await;
                     continue;
                 }
             };
@@ -168,7 +168,7 @@ impl Run {
                 Ok(consumer) => consumer.messages().await,
                 Err(error) => {
                     self.status.set_down(format!("consumer: {error}"));
-                    backoff.wait().await;
+                    pause(&mut backoff).await;
                     continue;
                 }
             };
@@ -176,7 +176,7 @@ impl Run {
                 Ok(messages) => messages,
                 Err(error) => {
                     self.status.set_down(format!("consumer: {error}"));
-                    backoff.wait().await;
+                    pause(&mut backoff).await;
                     continue;
                 }
             };
@@ -218,7 +218,7 @@ impl Run {
                     }
                 }
             }
-            backoff.wait().await;
+            pause(&mut backoff).await;
         }
         self.sink.finish()
     }

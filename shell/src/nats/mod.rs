@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tickstock_engine::SymbolId;
 
+use crate::backoff::Backoff;
 use crate::config::NatsSettings;
 use crate::emitter::{Frame, FrameBatch};
 use crate::server::event_log::{self, Decode};
@@ -106,28 +107,14 @@ impl NatsStatus {
 
 /// The reconnect back-off of both threads: `retry_ms_min`, doubling up to `retry_ms_max`,
 /// from the start again after a success.
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
+pub(crate) fn backoff(settings: &NatsSettings) -> Backoff {
+    let ms = |ms: u32| Duration::from_millis(ms.into());
+    Backoff::new(ms(settings.retry_ms_min), ms(settings.retry_ms_max))
 }
 
-impl Backoff {
-    pub(crate) fn new(settings: &NatsSettings) -> Backoff {
-        let min = Duration::from_millis(settings.retry_ms_min.into());
-        Backoff { min, max: Duration::from_millis(settings.retry_ms_max.into()), next: min }
-    }
-
-    /// A success: the next failure waits the least again.
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    /// Waits the next step.
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
-    }
+/// Waits the back-off's next step.
+pub(crate) async fn pause(backoff: &mut Backoff) {
+    tokio::time::sleep(backoff.next_wait()).await;
 }
 
 /// The last `seq` of a message, from its `Tickstock-Seq` header (`first-last`).

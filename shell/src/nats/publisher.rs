@@ -27,9 +27,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    connect, encode_frames, split, stream_config, stream_last_seq, unix_ns, Backoff, NatsStatus,
-    SENT_HEADER, SEQ_HEADER,
+    backoff, connect, encode_frames, pause, split, stream_config, stream_last_seq, unix_ns,
+    NatsStatus, SENT_HEADER, SEQ_HEADER,
 };
+use crate::backoff::Backoff;
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
 use crate::server::event_log::EventLogReader;
@@ -348,13 +349,13 @@ impl Run {
             self.give_up();
             return false;
         }
-        backoff.wait().await;
+        pause(backoff).await;
         true
     }
 
     async fn run(mut self) {
         let settings = self.settings.clone();
-        let mut backoff = Backoff::new(&settings);
+        let mut backoff = backoff(&settings);
         // Failures in a row since the last success (the inlet gone: give up at 3).
         let mut failures = 0u32;
         let client = loop {

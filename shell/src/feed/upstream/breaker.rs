@@ -12,6 +12,9 @@
 //! refused key or a full account at once only hammers the vendor.
 
 use std::fmt;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
 
 /// Why a connection attempt or session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,26 +158,25 @@ impl Breaker {
     }
 }
 
-/// Exponential back-off with equal jitter.
+/// The upstream's back-off: the shared doubling [`Backoff`] with equal jitter (so that many
+/// servers cut off at once do not retry in lockstep) and a floor after a refusal.
 #[derive(Debug)]
-pub struct Backoff {
-    min_ns: u64,
-    max_ns: u64,
+pub struct Jittered {
+    steps: Backoff,
     refusal_ns: u64,
-    attempt: u32,
     rng: fastrand::Rng,
 }
 
-impl Backoff {
+impl Jittered {
     /// Steps from `min_ns` doubling to `max_ns`; refusals wait at least `refusal_ns`.
-    pub fn new(min_ns: u64, max_ns: u64, refusal_ns: u64, seed: u64) -> Backoff {
-        Backoff { min_ns, max_ns, refusal_ns, attempt: 0, rng: fastrand::Rng::with_seed(seed) }
+    pub fn new(min_ns: u64, max_ns: u64, refusal_ns: u64, seed: u64) -> Jittered {
+        let steps = Backoff::new(Duration::from_nanos(min_ns), Duration::from_nanos(max_ns));
+        Jittered { steps, refusal_ns, rng: fastrand::Rng::with_seed(seed) }
     }
 
-    /// The wait before the next attempt after `failure`.
+    /// The wait before the next attempt after `failure`, ns.
     pub fn next(&mut self, failure: &Failure) -> u64 {
-        let step = self.min_ns.saturating_mul(1u64 << self.attempt.min(40)).min(self.max_ns);
-        self.attempt = self.attempt.saturating_add(1);
+        let step = self.steps.next_wait().as_nanos() as u64;
         let half = step / 2;
         let delay = half + self.rng.u64(0..=half);
         if failure.is_refusal() {
@@ -186,7 +188,7 @@ impl Backoff {
 
     /// A session ran well: start again from the smallest step.
     pub fn reset(&mut self) {
-        self.attempt = 0;
+        self.steps.reset();
     }
 }
 
@@ -219,7 +221,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_caps_and_respects_refusals() {
-        let mut backoff = Backoff::new(100, 1_000, 5_000, 7);
+        let mut backoff = Jittered::new(100, 1_000, 5_000, 7);
         let failure = Failure::Disconnected("eof".into());
         let delays: Vec<u64> = (0..8).map(|_| backoff.next(&failure)).collect();
         for (attempt, &delay) in delays.iter().enumerate() {

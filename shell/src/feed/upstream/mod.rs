@@ -31,7 +31,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, HandshakeError, Message, WebSocket};
 
-use self::breaker::{Backoff, Breaker, BreakerState, Failure};
+use self::breaker::{Breaker, BreakerState, Failure, Jittered};
 use self::parse::{parse_frame, Garbage, Parsed};
 use crate::config::{StaleCheck, UpstreamSettings};
 use crate::feed::{Feed, FeedEnd, FeedTx, Stopped};
@@ -551,7 +551,7 @@ impl Feed for UpstreamFeed {
         let mut breaker = Breaker::new(u.breaker_failures, ms(u.breaker_open_ms));
         let seed = tx.now().map_or(1, |now| now.0);
         let mut backoff =
-            Backoff::new(ms(u.backoff_ms_min), ms(u.backoff_ms_max), ms(u.auth_backoff_ms), seed);
+            Jittered::new(ms(u.backoff_ms_min), ms(u.backoff_ms_max), ms(u.auth_backoff_ms), seed);
         let mut down_since: Option<Instant> = None;
         loop {
             let now_ns = tx.now().map_or(0, |now| now.0);
