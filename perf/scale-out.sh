@@ -60,6 +60,11 @@ for s in json.load(open(files[0]))["steps"]:
            "cpu": s["server_cpu_cores"], "events_per_s": events,
            "ns_per_client_event": s["server_cpu_cores"] * 1e9 / events,
            "targets": [(t["addr"], round(t["latency_ms"]["p99"], 3), t["cpu_cores"]) for t in s.get("targets", [])]}
+    if s.get("nats"):
+        # The first gateway's hop, from its tickstock_nats_transit_seconds (bucket bounds).
+        row["transit_p50_ms"] = s["nats"]["transit_p50_bound_ms"]
+        row["transit_p99_ms"] = s["nats"]["transit_p99_bound_ms"]
+        row["transit_mean_ms"] = s["nats"]["transit_mean_ms"]
     row.update(extra)
     print(json.dumps(row))
 PY
@@ -163,6 +168,8 @@ for clients in sorted({r.get("clients", 0) for r in runs}):
         print(f"  {what}: all {a:.3f}, gateways {g:.3f}, ratio {g / a:.2f}")
     print(f"  ingest CPU beside the gateways: {med('gateway', 'ingest_cpu'):.3f} cores; nats-server {med('gateway', 'nats_cpu'):.3f}")
     print(f"  added p99 (gateways - all): {med('gateway', 'p99') - med('all', 'p99'):.3f} ms")
+    print(f"  the hop itself (first gateway, publish -> hand-off): mean {med('gateway', 'transit_mean_ms'):.3f} ms, "
+          f"p50 <= {med('gateway', 'transit_p50_ms')} ms, p99 <= {med('gateway', 'transit_p99_ms')} ms")
     held = lambda prefix: sum(1 for r in runs if r["run"].startswith(prefix) and r.get("clients") == clients and r.get("within_budget"))
     print(f"  runs within loadgen's budget: all {held('all')}, gateways {held('gateway')}")
 for r in runs:

@@ -129,6 +129,59 @@ impl DatabaseStep {
     }
 }
 
+/// A gateway's ingest→gateway hop during a step (`tickstock_nats_transit_seconds`, from the
+/// publisher's send to the gateway's hand-off to its server), from its `/metrics`: the first
+/// of `--connect`'s servers.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct NatsStep {
+    /// Live batches it took from the stream.
+    pub batches: u64,
+    /// Their mean transit, ms.
+    pub transit_mean_ms: f64,
+    /// The smallest bucket bound holding half the step's batches, ms.
+    pub transit_p50_bound_ms: Option<f64>,
+    /// The smallest bucket bound holding 99 % of them, ms (`None`: over the last bound).
+    pub transit_p99_bound_ms: Option<f64>,
+    /// The smallest bucket bound holding all of them, ms.
+    pub transit_max_bound_ms: Option<f64>,
+}
+
+/// The bounds of `tickstock_nats_transit_seconds`, as the server writes them.
+const NATS_TRANSIT_BOUNDS: [&str; 13] = [
+    "0.0001", "0.0002", "0.0003", "0.0005", "0.00075", "0.001", "0.0015", "0.002", "0.003",
+    "0.005", "0.01", "0.1", "1",
+];
+
+impl NatsStep {
+    /// The hop's figures between two scrapes; `None` when the server is not a gateway.
+    pub fn between(before: &Metrics, after: &Metrics) -> Option<NatsStep> {
+        let count = "tickstock_nats_transit_seconds_count";
+        after.0.contains_key(count).then_some(())?;
+        let batches = before.delta(after, count);
+        (batches > 0).then_some(())?;
+        let bucket = |bound: &str| {
+            before.delta(after, &format!("tickstock_nats_transit_seconds_bucket{{le=\"{bound}\"}}"))
+        };
+        let holding = |share: f64| {
+            let needed = (batches as f64 * share).ceil() as u64;
+            NATS_TRANSIT_BOUNDS
+                .iter()
+                .find(|bound| bucket(bound) >= needed)
+                .and_then(|bound| bound.parse::<f64>().ok())
+                .map(|s| s * 1e3)
+        };
+        let sum = after.get("tickstock_nats_transit_seconds_sum")
+            - before.get("tickstock_nats_transit_seconds_sum");
+        Some(NatsStep {
+            batches,
+            transit_mean_ms: sum * 1e3 / batches as f64,
+            transit_p50_bound_ms: holding(0.5),
+            transit_p99_bound_ms: holding(0.99),
+            transit_max_bound_ms: holding(1.0),
+        })
+    }
+}
+
 /// One measured step.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
@@ -169,6 +222,8 @@ pub struct Step {
     pub server_threads_cpu: std::collections::BTreeMap<String, f64>,
     /// The server's database sink, when it has one.
     pub database: Option<DatabaseStep>,
+    /// The ingest→gateway hop, when the (first) server is a gateway.
+    pub nats: Option<NatsStep>,
     /// Server resident memory at the end of the step, MiB, when local.
     pub server_rss_mib: Option<f64>,
     /// The load generator's own CPU, cores: on a shared machine it competes with the server.
@@ -498,6 +553,7 @@ impl Rig {
             plan, clients, rate, &played, &schedule, &reports, &before, &after, elapsed, &expect,
         );
         step.database = DatabaseStep::between(&before, &after);
+        step.nats = NatsStep::between(&before, &after);
         if let Some(reason) = unmeasured {
             // Without the server's counts nothing can be checked against them.
             step.invalid_reasons = vec![reason];
@@ -850,6 +906,7 @@ fn judge(
         server_cpu_cores: None,
         server_threads_cpu: Default::default(),
         database: None,
+        nats: None,
         server_rss_mib: None,
         server_fds: None,
         targets: Vec::new(),
@@ -905,6 +962,33 @@ pub fn capacity(plan: &Plan, steps: &[Step]) -> Capacity {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_gateways_hop_is_read_off_its_histogram_between_two_scrapes() {
+        let scrape = |counts: [u64; 4], sum: f64| {
+            let buckets = ["0.0002", "0.0005", "0.001", "1"];
+            let mut body = String::new();
+            for (bound, count) in buckets.iter().zip(counts) {
+                body +=
+                    &format!("tickstock_nats_transit_seconds_bucket{{le=\"{bound}\"}} {count}\n");
+            }
+            body += &format!("tickstock_nats_transit_seconds_sum {sum}\n");
+            body += &format!("tickstock_nats_transit_seconds_count {}\n", counts[3]);
+            crate::server::parse_metrics(&body)
+        };
+        let before = scrape([50, 100, 100, 100], 0.02);
+        // 1,000 batches more: 600 under 200 µs, 990 under 500 µs, all under 1 ms.
+        let after = scrape([650, 1_090, 1_100, 1_100], 0.32);
+        let hop = NatsStep::between(&before, &after).expect("a gateway's metrics");
+        assert_eq!(hop.batches, 1_000);
+        assert!((hop.transit_mean_ms - 0.3).abs() < 1e-9);
+        assert_eq!(hop.transit_p50_bound_ms, Some(0.2));
+        assert_eq!(hop.transit_p99_bound_ms, Some(0.5));
+        assert_eq!(hop.transit_max_bound_ms, Some(1.0));
+        assert!(NatsStep::between(&before, &before).is_none(), "no batch, no figure");
+        let not_a_gateway = crate::server::parse_metrics("tickstock_accepted_total 3\n");
+        assert!(NatsStep::between(&not_a_gateway, &not_a_gateway).is_none());
+    }
+
     fn plan() -> Plan {
         Plan {
             rates: vec![10, 20, 50, 100],
@@ -942,6 +1026,7 @@ mod tests {
             server_cpu_cores: None,
             server_threads_cpu: Default::default(),
             database: None,
+            nats: None,
             server_rss_mib: None,
             server_fds: None,
             targets: Vec::new(),

@@ -290,7 +290,7 @@ pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
     Ok(parse_metrics(&body))
 }
 
-fn parse_metrics(body: &str) -> Metrics {
+pub(crate) fn parse_metrics(body: &str) -> Metrics {
     let mut out = HashMap::new();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };

@@ -156,6 +156,25 @@ impl Default for Histograms {
     }
 }
 
+/// A histogram one thread records into now and then (a few to a thousand samples a
+/// second, so its lock is uncontended) and `/metrics` reads, with [`histogram`]'s bounds.
+#[derive(Debug)]
+pub struct SharedHistogram(pub Mutex<Histogram<u64>>);
+
+impl Default for SharedHistogram {
+    fn default() -> SharedHistogram {
+        SharedHistogram(Mutex::new(histogram()))
+    }
+}
+
+impl SharedHistogram {
+    /// Records one sample, ns (at least 1, at most [`HISTOGRAM_NS_MAX`]).
+    pub fn record(&self, value_ns: u64) {
+        let mut histogram = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        histogram.saturating_record(value_ns.clamp(1, HISTOGRAM_NS_MAX));
+    }
+}
+
 /// A thread's local histogram and the shared one it is merged into.
 #[derive(Debug)]
 pub struct LocalHistogram {

@@ -142,6 +142,10 @@ fn two_gateways_send_the_ingests_events_and_a_killed_gateways_client_resumes_on_
         }
     }
     assert!(same > 1_000, "the ingest's and the gateway's streams overlap ({same} events)");
+    // Every live batch's hop is in the gateway's histogram, and the last one in the gauge.
+    let batches = metric(&b, "tickstock_nats_transit_seconds_count");
+    assert!(batches > 100, "the hop of {batches} batches measured");
+    assert!(metric(&b, "tickstock_nats_transit_seconds_bucket{le=\"1\"}") > batches / 2);
 
     // kill -9 gateway a: its client goes to b and resumes after the last seq it had.
     drop(ws_a);

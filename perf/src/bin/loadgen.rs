@@ -175,6 +175,9 @@ impl Progress for Bar {
         let database = s.database.as_ref().map_or(String::new(), |d| {
             format!("; database: {}", tickstock_perf::report::database(d))
         });
+        let nats = s.nats.as_ref().map_or(String::new(), |n| {
+            format!("; ingest→gateway: {}", tickstock_perf::report::nats(n))
+        });
         let deep = s.disruptors.filter(|t| t.deep_resumes > 0).map_or(String::new(), |t| {
             format!(
                 "; deep resumes: {} of {:.0} events each at {:.2} M events/s",
@@ -191,7 +194,7 @@ impl Progress for Bar {
             format!(" ({})", tickstock_perf::report::threads(s))
         };
         self.say(&format!(
-            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}{deep}{targets}; {verdict}{limit}",
+            "{:>5} clients {:>8} trades/s: {:>11.0} events/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, {:.0} B/event on the wire, server {} cores{threads}, RSS {} MiB, readers {:.0} % busy{database}{nats}{deep}{targets}; {verdict}{limit}",
             s.clients,
             s.rate,
             s.delivered_events_per_s,

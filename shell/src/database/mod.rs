@@ -29,6 +29,7 @@ use tickstock_engine::Channel;
 pub use self::sink::DatabaseInlet;
 use crate::config::DatabaseSettings;
 use crate::emitter::{FrameBatch, FrameSink};
+use crate::tracer::SharedHistogram;
 
 /// The channels stored, as a bit set of [`Channel::index`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -228,18 +229,9 @@ pub struct DatabaseCounters {
     pub unparsed: AtomicU64,
     /// From emission to commit of the last batch's oldest event, ms (gauge).
     pub lag_ms: AtomicU64,
-    /// The same for every transaction committed (`database_lag_seconds`).
-    pub lag: LagHistogram,
-}
-
-/// Commit lags in ns, one sample per transaction (a few a second: the lock is uncontended).
-#[derive(Debug)]
-pub struct LagHistogram(pub Mutex<hdrhistogram::Histogram<u64>>);
-
-impl Default for LagHistogram {
-    fn default() -> LagHistogram {
-        LagHistogram(Mutex::new(crate::tracer::histogram()))
-    }
+    /// The same for every transaction committed (`database_lag_seconds`), ns: a few a
+    /// second, so the lock is uncontended.
+    pub lag: SharedHistogram,
 }
 
 /// The sink's state, for `/health` and `/metrics`.
@@ -306,9 +298,7 @@ impl DatabaseStatus {
         c.flushes.fetch_add(1, Ordering::Relaxed);
         let lag_ms = now_ms.saturating_sub(rows.oldest_emitted_ms);
         c.lag_ms.store(lag_ms, Ordering::Relaxed);
-        if let Ok(mut lag) = c.lag.0.lock() {
-            lag.saturating_record(lag_ms.saturating_mul(1_000_000).max(1));
-        }
+        c.lag.record(lag_ms.saturating_mul(1_000_000));
         self.committed_seq.fetch_max(rows.last_seq, Ordering::AcqRel);
         if !self.is_up() {
             self.set_up();

@@ -249,14 +249,11 @@ impl Run {
                 return Ok(());
             }
         };
-        if let Some(sent) = message
+        let sent = message
             .headers
             .as_ref()
             .and_then(|h| h.get(SENT_HEADER))
-            .and_then(|v| v.as_str().parse::<u64>().ok())
-        {
-            status.transit_ns.store(unix_ns().saturating_sub(sent), Ordering::Relaxed);
-        }
+            .and_then(|v| v.as_str().parse::<u64>().ok());
         if let Some(next) = self.next_seq {
             if last < next {
                 status.duplicate_batches.fetch_add(1, Ordering::Relaxed);
@@ -276,6 +273,12 @@ impl Run {
                 self.caught_up();
             }
             self.sink.emit(&self.batch)?;
+            // Live batches only: a backfilled one is as old as the stream.
+            if let Some(sent) = sent {
+                let transit = unix_ns().saturating_sub(sent);
+                status.transit_ns.store(transit, Ordering::Relaxed);
+                status.transit.record(transit);
+            }
         }
         status.consumed_batches.fetch_add(1, Ordering::Relaxed);
         status.consumed_events.fetch_add(self.batch.len() as u64, Ordering::Relaxed);

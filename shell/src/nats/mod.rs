@@ -29,6 +29,7 @@ use crate::backoff::Backoff;
 use crate::config::NatsSettings;
 use crate::emitter::{Frame, FrameBatch};
 use crate::server::event_log::{self, Decode};
+use crate::tracer::SharedHistogram;
 
 /// Header: the batch's `seq` range, `first-last`.
 pub const SEQ_HEADER: &str = "Tickstock-Seq";
@@ -70,8 +71,11 @@ pub struct NatsStatus {
     pub duplicate_batches: AtomicU64,
     /// Messages that were not a batch (damaged, or not TickStock's), skipped and counted.
     pub bad_messages: AtomicU64,
-    /// The last batch's ingest→gateway time, ns (the gateway).
+    /// The last batch's ingest→gateway time, ns (the gateway): from the publisher's send
+    /// to the gateway's hand-off to its server.
     pub transit_ns: AtomicU64,
+    /// The same for every batch (`nats_transit_seconds`).
+    pub transit: SharedHistogram,
 }
 
 impl NatsStatus {

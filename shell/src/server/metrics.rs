@@ -761,6 +761,13 @@ pub fn prometheus(
             "The last batch's time from the ingest's publish to the gateway, µs.",
             &one(get(&n.transit_ns) / 1_000),
         );
+        out.histogram(
+            "nats_transit_seconds",
+            "Each live batch's time from the ingest's publish to the gateway's hand-off to its \
+             server (a gateway; the two machines' clocks, if they are two).",
+            &n.transit.0,
+            NATS_TRANSIT_BUCKETS,
+        );
     }
     out.build_info();
     let mut families = out.0;
@@ -785,6 +792,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The database sink's commit lag (`flush_interval_ms` and a write, to a database away).
 const DATABASE_LAG_BUCKETS: &[f64] =
     &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0];
+/// The ingest→gateway hop (100 µs to a second).
+const NATS_TRANSIT_BUCKETS: &[f64] =
+    &[1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 1e-2, 0.1, 1.0];
 /// The emitter's cycle (µs to 100 ms).
 const CYCLE_BUCKETS: &[f64] =
     &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1];
