@@ -21,12 +21,20 @@ const EVERY_CHANNEL: &str = "T.*,A.*,AM.*,HL.*,TR.*,SV.*,FMV.*,ACT.*";
 
 /// A configuration file in `dir` for one process on `nats`.
 fn config(dir: &Path, name: &str, nats: &Nats) -> PathBuf {
+    config_with(dir, name, nats, "", "")
+}
+
+/// As [`config`], with more lines in `[nats]` and, when not empty, a `[server]` table.
+fn config_with(dir: &Path, name: &str, nats: &Nats, nats_lines: &str, server: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    let body = format!(
+    let mut body = format!(
         "[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{}\"\nack_timeout_ms = 500\n\
-         retry_ms_max = 500\n",
+         retry_ms_max = 500\n{nats_lines}",
         nats.url()
     );
+    if !server.is_empty() {
+        body.push_str(&format!("\n[server]\n{server}"));
+    }
     fs::write(&path, body).unwrap();
     path
 }
@@ -245,13 +253,11 @@ fn a_late_gateway_fills_its_event_log_from_the_stream_and_a_client_resumes_on_it
     wait_up(&ingest_addr);
     sleep(Duration::from_millis(3_000));
     // A gateway that starts 3 s late, with an event log and a small memory history.
-    let gateway_config = config(dir.path(), "gateway", &nats);
-    let mut body = fs::read_to_string(&gateway_config).unwrap();
-    body.push_str(&format!(
-        "\n[server]\nevent_log_dir = \"{}\"\nhistory_max_events = 1000\n",
+    let server = format!(
+        "event_log_dir = \"{}\"\nhistory_max_events = 1000\n",
         dir.path().join("events").display()
-    ));
-    fs::write(&gateway_config, body).unwrap();
+    );
+    let gateway_config = config_with(dir.path(), "gateway", &nats, "", &server);
     let (gateway, addr, log) = start(&gateway_config, "gateway");
     wait_up(&addr);
     let resume = r#"{"action":"resume","params":{"from_seq":1}}"#.to_owned();
@@ -295,12 +301,8 @@ fn a_gateway_without_a_log_that_started_late_refuses_an_older_resume_with_its_ol
 fn a_gateway_that_lags_past_the_streams_retention_says_so_and_refuses_a_resume_across_it() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
-    let ingest_config = config(dir.path(), "ingest", &nats);
     // The stream keeps 200 messages: a fifth of a second of 1 ms cycles.
-    let body = fs::read_to_string(&ingest_config)
-        .unwrap()
-        .replace("[nats]\n", "[nats]\nretain_messages = 200\n");
-    fs::write(&ingest_config, body).unwrap();
+    let ingest_config = config_with(dir.path(), "ingest", &nats, "retain_messages = 200\n", "");
     let (ingest, ingest_addr, _log) = start(&ingest_config, "ingest");
     wait_up(&ingest_addr);
     let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
@@ -338,15 +340,10 @@ fn a_gateway_that_lags_past_the_streams_retention_says_so_and_refuses_a_resume_a
 fn nats_away_longer_than_the_ring_holds_is_refilled_from_the_event_log_with_no_gap() {
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
-    let ingest_config = config(dir.path(), "ingest", &nats);
     // A ring of 64 KiB: a fraction of a second of the market; an event log to refill from.
-    let mut body = fs::read_to_string(&ingest_config).unwrap();
-    body = body.replace("[nats]\n", "[nats]\nring_bytes = 65536\nin_flight_max = 16\n");
-    body.push_str(&format!(
-        "\n[server]\nevent_log_dir = \"{}\"\n",
-        dir.path().join("events").display()
-    ));
-    fs::write(&ingest_config, body).unwrap();
+    let server = format!("event_log_dir = \"{}\"\n", dir.path().join("events").display());
+    let nats_lines = "ring_bytes = 65536\nin_flight_max = 16\n";
+    let ingest_config = config_with(dir.path(), "ingest", &nats, nats_lines, &server);
     let (ingest, ingest_addr, _log) = start(&ingest_config, "ingest");
     wait_up(&ingest_addr);
     let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
@@ -386,12 +383,8 @@ fn tls_and_a_user_from_the_environment_reach_a_nats_that_requires_both_and_a_bad
         "s3cret",
     ]);
     let with_ca = |name: &str| {
-        let path = config(dir.path(), name, &nats);
-        let body = fs::read_to_string(&path)
-            .unwrap()
-            .replace("[nats]\n", &format!("[nats]\ntls_ca_file = \"{}\"\n", cert_pem.display()));
-        fs::write(&path, body).unwrap();
-        path
+        let ca = format!("tls_ca_file = \"{}\"\n", cert_pem.display());
+        config_with(dir.path(), name, &nats, &ca, "")
     };
     let env = [("NATS_USER", "desk"), ("NATS_PASSWORD", "s3cret")];
     let mut ingest = tickstock();
