@@ -10,7 +10,7 @@
 //! loop sleeps), so no socket is forgotten and no socket starves the others. Writes go
 //! until `WouldBlock`; then the connection waits for its writable edge.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -61,6 +61,12 @@ const READ_BUDGET_CHUNKS: usize = 4;
 /// sleeping. A burst of 10,000 connects then holds a stream back by about this, not by the
 /// burst's whole handshake work.
 const READ_SLICE: Duration = Duration::from_micros(500);
+/// Time per iteration for the background writes (turns past `client_write_turn_bytes`,
+/// sockets writable again, paced replays and holds that are due) after the fan-out and the
+/// live writes. Both slices give way after each connection to a batch from the emitter, so
+/// a live stream waits behind at most one connection's read or write of them, and a storm
+/// of resumes is spread over the iterations rather than sent in one.
+const WRITE_SLICE: Duration = Duration::from_micros(500);
 /// Bytes per socket read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Batches fanned out per iteration, at most.
@@ -124,8 +130,15 @@ enum Connection {
     /// Waiting for the answer of the query threads (`/v2/aggs`); `serial` tells its answer
     /// from one meant for an earlier connection in the same slot.
     Querying { stream: Transport, serial: u64, deadline: Instant },
-    /// A WebSocket session.
-    Ws { stream: Transport, subscriber: Box<Subscriber>, blocked: bool },
+    /// A WebSocket session: `blocked` until the socket is writable again; `queued` while it
+    /// is on the loop's `write_again` list; `wake`, the instant it is listed for in `wakes`.
+    Ws {
+        stream: Transport,
+        subscriber: Box<Subscriber>,
+        blocked: bool,
+        queued: bool,
+        wake: Option<Instant>,
+    },
     /// Between phases (never seen outside one method).
     Gone,
 }
@@ -148,8 +161,10 @@ pub struct EventLoop {
     /// `WouldBlock`; read in order, `READ_SLICE` per iteration (a connection may be listed
     /// twice: the second read finds `WouldBlock`).
     ready: VecDeque<usize>,
-    /// Connections whose write stopped at `client_write_turn_bytes` with more to send (not
-    /// at `WouldBlock`, so no readiness event will come): written again next iteration.
+    /// Connections to write after the live writes, in `WRITE_SLICE`: those whose write
+    /// stopped at `client_write_turn_bytes` with more to send (not at `WouldBlock`, so no
+    /// readiness event will come), and those whose socket is writable again. Each is listed
+    /// once (`Connection::Ws::queued`).
     write_again: VecDeque<usize>,
     batches: rtrb::Consumer<Arc<FrameBatch>>,
     fanout: Fanout,
@@ -159,8 +174,10 @@ pub struct EventLoop {
     ws_here: u64,
     linger: Linger,
     /// Connections that want the loop back at an instant (`Subscriber::wake_at`): the end
-    /// of a hold on live delivery (`resume_window_us`), a paced replay's next slice.
-    wakes: Vec<(Instant, usize)>,
+    /// of a hold on live delivery (`resume_window_us`), a paced replay's next slice. In time
+    /// order; an entry counts only while it is its connection's `wake` (a removed
+    /// connection's, or one superseded by an earlier instant, is passed over).
+    wakes: BTreeSet<(Instant, usize)>,
     read_buf: Box<[u8]>,
     clock: Clock,
     /// Reused list of group ids.
@@ -271,7 +288,7 @@ impl EventLoop {
             ws_config,
             subscriptions: 0,
             ws_here: 0,
-            wakes: Vec::new(),
+            wakes: BTreeSet::new(),
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             clock: Clock::new(),
             scratch: Vec::new(),
@@ -322,7 +339,7 @@ impl EventLoop {
                         // A hang-up or an error is found by the read.
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.ready_event(token - FIRST_CONNECTION, readable, now);
+                        self.ready_event(token - FIRST_CONNECTION, readable);
                     }
                 }
             }
@@ -340,8 +357,8 @@ impl EventLoop {
             // fan-out and the writes below run in every one: a burst of connects delays the
             // streams by a slice, not by the burst. What is left waits on the ready list.
             let slice_end = Instant::now() + READ_SLICE;
-            for _ in 0..self.ready.len() {
-                if Instant::now() >= slice_end {
+            for turn in 0..self.ready.len() {
+                if turn > 0 && self.gives_way(slice_end) {
                     break;
                 }
                 let Some(key) = self.ready.pop_front() else { break };
@@ -367,11 +384,19 @@ impl EventLoop {
             for group in released.drain(..) {
                 self.write_group(group, now);
             }
-            for _ in 0..self.write_again.len() {
+            let slice_end = Instant::now() + WRITE_SLICE;
+            for turn in 0..self.write_again.len() {
+                if turn > 0 && self.gives_way(slice_end) {
+                    break;
+                }
                 let Some(key) = self.write_again.pop_front() else { break };
-                self.transmit(key, now);
+                if let Some(Connection::Ws { queued, .. }) = self.connections.get_mut(key) {
+                    if std::mem::take(queued) {
+                        self.transmit(key, now);
+                    }
+                }
             }
-            self.end_wakes(now);
+            self.end_wakes(now, slice_end);
             if now >= next_sweep {
                 // Retention by age: every group with messages, once a sweep.
                 let ids: Vec<usize> = self.fanout.group_ids().collect();
@@ -382,6 +407,12 @@ impl EventLoop {
                 self.counters().linger_us.set(self.linger.current_us().into());
             }
         }
+    }
+
+    /// Whether a slice of background work stops here: it is spent, or a batch waits (the
+    /// live streams go first).
+    fn gives_way(&self, slice_end: Instant) -> bool {
+        !self.batches.is_empty() || Instant::now() >= slice_end
     }
 
     fn coalesce_bytes(&self) -> usize {
@@ -403,7 +434,7 @@ impl EventLoop {
         if let Some(due) = self.fanout.next_release(self.linger.current(), self.coalesce_bytes()) {
             wake = wake.min(due);
         }
-        if let Some(&(until, _)) = self.wakes.iter().min_by_key(|(until, _)| *until) {
+        if let Some(&(until, _)) = self.wakes.first() {
             wake = wake.min(until);
         }
         wake.saturating_duration_since(now)
@@ -476,7 +507,7 @@ impl EventLoop {
         entry.insert(Connection::Http { stream, buf: Vec::with_capacity(1_024), deadline });
     }
 
-    fn ready_event(&mut self, key: usize, readable: bool, now: Instant) {
+    fn ready_event(&mut self, key: usize, readable: bool) {
         // Events for connections already removed are ignored (mio may still report them).
         match self.connections.get_mut(key) {
             // Read in its turn on the ready list, within the iteration's read slice.
@@ -489,13 +520,14 @@ impl EventLoop {
             Some(Connection::Ws { blocked, .. }) => {
                 // Writable again at once (this iteration's fan-out writes to it too). With
                 // something to read, it is read (then written) in its turn on the ready list;
-                // only writable, it writes what waits now, without a read that would find
-                // nothing (at 1,000 streaming clients, a read call each per cycle).
+                // only writable, it writes what waits after the live writes, without a read
+                // that would find nothing (at 1,000 streaming clients, a read call each per
+                // cycle).
                 *blocked = false;
                 if readable {
                     self.ready.push_back(key);
                 } else {
-                    self.transmit(key, now);
+                    self.write_later(key);
                 }
             }
             // Its answer comes from the query threads; a hang-up is found when it is written.
@@ -771,7 +803,13 @@ impl EventLoop {
             subscriber.enable_deflate(limit, accepted.window_bits);
         }
         let early: &[u8] = if deflate { &leftover } else { &[] };
-        *slot = Connection::Ws { stream, subscriber: Box::new(subscriber), blocked: false };
+        *slot = Connection::Ws {
+            stream,
+            subscriber: Box::new(subscriber),
+            blocked: false,
+            queued: false,
+            wake: None,
+        };
         self.ws_here += 1;
         self.counters().upgrades.add(1);
         let open = self.shared.ws_count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -843,11 +881,23 @@ impl EventLoop {
 
     /// Notes when connection `key` wants the loop back unasked (`Subscriber::wake_at`).
     fn note_wake(&mut self, key: usize, now: Instant) {
-        let Some(Connection::Ws { subscriber, .. }) = self.connections.get(key) else { return };
+        let Some(Connection::Ws { subscriber, wake, .. }) = self.connections.get_mut(key) else {
+            return;
+        };
         let Some(at) = subscriber.wake_at().filter(|&at| at > now) else { return };
-        match self.wakes.iter_mut().find(|(_, k)| *k == key) {
-            Some(wake) => wake.0 = wake.0.min(at),
-            None => self.wakes.push((at, key)),
+        if wake.is_some_and(|listed| listed <= at) {
+            return;
+        }
+        *wake = Some(at);
+        self.wakes.insert((at, key));
+    }
+
+    /// Lists connection `key` for a write after the live writes (`write_again`), once.
+    fn write_later(&mut self, key: usize) {
+        if let Some(Connection::Ws { queued, .. }) = self.connections.get_mut(key) {
+            if !std::mem::replace(queued, true) {
+                self.write_again.push_back(key);
+            }
         }
     }
 
@@ -858,13 +908,11 @@ impl EventLoop {
         let mut written = 0usize;
         loop {
             if written >= turn_bytes {
-                if !self.write_again.contains(&key) {
-                    self.write_again.push_back(key);
-                }
+                self.write_later(key);
                 return;
             }
             let mut env = env!(self);
-            let Some(Connection::Ws { stream, subscriber, blocked }) =
+            let Some(Connection::Ws { stream, subscriber, blocked, .. }) =
                 self.connections.get_mut(key)
             else {
                 return;
@@ -953,21 +1001,25 @@ impl EventLoop {
 
     /// Connections whose wake is due: a hold ended (they get their live events), a paced
     /// replay may send more.
-    fn end_wakes(&mut self, now: Instant) {
-        if self.wakes.is_empty() {
-            return;
-        }
-        let mut due = Vec::new();
-        self.wakes.retain(|&(until, key)| {
-            let done = until <= now;
-            if done {
-                due.push(key);
+    /// The wakes due by `now`, earliest first, within the write slice that ends at
+    /// `slice_end`; the rest stay listed for the next iteration.
+    fn end_wakes(&mut self, now: Instant, slice_end: Instant) {
+        let mut first = true;
+        while let Some(&(at, key)) = self.wakes.first() {
+            if at > now || (!first && self.gives_way(slice_end)) {
+                return;
             }
-            !done
-        });
-        // Read before the hold ends: a `resume` sent right behind its `subscribe` is in the
-        // socket and comes first (`Subscriber::handle_drained`).
-        for key in due {
+            self.wakes.pop_first();
+            let Some(Connection::Ws { wake, .. }) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if *wake != Some(at) {
+                continue; // superseded, or another connection's since
+            }
+            *wake = None;
+            first = false;
+            // Read before the hold ends: a `resume` sent right behind its `subscribe` is in
+            // the socket and comes first (`Subscriber::handle_drained`).
             self.read_ws(key, now);
         }
     }

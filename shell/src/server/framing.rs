@@ -171,7 +171,9 @@ impl ArrayBuilder {
             None
         };
         if self.events == 0 {
-            self.buf = Vec::with_capacity(
+            // The buffer of the last array, kept by `finish`: no allocation per array.
+            self.buf.clear();
+            self.buf.reserve(
                 HEADER_BYTES_MAX
                     + ARRAY_BYTES_INITIAL.max(json.len() + 2).min(self.frame_bytes_max),
             );
@@ -419,6 +421,26 @@ mod tests {
         let mut builder = ArrayBuilder::new(10);
         assert!(builder.push(event, 1).is_none());
         assert_eq!(builder.push(event, 2).unwrap().events, 1);
+    }
+
+    #[test]
+    fn a_builder_reuses_its_buffer_from_array_to_array_up_to_the_kept_size() {
+        let mut builder = ArrayBuilder::new(1 << 20);
+        let event = br#"{"ev":"T","seq":1}"#;
+        assert!(builder.push(event, 1).is_none());
+        let first = builder.finish().unwrap();
+        let kept = builder.buf.as_ptr();
+        for seq in 2..=100 {
+            assert!(builder.push(event, seq).is_none());
+            assert_eq!(builder.buf.as_ptr(), kept, "a new allocation for array {seq}");
+            let framed = builder.finish().unwrap();
+            assert_eq!((framed.bytes(), framed.seqs), (first.bytes(), (seq, seq)));
+        }
+        // A burst's array larger than the kept size gives its memory back.
+        let big = vec![b'x'; ARRAY_BYTES_KEPT];
+        assert!(builder.push(&big, 101).is_none());
+        assert!(builder.finish().is_some());
+        assert_eq!(builder.buf.capacity(), 0);
     }
 
     #[test]

@@ -784,10 +784,10 @@ type Labels = Vec<(&'static str, String)>;
 /// Bucket bounds, seconds: engine time per tick (ns to µs).
 const ENGINE_BUCKETS: &[f64] =
     &[1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2];
-/// Latencies from a trade's arrival (µs to s).
+/// Latencies from a trade's arrival (µs to s; finer around the 1-3 ms of the latency targets).
 const LATENCY_BUCKETS: &[f64] = &[
-    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    5e-5, 1e-4, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// The database sink's commit lag (`flush_interval_ms` and a write, to a database away).
 const DATABASE_LAG_BUCKETS: &[f64] =
