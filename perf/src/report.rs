@@ -106,7 +106,11 @@ pub fn database(d: &crate::run::DatabaseStep) -> String {
         d.commits,
         d.commits_over_1s,
         d.lag_mean_ms,
-        d.lag_max_bound_s.map_or("over 60 s".to_owned(), |b| format!("{b} s")),
+        match (d.commits, d.lag_max_bound_s) {
+            (0, _) => "no commit in the step".to_owned(),
+            (_, None) => "over the last bound".to_owned(),
+            (_, Some(b)) => format!("{b} s"),
+        },
     )
 }
 

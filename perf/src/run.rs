@@ -96,13 +96,10 @@ pub struct DatabaseStep {
     /// Mean lag from emission to commit of a transaction's oldest event, ms.
     pub lag_mean_ms: f64,
     /// The smallest bucket bound of `tickstock_database_lag_seconds` that holds every
-    /// commit of the step: the worst lag was at most this, s (`None`: over the last bound).
+    /// commit of the step: the worst lag was at most this, s (`None`: over the last bound,
+    /// or no commit).
     pub lag_max_bound_s: Option<f64>,
 }
-
-/// The bounds of `tickstock_database_lag_seconds`, as the server writes them.
-const DATABASE_LAG_BOUNDS: [&str; 13] =
-    ["0.01", "0.05", "0.1", "0.25", "0.5", "0.75", "1", "1.5", "2", "5", "10", "30", "60"];
 
 impl DatabaseStep {
     /// The sink's figures between two scrapes; `None` when the server has no database.
@@ -121,10 +118,7 @@ impl DatabaseStep {
             commits,
             commits_over_1s: commits.saturating_sub(bucket("1")),
             lag_mean_ms: if commits == 0 { 0.0 } else { lag_sum * 1e3 / commits as f64 },
-            lag_max_bound_s: DATABASE_LAG_BOUNDS
-                .iter()
-                .find(|bound| bucket(bound) >= commits)
-                .and_then(|bound| bound.parse().ok()),
+            lag_max_bound_s: before.bound_holding(after, "tickstock_database_lag_seconds", 1.0),
         })
     }
 }
@@ -146,12 +140,6 @@ pub struct NatsStep {
     pub transit_max_bound_ms: Option<f64>,
 }
 
-/// The bounds of `tickstock_nats_transit_seconds`, as the server writes them.
-const NATS_TRANSIT_BOUNDS: [&str; 13] = [
-    "0.0001", "0.0002", "0.0003", "0.0005", "0.00075", "0.001", "0.0015", "0.002", "0.003",
-    "0.005", "0.01", "0.1", "1",
-];
-
 impl NatsStep {
     /// The hop's figures between two scrapes; `None` when the server is not a gateway.
     pub fn between(before: &Metrics, after: &Metrics) -> Option<NatsStep> {
@@ -159,16 +147,8 @@ impl NatsStep {
         after.0.contains_key(count).then_some(())?;
         let batches = before.delta(after, count);
         (batches > 0).then_some(())?;
-        let bucket = |bound: &str| {
-            before.delta(after, &format!("tickstock_nats_transit_seconds_bucket{{le=\"{bound}\"}}"))
-        };
         let holding = |share: f64| {
-            let needed = (batches as f64 * share).ceil() as u64;
-            NATS_TRANSIT_BOUNDS
-                .iter()
-                .find(|bound| bucket(bound) >= needed)
-                .and_then(|bound| bound.parse::<f64>().ok())
-                .map(|s| s * 1e3)
+            before.bound_holding(after, "tickstock_nats_transit_seconds", share).map(|s| s * 1e3)
         };
         let sum = after.get("tickstock_nats_transit_seconds_sum")
             - before.get("tickstock_nats_transit_seconds_sum");

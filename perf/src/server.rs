@@ -237,6 +237,29 @@ impl Metrics {
     pub fn delta(&self, later: &Metrics, name: &str) -> u64 {
         (later.get(name) - self.get(name)).max(0.0) as u64
     }
+
+    /// For histogram `name`: the smallest bucket bound holding `share` of the samples
+    /// recorded between `self` and `later`, with the bounds the server wrote (read from
+    /// the scrape, so they never drift from the server's). `None` when only `+Inf` holds
+    /// them, or nothing was recorded.
+    pub fn bound_holding(&self, later: &Metrics, name: &str, share: f64) -> Option<f64> {
+        let samples = self.delta(later, &format!("{name}_count"));
+        if samples == 0 {
+            return None;
+        }
+        let needed = (samples as f64 * share).ceil() as u64;
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut bounds: Vec<(f64, &str)> = later
+            .0
+            .keys()
+            .filter_map(|key| {
+                let bound = key.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                Some((bound.parse::<f64>().ok().filter(|b| b.is_finite())?, key.as_str()))
+            })
+            .collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        bounds.into_iter().find(|(_, key)| self.delta(later, key) >= needed).map(|(b, _)| b)
+    }
 }
 
 /// Longest a server's warm restart (its journal replayed before it takes clients) is
@@ -325,5 +348,10 @@ mod tests {
         assert_eq!(h.get("h_bucket{le=\"1\"}"), 7.0);
         assert_eq!(h.get("h_bucket{le=\"+Inf\"}"), 9.0);
         assert_eq!(h.get("h_count"), 9.0);
+        let none = Metrics::default();
+        assert_eq!(none.bound_holding(&h, "h", 0.3), Some(0.5));
+        assert_eq!(none.bound_holding(&h, "h", 0.5), Some(1.0));
+        assert_eq!(none.bound_holding(&h, "h", 1.0), None, "only +Inf holds all 9");
+        assert_eq!(h.bound_holding(&h, "h", 0.5), None, "nothing recorded between");
     }
 }
