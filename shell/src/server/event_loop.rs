@@ -999,9 +999,8 @@ impl EventLoop {
         }
     }
 
-    /// Connections whose wake is due: a hold ended (they get their live events), a paced
-    /// replay may send more.
-    /// The wakes due by `now`, earliest first, within the write slice that ends at
+    /// Connections whose wake is due by `now` (a hold ended: they get their live events; a
+    /// paced replay may send more), earliest first, within the write slice that ends at
     /// `slice_end`; the rest stay listed for the next iteration.
     fn end_wakes(&mut self, now: Instant, slice_end: Instant) {
         let mut first = true;
