@@ -15,6 +15,13 @@
 #   perf/scale-out.sh
 #   GATEWAYS=2 CLIENTS=100,500,1000 perf/scale-out.sh     # two gateways, a client sweep
 #   NATS_SERVER=/usr/sbin/nats-server perf/scale-out.sh    # another nats-server
+#
+# The write budget: `server.client_writes_per_sec_max` (200,000 by default) is what one
+# core's event loop writes before the linger grows. On this one machine the gateways share
+# the cores `all` has, so each gateway gets 200,000 / GATEWAYS (GATEWAY_WRITES_PER_SEC_MAX
+# sets it): with the default each, two gateways would make twice `all`'s writes at the same
+# client count, and their CPU per client-event would measure the extra writes, not the
+# split. With a machine per gateway, each keeps the default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
@@ -23,6 +30,7 @@ rate="${RATE:-20000}"
 secs="${STEP_SECS:-20}"
 out="${OUT:-perf/results/scale-out}"
 gateways="${GATEWAYS:-1}"
+gateway_writes="${GATEWAY_WRITES_PER_SEC_MAX:-$((200000 / gateways))}"
 nats_server="${NATS_SERVER:-target/test-venv/bin/nats-server}"
 if [ ! -x "$nats_server" ]; then
   nats_server=$(command -v nats-server || true)
@@ -111,8 +119,8 @@ EOF
   local connect="" gw_pids="" gw_list=() gw_port gw_pid
   for g in $(seq 1 "$gateways"); do
     gw_port=$(free_port)
-    printf '[server]\nlisten = "127.0.0.1:%s"\nconnections_max = 20000\nconnections_per_user_max = 20000\n\n[nats]\nurl = "nats://127.0.0.1:%s"\n' \
-      "$gw_port" "$nats_port" >"$dir/gateway-$g.toml"
+    printf '[server]\nlisten = "127.0.0.1:%s"\nconnections_max = 20000\nconnections_per_user_max = 20000\nclient_writes_per_sec_max = %s\n\n[nats]\nurl = "nats://127.0.0.1:%s"\n' \
+      "$gw_port" "$gateway_writes" "$nats_port" >"$dir/gateway-$g.toml"
     target/release/tickstock --config "$dir/gateway-$g.toml" --quiet serve --role gateway \
       >"$dir/gateway-$g.log" 2>&1 &
     gw_pid=$!
@@ -144,7 +152,7 @@ EOF
   for pid in "${gw_list[@]}" "$ingest_pid" "$nats_pid"; do kill "$pid" 2>/dev/null || true; done
   wait "${gw_list[@]}" "$ingest_pid" "$nats_pid" 2>/dev/null || true
   pids=()
-  summarize "$dir" "$1" "{\"ingest_cpu\": $ingest_cpu, \"nats_cpu\": $nats_cpu, \"gap_events\": ${gaps:-null}}"
+  summarize "$dir" "$1" "{\"ingest_cpu\": $ingest_cpu, \"nats_cpu\": $nats_cpu, \"gap_events\": ${gaps:-null}, \"gateway_writes_per_sec_max\": $gateway_writes}"
 }
 
 : >"$out/runs.jsonl"
@@ -166,6 +174,7 @@ for clients in sorted({r.get("clients", 0) for r in runs}):
                       ("events_per_s", "client-events/s")]:
         a, g = med("all", key), med("gateway", key)
         print(f"  {what}: all {a:.3f}, gateways {g:.3f}, ratio {g / a:.2f}")
+    print(f"  each gateway's client_writes_per_sec_max: {med('gateway', 'gateway_writes_per_sec_max'):.0f} (all: 200000)")
     print(f"  ingest CPU beside the gateways: {med('gateway', 'ingest_cpu'):.3f} cores; nats-server {med('gateway', 'nats_cpu'):.3f}")
     print(f"  added p99 (gateways - all): {med('gateway', 'p99') - med('all', 'p99'):.3f} ms")
     print(f"  the hop itself (first gateway, publish -> hand-off): mean {med('gateway', 'transit_mean_ms'):.3f} ms, "
