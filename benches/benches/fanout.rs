@@ -2,9 +2,16 @@
 //! server to 1, 100 and 1,000 WebSocket clients on loopback, each subscribed to everything.
 //! Measures client-events delivered per second (an event sent to 1,000 clients counts 1,000
 //! times), and prints the server's CPU per delivered client-event (its event-loop threads'
-//! CPU time, from `/proc`). Two reader threads own the clients and read their sockets raw,
-//! counting events by their `{"ev":` prefix without decoding frames, so that on a 2-core
-//! machine the clients cost as little as they can beside the server.
+//! CPU time, from `/proc`).
+//!
+//! Two reader threads own the clients. So that on a 2-core machine the clients cost as
+//! little as they can beside the server, they do not copy what they read: `recv` with
+//! `MSG_TRUNC` has the kernel discard a TCP socket's bytes and say how many there were.
+//! Delivery is checked by bytes. Once per set-up, one batch is read with copies, counting
+//! its events by their `{"ev":` prefix and its bytes (one client's share of that batch,
+//! framing included). A round of B batches is then done when every client has B times those
+//! bytes. Each batch goes out as its own messages, in the per-client-outbox server as in the
+//! group streams, so the count is exact for both.
 //!
 //! A regression here lowers how many clients one server feeds. Target (issue 13): at least
 //! 4× the client-events/s of the per-client-outbox server at 1,000 clients. `base` is one
@@ -14,6 +21,7 @@
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
 use std::io::Read;
+use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,9 +68,22 @@ fn batch() -> FrameBatch {
     batch
 }
 
+/// What the readers have read, over all clients.
+#[derive(Default)]
+struct Received {
+    /// Events counted (only while the readers copy).
+    events: AtomicU64,
+    /// Bytes read.
+    bytes: AtomicU64,
+    /// The readers discard instead of copying.
+    discard: AtomicBool,
+}
+
 struct Fanout {
     sink: ServerSink,
-    received: Arc<AtomicU64>,
+    received: Arc<Received>,
+    /// One client's bytes of one batch.
+    batch_bytes: u64,
     stop: Arc<AtomicBool>,
     readers: Vec<thread::JoinHandle<()>>,
     server: Option<server::ServerHandle>,
@@ -97,7 +118,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-fn setup(clients: usize) -> Fanout {
+fn setup(clients: usize, batch: &FrameBatch) -> Fanout {
     // One user holds every bench connection, so the per-user limit is lifted.
     let settings = ServerSettings {
         listen: "127.0.0.1:0".to_owned(),
@@ -111,7 +132,7 @@ fn setup(clients: usize) -> Fanout {
     let (sink, handle) =
         server::start(&settings, auth, reporting, 4 << 20, None).expect("the server starts");
     let addr = handle.local_addr;
-    let received = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(Received::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut all: Vec<_> = (0..clients).map(|_| connect(addr)).collect();
     let mut readers = Vec::new();
@@ -120,24 +141,67 @@ fn setup(clients: usize) -> Fanout {
         let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
         readers.push(thread::spawn(move || read_all(mine, &received, &stop)));
     }
-    Fanout { sink, received, stop, readers, server: Some(handle) }
+    let mut fanout = Fanout { sink, received, batch_bytes: 0, stop, readers, server: Some(handle) };
+    fanout.batch_bytes = calibrate(&mut fanout, batch, clients);
+    fanout
+}
+
+/// One batch read with copies: waits for its every event at every client, then for the
+/// bytes to settle (an array's closing bytes follow its last event); returns one client's
+/// bytes of it and has the readers discard from then on.
+fn calibrate(fanout: &mut Fanout, batch: &FrameBatch, clients: usize) -> u64 {
+    let received = &fanout.received;
+    fanout.sink.emit(batch).expect("the server takes the batch");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.events.load(Ordering::SeqCst) < (batch.len() * clients) as u64 {
+        assert!(Instant::now() < deadline, "the calibration batch did not arrive");
+        thread::yield_now();
+    }
+    let mut bytes = received.bytes.load(Ordering::SeqCst);
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = received.bytes.load(Ordering::SeqCst);
+        if now == bytes {
+            break;
+        }
+        bytes = now;
+    }
+    assert_eq!(received.events.load(Ordering::SeqCst), (batch.len() * clients) as u64);
+    assert_eq!(bytes % clients as u64, 0, "every client has the same bytes");
+    received.discard.store(true, Ordering::SeqCst);
+    bytes / clients as u64
 }
 
 /// The prefix of every event object; a frame header cannot hold it (it is 6 bytes, a
 /// header's length bytes are followed by the payload's `[`).
 const EVENT_PREFIX: &[u8] = br#"{"ev":"#;
 
-/// Reads every client until it would block, round-robin, counting events by their prefix
-/// (a prefix split across two reads is counted once: the last bytes are carried over).
-fn read_all(mut clients: Vec<TcpStream>, received: &AtomicU64, stop: &AtomicBool) {
+/// Reads every client until it would block, round-robin: with copies, counting events by
+/// their prefix (a prefix split across two reads is counted once: the last bytes are carried
+/// over) and bytes; once told to discard, bytes only, with `MSG_TRUNC` (nothing is copied).
+fn read_all(mut clients: Vec<TcpStream>, received: &Received, stop: &AtomicBool) {
     let finder = memchr::memmem::Finder::new(EVENT_PREFIX);
     let carry = EVENT_PREFIX.len() - 1;
     let mut tails: Vec<Vec<u8>> = vec![Vec::new(); clients.len()];
     let mut buf = vec![0u8; 256 * 1024];
+    // Never written: with MSG_TRUNC the kernel only counts what it drops.
+    let mut dropped = vec![MaybeUninit::<u8>::uninit(); 1 << 20];
     while !stop.load(Ordering::Relaxed) {
         let mut idle = true;
+        let discard = received.discard.load(Ordering::Relaxed);
         for (client, tail) in clients.iter_mut().zip(&mut tails) {
             loop {
+                if discard {
+                    let socket = socket2::SockRef::from(&*client);
+                    match socket.recv_with_flags(&mut dropped, libc::MSG_TRUNC) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            idle = false;
+                            received.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 let kept = tail.len();
                 buf[..kept].copy_from_slice(tail);
                 let n = match client.read(&mut buf[kept..]) {
@@ -146,7 +210,8 @@ fn read_all(mut clients: Vec<TcpStream>, received: &AtomicU64, stop: &AtomicBool
                 };
                 idle = false;
                 let data = &buf[..kept + n];
-                received.fetch_add(finder.find_iter(data).count() as u64, Ordering::Relaxed);
+                received.events.fetch_add(finder.find_iter(data).count() as u64, Ordering::Relaxed);
+                received.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 tail.clear();
                 tail.extend_from_slice(&data[data.len().saturating_sub(carry)..]);
             }
@@ -177,16 +242,18 @@ fn server_cpu_ns() -> u64 {
         .sum()
 }
 
-/// Emits `batches` batches and waits until every client has every event; returns the time.
+/// Emits `batches` batches and waits until every client has every byte of them; returns
+/// the time.
 fn deliver(fanout: &mut Fanout, batch: &FrameBatch, batches: usize, clients: usize) -> Duration {
+    let bytes = &fanout.received.bytes;
     let expected =
-        fanout.received.load(Ordering::SeqCst) + (batches * batch.len() * clients) as u64;
+        bytes.load(Ordering::SeqCst) + batches as u64 * fanout.batch_bytes * clients as u64;
     let started = Instant::now();
     for _ in 0..batches {
         fanout.sink.emit(batch).expect("the server takes the batch");
     }
     let deadline = started + Duration::from_secs(120);
-    while fanout.received.load(Ordering::SeqCst) < expected {
+    while bytes.load(Ordering::SeqCst) < expected {
         assert!(Instant::now() < deadline, "delivery stalled");
         thread::yield_now();
     }
@@ -201,9 +268,10 @@ fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     for &clients in sizes {
-        let mut fanout = setup(clients);
+        let mut fanout = setup(clients, &batch);
         group.throughput(Throughput::Elements((batches * BATCH_EVENTS * clients) as u64));
-        let (cpu_before, events_before) = (server_cpu_ns(), fanout.received.load(Ordering::SeqCst));
+        let (cpu_before, bytes_before) =
+            (server_cpu_ns(), fanout.received.bytes.load(Ordering::SeqCst));
         group.bench_with_input(
             BenchmarkId::new("client_events", clients),
             &clients,
@@ -213,7 +281,8 @@ fn fanout(c: &mut Criterion) {
                 });
             },
         );
-        let events = fanout.received.load(Ordering::SeqCst) - events_before;
+        let bytes = fanout.received.bytes.load(Ordering::SeqCst) - bytes_before;
+        let events = bytes / fanout.batch_bytes * batch.len() as u64;
         let cpu = server_cpu_ns() - cpu_before;
         if events > 0 && benching() {
             println!(
@@ -222,7 +291,7 @@ fn fanout(c: &mut Criterion) {
             );
         }
     }
-    let mut fanout = setup(1);
+    let mut fanout = setup(1, &batch);
     group.throughput(Throughput::Elements(BATCH_EVENTS as u64));
     group.bench_function("base", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| deliver(&mut fanout, &batch, 1, 1)).sum())
