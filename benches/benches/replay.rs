@@ -5,11 +5,19 @@
 //! replay's pace off (`resume_events_per_sec_max = 0`): the event loop's whole share of
 //! the replay (finding the events, building and framing the arrays).
 //!
-//! - `watchlist_10`: `T`, `A` and `HL` of 10 symbols (a desk's reconnect). Its cost should
-//!   follow what it sends, not the history's length.
+//! - `watchlist_10`: `T`, `A` and `HL` of 10 symbols spread over the market's activity
+//!   ranks (every 400th from the 100th: 0.2 % of the events), a desk's reconnect. Its
+//!   cost should follow what it is sent, not the history's length.
+//! - `watchlist_10_most_active`: the same of the 10 most active symbols (11.5 % of the
+//!   events: looking them up one by one is then about as dear as looking at everything).
 //! - `t_all`: `T.*`, nearly every retained event sent (the upper bound).
 //!
-//! Throughput is in retained events, so the two read as "history replayed per second".
+//! - `history_append`: what the history costs per event: an emitter cycle's batch appended
+//!   to the full history (the oldest evicted), as each event loop does every cycle;
+//!   `history_append_gateway` the same with frames that carry no `SymbolId`, as a
+//!   gateway's do (its per-symbol index then finds each list by ticker).
+//!
+//! The replays' throughput is in retained events ("history replayed per second").
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
@@ -17,10 +25,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tickstock_engine::{Config, Engine, SymbolId, Tick, Ticker};
 use tickstock_shell::config::{ServerSettings, SyntheticSettings};
-use tickstock_shell::emitter::FrameBatch;
+use tickstock_shell::emitter::{Frame, FrameBatch};
 use tickstock_shell::feed::synthetic::Market;
 use tickstock_shell::server::framing::Slices;
 use tickstock_shell::server::subscriber::{Env, Standalone, Subscriber};
@@ -35,8 +43,8 @@ fn benching() -> bool {
 }
 
 /// `events` of the synthetic market's output into `world`'s history, in emitter-sized
-/// batches; the market's tickers.
-fn fill(world: &mut Standalone, events: u64, now: Instant) -> Vec<Ticker> {
+/// batches; the market's tickers and the last batch.
+fn fill(world: &mut Standalone, events: u64, now: Instant) -> (Vec<Ticker>, FrameBatch) {
     let market_settings = SyntheticSettings { virtual_time: true, ..SyntheticSettings::default() };
     let mut market = Market::new(&market_settings);
     let tickers: Vec<Ticker> =
@@ -44,6 +52,7 @@ fn fill(world: &mut Standalone, events: u64, now: Instant) -> Vec<Ticker> {
     let mut engine = Engine::new(&Config::default()).expect("default config is valid");
     let mut batch = FrameBatch::new(1 << 20);
     let mut retained = 0;
+    let mut last = FrameBatch::new(1 << 20);
     while retained < events {
         let trade = market.next_trade();
         let _ = engine.handle_tick(trade.ts_recv, &Tick::Trade(trade));
@@ -51,7 +60,7 @@ fn fill(world: &mut Standalone, events: u64, now: Instant) -> Vec<Ticker> {
             if !batch.has_room() || retained + batch.len() as u64 >= events {
                 retained += batch.len() as u64;
                 world.fanout.handle_batch(now, &batch);
-                batch = FrameBatch::new(1 << 20);
+                last = std::mem::replace(&mut batch, FrameBatch::new(1 << 20));
             }
             let ticker = match event.symbol {
                 SymbolId::MARKET => Ticker::MARKET,
@@ -60,7 +69,7 @@ fn fill(world: &mut Standalone, events: u64, now: Instant) -> Vec<Ticker> {
             batch.push(&event, ticker);
         }
     }
-    tickers
+    (tickers, last)
 }
 
 /// Where the client codec writes: a buffer (it never reads here).
@@ -145,19 +154,30 @@ fn replay(c: &mut Criterion) {
     let mut world =
         Standalone::new(settings, Arc::new(Universes::default())).expect("the open default");
     let now = Instant::now();
-    let tickers = fill(&mut world, events, now);
+    let (tickers, last) = fill(&mut world, events, now);
     let oldest = world.fanout.history.oldest_seq().expect("a filled history");
-    let watchlist: Vec<String> = tickers[..10]
-        .iter()
-        .flat_map(|t| ["T", "A", "HL"].map(|channel| format!("{channel}.{}", t.as_str())))
-        .collect();
-    let watchlist = watchlist.join(",");
+    // The synthetic market's activity falls with rank (weight 1 / (rank + 10)).
+    let watchlist = |ranks: &mut dyn Iterator<Item = usize>| {
+        let topics: Vec<String> = ranks
+            .flat_map(|rank| ["T", "A", "HL"].map(|c| format!("{c}.{}", tickers[rank].as_str())))
+            .collect();
+        topics.join(",")
+    };
+    let spread = watchlist(&mut (100..4_000).step_by(400));
+    let top = watchlist(&mut (0..10));
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Elements(events));
     group.sample_size(10);
     group.bench_function("watchlist_10", |b| {
         b.iter(|| {
-            let written = resume(&mut world, &watchlist, oldest, now);
+            let written = resume(&mut world, &spread, oldest, now);
+            assert!(written > 1_000, "the watchlist's events went out: {written} bytes");
+            written
+        });
+    });
+    group.bench_function("watchlist_10_most_active", |b| {
+        b.iter(|| {
+            let written = resume(&mut world, &top, oldest, now);
             assert!(written > 1_000, "the watchlist's events went out: {written} bytes");
             written
         });
@@ -168,6 +188,42 @@ fn replay(c: &mut Criterion) {
             assert!(written as u64 > events * 50, "every trade went out: {written} bytes");
             written
         });
+    });
+    // What every event costs the history (and so each event loop): appending an emitter
+    // cycle's batch to a full history, the oldest evicted.
+    let mut next_seq = world.fanout.history.newest_seq().expect("a filled history") + 1;
+    group.throughput(Throughput::Elements(last.len() as u64));
+    group.sample_size(30);
+    group.bench_function("history_append", |b| {
+        b.iter_batched(
+            || {
+                let mut batch = FrameBatch::new(1 << 20);
+                for frame in last.frames() {
+                    let json = last.json(frame);
+                    batch.push_raw(Frame { seq: next_seq, ..*frame }, json);
+                    next_seq += 1;
+                }
+                batch
+            },
+            |batch| world.fanout.history.append(&batch),
+            BatchSize::SmallInput,
+        );
+    });
+    // The same where frames carry no `SymbolId` (a gateway's, rebuilt from the stream).
+    group.bench_function("history_append_gateway", |b| {
+        b.iter_batched(
+            || {
+                let mut batch = FrameBatch::new(1 << 20);
+                for frame in last.frames() {
+                    let json = last.json(frame);
+                    batch.push_raw(Frame { seq: next_seq, symbol: SymbolId(0), ..*frame }, json);
+                    next_seq += 1;
+                }
+                batch
+            },
+            |batch| world.fanout.history.append(&batch),
+            BatchSize::SmallInput,
+        );
     });
     group.finish();
 }

@@ -351,7 +351,8 @@ pub struct ServerSettings {
     pub close_timeout_ms: u32,
     /// Ping interval. Default: 15,000 ms.
     pub ping_interval_ms: u32,
-    /// Events retained for `resume`. Default: 1,000,000.
+    /// Events retained for `resume`, per event loop: about 72 bytes each beside their JSON
+    /// (the entry, 64, and its place in the per-symbol index, 8). Default: 1,000,000.
     pub history_max_events: u32,
     /// Bytes of JSON retained for `resume`. Default: 256 MiB.
     pub history_max_bytes: u64,
@@ -371,10 +372,11 @@ pub struct ServerSettings {
     /// A resume from the event log reads at most this much per turn of the event loop.
     /// Default: 256 KiB.
     pub event_log_read_slice_bytes: u32,
-    /// A resume (from the event log and the memory history) sends at most this many events a
-    /// second to its connection, so that one client catching up takes a bounded share of its
-    /// event loop and the others' latency holds; 0: as fast as the client reads.
-    /// Default: 1,200,000.
+    /// A resume (from the event log and the memory history) looks at, and so sends, at most
+    /// this many events a second for its connection, so that one client catching up takes a
+    /// bounded share of its event loop and the others' latency holds; 0: as fast as the
+    /// client reads. Events its topics or filter pass over count too, except those the
+    /// history's per-symbol index skips for a watchlist. Default: 1,200,000.
     pub resume_events_per_sec_max: u32,
     /// A connection that has not answered a ping for this long is closed. Default: 30,000 ms.
     pub pong_timeout_ms: u32,

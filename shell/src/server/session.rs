@@ -113,6 +113,19 @@ impl Delivery {
         *ticker == Ticker::MARKET || self.entitled.as_ref().is_none_or(|e| e.contains(ticker))
     }
 
+    /// Every symbol it carries, when no channel has a `*` topic (a replay then looks at
+    /// their events only, `History::among`); `None` with a `*` topic.
+    pub fn symbols(&self) -> Option<BTreeSet<Ticker>> {
+        let mut symbols = BTreeSet::new();
+        for topics in &self.topics {
+            if topics.all {
+                return None;
+            }
+            symbols.extend(topics.symbols.iter().copied());
+        }
+        Some(symbols)
+    }
+
     /// Whether a retained event goes out under this delivery (what a replay sends).
     pub fn wants(&self, entry: &super::history::Entry) -> bool {
         let fields = (entry.price_raw, entry.volume, entry.strength);

@@ -948,8 +948,13 @@ impl Subscriber {
         let mut builder = ArrayBuilder::new(env.fanout.frame_bytes_max());
         let mut scratch = Vec::new();
         let mut examined = None;
-        for entry in history.from_seq(replay.next_seq) {
+        // A watchlist looks at its symbols' events only (`History::replay_from`).
+        let symbols = self.delivery.symbols();
+        // Whether every entry up to the newest has been looked at.
+        let mut exhausted = true;
+        for entry in history.replay_from(replay.next_seq, symbols.as_ref()) {
             if self.outbox.bytes() >= room || allowance == 0 {
+                exhausted = false;
                 break;
             }
             allowance -= 1;
@@ -969,11 +974,11 @@ impl Subscriber {
         replay.pace.spend(allowed - allowance);
         let newest = history.newest_seq();
         match examined {
-            Some(seq) if Some(seq) != newest => {
+            Some(seq) if !exhausted => {
                 replay.next_seq = seq + 1;
                 self.replay = Some(replay);
             }
-            _ if examined.is_none() && newest.is_some_and(|n| replay.next_seq <= n) => {
+            None if !exhausted => {
                 // No room this time.
                 self.replay = Some(replay);
             }
@@ -1739,8 +1744,9 @@ mod tests {
         for _ in 0..10 {
             sim.cycle("MSFT", 100); // 1,010 events: T of MSFT, and its A bars
         }
-        // Subscribed to what the history does not have: every slice sends nothing.
-        let (mut sub, mut client) = sim.live(1, "T.IBM");
+        // A filter that nothing in the history passes: every slice sends nothing.
+        let (mut sub, mut client) = sim.live(1, "T.*");
+        sim.send(&mut sub, &mut client, r#"{"action":"filter","params":{"kinds":["HL"]}}"#);
         sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
         sim.drain(&mut sub, &mut client, None);
         assert!(client.seqs().is_empty());
@@ -1756,8 +1762,36 @@ mod tests {
             sim.advance(Duration::from_millis(25));
             sim.drain(&mut sub, &mut client, None);
         }
-        assert_eq!(client.statuses("resumed")[0]["to_seq"], 0, "nothing of IBM to replay");
+        assert_eq!(client.statuses("resumed")[0]["to_seq"], 0, "nothing passed the filter");
         assert_eq!(sub.wake_at(), None);
+    }
+
+    #[test]
+    fn a_watchlist_resume_looks_at_its_symbols_events_only() {
+        let mut sim = Sim::new(|s| s.resume_events_per_sec_max = 10_000);
+        let mut ibm = Vec::new();
+        let mut aapl_bars = Vec::new();
+        for _ in 0..10 {
+            sim.cycle("MSFT", 100); // 101 events of MSFT
+            ibm.extend([sim.seq, sim.seq + 1]);
+            sim.cycle("IBM", 2); // two trades and a bar
+            sim.cycle("AAPL", 3);
+            aapl_bars.push(sim.seq - 1);
+        }
+        // 1,080 events, 70 of them IBM's or AAPL's. Paced at 10 an ms with a burst of 256,
+        // looking at every event would take four slices; looking at these, one.
+        let (mut sub, mut client) = sim.live(1, "T.IBM,A.AAPL");
+        sim.send(&mut sub, &mut client, r#"{"action":"resume","params":{"from_seq":1}}"#);
+        sim.drain(&mut sub, &mut client, None);
+        let mut wanted = [ibm, aapl_bars].concat();
+        wanted.sort_unstable();
+        assert_eq!(client.seqs(), wanted, "IBM's trades and AAPL's bars, in order");
+        assert_eq!(client.statuses("resumed")[0]["to_seq"], *wanted.last().unwrap());
+        assert_eq!(sub.wake_at(), None, "not paused: only 70 events were looked at");
+        // Live from the next cycle on, as after any replay.
+        sim.cycle("IBM", 1);
+        sim.drain(&mut sub, &mut client, None);
+        assert_eq!(client.seqs().last(), Some(&(sim.seq - 2)), "the live IBM trade");
     }
 
     #[test]
