@@ -295,7 +295,8 @@ impl<'a> Iterator for Replayed<'a> {
     }
 }
 
-/// [`History::among`]'s entries: a merge of per-ticker `seq` lists.
+/// The entries of a replay through the per-symbol index ([`Replayed::Among`]): a merge of
+/// per-ticker `seq` lists.
 #[derive(Debug)]
 pub struct Among<'a> {
     history: &'a History,
