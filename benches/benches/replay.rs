@@ -14,8 +14,9 @@
 //!
 //! - `history_append`: what the history costs per event: an emitter cycle's batch appended
 //!   to the full history (the oldest evicted), as each event loop does every cycle;
-//!   `history_append_gateway` the same with frames that carry no `SymbolId`, as a
-//!   gateway's do (its per-symbol index then finds each list by ticker).
+//!   `history_append_by_ticker` the same with frames whose symbol index is not known (a
+//!   gateway's from a format 1 message, or read back from the event log: the per-symbol
+//!   index then finds each list by ticker).
 //!
 //! The replays' throughput is in retained events ("history replayed per second").
 
@@ -30,6 +31,7 @@ use tickstock_engine::{Config, Engine, SymbolId, Tick, Ticker};
 use tickstock_shell::config::{ServerSettings, SyntheticSettings};
 use tickstock_shell::emitter::{Frame, FrameBatch};
 use tickstock_shell::feed::synthetic::Market;
+use tickstock_shell::nats::UNKNOWN_SYMBOL;
 use tickstock_shell::server::framing::Slices;
 use tickstock_shell::server::subscriber::{Env, Standalone, Subscriber};
 use tickstock_shell::server::universes::Universes;
@@ -194,14 +196,14 @@ fn replay(c: &mut Criterion) {
     let mut next_seq = world.fanout.history.newest_seq().expect("a filled history") + 1;
     group.throughput(Throughput::Elements(last.len() as u64));
     group.sample_size(30);
-    // The second time, the frames carry no `SymbolId` (a gateway's, rebuilt from the stream).
-    for (name, gateway) in [("history_append", false), ("history_append_gateway", true)] {
+    // The second time, the frames' symbol index is not known.
+    for (name, by_ticker) in [("history_append", false), ("history_append_by_ticker", true)] {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || {
                     let mut batch = FrameBatch::new(1 << 20);
                     for frame in last.frames() {
-                        let symbol = if gateway { SymbolId(0) } else { frame.symbol };
+                        let symbol = if by_ticker { UNKNOWN_SYMBOL } else { frame.symbol };
                         batch.push_raw(Frame { seq: next_seq, symbol, ..*frame }, last.json(frame));
                         next_seq += 1;
                     }

@@ -24,7 +24,9 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
 
-use super::{backoff, connect, decode_batch, pause, unix_ns, NatsStatus, SENT_HEADER};
+use super::{
+    backoff, connect, decode_batch, pause, unix_ns, NatsStatus, FORMAT_HEADER, SENT_HEADER,
+};
 use crate::config::NatsSettings;
 use crate::emitter::{FrameBatch, FrameSink};
 use crate::tracer::Counters;
@@ -241,7 +243,16 @@ impl Run {
             self.stream_seq = Some(info.stream_sequence);
         }
         let status = Arc::clone(&self.status);
-        let (first, last) = match decode_batch(&message.payload, &mut self.batch) {
+        // No header: an ingest before format 2.
+        let format = match message.headers.as_ref().and_then(|h| h.get(FORMAT_HEADER)) {
+            None => Ok(1),
+            Some(value) => value.as_str().parse::<u32>(),
+        };
+        let decoded = match format {
+            Ok(format) => decode_batch(&message.payload, format, &mut self.batch),
+            Err(_) => Err(super::BadMessage(format!("a {FORMAT_HEADER} header that is no number"))),
+        };
+        let (first, last) = match decoded {
             Ok(range) => range,
             Err(bad) => {
                 status.bad_messages.fetch_add(1, Ordering::Relaxed);

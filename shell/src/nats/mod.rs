@@ -8,8 +8,9 @@
 //! One NATS message per batch, on `nats.subject`, with headers `Nats-Msg-Id` (the batch's
 //! first `seq`: JetStream stores a republished batch once), `Tickstock-Seq` (`first-last`) and
 //! `Tickstock-Sent-Ns` (the ingest's Unix time at publish, ns: where the ingest→gateway
-//! latency starts). The payload is the event count `n` (u32, little-endian), `n` times the
-//! frame's `recv_ns` (u64), then the batch's events as event log records
+//! latency starts), and `Tickstock-Format` ([`FORMAT`]). The payload is the event count `n`
+//! (u32, little-endian), `n` times the frame's `recv_ns` (u64), `n` times its symbol index
+//! (the ingest's [`SymbolId`], u32), then the batch's events as event log records
 //! ([`crate::server::event_log`]: `seq`, time, channel, ticker, filter fields, the JSON, and a
 //! CRC), so a gateway rebuilds the batch without parsing JSON and detects a damaged message.
 //!
@@ -35,6 +36,16 @@ use crate::tracer::SharedHistogram;
 pub const SEQ_HEADER: &str = "Tickstock-Seq";
 /// Header: the ingest's Unix time when it published the batch, ns.
 pub const SENT_HEADER: &str = "Tickstock-Sent-Ns";
+/// Header: the payload's layout, [`FORMAT`]; a message without it is format 1.
+pub const FORMAT_HEADER: &str = "Tickstock-Format";
+/// The payload's layout this build writes: 2, with each event's symbol index. Format 1 (the
+/// ingests before it) had none; a gateway reads both, so a stream that still retains format
+/// 1 messages is served, and refuses (counted, as a bad message) any other.
+pub const FORMAT: u32 = 2;
+/// The symbol index of an event whose ingest id is not known (a format 1 message, an event
+/// read back from the event log): above every id an engine gives, so the memory history
+/// finds the event's ticker by name.
+pub const UNKNOWN_SYMBOL: SymbolId = SymbolId(u32::MAX - 1);
 
 /// What the NATS side of this process is doing, for `/health` and `/metrics`. Written by
 /// the publisher's or the consumer's thread, read by the event loops.
@@ -139,9 +150,15 @@ pub fn encode_frames(out: &mut Vec<u8>, batch: &FrameBatch, frames: &[Frame]) {
         out.extend_from_slice(&frame.recv_ns.to_le_bytes());
     }
     for frame in frames {
+        out.extend_from_slice(&frame.symbol.0.to_le_bytes());
+    }
+    for frame in frames {
         event_log::encode(out, batch, frame);
     }
 }
+
+/// What an event takes in a payload besides its record: `recv_ns` and its symbol index.
+const STAMPS_BYTES: usize = 12;
 
 /// Splits `batch` into runs of frames whose payloads take at most `payload_max` bytes each
 /// (a frame larger than that alone is a run of its own): the ranges of frame indexes.
@@ -155,7 +172,7 @@ pub fn split(batch: &FrameBatch, payload_max: usize) -> impl Iterator<Item = (us
         let mut bytes = 4;
         let mut end = start;
         while end < frames.len() {
-            let size = 8 + event_log::record_len(batch, &frames[end]);
+            let size = STAMPS_BYTES + event_log::record_len(batch, &frames[end]);
             if end > start && bytes + size > payload_max {
                 break;
             }
@@ -172,16 +189,32 @@ pub fn split(batch: &FrameBatch, payload_max: usize) -> impl Iterator<Item = (us
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadMessage(pub String);
 
-/// Rebuilds the batch of a payload into `into` (cleared first, as large as the ingest's:
-/// `pipeline.emitter_batch_bytes`); its first and last `seq`.
-pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64), BadMessage> {
+/// Rebuilds the batch of a payload of `format` (its `Tickstock-Format` header: 1 when it has
+/// none) into `into` (cleared first, as large as the ingest's: `pipeline.emitter_batch_bytes`);
+/// its first and last `seq`.
+pub fn decode_batch(
+    payload: &[u8],
+    format: u32,
+    into: &mut FrameBatch,
+) -> Result<(u64, u64), BadMessage> {
     let bad = |why: &str| BadMessage(why.to_owned());
+    let per_event = match format {
+        1 => 8,
+        2 => STAMPS_BYTES,
+        _ => return Err(BadMessage(format!("format {format} is unknown here (a newer ingest?)"))),
+    };
     let count = payload.get(..4).ok_or_else(|| bad("shorter than its count"))?;
     let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("count"))?) as usize;
     let stamps_end = 4usize
-        .checked_add(count.checked_mul(8).ok_or_else(|| bad("count too large"))?)
+        .checked_add(count.checked_mul(per_event).ok_or_else(|| bad("count too large"))?)
         .ok_or_else(|| bad("count too large"))?;
     let stamps = payload.get(4..stamps_end).ok_or_else(|| bad("shorter than its count"))?;
+    let (stamps, symbols) = stamps.split_at(count * 8);
+    let symbol = |i: usize| {
+        symbols.get(i * 4..i * 4 + 4).map_or(UNKNOWN_SYMBOL, |id| {
+            SymbolId(u32::from_le_bytes(id.try_into().unwrap_or([0xff; 4])))
+        })
+    };
     let mut records = &payload[stamps_end..];
     into.clear();
     let (mut first, mut last) = (0, 0);
@@ -197,7 +230,7 @@ pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64),
         if !into.has_room_for(record.json.len()) {
             return Err(bad("larger than pipeline.emitter_batch_bytes"));
         }
-        into.push_raw(frame_of(&record, recv_ns), record.json);
+        into.push_raw(frame_of(&record, symbol(i), recv_ns), record.json);
         if i == 0 {
             first = record.seq;
         }
@@ -213,12 +246,13 @@ pub fn decode_batch(payload: &[u8], into: &mut FrameBatch) -> Result<(u64, u64),
     Ok((first, last))
 }
 
-/// The frame of an event log record (its JSON goes with it in `push_raw`).
-pub(crate) fn frame_of(record: &event_log::Record<'_>, recv_ns: u64) -> Frame {
+/// The frame of an event log record of `symbol` (its JSON goes with it in `push_raw`).
+/// Routing is by ticker; the symbol index is the memory history's hint
+/// ([`UNKNOWN_SYMBOL`] when there is none).
+pub(crate) fn frame_of(record: &event_log::Record<'_>, symbol: SymbolId, recv_ns: u64) -> Frame {
     Frame {
         seq: record.seq,
-        // Routing is by ticker; the ingest's symbol ids are not needed here.
-        symbol: SymbolId(0),
+        symbol,
         ticker: record.ticker,
         channel: record.channel,
         price_raw: record.price_raw,
@@ -333,7 +367,7 @@ mod tests {
     fn a_batch_is_split_into_messages_no_larger_than_asked() {
         let trades = vec![(Channel::T, "AAPL", 1_000_000); 100];
         let batch = test_batch(1, &trades);
-        let size = |i: usize| 8 + event_log::record_len(&batch, &batch.frames()[i]);
+        let size = |i: usize| STAMPS_BYTES + event_log::record_len(&batch, &batch.frames()[i]);
         let one = (0..100).map(size).max().unwrap();
         let runs: Vec<_> = split(&batch, 4 + one * 30).collect();
         assert!((4..=5).contains(&runs.len()), "{runs:?}");
@@ -351,7 +385,7 @@ mod tests {
             encode_frames(&mut payload, &batch, &batch.frames()[start..end]);
             assert!(payload.len() <= 4 + one * 30);
             let mut back = FrameBatch::new(1 << 16);
-            let (first, last) = decode_batch(&payload, &mut back).unwrap();
+            let (first, last) = decode_batch(&payload, FORMAT, &mut back).unwrap();
             seqs.extend(first..=last);
         }
         assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
@@ -359,30 +393,61 @@ mod tests {
 
     #[test]
     fn a_batch_comes_back_as_it_was_sent_and_damage_is_caught() {
-        let batch = test_batch(41, &[(Channel::T, "AAPL", 1_000_000), (Channel::A, "MSFT", 2)]);
+        let sent = test_batch(41, &[(Channel::T, "AAPL", 1_000_000), (Channel::A, "MSFT", 2)]);
+        // The ingest's symbol indexes travel with the events.
+        let mut batch = FrameBatch::new(1 << 16);
+        for (frame, id) in sent.frames().iter().zip([7, SymbolId::MARKET.0]) {
+            batch.push_raw(Frame { symbol: SymbolId(id), ..*frame }, sent.json(frame));
+        }
         let mut payload = Vec::new();
         encode_frames(&mut payload, &batch, batch.frames());
         let mut back = FrameBatch::new(1 << 16);
-        assert_eq!(decode_batch(&payload, &mut back), Ok((41, 42)));
+        assert_eq!(decode_batch(&payload, FORMAT, &mut back), Ok((41, 42)));
         assert_eq!(back.len(), 2);
         for (a, b) in batch.frames().iter().zip(back.frames()) {
             assert_eq!(batch.json(a), back.json(b));
             assert_eq!(
-                (a.seq, a.ticker, a.channel, a.recv_ns, a.t_ms),
-                (b.seq, b.ticker, b.channel, b.recv_ns, b.t_ms)
+                (a.seq, a.symbol, a.ticker, a.channel, a.recv_ns, a.t_ms),
+                (b.seq, b.symbol, b.ticker, b.channel, b.recv_ns, b.t_ms)
             );
             assert_eq!((a.price_raw, a.volume, a.strength), (b.price_raw, b.volume, b.strength));
         }
         for cut in [0, 3, 11, payload.len() - 1] {
-            assert!(decode_batch(&payload[..cut], &mut back).is_err(), "cut at {cut}");
+            assert!(decode_batch(&payload[..cut], FORMAT, &mut back).is_err(), "cut at {cut}");
         }
         let mut flipped = payload.clone();
         let at = flipped.len() - 5;
         flipped[at] ^= 1;
-        assert_eq!(decode_batch(&flipped, &mut back), Err(BadMessage("a damaged event".into())));
+        assert_eq!(
+            decode_batch(&flipped, FORMAT, &mut back),
+            Err(BadMessage("a damaged event".into()))
+        );
         let mut longer = payload.clone();
         longer.push(0);
-        assert!(decode_batch(&longer, &mut back).is_err());
-        assert!(decode_batch(&u32::MAX.to_le_bytes(), &mut back).is_err());
+        assert!(decode_batch(&longer, FORMAT, &mut back).is_err());
+        assert!(decode_batch(&u32::MAX.to_le_bytes(), FORMAT, &mut back).is_err());
+        assert_eq!(
+            decode_batch(&payload, 3, &mut back),
+            Err(BadMessage("format 3 is unknown here (a newer ingest?)".into()))
+        );
+    }
+
+    #[test]
+    fn a_format_1_message_is_read_with_no_symbol_index() {
+        let batch = test_batch(9, &[(Channel::T, "AAPL", 1_000_000), (Channel::T, "MSFT", 2)]);
+        // Format 1: the count, the stamps, the records (an ingest before format 2).
+        let mut payload = (batch.len() as u32).to_le_bytes().to_vec();
+        for frame in batch.frames() {
+            payload.extend_from_slice(&frame.recv_ns.to_le_bytes());
+        }
+        for frame in batch.frames() {
+            event_log::encode(&mut payload, &batch, frame);
+        }
+        let mut back = FrameBatch::new(1 << 16);
+        assert_eq!(decode_batch(&payload, 1, &mut back), Ok((9, 10)));
+        let tickers: Vec<_> = back.frames().iter().map(|f| f.ticker.as_str().to_owned()).collect();
+        assert_eq!(tickers, ["AAPL", "MSFT"]);
+        assert!(back.frames().iter().all(|f| f.symbol == UNKNOWN_SYMBOL));
+        assert!(decode_batch(&payload, FORMAT, &mut back).is_err(), "read as format 2 it is not");
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use super::{
     backoff, connect, encode_frames, pause, split, stream_config, stream_last_seq, unix_ns,
-    NatsStatus, SENT_HEADER, SEQ_HEADER,
+    NatsStatus, FORMAT, FORMAT_HEADER, SENT_HEADER, SEQ_HEADER, UNKNOWN_SYMBOL,
 };
 use crate::backoff::Backoff;
 use crate::config::NatsSettings;
@@ -248,7 +248,7 @@ impl Run {
                             if record.seq > to || !batch.has_room_for(record.json.len()) {
                                 return false;
                             }
-                            batch.push_raw(super::frame_of(record, 0), record.json);
+                            batch.push_raw(super::frame_of(record, UNKNOWN_SYMBOL, 0), record.json);
                             true
                         });
                         if !batch.is_empty() {
@@ -408,7 +408,8 @@ impl Run {
                     .payload(batch.payload.clone())
                     .message_id(batch.first.to_string())
                     .header(SEQ_HEADER, format!("{}-{}", batch.first, batch.last).as_str())
-                    .header(SENT_HEADER, unix_ns().to_string().as_str());
+                    .header(SENT_HEADER, unix_ns().to_string().as_str())
+                    .header(FORMAT_HEADER, FORMAT.to_string().as_str());
                 match context.send_publish(settings.subject.clone(), message).await {
                     Ok(ack) => acks.push_back(ack),
                     Err(error) => {
