@@ -15,6 +15,7 @@
 #   perf/scale-out.sh
 #   GATEWAYS=2 CLIENTS=100,500,1000 perf/scale-out.sh     # two gateways, a client sweep
 #   NATS_SERVER=/usr/sbin/nats-server perf/scale-out.sh    # another nats-server
+#   TICKSTOCK=/tmp/old/tickstock perf/scale-out.sh         # another build of tickstock
 #
 # The write budget: `server.client_writes_per_sec_max` (200,000 by default) is what one
 # core's event loop writes before the linger grows. On this one machine the gateways share
@@ -32,6 +33,7 @@ out="${OUT:-perf/results/scale-out}"
 gateways="${GATEWAYS:-1}"
 gateway_writes="${GATEWAY_WRITES_PER_SEC_MAX:-$((200000 / gateways))}"
 nats_server="${NATS_SERVER:-target/test-venv/bin/nats-server}"
+tickstock="${TICKSTOCK:-target/release/tickstock}"
 if [ ! -x "$nats_server" ]; then
   nats_server=$(command -v nats-server || true)
 fi
@@ -82,7 +84,7 @@ run_all() {
   local dir="$out/$1"
   rm -rf "$dir" && mkdir -p "$dir"
   target/release/loadgen --clients "$clients" --rates "$rate" --step-secs "$secs" \
-    --warmup-secs 2 --out "$dir" >"$dir/stdout" 2>&1 || true
+    --warmup-secs 2 --tickstock "$tickstock" --out "$dir" >"$dir/stdout" 2>&1 || true
   summarize "$dir" "$1" "{}"
 }
 
@@ -112,7 +114,7 @@ listen = "127.0.0.1:0"
 url = "nats://127.0.0.1:$nats_port"
 EOF
   sleep 0.5
-  LOADGEN_UPSTREAM_KEY="$key" target/release/tickstock --config "$dir/ingest.toml" --quiet \
+  LOADGEN_UPSTREAM_KEY="$key" "$tickstock" --config "$dir/ingest.toml" --quiet \
     serve --role ingest >"$dir/ingest.log" 2>&1 &
   local ingest_pid=$!
   pids+=("$ingest_pid")
@@ -121,7 +123,7 @@ EOF
     gw_port=$(free_port)
     printf '[server]\nlisten = "127.0.0.1:%s"\nconnections_max = 20000\nconnections_per_user_max = 20000\nclient_writes_per_sec_max = %s\n\n[nats]\nurl = "nats://127.0.0.1:%s"\n' \
       "$gw_port" "$gateway_writes" "$nats_port" >"$dir/gateway-$g.toml"
-    target/release/tickstock --config "$dir/gateway-$g.toml" --quiet serve --role gateway \
+    "$tickstock" --config "$dir/gateway-$g.toml" --quiet serve --role gateway \
       >"$dir/gateway-$g.log" 2>&1 &
     gw_pid=$!
     pids+=("$gw_pid")
@@ -177,7 +179,7 @@ for clients in sorted({r.get("clients", 0) for r in runs}):
     print(f"  each gateway's client_writes_per_sec_max: {med('gateway', 'gateway_writes_per_sec_max'):.0f} (all: 200000)")
     print(f"  ingest CPU beside the gateways: {med('gateway', 'ingest_cpu'):.3f} cores; nats-server {med('gateway', 'nats_cpu'):.3f}")
     print(f"  added p99 (gateways - all): {med('gateway', 'p99') - med('all', 'p99'):.3f} ms")
-    print(f"  the hop itself (first gateway, publish -> hand-off): mean {med('gateway', 'transit_mean_ms'):.3f} ms, "
+    print(f"  the hop itself (first gateway, emitter -> hand-off): mean {med('gateway', 'transit_mean_ms'):.3f} ms, "
           f"p50 <= {med('gateway', 'transit_p50_ms')} ms, p99 <= {med('gateway', 'transit_p99_ms')} ms")
     held = lambda prefix: sum(1 for r in runs if r["run"].startswith(prefix) and r.get("clients") == clients and r.get("within_budget"))
     print(f"  runs within loadgen's budget: all {held('all')}, gateways {held('gateway')}")

@@ -183,6 +183,80 @@ fn two_gateways_send_the_ingests_events_and_a_killed_gateways_client_resumes_on_
     stop_all([ingest, gateway_b]);
 }
 
+/// A TCP relay to `to` that passes what its client sends at once and holds what the server
+/// sends back for `delay`: a NATS whose replies (acknowledgements among them) come late, as
+/// across a slow network. Its address.
+fn late_replies(to: &str, delay: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let to = to.to_owned();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&to)) else { continue };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_server);
+                let _ = to_server.shutdown(Shutdown::Write);
+            });
+            let (held, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let mut from_server = server;
+            std::thread::spawn(move || {
+                let mut buffer = vec![0; 1 << 16];
+                while let Ok(n @ 1..) = from_server.read(&mut buffer) {
+                    if held.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut to_client = client;
+            std::thread::spawn(move || {
+                for (at, bytes) in due {
+                    sleep(at.saturating_duration_since(Instant::now()));
+                    if to_client.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_batch_is_published_without_waiting_for_the_acknowledgement_of_the_one_before() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The ingest's NATS answers 100 ms late (an emitter cycle is 1 ms); the gateway's at once.
+    let relay = late_replies(nats.url().trim_start_matches("nats://"), Duration::from_millis(100));
+    let ingest_config = dir.path().join("ingest.toml");
+    let body = format!(
+        "[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"nats://{relay}\"\nack_timeout_ms = 2000\n"
+    );
+    fs::write(&ingest_config, body).unwrap();
+    let (ingest, ingest_addr, _ingest_log) = start(&ingest_config, "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    sleep(Duration::from_secs(3));
+    // The hop runs from the ingest's emitter to the gateway: a batch held for an earlier
+    // one's acknowledgement would take up to 100 ms, about 50 on average.
+    let batches = metric(&addr, "tickstock_nats_transit_seconds_count");
+    let within_10_ms = metric(&addr, r#"tickstock_nats_transit_seconds_bucket{le="0.01"}"#);
+    assert!(batches > 500, "{batches} batches in 3 s");
+    assert!(
+        within_10_ms * 10 >= batches * 9,
+        "{within_10_ms} of {batches} batches crossed within 10 ms"
+    );
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    stop_all([ingest, gateway]);
+    drop(nats);
+}
+
 #[test]
 fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
     let mut nats = Nats::start();

@@ -7,8 +7,8 @@
 //! # The message
 //! One NATS message per batch, on `nats.subject`, with headers `Nats-Msg-Id` (the batch's
 //! first `seq`: JetStream stores a republished batch once), `Tickstock-Seq` (`first-last`) and
-//! `Tickstock-Sent-Ns` (the ingest's Unix time at publish, ns: where the ingest→gateway
-//! latency starts), and `Tickstock-Format` ([`FORMAT`]). The payload is the event count `n`
+//! `Tickstock-Sent-Ns` (the ingest's Unix time when its emitter handed the batch over, ns:
+//! where the ingest→gateway latency starts), and `Tickstock-Format` ([`FORMAT`]). The payload is the event count `n`
 //! (u32, little-endian), `n` times the frame's `recv_ns` (u64), `n` times its symbol index
 //! (the ingest's [`SymbolId`], u32), then the batch's events as event log records
 //! ([`crate::server::event_log`]: `seq`, time, channel, ticker, filter fields, the JSON, and a
@@ -34,7 +34,7 @@ use crate::tracer::SharedHistogram;
 
 /// Header: the batch's `seq` range, `first-last`.
 pub const SEQ_HEADER: &str = "Tickstock-Seq";
-/// Header: the ingest's Unix time when it published the batch, ns.
+/// Header: the ingest's Unix time when its emitter handed the batch to the publisher, ns.
 pub const SENT_HEADER: &str = "Tickstock-Sent-Ns";
 /// Header: the payload's layout, [`FORMAT`]; a message without it is format 1.
 pub const FORMAT_HEADER: &str = "Tickstock-Format";
@@ -82,8 +82,8 @@ pub struct NatsStatus {
     pub duplicate_batches: AtomicU64,
     /// Messages that were not a batch (damaged, or not TickStock's), skipped and counted.
     pub bad_messages: AtomicU64,
-    /// The last batch's ingest→gateway time, ns (the gateway): from the publisher's send
-    /// to the gateway's hand-off to its server.
+    /// The last batch's ingest→gateway time, ns (the gateway): from the ingest's emitter
+    /// handing it to the publisher to the gateway's hand-off to its server.
     pub transit_ns: AtomicU64,
     /// The same for every batch (`nats_transit_seconds`).
     pub transit: SharedHistogram,

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -35,11 +36,38 @@ use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
 use crate::server::event_log::EventLogReader;
 
+/// A published batch's acknowledgement, awaited across turns of the loop, and when it is
+/// due (`nats.ack_timeout_ms` after its publish).
+struct Ack {
+    future: <PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+    due: tokio::time::Instant,
+}
+
+/// How an awaited acknowledgement ended, or the wait for it.
+enum AckOutcome {
+    Acked(Result<PublishAck, PublishError>),
+    Late,
+    /// New batches are in the ring: publish them, then wait again.
+    More,
+}
+
+/// A batch's `Tickstock-Sent-Ns`: when the emitter handed it over, so that the hop's time
+/// includes its wait in the ring and for the publisher (now, for one read back from the
+/// event log: how late it is shows as the gateway's `seq` gap, not as transit).
+fn sent_ns(batch: &Pending) -> u64 {
+    if batch.handed_ns == 0 {
+        unix_ns()
+    } else {
+        batch.handed_ns
+    }
+}
+
 /// How long a hole waits for the event log to have its events before they count as lost.
 const HOLE_WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// Ring header of one batch: payload length (u32), first and last `seq` (u64), events (u32).
-const HEADER: usize = 24;
+/// Ring header of one batch: payload length (u32), first and last `seq` (u64), events (u32),
+/// and when the emitter handed it over (Unix ns, u64: where the ingest→gateway hop starts).
+const HEADER: usize = 32;
 
 /// The emitter's end: batches into the publisher's ring.
 #[derive(Debug)]
@@ -81,6 +109,7 @@ impl NatsInlet {
     fn append_within(&mut self, batch: &FrameBatch, wait: Option<Duration>) {
         let mut published = false;
         let skip = batch.frames().partition_point(|frame| frame.seq <= self.skip_through);
+        let handed_ns = unix_ns();
         for (start, end) in split(batch, self.message_bytes_max) {
             let (start, end) = (start.max(skip), end);
             if start >= end {
@@ -96,6 +125,7 @@ impl NatsInlet {
             self.scratch[4..12].copy_from_slice(&first.to_le_bytes());
             self.scratch[12..20].copy_from_slice(&last.to_le_bytes());
             self.scratch[20..24].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+            self.scratch[24..32].copy_from_slice(&handed_ns.to_le_bytes());
             let hole = self.gap_from.map(|from| (from, first - 1));
             let needed = self.scratch.len() + if hole.is_some() { HEADER } else { 0 };
             if let Some(wait) = wait {
@@ -213,6 +243,9 @@ struct Pending {
     last: u64,
     events: u64,
     payload: Bytes,
+    /// When the emitter handed it over (Unix ns; 0 for one read back from the event log,
+    /// which counts from its publish): its `Tickstock-Sent-Ns`.
+    handed_ns: u64,
 }
 
 struct Run {
@@ -260,6 +293,7 @@ impl Run {
                                 last,
                                 events: batch.len() as u64,
                                 payload: payload.into(),
+                                handed_ns: 0,
                             });
                             next = last + 1;
                             batch.clear();
@@ -338,6 +372,7 @@ impl Run {
             last: word(12),
             events: half(20).into(),
             payload: payload.into(),
+            handed_ns: word(24),
         })
     }
 
@@ -373,7 +408,7 @@ impl Run {
         let ack_timeout = Duration::from_millis(settings.ack_timeout_ms.into());
         let in_flight_max = settings.in_flight_max as usize;
         let mut stream_ready = false;
-        let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
+        let mut acks: VecDeque<Ack> = VecDeque::new();
         loop {
             if !stream_ready {
                 match ensure_stream(&context, &settings).await {
@@ -408,10 +443,13 @@ impl Run {
                     .payload(batch.payload.clone())
                     .message_id(batch.first.to_string())
                     .header(SEQ_HEADER, format!("{}-{}", batch.first, batch.last).as_str())
-                    .header(SENT_HEADER, unix_ns().to_string().as_str())
+                    .header(SENT_HEADER, sent_ns(batch).to_string().as_str())
                     .header(FORMAT_HEADER, FORMAT.to_string().as_str());
                 match context.send_publish(settings.subject.clone(), message).await {
-                    Ok(ack) => acks.push_back(ack),
+                    Ok(ack) => acks.push_back(Ack {
+                        future: std::future::IntoFuture::into_future(ack),
+                        due: tokio::time::Instant::now() + ack_timeout,
+                    }),
                     Err(error) => {
                         failed = Some((format!("publish: {error}"), acks.len()));
                         break;
@@ -419,9 +457,22 @@ impl Run {
                 }
             }
             if failed.is_none() {
-                if let Some(ack) = acks.pop_front() {
-                    match tokio::time::timeout(ack_timeout, ack).await {
-                        Ok(Ok(_)) => {
+                if let Some(ack) = acks.front_mut() {
+                    // The oldest's acknowledgement, or new batches to publish meanwhile (up
+                    // to `in_flight_max` in flight): a batch never waits for an earlier one's
+                    // round trip to NATS.
+                    let room = self.pending.len() < in_flight_max;
+                    let outcome = tokio::select! {
+                        biased;
+                        result = tokio::time::timeout_at(ack.due, &mut ack.future) => {
+                            result.map_or(AckOutcome::Late, AckOutcome::Acked)
+                        }
+                        () = self.notify.notified(), if room => AckOutcome::More,
+                    };
+                    match outcome {
+                        AckOutcome::More => continue,
+                        AckOutcome::Acked(Ok(_)) => {
+                            acks.pop_front();
                             let batch = self
                                 .pending
                                 .pop_front()
@@ -438,15 +489,15 @@ impl Run {
                             continue;
                         }
                         // Published, not acknowledged: it and those after it go again.
-                        Ok(Err(error)) => {
+                        AckOutcome::Acked(Err(error)) => {
                             failed =
-                                Some((format!("publish not acknowledged: {error}"), acks.len() + 1))
+                                Some((format!("publish not acknowledged: {error}"), acks.len()));
                         }
-                        Err(_) => {
+                        AckOutcome::Late => {
                             failed = Some((
                                 format!("no acknowledgement in {} ms", settings.ack_timeout_ms),
-                                acks.len() + 1,
-                            ))
+                                acks.len(),
+                            ));
                         }
                     }
                 }

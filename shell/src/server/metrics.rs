@@ -758,12 +758,12 @@ pub fn prometheus(
         out.add(
             "nats_transit_us",
             MetricType::GAUGE,
-            "The last batch's time from the ingest's publish to the gateway, µs.",
+            "The last batch's time from the ingest's emitter to the gateway, µs.",
             &one(get(&n.transit_ns) / 1_000),
         );
         out.histogram(
             "nats_transit_seconds",
-            "Each live batch's time from the ingest's publish to the gateway's hand-off to its \
+            "Each live batch's time from the ingest's emitter to the gateway's hand-off to its \
              server (a gateway; the two machines' clocks, if they are two).",
             &n.transit.0,
             NATS_TRANSIT_BUCKETS,
