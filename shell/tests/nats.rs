@@ -257,6 +257,108 @@ fn a_batch_is_published_without_waiting_for_the_acknowledgement_of_the_one_befor
     drop(nats);
 }
 
+/// A message's payload (format 2) of `T` events of `tickers` from `first`, each ticker's
+/// symbol index its place in the list.
+fn payload_of(first: u64, tickers: &[&str]) -> Vec<u8> {
+    use tickstock_engine::{Channel, SymbolId, Ticker};
+    use tickstock_shell::emitter::{Frame, FrameBatch};
+    let mut batch = FrameBatch::new(1 << 16);
+    for (i, ticker) in tickers.iter().enumerate() {
+        let seq = first + i as u64;
+        let json =
+            format!(r#"{{"ev":"T","sym":"{ticker}","p":10.5,"s":100,"t":{seq}000,"seq":{seq}}}"#);
+        let frame = Frame {
+            seq,
+            symbol: SymbolId(i as u32),
+            ticker: Ticker::new(ticker).unwrap(),
+            channel: Channel::T,
+            price_raw: 10_500_000,
+            volume: 100,
+            strength: 0,
+            recv_ns: 1,
+            t_ms: seq * 1_000,
+            start: 0,
+            end: 0,
+        };
+        batch.push_raw(frame, json.as_bytes());
+    }
+    let mut payload = Vec::new();
+    tickstock_shell::nats::encode_frames(&mut payload, &batch, batch.frames());
+    payload
+}
+
+#[test]
+fn a_gateway_reads_format_1_and_2_messages_and_skips_others_with_one_log_line() {
+    use async_nats::jetstream::{self, stream};
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let context = runtime.block_on(async {
+        let context = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let config = stream::Config {
+            name: "TICKSTOCK".to_owned(),
+            subjects: vec!["tickstock.events".to_owned()],
+            ..Default::default()
+        };
+        context.create_stream(config).await.unwrap();
+        context
+    });
+    let (gateway, addr, log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let mut ws = client(&addr, None);
+    sleep(Duration::from_millis(300));
+    // Format 1 (no Tickstock-Format header, no symbol indexes): seqs 1 and 2.
+    let two = payload_of(1, &["AAPL", "MSFT"]);
+    let format_1 = [&two[..4 + 2 * 8], &two[4 + 2 * 12..]].concat();
+    let publish = |payload: Vec<u8>, format: Option<&str>, first: u64, last: u64| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Tickstock-Seq", format!("{first}-{last}").as_str());
+        headers.insert("Tickstock-Sent-Ns", "1");
+        if let Some(format) = format {
+            headers.insert("Tickstock-Format", format);
+        }
+        runtime.block_on(async {
+            let ack = context
+                .publish_with_headers("tickstock.events", headers, payload.into())
+                .await
+                .unwrap();
+            ack.await.unwrap();
+        });
+    };
+    publish(format_1, None, 1, 2);
+    publish(b"not a batch".to_vec(), Some("2"), 3, 3);
+    publish(payload_of(3, &["AAPL"]), Some("3"), 3, 3); // a newer ingest's
+    publish(payload_of(3, &["IBM", "AAPL"]), Some("2"), 3, 4);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 4 && Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let items: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+                for item in items.into_iter().filter(|item| item["ev"] == "T") {
+                    seen.push((
+                        item["seq"].as_u64().unwrap(),
+                        item["sym"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(error) if timed_out(&error) => {}
+            Err(error) => panic!("the connection failed: {error}"),
+        }
+    }
+    let expected: Vec<(u64, String)> =
+        [(1, "AAPL"), (2, "MSFT"), (3, "IBM"), (4, "AAPL")].map(|(s, t)| (s, t.to_owned())).into();
+    assert_eq!(seen, expected, "both formats are served, in order");
+    assert_eq!(metric(&addr, "tickstock_nats_bad_messages_total"), 2);
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    stop_all([gateway]);
+    let skipped: Vec<String> = log.filter(|line| line.contains("skipped a message")).collect();
+    assert_eq!(skipped.len(), 1, "two bad messages in a row are one line: {skipped:?}");
+    assert!(skipped[0].contains("not a batch") || skipped[0].contains("count"), "{skipped:?}");
+    drop(nats);
+}
+
 #[test]
 fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
     let mut nats = Nats::start();

@@ -18,7 +18,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -62,6 +62,7 @@ impl Gateway {
             backfilling: false,
             counters,
             stop,
+            bad_logged: None,
         };
         let thread = std::thread::Builder::new()
             .name("tickstock-nats".to_owned())
@@ -93,7 +94,13 @@ struct Run {
     backfilling: bool,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
+    /// When a bad message was last logged, and how many were skipped since without a line:
+    /// a stream of them (a newer ingest's format) is one line per [`BAD_LOG_EVERY`].
+    bad_logged: Option<(Instant, u64)>,
 }
+
+/// A stream of bad messages is logged at most once in this time (each is counted).
+const BAD_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Run {
     fn stopped(&self) -> bool {
@@ -256,7 +263,17 @@ impl Run {
             Ok(range) => range,
             Err(bad) => {
                 status.bad_messages.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = %message.subject, why = bad.0, "nats: skipped a message that is not a batch");
+                let now = Instant::now();
+                match &mut self.bad_logged {
+                    Some((at, unlogged)) if now.duration_since(*at) < BAD_LOG_EVERY => {
+                        *unlogged += 1;
+                    }
+                    logged => {
+                        let before = logged.map_or(0, |(_, unlogged)| unlogged);
+                        tracing::warn!(subject = %message.subject, why = bad.0, more_since_the_last_line = before, "nats: skipped a message that is not a batch");
+                        *logged = Some((now, 0));
+                    }
+                }
                 return Ok(());
             }
         };
