@@ -16,6 +16,7 @@
 #   GATEWAYS=2 CLIENTS=100,500,1000 perf/scale-out.sh     # two gateways, a client sweep
 #   NATS_SERVER=/usr/sbin/nats-server perf/scale-out.sh    # another nats-server
 #   TICKSTOCK=/tmp/old/tickstock perf/scale-out.sh         # another build of tickstock
+#   NATS_STORAGE=memory perf/scale-out.sh                  # the stream in memory (nats.storage)
 #
 # The write budget: `server.client_writes_per_sec_max` (200,000 by default) is what one
 # core's event loop writes before the linger grows. On this one machine the gateways share
@@ -34,6 +35,7 @@ gateways="${GATEWAYS:-1}"
 gateway_writes="${GATEWAY_WRITES_PER_SEC_MAX:-$((200000 / gateways))}"
 nats_server="${NATS_SERVER:-target/test-venv/bin/nats-server}"
 tickstock="${TICKSTOCK:-target/release/tickstock}"
+storage="${NATS_STORAGE:-file}"
 if [ ! -x "$nats_server" ]; then
   nats_server=$(command -v nats-server || true)
 fi
@@ -112,6 +114,7 @@ listen = "127.0.0.1:0"
 
 [nats]
 url = "nats://127.0.0.1:$nats_port"
+storage = "$storage"
 EOF
   sleep 0.5
   LOADGEN_UPSTREAM_KEY="$key" "$tickstock" --config "$dir/ingest.toml" --quiet \

@@ -61,6 +61,19 @@ pub enum Role {
     Gateway,
 }
 
+/// Where the JetStream stream keeps its messages (`nats.storage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On the NATS server's disk: the stream outlives a restart of the server.
+    #[default]
+    File,
+    /// In the NATS server's memory: a shorter hop, but a restarted server starts with an
+    /// empty stream (the ingest publishes on from where it is; older `seq`s are gone from
+    /// it, and a `resume` to them is served from an event log or refused).
+    Memory,
+}
+
 /// NATS JetStream (`docs/scale-out.md`). Credentials come from `credentials_file` or the
 /// environment (`NATS_USER` and `NATS_PASSWORD`, or `NATS_TOKEN`), never from `url` or the
 /// command line.
@@ -82,6 +95,9 @@ pub struct NatsSettings {
     /// The subject each batch is published on (the stream's one subject, so that it keeps
     /// one order). Default: `tickstock.events`.
     pub subject: String,
+    /// Where the stream keeps its messages: `file` or `memory`. A stream's storage cannot
+    /// change once it exists: delete the stream to change it. Default: file.
+    pub storage: Storage,
     /// The stream keeps at most this many messages (one message is one emitter cycle's
     /// batch, about 1,000 a second). Default: 3,600,000 (an hour of 1 ms cycles).
     pub retain_messages: u64,
@@ -119,6 +135,7 @@ impl Default for NatsSettings {
             tls_ca_file: None,
             stream: "TICKSTOCK".to_owned(),
             subject: "tickstock.events".to_owned(),
+            storage: Storage::File,
             retain_messages: 3_600_000,
             retain_bytes: 8 << 30,
             retain_secs: 86_400,

@@ -360,6 +360,29 @@ fn a_gateway_reads_format_1_and_2_messages_and_skips_others_with_one_log_line() 
 }
 
 #[test]
+fn a_stream_in_memory_is_made_so_and_carries_the_events() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let memory = config_with(dir.path(), "ingest", &nats, "storage = \"memory\"\n", "");
+    let (ingest, ingest_addr, _ingest_log) = start(&memory, "ingest");
+    wait_up(&ingest_addr);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let storage = runtime.block_on(async {
+        let context = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut stream = context.get_stream("TICKSTOCK").await.unwrap();
+        stream.info().await.unwrap().config.storage
+    });
+    assert_eq!(storage, async_nats::jetstream::stream::StorageType::Memory);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let (events, statuses, _) = read_for(client(&addr, None), 2.0).join().unwrap();
+    assert!(events.len() > 1_000, "it streamed ({} events), {statuses:?}", events.len());
+    assert_no_gap(&events, "from a stream in memory");
+    stop_all([ingest, gateway]);
+    drop(nats);
+}
+
+#[test]
 fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();

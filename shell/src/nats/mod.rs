@@ -353,6 +353,10 @@ fn stream_config(settings: &NatsSettings) -> async_nats::jetstream::stream::Conf
         max_bytes: settings.retain_bytes.min(i64::MAX as u64) as i64,
         max_age: Duration::from_secs(settings.retain_secs),
         duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
+        storage: match settings.storage {
+            crate::config::Storage::File => async_nats::jetstream::stream::StorageType::File,
+            crate::config::Storage::Memory => async_nats::jetstream::stream::StorageType::Memory,
+        },
         ..Default::default()
     }
 }
