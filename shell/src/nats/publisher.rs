@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -35,21 +34,6 @@ use crate::backoff::Backoff;
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
 use crate::server::event_log::EventLogReader;
-
-/// A published batch's acknowledgement, awaited across turns of the loop, and when it is
-/// due (`nats.ack_timeout_ms` after its publish).
-struct Ack {
-    future: <PublishAckFuture as std::future::IntoFuture>::IntoFuture,
-    due: tokio::time::Instant,
-}
-
-/// How an awaited acknowledgement ended, or the wait for it.
-enum AckOutcome {
-    Acked(Result<PublishAck, PublishError>),
-    Late,
-    /// New batches are in the ring: publish them, then wait again.
-    More,
-}
 
 /// A batch's `Tickstock-Sent-Ns`: when the emitter handed it over, so that the hop's time
 /// includes its wait in the ring and for the publisher (now, for one read back from the
@@ -408,7 +392,7 @@ impl Run {
         let ack_timeout = Duration::from_millis(settings.ack_timeout_ms.into());
         let in_flight_max = settings.in_flight_max as usize;
         let mut stream_ready = false;
-        let mut acks: VecDeque<Ack> = VecDeque::new();
+        let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
         loop {
             if !stream_ready {
                 match ensure_stream(&context, &settings).await {
@@ -446,33 +430,22 @@ impl Run {
                     .header(SENT_HEADER, sent_ns(batch).to_string().as_str())
                     .header(FORMAT_HEADER, FORMAT.to_string().as_str());
                 match context.send_publish(settings.subject.clone(), message).await {
-                    Ok(ack) => acks.push_back(Ack {
-                        future: std::future::IntoFuture::into_future(ack),
-                        due: tokio::time::Instant::now() + ack_timeout,
-                    }),
+                    Ok(ack) => acks.push_back(ack),
                     Err(error) => {
                         failed = Some((format!("publish: {error}"), acks.len()));
                         break;
                     }
                 }
             }
+            // The oldest's acknowledgement is awaited before anything new is published: a
+            // batch that arrives meanwhile waits for it (at most one round trip to NATS).
+            // Publishing it at once would be faster, but a batch published while the
+            // connection is going down may be stored after later ones that async-nats kept
+            // for its reconnect, and the gateways would see a gap (docs/scale-out.md).
             if failed.is_none() {
-                if let Some(ack) = acks.front_mut() {
-                    // The oldest's acknowledgement, or new batches to publish meanwhile (up
-                    // to `in_flight_max` in flight): a batch never waits for an earlier one's
-                    // round trip to NATS.
-                    let room = self.pending.len() < in_flight_max;
-                    let outcome = tokio::select! {
-                        biased;
-                        result = tokio::time::timeout_at(ack.due, &mut ack.future) => {
-                            result.map_or(AckOutcome::Late, AckOutcome::Acked)
-                        }
-                        () = self.notify.notified(), if room => AckOutcome::More,
-                    };
-                    match outcome {
-                        AckOutcome::More => continue,
-                        AckOutcome::Acked(Ok(_)) => {
-                            acks.pop_front();
+                if let Some(ack) = acks.pop_front() {
+                    match tokio::time::timeout(ack_timeout, ack).await {
+                        Ok(Ok(_)) => {
                             let batch = self
                                 .pending
                                 .pop_front()
@@ -489,15 +462,15 @@ impl Run {
                             continue;
                         }
                         // Published, not acknowledged: it and those after it go again.
-                        AckOutcome::Acked(Err(error)) => {
+                        Ok(Err(error)) => {
                             failed =
-                                Some((format!("publish not acknowledged: {error}"), acks.len()));
+                                Some((format!("publish not acknowledged: {error}"), acks.len() + 1))
                         }
-                        AckOutcome::Late => {
+                        Err(_) => {
                             failed = Some((
                                 format!("no acknowledgement in {} ms", settings.ack_timeout_ms),
-                                acks.len(),
-                            ));
+                                acks.len() + 1,
+                            ))
                         }
                     }
                 }
