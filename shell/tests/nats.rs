@@ -183,6 +183,139 @@ fn two_gateways_send_the_ingests_events_and_a_killed_gateways_client_resumes_on_
     stop_all([ingest, gateway_b]);
 }
 
+/// A TCP relay in front of a NATS server: it passes what its clients send at once, holds
+/// what the server sends back for a delay (a NATS whose replies, acknowledgements among them,
+/// come late, as across a slow network), and can cut every connection at once (a network
+/// that drops, taking what was in flight with it).
+struct Relay {
+    addr: String,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: &str, delay: Duration) -> Relay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (to, sockets) = (to.to_owned(), std::sync::Arc::clone(&live));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, TcpStream::connect(&to)) else { continue };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let mut held = sockets.lock().unwrap();
+                held.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                drop(held);
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let _ = to_server.shutdown(Shutdown::Both);
+                });
+                let (hold, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                let mut from_server = server;
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0; 1 << 16];
+                    while let Ok(n @ 1..) = from_server.read(&mut buffer) {
+                        if hold.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut to_client = client;
+                std::thread::spawn(move || {
+                    for (at, bytes) in due {
+                        sleep(at.saturating_duration_since(Instant::now()));
+                        if to_client.write_all(&bytes).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Relay { addr, live }
+    }
+
+    /// Its URL for a `[nats]` table.
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Cuts every connection through it (the clients reconnect through it).
+    fn cut(&self) {
+        for socket in self.live.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// An ingest's configuration in `dir` that reaches NATS at `url`, with `nats_lines` more.
+fn ingest_through(dir: &Path, url: &str, nats_lines: &str) -> PathBuf {
+    let path = dir.join("ingest.toml");
+    let body =
+        format!("[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{url}\"\n{nats_lines}");
+    fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn a_batch_is_published_without_waiting_for_the_acknowledgement_of_the_one_before() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The ingest's NATS answers 100 ms late (an emitter cycle is 1 ms); the gateway's at once.
+    let relay = Relay::start(nats.url().trim_start_matches("nats://"), Duration::from_millis(100));
+    let ingest_config = ingest_through(dir.path(), &relay.url(), "ack_timeout_ms = 2000\n");
+    let (ingest, ingest_addr, _ingest_log) = start(&ingest_config, "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    sleep(Duration::from_secs(3));
+    // The hop runs from the ingest's emitter to the gateway: a batch held for an earlier
+    // one's acknowledgement takes up to 100 ms, about 50 on average, and 1 in 10 or fewer
+    // cross within 10 ms (96 of 2,677 when the publisher waited so, 2026-12-07).
+    let batches = metric(&addr, "tickstock_nats_transit_seconds_count");
+    let within_10_ms = metric(&addr, r#"tickstock_nats_transit_seconds_bucket{le="0.01"}"#);
+    assert!(batches > 500, "{batches} batches in 3 s");
+    assert!(
+        within_10_ms * 2 >= batches,
+        "{within_10_ms} of {batches} batches crossed within 10 ms"
+    );
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    stop_all([ingest, gateway]);
+    drop(nats);
+}
+
+#[test]
+fn connections_to_nats_cut_under_load_lose_nothing_and_store_nothing_out_of_order() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Replies 5 ms late, so batches are in flight when a cut takes what was on the wire.
+    let relay = Relay::start(nats.url().trim_start_matches("nats://"), Duration::from_millis(5));
+    let lines = "ack_timeout_ms = 300\nretry_ms_min = 20\nretry_ms_max = 100\n";
+    let (ingest, ingest_addr, _ingest_log) =
+        start(&ingest_through(dir.path(), &relay.url(), lines), "ingest");
+    wait_up(&ingest_addr);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let reading = read_for(client(&addr, None), 8.0);
+    sleep(Duration::from_millis(500));
+    for _ in 0..8 {
+        relay.cut();
+        sleep(Duration::from_millis(400));
+    }
+    let (events, statuses, _) = reading.join().unwrap();
+    assert!(events.len() > 5_000, "it streamed ({} events), {statuses:?}", events.len());
+    assert_no_gap(&events, "across the cuts");
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    assert_eq!(metric(&addr, "tickstock_nats_duplicate_batches_total"), 0, "stored in order");
+    assert!(metric(&ingest_addr, "tickstock_nats_disconnects_total") >= 2, "the cuts were seen");
+    assert_eq!(metric(&ingest_addr, "tickstock_feed_ring_full_waits_total"), 0, "engine stalled");
+    stop_all([ingest, gateway]);
+    drop(nats);
+}
+
 /// A message's payload (format 2) of `T` events of `tickers` from `first`, each ticker's
 /// symbol index its place in the list.
 fn payload_of(first: u64, tickers: &[&str]) -> Vec<u8> {

@@ -312,12 +312,21 @@ async fn connect(
         .map_err(|error| format!("{}: {error}", settings.url))
 }
 
-/// The last `seq` the stream holds (0: it holds none, or does not exist yet), from the
-/// `Tickstock-Seq` header of its last message.
-async fn stream_last_seq(
+/// Where the stream ends: its last stream sequence and the last `seq` it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StreamTail {
+    /// The stream's last sequence (0: none yet), what `Nats-Expected-Last-Sequence` checks.
+    pub stream_seq: u64,
+    /// The last `seq` it holds (0: it holds none, or does not exist yet), from the
+    /// `Tickstock-Seq` header of its last message.
+    pub last_seq: u64,
+}
+
+/// Where the stream ends ([`StreamTail`]; all 0 when it does not exist yet).
+pub(crate) async fn stream_tail(
     context: &async_nats::jetstream::Context,
     settings: &NatsSettings,
-) -> Result<u64, String> {
+) -> Result<StreamTail, String> {
     use async_nats::jetstream::context::GetStreamErrorKind;
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     use async_nats::jetstream::ErrorCode;
@@ -328,20 +337,22 @@ async fn stream_last_seq(
                 GetStreamErrorKind::JetStream(e)
                     if e.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Ok(0)
+                    Ok(StreamTail::default())
                 }
                 _ => Err(format!("stream {}: {error}", settings.stream)),
             }
         }
     };
-    match stream.get_last_raw_message_by_subject(&settings.subject).await {
+    let stream_seq = stream.cached_info().state.last_sequence;
+    let last_seq = match stream.get_last_raw_message_by_subject(&settings.subject).await {
         Ok(message) => last_seq_of(&message.headers)
-            .ok_or_else(|| format!("the stream's last message has no {SEQ_HEADER} header")),
+            .ok_or_else(|| format!("the stream's last message has no {SEQ_HEADER} header"))?,
         Err(error) => match error.kind() {
-            LastRawMessageErrorKind::NoMessageFound => Ok(0),
-            _ => Err(format!("stream {}: {error}", settings.stream)),
+            LastRawMessageErrorKind::NoMessageFound => 0,
+            _ => return Err(format!("stream {}: {error}", settings.stream)),
         },
-    }
+    };
+    Ok(StreamTail { stream_seq, last_seq })
 }
 
 /// The stream's configuration from the settings.

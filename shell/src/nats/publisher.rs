@@ -21,19 +21,35 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{
-    backoff, connect, encode_frames, pause, split, stream_config, stream_last_seq, unix_ns,
-    NatsStatus, FORMAT, FORMAT_HEADER, SENT_HEADER, SEQ_HEADER, UNKNOWN_SYMBOL,
+    backoff, connect, encode_frames, pause, split, stream_config, stream_tail, unix_ns, NatsStatus,
+    FORMAT, FORMAT_HEADER, SENT_HEADER, SEQ_HEADER, UNKNOWN_SYMBOL,
 };
 use crate::backoff::Backoff;
 use crate::config::NatsSettings;
 use crate::emitter::FrameBatch;
 use crate::server::event_log::EventLogReader;
+
+/// A published batch's acknowledgement, awaited across turns of the loop, and when it is
+/// due (`nats.ack_timeout_ms` after its publish).
+struct Ack {
+    future: <PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+    due: tokio::time::Instant,
+}
+
+/// How an awaited acknowledgement ended, or the wait for it.
+enum AckOutcome {
+    Acked(Result<PublishAck, PublishError>),
+    Late,
+    /// New batches are in the ring: publish them, then wait again.
+    More,
+}
 
 /// A batch's `Tickstock-Sent-Ns`: when the emitter handed it over, so that the hop's time
 /// includes its wait in the ring and for the publisher (now, for one read back from the
@@ -170,8 +186,9 @@ impl Publisher {
         let asked = runtime.block_on(async {
             let client = connect(settings, "tickstock-ingest-start", &Arc::default()).await?;
             let context = async_nats::jetstream::new(client);
-            tokio::time::timeout(wait, stream_last_seq(&context, settings))
+            tokio::time::timeout(wait, stream_tail(&context, settings))
                 .await
+                .map(|tail| tail.map(|tail| tail.last_seq))
                 .unwrap_or_else(|_| Err(format!("no answer in {} ms", settings.connect_timeout_ms)))
         });
         let skip_through = match asked {
@@ -330,6 +347,21 @@ impl Run {
         true
     }
 
+    /// Drops the pending batches the stream holds already (up to `seq` `last_seq`, as its
+    /// last message says): stored before a failure whose acknowledgement was lost.
+    fn forget_stored(&mut self, last_seq: u64) {
+        while let Some(front) = self.pending.front() {
+            if front.events == 0 || front.last > last_seq {
+                break;
+            }
+            let s = &self.status;
+            s.published_batches.fetch_add(1, Ordering::Relaxed);
+            s.published_events.fetch_add(front.events, Ordering::Relaxed);
+            s.last_seq.store(front.last, Ordering::Relaxed);
+            self.pending.pop_front();
+        }
+    }
+
     /// Takes the next whole batch out of the ring (the inlet writes each whole, at once).
     fn take(&mut self) -> Option<Pending> {
         let mut header = [0u8; HEADER];
@@ -392,11 +424,24 @@ impl Run {
         let ack_timeout = Duration::from_millis(settings.ack_timeout_ms.into());
         let in_flight_max = settings.in_flight_max as usize;
         let mut stream_ready = false;
-        let mut acks: VecDeque<PublishAckFuture> = VecDeque::new();
+        let mut acks: VecDeque<Ack> = VecDeque::new();
+        // The stream's sequence of the last message known stored. Each publish expects the
+        // stream to end where the messages before it will have left it
+        // (`Nats-Expected-Last-Sequence`), so JetStream stores this ingest's messages in
+        // order or not at all: a message lost with a dropping connection makes those
+        // published after it fail, instead of being stored before it, and all go again.
+        let mut stored_through = 0u64;
         loop {
             if !stream_ready {
-                match ensure_stream(&context, &settings).await {
-                    Ok(()) => {
+                let ready = match ensure_stream(&context, &settings).await {
+                    Ok(()) => stream_tail(&context, &settings).await,
+                    Err(why) => Err(why),
+                };
+                match ready {
+                    Ok(tail) => {
+                        // What the stream holds already is not published again.
+                        self.forget_stored(tail.last_seq);
+                        stored_through = tail.stream_seq;
                         stream_ready = true;
                         self.status.set_up();
                         backoff.reset();
@@ -423,29 +468,43 @@ impl Run {
                     break; // its events are not in the log yet: after a pause
                 }
                 let batch = &self.pending[acks.len()];
+                let expected = stored_through + acks.len() as u64;
                 let message = PublishMessage::build()
                     .payload(batch.payload.clone())
                     .message_id(batch.first.to_string())
+                    .expected_last_sequence(expected)
                     .header(SEQ_HEADER, format!("{}-{}", batch.first, batch.last).as_str())
                     .header(SENT_HEADER, sent_ns(batch).to_string().as_str())
                     .header(FORMAT_HEADER, FORMAT.to_string().as_str());
                 match context.send_publish(settings.subject.clone(), message).await {
-                    Ok(ack) => acks.push_back(ack),
+                    Ok(ack) => acks.push_back(Ack {
+                        future: std::future::IntoFuture::into_future(ack),
+                        due: tokio::time::Instant::now() + ack_timeout,
+                    }),
                     Err(error) => {
                         failed = Some((format!("publish: {error}"), acks.len()));
                         break;
                     }
                 }
             }
-            // The oldest's acknowledgement is awaited before anything new is published: a
-            // batch that arrives meanwhile waits for it (at most one round trip to NATS).
-            // Publishing it at once would be faster, but a batch published while the
-            // connection is going down may be stored after later ones that async-nats kept
-            // for its reconnect, and the gateways would see a gap (docs/scale-out.md).
             if failed.is_none() {
-                if let Some(ack) = acks.pop_front() {
-                    match tokio::time::timeout(ack_timeout, ack).await {
-                        Ok(Ok(_)) => {
+                if let Some(ack) = acks.front_mut() {
+                    // The oldest's acknowledgement, or new batches to publish meanwhile (up
+                    // to `in_flight_max` in flight): a batch never waits for an earlier one's
+                    // round trip to NATS.
+                    let room = self.pending.len() < in_flight_max;
+                    let outcome = tokio::select! {
+                        biased;
+                        result = tokio::time::timeout_at(ack.due, &mut ack.future) => {
+                            result.map_or(AckOutcome::Late, AckOutcome::Acked)
+                        }
+                        () = self.notify.notified(), if room => AckOutcome::More,
+                    };
+                    match outcome {
+                        AckOutcome::More => continue,
+                        AckOutcome::Acked(Ok(ack)) => {
+                            acks.pop_front();
+                            stored_through = ack.sequence;
                             let batch = self
                                 .pending
                                 .pop_front()
@@ -461,16 +520,18 @@ impl Run {
                             backoff.reset();
                             continue;
                         }
-                        // Published, not acknowledged: it and those after it go again.
-                        Ok(Err(error)) => {
+                        // Published, not acknowledged (refused, as those after a lost one
+                        // are): it and those after it go again, once the stream's end is
+                        // read again.
+                        AckOutcome::Acked(Err(error)) => {
                             failed =
-                                Some((format!("publish not acknowledged: {error}"), acks.len() + 1))
+                                Some((format!("publish not acknowledged: {error}"), acks.len()));
                         }
-                        Err(_) => {
+                        AckOutcome::Late => {
                             failed = Some((
                                 format!("no acknowledgement in {} ms", settings.ack_timeout_ms),
-                                acks.len() + 1,
-                            ))
+                                acks.len(),
+                            ));
                         }
                     }
                 }
