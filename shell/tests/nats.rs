@@ -26,12 +26,16 @@ fn config(dir: &Path, name: &str, nats: &Nats) -> PathBuf {
 
 /// As [`config`], with more lines in `[nats]` and, when not empty, a `[server]` table.
 fn config_with(dir: &Path, name: &str, nats: &Nats, nats_lines: &str, server: &str) -> PathBuf {
+    let lines = format!("ack_timeout_ms = 500\nretry_ms_max = 500\n{nats_lines}");
+    config_at(dir, name, &nats.url(), &lines, server)
+}
+
+/// A configuration file in `dir` for one process that reaches NATS at `url` (a relay, say),
+/// with `nats_lines` in `[nats]` and, when not empty, a `[server]` table.
+fn config_at(dir: &Path, name: &str, url: &str, nats_lines: &str, server: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    let mut body = format!(
-        "[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{}\"\nack_timeout_ms = 500\n\
-         retry_ms_max = 500\n{nats_lines}",
-        nats.url()
-    );
+    let mut body =
+        format!("[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{url}\"\n{nats_lines}");
     if !server.is_empty() {
         body.push_str(&format!("\n[server]\n{server}"));
     }
@@ -251,22 +255,14 @@ impl Relay {
     }
 }
 
-/// An ingest's configuration in `dir` that reaches NATS at `url`, with `nats_lines` more.
-fn ingest_through(dir: &Path, url: &str, nats_lines: &str) -> PathBuf {
-    let path = dir.join("ingest.toml");
-    let body =
-        format!("[synthetic]\ntrades_per_sec = 2000\n\n[nats]\nurl = \"{url}\"\n{nats_lines}");
-    fs::write(&path, body).unwrap();
-    path
-}
-
 #[test]
 fn a_batch_is_published_without_waiting_for_the_acknowledgement_of_the_one_before() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
     // The ingest's NATS answers 100 ms late (an emitter cycle is 1 ms); the gateway's at once.
     let relay = Relay::start(nats.url().trim_start_matches("nats://"), Duration::from_millis(100));
-    let ingest_config = ingest_through(dir.path(), &relay.url(), "ack_timeout_ms = 2000\n");
+    let ingest_config =
+        config_at(dir.path(), "ingest", &relay.url(), "ack_timeout_ms = 2000\n", "");
     let (ingest, ingest_addr, _ingest_log) = start(&ingest_config, "ingest");
     wait_up(&ingest_addr);
     let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
@@ -295,7 +291,7 @@ fn connections_to_nats_cut_under_load_lose_nothing_and_store_nothing_out_of_orde
     let relay = Relay::start(nats.url().trim_start_matches("nats://"), Duration::from_millis(5));
     let lines = "ack_timeout_ms = 300\nretry_ms_min = 20\nretry_ms_max = 100\n";
     let (ingest, ingest_addr, _ingest_log) =
-        start(&ingest_through(dir.path(), &relay.url(), lines), "ingest");
+        start(&config_at(dir.path(), "ingest", &relay.url(), lines, ""), "ingest");
     wait_up(&ingest_addr);
     let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
     wait_up(&addr);

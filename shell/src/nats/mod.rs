@@ -8,8 +8,9 @@
 //! One NATS message per batch, on `nats.subject`, with headers `Nats-Msg-Id` (the batch's
 //! first `seq`: JetStream stores a republished batch once), `Tickstock-Seq` (`first-last`) and
 //! `Tickstock-Sent-Ns` (the ingest's Unix time when its emitter handed the batch over, ns:
-//! where the ingest→gateway latency starts), and `Tickstock-Format` ([`FORMAT`]). The payload is the event count `n`
-//! (u32, little-endian), `n` times the frame's `recv_ns` (u64), `n` times its symbol index
+//! where the ingest→gateway latency starts), and `Tickstock-Format` ([`FORMAT`]). The
+//! payload is the event count `n` (u32, little-endian), `n` times the frame's `recv_ns`
+//! (u64), `n` times its symbol index
 //! (the ingest's [`SymbolId`], u32), then the batch's events as event log records
 //! ([`crate::server::event_log`]: `seq`, time, channel, ticker, filter fields, the JSON, and a
 //! CRC), so a gateway rebuilds the batch without parsing JSON and detects a damaged message.
@@ -211,9 +212,8 @@ pub fn decode_batch(
     let stamps = payload.get(4..stamps_end).ok_or_else(|| bad("shorter than its count"))?;
     let (stamps, symbols) = stamps.split_at(count * 8);
     let symbol = |i: usize| {
-        symbols.get(i * 4..i * 4 + 4).map_or(UNKNOWN_SYMBOL, |id| {
-            SymbolId(u32::from_le_bytes(id.try_into().unwrap_or([0xff; 4])))
-        })
+        let id = symbols.get(i * 4..i * 4 + 4).and_then(|id| id.try_into().ok());
+        id.map_or(UNKNOWN_SYMBOL, |id| SymbolId(u32::from_le_bytes(id)))
     };
     let mut records = &payload[stamps_end..];
     into.clear();

@@ -350,16 +350,18 @@ impl Run {
     /// Drops the pending batches the stream holds already (up to `seq` `last_seq`, as its
     /// last message says): stored before a failure whose acknowledgement was lost.
     fn forget_stored(&mut self, last_seq: u64) {
-        while let Some(front) = self.pending.front() {
-            if front.events == 0 || front.last > last_seq {
-                break;
-            }
-            let s = &self.status;
-            s.published_batches.fetch_add(1, Ordering::Relaxed);
-            s.published_events.fetch_add(front.events, Ordering::Relaxed);
-            s.last_seq.store(front.last, Ordering::Relaxed);
-            self.pending.pop_front();
+        while self.pending.front().is_some_and(|front| front.events > 0 && front.last <= last_seq) {
+            self.pop_published();
         }
+    }
+
+    /// Takes the oldest pending batch off, the stream holding it: counted as published.
+    fn pop_published(&mut self) {
+        let batch = self.pending.pop_front().expect("Invariant: a batch is pending");
+        let s = &self.status;
+        s.published_batches.fetch_add(1, Ordering::Relaxed);
+        s.published_events.fetch_add(batch.events, Ordering::Relaxed);
+        s.last_seq.store(batch.last, Ordering::Relaxed);
     }
 
     /// Takes the next whole batch out of the ring (the inlet writes each whole, at once).
@@ -505,16 +507,9 @@ impl Run {
                         AckOutcome::Acked(Ok(ack)) => {
                             acks.pop_front();
                             stored_through = ack.sequence;
-                            let batch = self
-                                .pending
-                                .pop_front()
-                                .expect("Invariant: an ack per pending batch");
-                            let s = &self.status;
-                            s.published_batches.fetch_add(1, Ordering::Relaxed);
-                            s.published_events.fetch_add(batch.events, Ordering::Relaxed);
-                            s.last_seq.store(batch.last, Ordering::Relaxed);
-                            if !s.is_up() {
-                                s.set_up();
+                            self.pop_published(); // an ack per pending batch
+                            if !self.status.is_up() {
+                                self.status.set_up();
                             }
                             failures = 0;
                             backoff.reset();
