@@ -231,3 +231,56 @@ pub fn inflate(data: &[u8]) {
     let mut pipe = Pipe { input: &out, output: &mut written };
     while server.read(&mut pipe).is_ok() {}
 }
+
+/// A NATS message's payload as a gateway reads it (the first byte picks the format its
+/// header would say: 0 to 3). Nothing panics; a batch it accepts has consecutive `seq`s,
+/// one frame each, and (format 2) encodes back to exactly its payload; cutting the events
+/// up to any of its `seq`s leaves a payload that reads as the rest.
+pub fn nats_batch(data: &[u8]) {
+    use crate::emitter::FrameBatch;
+    use crate::nats::{decode_batch, encode_frames, payload_after, FORMAT};
+    let Some((&format, payload)) = data.split_first() else { return };
+    let format = u32::from(format % 4);
+    let mut batch = FrameBatch::new(1 << 20);
+    let Ok((first, last)) = decode_batch(payload, format, &mut batch) else {
+        let _ = payload_after(payload, format, 0);
+        return;
+    };
+    assert!(first <= last);
+    assert_eq!(batch.len() as u64, last - first + 1, "one frame a seq");
+    assert!(batch.frames().iter().zip(first..).all(|(frame, seq)| frame.seq == seq));
+    if format == FORMAT {
+        let mut again = Vec::new();
+        encode_frames(&mut again, &batch, batch.frames());
+        assert_eq!(again, payload, "a batch round-trips");
+    }
+    for seq in [first - 1, first, first + (last - first) / 2, last] {
+        let rest = payload_after(payload, format, seq).expect("a batch's events can be cut");
+        let Some((rest, from, count)) = rest else {
+            assert_eq!(seq, last, "only the last seq leaves nothing");
+            continue;
+        };
+        assert_eq!((from, count as u64), (seq + 1, last - seq));
+        let mut back = FrameBatch::new(1 << 20);
+        assert_eq!(decode_batch(&rest, format, &mut back), Ok((seq + 1, last)));
+    }
+}
+
+/// Event log records (`server/event_log.rs`) one after another, as a resume reads them
+/// from disk: the decoder never reads past the end, and every record it accepts encodes
+/// back to exactly the bytes it was decoded from.
+pub fn event_log_records(data: &[u8]) {
+    use crate::emitter::FrameBatch;
+    use crate::server::event_log;
+    let mut rest = data;
+    while let Ok((record, len)) = event_log::decode(rest) {
+        assert!(len > 0 && len <= rest.len(), "a record of {len} bytes in {}", rest.len());
+        let mut batch = FrameBatch::new(1 << 20);
+        let frame = crate::nats::frame_of(&record, crate::nats::UNKNOWN_SYMBOL, 0);
+        batch.push_raw(frame, record.json);
+        let mut again = Vec::new();
+        event_log::encode(&mut again, &batch, &batch.frames()[0]);
+        assert_eq!(again, &rest[..len], "a record round-trips");
+        rest = &rest[len..];
+    }
+}

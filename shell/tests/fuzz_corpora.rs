@@ -65,3 +65,13 @@ fn csv_import() {
 fn settings_toml() {
     replay("settings_toml", fuzz_checks::settings_toml);
 }
+
+#[test]
+fn nats_batch() {
+    replay("nats_batch", fuzz_checks::nats_batch);
+}
+
+#[test]
+fn event_log_records() {
+    replay("event_log_records", fuzz_checks::event_log_records);
+}

@@ -468,6 +468,24 @@ fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
 }
 
 #[test]
+fn an_ingest_started_while_nats_is_away_publishes_once_it_comes() {
+    let mut nats = Nats::start();
+    nats.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, ingest_addr, _ingest_log) = start(&config(dir.path(), "ingest", &nats), "ingest");
+    sleep(Duration::from_millis(1_000));
+    nats.restart();
+    wait_up(&ingest_addr);
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let (events, statuses, _) = read_for(client(&addr, None), 3.0).join().unwrap();
+    assert!(events.len() > 2_000, "it streamed ({} events), {statuses:?}", events.len());
+    assert_no_gap(&events, "after NATS came");
+    assert!(metric(&ingest_addr, r#"tickstock_nats_events_total{outcome="published"}"#) > 2_000);
+    stop_all([ingest, gateway]);
+}
+
+#[test]
 fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
@@ -497,6 +515,40 @@ fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
     let log: Vec<String> = log.collect();
     assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("the stream holds events up to here")), "{log:?}");
+}
+
+#[test]
+fn a_killed_ingest_restarted_while_nats_is_away_goes_on_with_no_gap_and_no_duplicate() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest_config = config(dir.path(), "ingest", &nats);
+    let journal = dir.path().join("journal");
+    let journal = journal.to_str().unwrap();
+    let ingest_args = ["--role", "ingest", "--journal", journal];
+    let (ingest, ingest_addr, _log) = serving(&ingest_config, &ingest_args);
+    wait_up(&ingest_addr);
+    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    wait_up(&addr);
+    let reading = read_for(client(&addr, None), 14.0);
+    sleep(Duration::from_millis(2_000));
+    let published = metric(&ingest_addr, "tickstock_nats_last_seq");
+    signal(&ingest, "KILL");
+    let _ = finish(ingest);
+    nats.stop();
+    // It cannot ask the stream what it holds: its resume history's refill (the replayed
+    // events the stream has, and those it lacks) goes out live, and the publisher leaves
+    // out what the stream holds once NATS is back; the gateway hands on each `seq` once.
+    // (It waits `connect_timeout_ms` for NATS before it listens.)
+    let (ingest, _, log) = serving(&ingest_config, &ingest_args);
+    nats.restart();
+    let (events, statuses, _) = reading.join().unwrap();
+    let last = *events.keys().last().unwrap();
+    assert!(last > published + 4_000, "the restarted ingest streamed: {last}, {statuses:?}");
+    assert_no_gap(&events, "across the ingest's restart while NATS was away");
+    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    stop_all([ingest, gateway]);
+    let log: Vec<String> = log.collect();
+    assert!(log.iter().any(|l| l.contains("cannot ask the stream what it holds")), "{log:?}");
 }
 
 #[test]

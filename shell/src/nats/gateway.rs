@@ -232,6 +232,22 @@ impl Run {
         self.sink.finish()
     }
 
+    /// Rebuilds the batch of `payload` into `self.batch`, without the events handed on
+    /// already (a message that repeats the start of one before it: counted as a
+    /// duplicate); its first and last `seq`.
+    fn decode(&mut self, payload: &[u8], format: u32) -> Result<(u64, u64), super::BadMessage> {
+        let (first, last) = decode_batch(payload, format, &mut self.batch)?;
+        match self.next_seq {
+            Some(next) if first < next && next <= last => {
+                self.status.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                let rest = super::payload_after(payload, format, next - 1)?;
+                let (rest, ..) = rest.ok_or_else(|| super::BadMessage("no events".to_owned()))?;
+                decode_batch(&rest, format, &mut self.batch)
+            }
+            _ => Ok((first, last)),
+        }
+    }
+
     /// The event log has what the stream held: clients are admitted.
     fn caught_up(&mut self) {
         self.backfilling = false;
@@ -256,7 +272,7 @@ impl Run {
             Some(value) => value.as_str().parse::<u32>(),
         };
         let decoded = match format {
-            Ok(format) => decode_batch(&message.payload, format, &mut self.batch),
+            Ok(format) => self.decode(&message.payload, format),
             Err(_) => Err(super::BadMessage(format!("a {FORMAT_HEADER} header that is no number"))),
         };
         let (first, last) = match decoded {
@@ -287,6 +303,7 @@ impl Run {
                 status.duplicate_batches.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
+            debug_assert!(first >= next, "Invariant: `decode` leaves out what was handed on");
             if first > next {
                 status.gap_events.fetch_add(first - next, Ordering::Relaxed);
                 tracing::warn!(from = next, to = first - 1, "nats: the stream lacks these events");

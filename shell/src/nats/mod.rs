@@ -79,7 +79,8 @@ pub struct NatsStatus {
     pub consumed_events: AtomicU64,
     /// Events the stream lacked: `seq`s skipped between two consumed batches (the gateway).
     pub gap_events: AtomicU64,
-    /// Batches received again and not handed on (the gateway).
+    /// Batches received again, wholly or in part, and not handed on (the gateway; of one
+    /// that repeats the start of an earlier one, the rest is).
     pub duplicate_batches: AtomicU64,
     /// Messages that were not a batch (damaged, or not TickStock's), skipped and counted.
     pub bad_messages: AtomicU64,
@@ -199,18 +200,8 @@ pub fn decode_batch(
     into: &mut FrameBatch,
 ) -> Result<(u64, u64), BadMessage> {
     let bad = |why: &str| BadMessage(why.to_owned());
-    let per_event = match format {
-        1 => 8,
-        2 => STAMPS_BYTES,
-        _ => return Err(BadMessage(format!("format {format} is unknown here (a newer ingest?)"))),
-    };
-    let count = payload.get(..4).ok_or_else(|| bad("shorter than its count"))?;
-    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("count"))?) as usize;
-    let stamps_end = 4usize
-        .checked_add(count.checked_mul(per_event).ok_or_else(|| bad("count too large"))?)
-        .ok_or_else(|| bad("count too large"))?;
-    let stamps = payload.get(4..stamps_end).ok_or_else(|| bad("shorter than its count"))?;
-    let (stamps, symbols) = stamps.split_at(count * 8);
+    let (count, stamps_end) = layout(payload, format)?;
+    let (stamps, symbols) = payload[4..stamps_end].split_at(count * 8);
     let symbol = |i: usize| {
         let id = symbols.get(i * 4..i * 4 + 4).and_then(|id| id.try_into().ok());
         id.map_or(UNKNOWN_SYMBOL, |id| SymbolId(u32::from_le_bytes(id)))
@@ -220,10 +211,10 @@ pub fn decode_batch(
     let (mut first, mut last) = (0, 0);
     for (i, stamp) in stamps.chunks_exact(8).enumerate() {
         let recv_ns = u64::from_le_bytes(stamp.try_into().map_err(|_| bad("stamp"))?);
-        let (record, len) = event_log::decode(records).map_err(|error| match error {
-            Decode::Short => bad("fewer events than its count"),
-            Decode::Corrupt => bad("a damaged event"),
-        })?;
+        let (record, len) = decode_record(records)?;
+        if record.seq == 0 || record.seq == u64::MAX {
+            return Err(bad("a seq out of range"));
+        }
         if i > 0 && record.seq != last + 1 {
             return Err(bad("its seqs are not consecutive"));
         }
@@ -244,6 +235,63 @@ pub fn decode_batch(
         return Err(bad("no events"));
     }
     Ok((first, last))
+}
+
+/// A payload's event count and where its records begin, from its `format` (1: a `recv_ns`
+/// per event; 2: and a symbol index).
+fn layout(payload: &[u8], format: u32) -> Result<(usize, usize), BadMessage> {
+    let bad = |why: &str| BadMessage(why.to_owned());
+    let per_event = match format {
+        1 => 8,
+        2 => STAMPS_BYTES,
+        _ => return Err(BadMessage(format!("format {format} is unknown here (a newer ingest?)"))),
+    };
+    let count = payload.get(..4).ok_or_else(|| bad("shorter than its count"))?;
+    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("count"))?) as usize;
+    let stamps_end = 4usize
+        .checked_add(count.checked_mul(per_event).ok_or_else(|| bad("count too large"))?)
+        .ok_or_else(|| bad("count too large"))?;
+    if payload.len() < stamps_end {
+        return Err(bad("shorter than its count"));
+    }
+    Ok((count, stamps_end))
+}
+
+/// The event record at the start of `records`, and its length.
+fn decode_record(records: &[u8]) -> Result<(event_log::Record<'_>, usize), BadMessage> {
+    event_log::decode(records).map_err(|error| match error {
+        Decode::Short => BadMessage("fewer events than its count".to_owned()),
+        Decode::Corrupt => BadMessage("a damaged event".to_owned()),
+    })
+}
+
+/// The payload (of `format`) of the events of `payload` after `seq`, in the same format,
+/// with its first `seq` and its event count; `None` when none is after `seq`. For a batch
+/// the stream holds the start of already: the publisher trims it before publishing, a
+/// gateway before handing it on.
+pub fn payload_after(
+    payload: &[u8],
+    format: u32,
+    seq: u64,
+) -> Result<Option<(Vec<u8>, u64, usize)>, BadMessage> {
+    let (count, stamps_end) = layout(payload, format)?;
+    let mut at = stamps_end;
+    for skipped in 0..count {
+        let (record, len) = decode_record(&payload[at..])?;
+        if record.seq > seq {
+            let rest = count - skipped;
+            let mut out = Vec::with_capacity(payload.len() - (at - stamps_end));
+            out.extend_from_slice(&(rest as u32).to_le_bytes());
+            out.extend_from_slice(&payload[4 + skipped * 8..4 + count * 8]);
+            if format == 2 {
+                out.extend_from_slice(&payload[4 + count * 8 + skipped * 4..stamps_end]);
+            }
+            out.extend_from_slice(&payload[at..]);
+            return Ok(Some((out, record.seq, rest)));
+        }
+        at += len;
+    }
+    Ok(None)
 }
 
 /// The frame of an event log record of `symbol` (its JSON goes with it in `push_raw`).
@@ -445,6 +493,38 @@ mod tests {
             decode_batch(&payload, 3, &mut back),
             Err(BadMessage("format 3 is unknown here (a newer ingest?)".into()))
         );
+    }
+
+    #[test]
+    fn the_events_after_a_seq_are_cut_out_of_a_payload_with_their_stamps_and_indexes() {
+        let trades: Vec<_> = (0..5).map(|i| (Channel::T, ["AAPL", "MSFT"][i % 2], 1_000)).collect();
+        let sent = test_batch(20, &trades);
+        let mut batch = FrameBatch::new(1 << 16);
+        for (i, frame) in sent.frames().iter().enumerate() {
+            let frame =
+                Frame { symbol: SymbolId(100 + i as u32), recv_ns: 1_000 + i as u64, ..*frame };
+            batch.push_raw(frame, sent.json(&sent.frames()[i]));
+        }
+        let mut payload = Vec::new();
+        encode_frames(&mut payload, &batch, batch.frames());
+        let mut expected = Vec::new();
+        encode_frames(&mut expected, &batch, &batch.frames()[2..]);
+        assert_eq!(payload_after(&payload, FORMAT, 21), Ok(Some((expected, 22, 3))));
+        assert_eq!(payload_after(&payload, FORMAT, 0).unwrap().unwrap().0, payload, "all of it");
+        assert_eq!(payload_after(&payload, FORMAT, 24), Ok(None), "none of it");
+        let (rest, _, _) = payload_after(&payload, FORMAT, 23).unwrap().unwrap();
+        let mut back = FrameBatch::new(1 << 16);
+        assert_eq!(decode_batch(&rest, FORMAT, &mut back), Ok((24, 24)));
+        assert_eq!((back.frames()[0].symbol, back.frames()[0].recv_ns), (SymbolId(104), 1_004));
+        // Format 1 stays format 1; damage is said.
+        let mut old = (5u32).to_le_bytes().to_vec();
+        old.extend_from_slice(&payload[4..4 + 40]);
+        old.extend_from_slice(&payload[4 + 60..]);
+        let (rest, first, count) = payload_after(&old, 1, 22).unwrap().unwrap();
+        assert_eq!((first, count), (23, 2));
+        assert_eq!(decode_batch(&rest, 1, &mut back), Ok((23, 24)));
+        assert!(payload_after(&payload[..payload.len() - 1], FORMAT, 23).is_err());
+        assert!(payload_after(&payload, 3, 21).is_err());
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub struct NatsInlet {
     scratch: Vec<u8>,
     /// A message's payload at most (`nats.message_bytes_max`).
     message_bytes_max: usize,
-    /// Events up to this `seq` are in the stream already (see `published_through`).
-    skip_through: u64,
+    /// The last `seq` the stream held when the ingest started (none when NATS did not
+    /// answer then): the events up to it are not published again.
+    stream_held: Option<u64>,
     /// How long `append_waiting` waits for room (`nats.ack_timeout_ms`).
     wait_max: Duration,
     /// The first `seq` of a run of dropped batches, while one lasts.
@@ -87,10 +88,13 @@ pub struct NatsInlet {
 }
 
 impl NatsInlet {
-    /// The last `seq` the stream held when the ingest started (`u64::MAX` when NATS did not
-    /// answer then): the events up to it are not published again.
+    /// The last `seq` the stream held when the ingest started: a warm restart's replayed
+    /// events after it are the ones to [`record`](crate::emitter::FrameSink::record) for it.
+    /// `u64::MAX` when NATS did not answer then: no replayed event is recorded; live ones
+    /// (the resume history's refill among them) are published, and the publisher leaves out
+    /// what the stream turns out to hold once it reaches NATS.
     pub fn published_through(&self) -> u64 {
-        self.skip_through
+        self.stream_held.unwrap_or(u64::MAX)
     }
 
     /// Publishes `batch` (its events after [`NatsInlet::published_through`]), in messages of
@@ -108,7 +112,8 @@ impl NatsInlet {
 
     fn append_within(&mut self, batch: &FrameBatch, wait: Option<Duration>) {
         let mut published = false;
-        let skip = batch.frames().partition_point(|frame| frame.seq <= self.skip_through);
+        let held = self.stream_held.unwrap_or(0);
+        let skip = batch.frames().partition_point(|frame| frame.seq <= held);
         let handed_ns = unix_ns();
         for (start, end) in split(batch, self.message_bytes_max) {
             let (start, end) = (start.max(skip), end);
@@ -191,14 +196,14 @@ impl Publisher {
                 .map(|tail| tail.map(|tail| tail.last_seq))
                 .unwrap_or_else(|_| Err(format!("no answer in {} ms", settings.connect_timeout_ms)))
         });
-        let skip_through = match asked {
+        let stream_held = match asked {
             Ok(seq) => {
                 tracing::info!(stream = %settings.stream, last_seq = seq, "nats: the stream holds events up to here");
-                seq
+                Some(seq)
             }
             Err(why) => {
-                tracing::warn!(%why, "nats: cannot ask the stream what it holds; a warm restart's replayed events are not published (gateways will count any gap)");
-                u64::MAX
+                tracing::warn!(%why, "nats: cannot ask the stream what it holds; a warm restart's replayed events beyond the resume history are not published (gateways will count any gap)");
+                None
             }
         };
         let run = Run {
@@ -209,6 +214,7 @@ impl Publisher {
             pending: VecDeque::new(),
             event_log,
             hole_waiting: None,
+            stream_last: 0,
         };
         let thread = std::thread::Builder::new()
             .name("tickstock-nats".to_owned())
@@ -219,7 +225,7 @@ impl Publisher {
             status: Arc::clone(&status),
             scratch: Vec::new(),
             message_bytes_max: settings.message_bytes_max as usize,
-            skip_through,
+            stream_held,
             wait_max: Duration::from_millis(settings.ack_timeout_ms.into()),
             gap_from: None,
         };
@@ -258,6 +264,9 @@ struct Run {
     event_log: Option<EventLogReader>,
     /// Since when a hole has waited for the event log to write its events.
     hole_waiting: Option<std::time::Instant>,
+    /// The last `seq` the stream held when last asked: what is taken from the ring up to it
+    /// is not published (an ingest that started before it could ask: its history's refill).
+    stream_last: u64,
 }
 
 impl Run {
@@ -350,9 +359,42 @@ impl Run {
     /// Drops the pending batches the stream holds already (up to `seq` `last_seq`, as its
     /// last message says): stored before a failure whose acknowledgement was lost.
     fn forget_stored(&mut self, last_seq: u64) {
+        self.stream_last = last_seq;
         while self.pending.front().is_some_and(|front| front.events > 0 && front.last <= last_seq) {
             self.pop_published();
         }
+        if let Some(front) = self.pending.pop_front() {
+            // Its start, stored by the ingest before this one (see `unstored`).
+            if let Some(rest) = self.unstored(front) {
+                self.pending.push_front(rest);
+            }
+        }
+    }
+
+    /// What of `batch` the stream lacks (after `stream_last`): all of it, its end, or
+    /// nothing. Only an ingest that started before it could ask the stream publishes
+    /// events the stream has (its resume history's refill after a warm restart).
+    fn unstored(&self, mut batch: Pending) -> Option<Pending> {
+        if batch.first > self.stream_last {
+            return Some(batch);
+        }
+        if batch.last <= self.stream_last {
+            return None;
+        }
+        if batch.events > 0 {
+            match super::payload_after(&batch.payload, FORMAT, self.stream_last) {
+                Ok(Some((payload, first, events))) => {
+                    batch.payload = payload.into();
+                    batch.first = first;
+                    batch.events = events as u64;
+                }
+                // Neither happens to a payload this process encoded.
+                Ok(None) | Err(_) => return None,
+            }
+        } else {
+            batch.first = self.stream_last + 1; // a hole: the rest of its range
+        }
+        Some(batch)
     }
 
     /// Takes the oldest pending batch off, the stream holding it: counted as published.
@@ -459,7 +501,9 @@ impl Run {
             }
             while self.pending.len() < in_flight_max {
                 let Some(batch) = self.take() else { break };
-                self.pending.push_back(batch);
+                if let Some(batch) = self.unstored(batch) {
+                    self.pending.push_back(batch);
+                }
             }
             let mut failed = None;
             while acks.len() < self.pending.len() {

@@ -734,7 +734,8 @@ pub fn prometheus(
         out.add(
             "nats_duplicate_batches_total",
             MetricType::COUNTER,
-            "Batches a gateway received again and did not hand on.",
+            "Batches a gateway received again, wholly or in part: what it had handed on already \
+             it did not hand on again.",
             &one(get(&n.duplicate_batches)),
         );
         out.add(
