@@ -479,6 +479,54 @@ fn a_bad_url_or_password_is_a_clear_error_at_start() {
 }
 
 #[test]
+fn a_schema_newer_than_this_build_is_refused_at_start_with_both_versions() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &pg, "");
+    let (code, log) = run(&cfg, &["db", "init"]);
+    assert_eq!(code, 0, "{log}");
+    pg.client().batch_execute("INSERT INTO tickstock_schema (version) VALUES (99)").unwrap();
+    let (code, log) = run(&cfg, &["--listen", "127.0.0.1:0", "serve", "--duration-s", "5"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("schema version 99, newer than this build's 1"), "{log}");
+    let (code, log) = run(&cfg, &["db", "init"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("schema version 99"), "{log}");
+}
+
+#[test]
+fn with_the_database_away_a_query_is_503_and_a_stop_says_what_is_not_stored() {
+    let mut pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &pg, "");
+    let (server, addr, log) = serving(&cfg, &[]);
+    health_until(&addr, "the database up", |h| {
+        h["database"]["state"] == "up" && h["database"]["committed_seq"].as_u64() > Some(0)
+    });
+    pg.stop();
+    health_until(&addr, "the database down", |h| h["database"]["state"] == "down");
+    let path = "/v2/aggs/ticker/AAPL/range/1/minute/0/9999999999999";
+    let (code, body) = get(&addr, path, Some("any"));
+    assert_eq!((code, body["status"].as_str()), (503, Some("ERROR")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("the database is unavailable"), "{body}");
+    std::thread::sleep(Duration::from_millis(1_500));
+    // At the stop the sink keeps trying for max(retry_ms_max, 5 s), then says what it lost.
+    let stopping = Instant::now();
+    signal(&server, "TERM");
+    let out = finish(server);
+    let waited = stopping.elapsed();
+    assert!(out.status.success());
+    assert!(waited >= Duration::from_secs(5), "it tried for 5 s: {waited:?}");
+    assert!(waited < Duration::from_secs(20), "then stopped: {waited:?}");
+    let log: Vec<String> = log.collect();
+    let line = log
+        .iter()
+        .find(|l| l.contains("still away at the stop"))
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert!(line.contains("events from seq") && line.contains("db backfill"), "{line}");
+}
+
+#[test]
 fn without_a_database_the_aggregates_endpoint_is_404_json() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("empty.toml");

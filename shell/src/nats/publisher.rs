@@ -255,6 +255,34 @@ struct Pending {
     handed_ns: u64,
 }
 
+impl Pending {
+    /// What of it comes after `seq`, the last the stream holds: all of it, its end, or
+    /// nothing. Only an ingest that started before it could ask the stream publishes events
+    /// the stream has (its resume history's refill after a warm restart).
+    fn after(mut self, seq: u64) -> Option<Pending> {
+        if self.first > seq {
+            return Some(self);
+        }
+        if self.last <= seq {
+            return None;
+        }
+        if self.events > 0 {
+            match super::payload_after(&self.payload, FORMAT, seq) {
+                Ok(Some((payload, first, events))) => {
+                    self.payload = payload.into();
+                    self.first = first;
+                    self.events = events as u64;
+                }
+                // Neither happens to a payload this process encoded.
+                Ok(None) | Err(_) => return None,
+            }
+        } else {
+            self.first = seq + 1; // a hole: the rest of its range
+        }
+        Some(self)
+    }
+}
+
 struct Run {
     settings: NatsSettings,
     ring: rtrb::Consumer<u8>,
@@ -363,38 +391,10 @@ impl Run {
         while self.pending.front().is_some_and(|front| front.events > 0 && front.last <= last_seq) {
             self.pop_published();
         }
-        if let Some(front) = self.pending.pop_front() {
-            // Its start, stored by the ingest before this one (see `unstored`).
-            if let Some(rest) = self.unstored(front) {
-                self.pending.push_front(rest);
-            }
-        }
-    }
-
-    /// What of `batch` the stream lacks (after `stream_last`): all of it, its end, or
-    /// nothing. Only an ingest that started before it could ask the stream publishes
-    /// events the stream has (its resume history's refill after a warm restart).
-    fn unstored(&self, mut batch: Pending) -> Option<Pending> {
-        if batch.first > self.stream_last {
-            return Some(batch);
-        }
-        if batch.last <= self.stream_last {
-            return None;
-        }
-        if batch.events > 0 {
-            match super::payload_after(&batch.payload, FORMAT, self.stream_last) {
-                Ok(Some((payload, first, events))) => {
-                    batch.payload = payload.into();
-                    batch.first = first;
-                    batch.events = events as u64;
-                }
-                // Neither happens to a payload this process encoded.
-                Ok(None) | Err(_) => return None,
-            }
-        } else {
-            batch.first = self.stream_last + 1; // a hole: the rest of its range
-        }
-        Some(batch)
+        // What is left may still be held in part, by the ingest before this one (see
+        // `Pending::after`).
+        let pending = std::mem::take(&mut self.pending);
+        self.pending = pending.into_iter().filter_map(|batch| batch.after(last_seq)).collect();
     }
 
     /// Takes the oldest pending batch off, the stream holding it: counted as published.
@@ -501,7 +501,7 @@ impl Run {
             }
             while self.pending.len() < in_flight_max {
                 let Some(batch) = self.take() else { break };
-                if let Some(batch) = self.unstored(batch) {
+                if let Some(batch) = batch.after(self.stream_last) {
                     self.pending.push_back(batch);
                 }
             }
