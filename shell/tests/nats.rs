@@ -468,15 +468,16 @@ fn a_nats_restart_under_load_loses_nothing_and_never_stalls_the_engine() {
 }
 
 #[test]
-fn an_ingest_started_while_nats_is_away_publishes_once_it_comes() {
+fn an_ingest_and_a_gateway_started_while_nats_is_away_stream_once_it_comes() {
     let mut nats = Nats::start();
     nats.stop();
     let dir = tempfile::tempdir().unwrap();
     let (ingest, ingest_addr, _ingest_log) = start(&config(dir.path(), "ingest", &nats), "ingest");
-    sleep(Duration::from_millis(1_000));
+    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
+    let health = http(&addr, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 503") && health.contains("nats down"), "{health}");
     nats.restart();
     wait_up(&ingest_addr);
-    let (gateway, addr, _log) = start(&config(dir.path(), "gateway", &nats), "gateway");
     wait_up(&addr);
     let (events, statuses, _) = read_for(client(&addr, None), 3.0).join().unwrap();
     assert!(events.len() > 2_000, "it streamed ({} events), {statuses:?}", events.len());
@@ -487,38 +488,17 @@ fn an_ingest_started_while_nats_is_away_publishes_once_it_comes() {
 
 #[test]
 fn a_killed_ingest_restarts_warm_and_the_stream_goes_on_with_no_seq_gap() {
-    let nats = Nats::start();
-    let dir = tempfile::tempdir().unwrap();
-    let ingest_config = config(dir.path(), "ingest", &nats);
-    let journal = dir.path().join("journal");
-    let journal = journal.to_str().unwrap();
-    let ingest_args = ["--role", "ingest", "--journal", journal];
-    let (ingest, ingest_addr, _log) = serving(&ingest_config, &ingest_args);
-    wait_up(&ingest_addr);
-    let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
-    wait_up(&addr);
-    let reading = read_for(client(&addr, None), 8.0);
-    sleep(Duration::from_millis(2_000));
-    let published = metric(&ingest_addr, "tickstock_nats_last_seq");
-    signal(&ingest, "KILL");
-    let _ = finish(ingest);
-    // The restart replays the journal (the engine's state and seq go on), publishes what
-    // the stream lacks of it, and goes live.
-    let (ingest, ingest_addr, log) = serving(&ingest_config, &ingest_args);
-    let (events, statuses, _) = reading.join().unwrap();
-    let last = *events.keys().last().unwrap();
-    assert!(last > published + 2_000, "the restarted ingest streamed: {last}, {statuses:?}");
-    assert_no_gap(&events, "across the ingest's restart");
-    assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
-    assert_eq!(metric(&ingest_addr, "tickstock_nats_dropped_events_total"), 0);
-    stop_all([ingest, gateway]);
-    let log: Vec<String> = log.collect();
-    assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
-    assert!(log.iter().any(|l| l.contains("the stream holds events up to here")), "{log:?}");
+    kill_and_restart_the_ingest(false);
 }
 
 #[test]
 fn a_killed_ingest_restarted_while_nats_is_away_goes_on_with_no_gap_and_no_duplicate() {
+    kill_and_restart_the_ingest(true);
+}
+
+/// An ingest with a journal streaming to a gateway's client is killed (-9) and restarted,
+/// with NATS away across the restart when `nats_away`: the client sees every `seq` once.
+fn kill_and_restart_the_ingest(nats_away: bool) {
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
     let ingest_config = config(dir.path(), "ingest", &nats);
@@ -529,26 +509,42 @@ fn a_killed_ingest_restarted_while_nats_is_away_goes_on_with_no_gap_and_no_dupli
     wait_up(&ingest_addr);
     let (gateway, addr, _gateway_log) = start(&config(dir.path(), "gateway", &nats), "gateway");
     wait_up(&addr);
-    let reading = read_for(client(&addr, None), 14.0);
+    // NATS away, the restart waits `connect_timeout_ms` for it before it listens.
+    let reading = read_for(client(&addr, None), if nats_away { 14.0 } else { 8.0 });
     sleep(Duration::from_millis(2_000));
     let published = metric(&ingest_addr, "tickstock_nats_last_seq");
     signal(&ingest, "KILL");
     let _ = finish(ingest);
-    nats.stop();
-    // It cannot ask the stream what it holds: its resume history's refill (the replayed
-    // events the stream has, and those it lacks) goes out live, and the publisher leaves
-    // out what the stream holds once NATS is back; the gateway hands on each `seq` once.
-    // (It waits `connect_timeout_ms` for NATS before it listens.)
-    let (ingest, _, log) = serving(&ingest_config, &ingest_args);
-    nats.restart();
+    if nats_away {
+        nats.stop();
+    }
+    // The restart replays the journal (the engine's state and seq go on) and goes live.
+    // NATS up, it asks the stream what it holds and publishes what the stream lacks of the
+    // replay. NATS away, it cannot ask: its resume history's refill (replayed events the
+    // stream has, and those it lacks) goes out live, the publisher leaves out what the
+    // stream holds once NATS is back, and the gateway hands on each `seq` once.
+    let (ingest, ingest_addr, log) = serving(&ingest_config, &ingest_args);
+    if nats_away {
+        nats.restart();
+    }
     let (events, statuses, _) = reading.join().unwrap();
     let last = *events.keys().last().unwrap();
-    assert!(last > published + 4_000, "the restarted ingest streamed: {last}, {statuses:?}");
-    assert_no_gap(&events, "across the ingest's restart while NATS was away");
+    let after = if nats_away { 4_000 } else { 2_000 };
+    assert!(last > published + after, "the restarted ingest streamed: {last}, {statuses:?}");
+    assert_no_gap(&events, "across the ingest's restart");
     assert_eq!(metric(&addr, "tickstock_nats_gap_events_total"), 0);
+    if !nats_away {
+        assert_eq!(metric(&ingest_addr, "tickstock_nats_dropped_events_total"), 0);
+    }
     stop_all([ingest, gateway]);
     let log: Vec<String> = log.collect();
-    assert!(log.iter().any(|l| l.contains("cannot ask the stream what it holds")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("warm restart: journal replayed")), "{log:?}");
+    let asked = if nats_away {
+        "cannot ask the stream what it holds"
+    } else {
+        "the stream holds events up to here"
+    };
+    assert!(log.iter().any(|l| l.contains(asked)), "{log:?}");
 }
 
 #[test]
